@@ -1,0 +1,81 @@
+"""A torch Dataset over a record table, and the collator that turns samples into training batches."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from torchvision.transforms import v2
+
+from radlab.data.images import read_image, resize_pad
+from radlab.data.records import RecordTable
+from radlab.models.towers import Preprocess
+
+ImageTransform = Callable[[torch.Tensor], torch.Tensor]
+
+
+def train_augment(image_size: int) -> ImageTransform:
+    """Mild augmentation for radiographs: crops that keep most anatomy, small rotations and contrast changes.
+    No horizontal flip: it would swap laterality (heart side, left/right findings)."""
+    return v2.Compose([
+        v2.RandomResizedCrop(image_size, scale=(0.7, 1.0), ratio=(0.9, 1.1), antialias=True),
+        v2.RandomAffine(degrees=5),
+        v2.ColorJitter(brightness=0.2, contrast=0.2),
+    ])
+
+
+class RecordDataset(Dataset):
+    """Images in [0, 1] resized and padded to ``preprocess.image_size``, optionally augmented, then
+    normalised; with the record's labels (NaN = not annotated) and report text."""
+
+    def __init__(self, table: RecordTable, preprocess: Preprocess, label_names: Sequence[str] = (),
+                 transform: ImageTransform | None = None) -> None:
+        if not table.has_images().all():
+            rows = np.flatnonzero(~table.has_images())
+            raise ValueError(f"{len(rows)} records have no image (first: row {rows[0]}, id "
+                             f"{table.frame['id'].iat[rows[0]]!r}); use text-only tasks for them")
+        self.table = table
+        self.preprocess = preprocess
+        self.label_names = list(label_names)
+        self.labels = table.labels(self.label_names)
+        self.texts = table.texts()
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def load_image(self, i: int) -> torch.Tensor:
+        """The stored image as [1, S, S] in [0, 1], before augmentation and normalisation."""
+        array = resize_pad(read_image(self.table.image_path(i)), self.preprocess.image_size)
+        return torch.from_numpy(array).unsqueeze(0)
+
+    def __getitem__(self, i: int) -> dict:
+        image = self.load_image(i)
+        if self.transform is not None:
+            image = self.transform(image).clamp(0, 1)
+        return {"index": i, "image": self.preprocess.normalise(image.unsqueeze(0))[0],
+                "labels": torch.from_numpy(self.labels[i]), "text": self.texts[i]}
+
+
+class Collator:
+    """Stack samples; add label masks (annotated = not NaN), and tokens when a tokenizer is given."""
+
+    def __init__(self, tokenize: Callable[[list[str]], dict[str, torch.Tensor]] | None = None) -> None:
+        self.tokenize = tokenize
+
+    def __call__(self, samples: list[dict]) -> dict:
+        labels = torch.stack([s["labels"] for s in samples])
+        texts = [s["text"] for s in samples]
+        batch = {
+            "index": torch.tensor([s["index"] for s in samples]),
+            "image": torch.stack([s["image"] for s in samples]),
+            "labels": labels,
+            "label_mask": ~torch.isnan(labels),
+            "text": texts,
+            "has_text": torch.tensor([bool(t.strip()) for t in texts]),
+        }
+        if self.tokenize is not None:
+            batch["tokens"] = self.tokenize(texts)
+        return batch

@@ -1,0 +1,30 @@
+"""Loading the record tables a config names, merged, with patient-level splits."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from radlab.data.bundled import ENV_VAR
+from radlab.data.records import RecordTable
+from radlab.data.sources import SOURCES
+from radlab.data.splits import assign_splits
+
+
+def resolve_data_path(path: str, data_root: str | None = None) -> Path:
+    """A path as given, else under the data root (``data_root`` or $RADLAB_DATA)."""
+    direct = Path(path)
+    if direct.exists():
+        return direct
+    root = data_root or os.environ.get(ENV_VAR)
+    if root and (Path(root) / path).exists():
+        return Path(root) / path
+    raise FileNotFoundError(f"data path {path!r} not found (also looked under {root or f'${ENV_VAR} (unset)'})")
+
+
+def load_tables(sources: list[tuple[str, str]], fractions: dict[str, float], seed: int,
+                data_root: str | None = None) -> RecordTable:
+    """Load each (source name, path), merge them, and draw patient-level splits where none are given."""
+    tables = [SOURCES.build(name).load(resolve_data_path(path, data_root)) for name, path in sources]
+    merged = tables[0] if len(tables) == 1 else RecordTable.concat(tables)
+    return assign_splits(merged, fractions, seed)

@@ -1,0 +1,28 @@
+"""The source contract: a provider's native layout on disk becomes a validated record table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from radlab.data.records import RecordTable
+from radlab.registry import Registry
+
+SOURCES: Registry = Registry("source")
+
+
+class Source:
+    """One provider's layout. Subclasses set ``name`` and ``label_map`` (native label -> canonical finding,
+    kept visible in the module) and implement ``load``, which must not invent labels: a finding the
+    source does not annotate stays NaN."""
+
+    name: str = ""
+    label_map: dict[str, str] = {}
+
+    def load(self, root: Path) -> RecordTable:  # pragma: no cover
+        raise NotImplementedError
+
+    @staticmethod
+    def require(path: Path) -> Path:
+        if not path.exists():
+            raise FileNotFoundError(f"expected {path} in the provider's layout, but it is missing")
+        return path

@@ -1,0 +1,125 @@
+"""IU X-ray (Indiana University / OpenI) in its two-CSV form: indiana_reports.csv + indiana_projections.csv.
+
+MeSH tags are expert-coded for every report, so a finding without a tag is read as negative (0), and the
+"normal" tag sets no_finding. A "borderline" qualifier such as ``Cardiomegaly/borderline``
+is read as uncertain (-1). Images, when present, are expected at ``images/images_normalized/<filename>``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from radlab.data.records import RecordTable, label_column
+from radlab.data.sources.base import SOURCES, Source
+from radlab.data.taxonomy import (
+    FINDING_NAMES,
+    NEGATIVE,
+    POSITIVE,
+    UNCERTAIN,
+    ancestors,
+    propagate_to_parents,
+)
+
+MESH_MAP: dict[str, str] = {
+    "Cardiomegaly": "cardiomegaly",
+    "Opacity": "lung_opacity",
+    "Density": "lung_opacity",
+    "Airspace Disease": "lung_opacity",
+    "Pulmonary Atelectasis": "atelectasis",
+    "Calcified Granuloma": "calcification",
+    "Calcinosis": "calcification",
+    "Pleural Effusion": "pleural_effusion",
+    "Catheters, Indwelling": "support_devices",
+    "Surgical Instruments": "support_devices",
+    "Implanted Medical Device": "support_devices",
+    "Tube, Inserted": "support_devices",
+    "Medical Device": "support_devices",
+    "Stents": "support_devices",
+    "Scoliosis": "scoliosis",
+    "Nodule": "nodule",
+    "Mass": "mass",
+    "Fractures, Bone": "fracture",
+    "Pulmonary Congestion": "edema",
+    "Pulmonary Edema": "edema",
+    "Infiltrate": "infiltration",
+    "Emphysema": "emphysema",
+    "Pulmonary Emphysema": "emphysema",
+    "Hernia, Hiatal": "hernia",
+    "Pneumonia": "pneumonia",
+    "Consolidation": "consolidation",
+    "Pneumothorax": "pneumothorax",
+    "Pulmonary Fibrosis": "fibrosis",
+    "Lung Diseases, Interstitial": "interstitial_lung_disease",
+    "Tuberculosis": "tuberculosis",
+}
+QUALIFIED_MAP: dict[tuple[str, str], str] = {
+    ("Thickening", "pleura"): "pleural_thickening",
+    ("Aorta", "tortuous"): "aortic_enlargement",
+    ("Aorta", "enlarged"): "aortic_enlargement",
+    ("Aorta, Thoracic", "tortuous"): "aortic_enlargement",
+    ("Aorta, Thoracic", "enlarged"): "aortic_enlargement",
+    ("Cardiac Shadow", "enlarged"): "enlarged_cardiomediastinum",
+    ("Mediastinum", "enlarged"): "enlarged_cardiomediastinum",
+}
+UNCERTAIN_QUALIFIERS = {"borderline"}
+_TAGGED = set(MESH_MAP.values()) | set(QUALIFIED_MAP.values())
+LABELLED = sorted(_TAGGED | {p for name in _TAGGED for p in ancestors(name)} | {"no_finding"})
+PROJECTION_VIEW = {"Frontal": "FRONTAL", "Lateral": "LAT"}
+
+
+def mesh_labels(mesh: str) -> dict[str, float]:
+    """Canonical labels from one report's MeSH string, e.g. "Cardiomegaly/borderline;Opacity/lung/base"."""
+    terms = [t.strip() for t in str(mesh).split(";") if t.strip()]
+    labels = {name: NEGATIVE for name in LABELLED}
+    labels["no_finding"] = POSITIVE if terms == ["normal"] else NEGATIVE
+    for term in terms:
+        head, *qualifiers = [p.strip() for p in term.split("/")]
+        value = UNCERTAIN if UNCERTAIN_QUALIFIERS & set(qualifiers) else POSITIVE
+        names = [MESH_MAP[head]] if head in MESH_MAP else []
+        names += [QUALIFIED_MAP[(head, q)] for q in qualifiers if (head, q) in QUALIFIED_MAP]
+        for name in names:
+            if labels[name] != POSITIVE:
+                labels[name] = value
+    return propagate_to_parents(labels)
+
+
+def full_report(findings: str, impression: str) -> str:
+    parts = [f"FINDINGS: {findings}" if findings else "", f"IMPRESSION: {impression}" if impression else ""]
+    return " ".join(p for p in parts if p)
+
+
+@SOURCES.register("iu_xray", "IU X-ray / OpenI two-CSV form: reports with expert MeSH tags, frontal+lateral")
+class IUXraySource(Source):
+    name = "iu_xray"
+    label_map = MESH_MAP
+
+    def load(self, root: Path) -> RecordTable:
+        root = Path(root)
+        reports = pd.read_csv(self.require(root / "indiana_reports.csv"), dtype={"uid": str}).fillna("")
+        projections = pd.read_csv(self.require(root / "indiana_projections.csv"), dtype={"uid": str})
+        unknown = set(projections["projection"]) - set(PROJECTION_VIEW)
+        if unknown:
+            raise ValueError(f"{root / 'indiana_projections.csv'}: unknown projection values {sorted(unknown)}")
+        images = projections.groupby("uid")
+        records = []
+        for row in reports.itertuples(index=False):
+            base = {
+                "source": self.name, "patient_id": f"iu{row.uid}", "study_id": f"iu{row.uid}",
+                "findings": row.findings, "impression": row.impression,
+                "report": full_report(row.findings, row.impression),
+                **{label_column(k): v for k, v in mesh_labels(row.MeSH).items()},
+            }
+            views = images.get_group(row.uid) if row.uid in images.groups else None
+            if views is None:
+                records.append({**base, "id": f"iu{row.uid}", "image_path": ""})
+                continue
+            for view in views.itertuples(index=False):
+                records.append({**base, "id": f"iu{row.uid}_{Path(view.filename).stem}",
+                                "image_path": f"images/images_normalized/{view.filename}",
+                                "view": PROJECTION_VIEW[view.projection]})
+        frame = pd.DataFrame(records)
+        frame = frame.assign(**{label_column(n): np.nan for n in FINDING_NAMES if n not in LABELLED})
+        return RecordTable(frame, root, origin=str(root))

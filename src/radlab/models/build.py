@@ -1,0 +1,47 @@
+"""Building a ``RadEncoder`` from a config section, and the spec of a built one for checkpoints."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+from transformers import PreTrainedTokenizerBase
+
+from radlab.models.encoder import RadEncoder
+from radlab.models.image_towers import IMAGE_TOWERS
+from radlab.models.text_towers import TEXT_TOWERS
+from radlab.models.towers import Preprocess
+
+
+class TowerConfig(BaseModel):
+    """A tower by registry name plus its keyword arguments."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    kwargs: dict[str, Any] = {}
+
+
+class ModelConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    image_tower: TowerConfig = TowerConfig(name="vit_tiny_patch16_224")
+    text_tower: TowerConfig | None = TowerConfig(name="bert_small")
+    image_size: int = 128
+    embed_dim: int = 128
+    mean: float = 0.5
+    std: float = 0.25
+
+
+def build_encoder(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase | None = None) -> RadEncoder:
+    """Image tower (and text tower when configured) with projections; text towers built from scratch take
+    the given tokenizer."""
+    image = IMAGE_TOWERS.build(cfg.image_tower.name, image_size=cfg.image_size, **cfg.image_tower.kwargs)
+    text = None
+    if cfg.text_tower is not None:
+        kwargs = dict(cfg.text_tower.kwargs)
+        if cfg.text_tower.name != "hf":
+            if tokenizer is None:
+                raise ValueError(f"text tower {cfg.text_tower.name!r} needs a tokenizer")
+            kwargs["tokenizer"] = tokenizer
+        text = TEXT_TOWERS.build(cfg.text_tower.name, **kwargs)
+    preprocess = Preprocess(image_size=cfg.image_size, mean=cfg.mean, std=cfg.std)
+    return RadEncoder(image, text, cfg.embed_dim, preprocess)

@@ -1,0 +1,74 @@
+"""radlab encoder checkpoints: a folder with ``encoder.json`` (how to rebuild), ``model.safetensors``
+(weights) and ``text_tower/`` (text config + tokenizer). Nothing is unpickled when loading."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+from safetensors.torch import load_file, save_file
+from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+from radlab import __version__
+from radlab.models.encoder import LabelHead, RadEncoder
+from radlab.models.image_towers import IMAGE_TOWERS
+from radlab.models.text_towers import HFTextTower
+from radlab.models.towers import Preprocess
+
+SPEC_FILE = "encoder.json"
+WEIGHTS_FILE = "model.safetensors"
+TEXT_DIR = "text_tower"
+
+
+def save_encoder(model: RadEncoder, directory: Path | str, image_tower_spec: dict, extra: dict | None = None) -> Path:
+    """Write the checkpoint folder atomically (a temp folder renamed into place).
+
+    ``image_tower_spec`` is {"name": registry name, "kwargs": {...}} so the tower can be rebuilt."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
+    spec = {
+        "radlab_version": __version__,
+        "image_tower": image_tower_spec,
+        "embed_dim": model.embed_dim,
+        "preprocess": vars(model.preprocess),
+        "text_tower": None,
+        "label_head": {"class_names": model.label_head.class_names} if model.label_head is not None else None,
+        **(extra or {}),
+    }
+    if model.text_tower is not None:
+        spec["text_tower"] = {"pooling": model.text_tower.pooling, "max_length": model.text_tower.max_length}
+        model.text_tower.model.config.save_pretrained(tmp / TEXT_DIR)
+        model.text_tower.tokenizer.save_pretrained(tmp / TEXT_DIR)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(state, str(tmp / WEIGHTS_FILE))
+    (tmp / SPEC_FILE).write_text(json.dumps(spec, indent=2))
+    if directory.exists():
+        shutil.rmtree(directory)
+    tmp.replace(directory)
+    return directory
+
+
+def load_encoder_checkpoint(directory: Path | str) -> RadEncoder:
+    directory = Path(directory)
+    spec_path = directory / SPEC_FILE
+    if not spec_path.exists():
+        raise FileNotFoundError(f"{directory} is not a radlab checkpoint (no {SPEC_FILE})")
+    spec = json.loads(spec_path.read_text())
+    preprocess = Preprocess(**spec["preprocess"])
+    tower = spec["image_tower"]
+    image = IMAGE_TOWERS.build(tower["name"], image_size=preprocess.image_size, **tower.get("kwargs", {}))
+    state = load_file(str(directory / WEIGHTS_FILE))
+    text = None
+    if spec["text_tower"] is not None:
+        text_dir = directory / TEXT_DIR
+        hf_model = AutoModel.from_config(AutoConfig.from_pretrained(text_dir))
+        if getattr(hf_model, "pooler", None) is not None and not any(".pooler." in k for k in state):
+            hf_model.pooler = None  # trained without HF's pooler head (radlab pools itself)
+        text = HFTextTower(hf_model, AutoTokenizer.from_pretrained(text_dir), **spec["text_tower"])
+    head = LabelHead(spec["label_head"]["class_names"], spec["embed_dim"]) if spec["label_head"] else None
+    model = RadEncoder(image, text, spec["embed_dim"], preprocess, head)
+    model.load_state_dict(state)
+    return model.eval()

@@ -1,0 +1,77 @@
+"""The encoder radlab trains and evaluates: an image tower, an optional text tower, and projections into a
+joint embedding space. External encoders (issue [towers]) are wrapped into this same class, so evaluation
+sees one interface whatever supervised the weights.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from radlab.models.text_towers import HFTextTower
+from radlab.models.towers import Preprocess, TowerOutput
+
+
+class LabelHead(nn.Module):
+    """Learnable class prototypes in the joint space with a learnable temperature.
+
+    logits = exp(t) * normalise(z) · normalise(p_k); ``logit_scale`` is stored as a log.
+    """
+
+    def __init__(self, class_names: list[str], dim: int, init_temperature: float = 0.07) -> None:
+        super().__init__()
+        self.class_names = list(class_names)
+        self.prototypes = nn.Parameter(torch.randn(len(class_names), dim) * dim**-0.5)
+        self.logit_scale = nn.Parameter(torch.tensor(1.0 / init_temperature).log())
+
+    def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
+        scale = self.logit_scale.exp().clamp(max=100.0)
+        return scale * F.normalize(embeddings, dim=-1) @ F.normalize(self.prototypes, dim=-1).T
+
+
+class RadEncoder(nn.Module):
+    """Image tower (+ text tower) with linear projections to an ``embed_dim`` joint space.
+
+    - ``image_features``: pooled tower features before projection (what frozen probes read).
+    - ``encode_image`` / ``encode_text``: projected, L2-normalised joint embeddings (zero-shot, retrieval).
+    - ``label_head``: class prototypes when the encoder was trained with label supervision.
+    """
+
+    def __init__(self, image_tower: nn.Module, text_tower: HFTextTower | None = None, embed_dim: int = 128,
+                 preprocess: Preprocess | None = None, label_head: LabelHead | None = None) -> None:
+        super().__init__()
+        self.image_tower = image_tower
+        self.text_tower = text_tower
+        self.embed_dim = embed_dim
+        self.preprocess = preprocess or Preprocess()
+        self.image_proj = nn.Linear(image_tower.embed_dim, embed_dim, bias=False)
+        self.text_proj = nn.Linear(text_tower.embed_dim, embed_dim, bias=False) if text_tower else None
+        self.label_head = label_head
+
+    @property
+    def has_text(self) -> bool:
+        return self.text_tower is not None
+
+    def image_output(self, images: torch.Tensor) -> TowerOutput:
+        return self.image_tower(images)
+
+    def image_features(self, images: torch.Tensor) -> torch.Tensor:
+        return self.image_tower(images).pooled
+
+    def encode_image(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        z = self.image_proj(self.image_tower(images).pooled)
+        return F.normalize(z, dim=-1) if normalize else z
+
+    def text_output(self, tokens: dict[str, torch.Tensor]) -> TowerOutput:
+        if self.text_tower is None:
+            raise ValueError("this encoder has no text tower")
+        return self.text_tower(tokens["input_ids"], tokens["attention_mask"])
+
+    def encode_text(self, texts: list[str] | dict[str, torch.Tensor], normalize: bool = True) -> torch.Tensor:
+        if self.text_tower is None or self.text_proj is None:
+            raise ValueError("this encoder has no text tower")
+        tokens = self.text_tower.tokenize(texts) if isinstance(texts, list) else texts
+        device = self.text_proj.weight.device
+        z = self.text_proj(self.text_output({k: v.to(device) for k, v in tokens.items()}).pooled)
+        return F.normalize(z, dim=-1) if normalize else z

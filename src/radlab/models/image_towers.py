@@ -1,0 +1,63 @@
+"""Image towers built with timm; each returns a pooled embedding and its patch tokens."""
+
+from __future__ import annotations
+
+import timm
+import torch
+from torch import nn
+
+from radlab.models.towers import TowerOutput
+from radlab.registry import Registry
+
+IMAGE_TOWERS: Registry = Registry("image tower")
+
+
+class TimmImageTower(nn.Module):
+    """A timm backbone on one-channel radiographs.
+
+    ``timm.create_model(..., in_chans=1)`` sums a pretrained RGB stem over its input channels, which is the
+    right adaptation for grayscale images (a replicated 3-channel image would waste compute for the same
+    result). ViTs pool by their class token; CNNs by global average pooling of the last feature map.
+    """
+
+    def __init__(self, name: str, image_size: int = 128, pretrained: bool = False,
+                 checkpoint_path: str | None = None, **timm_kwargs: object) -> None:
+        super().__init__()
+        kwargs = dict(num_classes=0, in_chans=1, pretrained=pretrained, **timm_kwargs)
+        if checkpoint_path:
+            kwargs.update(pretrained=True, pretrained_cfg_overlay={"file": checkpoint_path})
+        if _is_vit(name):
+            kwargs["img_size"] = image_size
+        self.name = name
+        self.image_size = image_size
+        self.backbone = timm.create_model(name, **kwargs)
+        self.embed_dim: int = self.backbone.num_features
+        self.num_prefix_tokens: int = getattr(self.backbone, "num_prefix_tokens", 0)
+
+    def forward(self, images: torch.Tensor) -> TowerOutput:
+        features = self.backbone.forward_features(images)
+        pooled = self.backbone.forward_head(features, pre_logits=True)
+        if features.ndim == 4:
+            b, c, h, w = features.shape
+            return TowerOutput(pooled, features.flatten(2).transpose(1, 2), grid=(h, w))
+        patches = features[:, self.num_prefix_tokens:]
+        side = int(round(patches.shape[1] ** 0.5))
+        return TowerOutput(pooled, patches, grid=(side, patches.shape[1] // max(side, 1)))
+
+
+def _is_vit(name: str) -> bool:
+    return name.startswith(("vit_", "deit", "eva", "vit"))
+
+
+def _timm_entry(timm_name: str, description: str) -> None:
+    def build(image_size: int = 128, pretrained: bool = False, checkpoint_path: str | None = None,
+              **kwargs: object) -> TimmImageTower:
+        return TimmImageTower(timm_name, image_size, pretrained, checkpoint_path, **kwargs)
+
+    IMAGE_TOWERS.register(timm_name, description)(build)
+
+
+for _name, _desc in [
+    ("vit_tiny_patch16_224", "ViT-Tiny/16 (5.7M params), the CPU default at 128 px"),
+]:
+    _timm_entry(_name, _desc)

@@ -1,0 +1,29 @@
+"""The objective contract: ``forward(model, batch) -> dict`` of named loss terms, with the total in "loss"."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from radlab.registry import Registry
+
+OBJECTIVES: Registry = Registry("objective")
+
+
+class Objective(nn.Module):
+    """Base class. Subclasses declare what a batch must carry and may own learnable parameters
+    (temperatures, class prototypes), which are trained and checkpointed with the model.
+
+    A batch is a dict with "image" [B, C, H, W]; "labels" [B, K] (1/0/-1, NaN = not annotated) and
+    "label_mask" [B, K] when ``requires_labels``; "tokens" (tokenizer output) and "has_text" [B] when
+    ``requires_text``.
+    """
+
+    requires_text: bool = False
+    requires_labels: bool = False
+
+    def forward(self, model: nn.Module, batch: dict) -> dict[str, torch.Tensor]:  # pragma: no cover
+        raise NotImplementedError
+
+    def attach(self, model: nn.Module) -> None:
+        """Give the encoder what evaluation needs from this objective (e.g. class prototypes)."""

@@ -1,0 +1,79 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from radlab.data.records import RecordError, RecordTable
+from radlab.data.splits import assign_splits, check_patient_disjoint
+
+
+def _records(n: int = 6) -> list[dict]:
+    return [
+        {"id": f"r{i}", "image_path": f"img/{i}.png", "source": "s", "patient_id": f"p{i // 2}",
+         "view": "PA", "sex": "F" if i % 2 else "M", "age": 40.0 + i, "report": f"text {i}",
+         "label_cardiomegaly": [1.0, 0.0, -1.0, np.nan, 1.0, 0.0][i], "mask_lungs": f"m/{i}.png"}
+        for i in range(n)
+    ]
+
+
+def test_round_trip_keeps_values_and_resolves_paths(tmp_path):
+    table = RecordTable.from_records(_records(), root=tmp_path / "data")
+    written = table.write(tmp_path / "out")
+    back = RecordTable.read(written)
+    assert back.frame["id"].tolist() == table.frame["id"].tolist()
+    np.testing.assert_array_equal(back.labels(["cardiomegaly"]), table.labels(["cardiomegaly"]))
+    assert back.image_path(3) == (tmp_path / "data" / "img" / "3.png").resolve()
+    assert back.mask_path(3, "lungs") == (tmp_path / "data" / "m" / "3.png").resolve()
+    assert back.frame["age"].tolist() == table.frame["age"].tolist()
+
+
+def test_missing_label_stays_nan_not_negative(tmp_path):
+    table = RecordTable.from_records(_records(), root=tmp_path)
+    values = table.labels(["cardiomegaly", "pneumothorax"])
+    assert np.isnan(values[3, 0]) and np.isnan(values[:, 1]).all()
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("label_cardiomegaly", 2.0, "row 1: label_cardiomegaly"),
+    ("view", "OBLIQUE", "row 1: view='OBLIQUE'"),
+    ("label_not_a_finding", 1.0, "not a canonical finding"),
+])
+def test_bad_values_name_row_and_problem(tmp_path, field, value, message):
+    records = _records()
+    records[1][field] = value
+    with pytest.raises(RecordError, match=message):
+        RecordTable.from_records(records, root=tmp_path)
+
+
+def test_duplicate_ids_rejected(tmp_path):
+    records = _records()
+    records[2]["id"] = "r0"
+    with pytest.raises(RecordError, match="row 2: id 'r0' appears twice"):
+        RecordTable.from_records(records, root=tmp_path)
+
+
+def test_concat_masks_labels_a_source_lacks(tmp_path):
+    a = RecordTable.from_records(_records(2), root=tmp_path)
+    other = [{"id": "x", "image_path": "x.png", "source": "t", "patient_id": "q", "label_pneumothorax": 1.0}]
+    merged = RecordTable.concat([a, RecordTable.from_records(other, root=tmp_path)])
+    values = merged.labels(["cardiomegaly", "pneumothorax"])
+    assert np.isnan(values[2, 0]) and np.isnan(values[:2, 1]).all() and values[2, 1] == 1
+
+
+def test_patient_level_splits_are_deterministic_and_disjoint(tmp_path):
+    records = [{"id": f"r{i}", "image_path": f"{i}.png", "source": "s", "patient_id": f"p{i % 50}"}
+               for i in range(400)]
+    table = RecordTable.from_records(records, root=tmp_path)
+    first = assign_splits(table, seed=3)
+    check_patient_disjoint(first)
+    assert first.frame["split"].tolist() == assign_splits(table, seed=3).frame["split"].tolist()
+    assert first.frame["split"].tolist() != assign_splits(table, seed=4).frame["split"].tolist()
+    counts = first.frame.groupby("split")["patient_id"].nunique()
+    assert set(counts.index) == {"train", "val", "test"} and counts["train"] > counts["test"] > counts["val"]
+
+
+def test_official_splits_are_kept(tmp_path):
+    records = [{"id": f"r{i}", "image_path": f"{i}.png", "source": "s", "patient_id": f"p{i}",
+                "split": "test" if i < 3 else ""} for i in range(20)]
+    out = assign_splits(RecordTable.from_records(records, root=tmp_path), seed=0)
+    assert (out.frame["split"][:3] == "test").all()
+    assert isinstance(out.frame, pd.DataFrame)
