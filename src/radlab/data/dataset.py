@@ -13,7 +13,7 @@ from radlab.data.images import read_image, resize_pad
 from radlab.data.records import RecordTable
 from radlab.models.towers import Preprocess
 
-ImageTransform = Callable[[torch.Tensor], torch.Tensor]
+ImageTransform = Callable[[torch.Tensor], torch.Tensor | list[torch.Tensor]]
 
 
 def train_augment(image_size: int) -> ImageTransform:
@@ -53,10 +53,15 @@ class RecordDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         image = self.load_image(i)
-        if self.transform is not None:
-            image = self.transform(image).clamp(0, 1)
-        return {"index": i, "image": self.preprocess.normalise(image.unsqueeze(0))[0],
-                "labels": torch.from_numpy(self.labels[i]), "text": self.texts[i]}
+        views = self.transform(image) if self.transform is not None else image
+        if isinstance(views, list):
+            normalised: torch.Tensor | list[torch.Tensor] = [self._normalise(v) for v in views]
+        else:
+            normalised = self._normalise(views)
+        return {"index": i, "image": normalised, "labels": torch.from_numpy(self.labels[i]), "text": self.texts[i]}
+
+    def _normalise(self, image: torch.Tensor) -> torch.Tensor:
+        return self.preprocess.normalise(image.clamp(0, 1).unsqueeze(0))[0]
 
 
 class Collator:
@@ -70,7 +75,7 @@ class Collator:
         texts = [s["text"] for s in samples]
         batch = {
             "index": torch.tensor([s["index"] for s in samples]),
-            "image": torch.stack([s["image"] for s in samples]),
+            "image": _stack_views([s["image"] for s in samples]),
             "labels": labels,
             "label_mask": ~torch.isnan(labels),
             "text": texts,
@@ -79,3 +84,10 @@ class Collator:
         if self.tokenize is not None:
             batch["tokens"] = self.tokenize(texts)
         return batch
+
+
+def _stack_views(images: list) -> torch.Tensor | list[torch.Tensor]:
+    """Stack single images to [B, C, H, W]; stack multi-view samples per view position to a list."""
+    if isinstance(images[0], list):
+        return [torch.stack([views[k] for views in images]) for k in range(len(images[0]))]
+    return torch.stack(images)

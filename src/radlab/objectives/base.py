@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -27,3 +29,11 @@ class Objective(nn.Module):
 
     def attach(self, model: nn.Module) -> None:
         """Give the encoder what evaluation needs from this objective (e.g. class prototypes)."""
+
+    def train_transform(self, image_size: int) -> Callable[[torch.Tensor], torch.Tensor | list[torch.Tensor]] | None:
+        """Objective-specific augmentation of a [1, H, W] image in [0, 1]; None keeps the engine's default.
+        Returning a list of views (multi-crop) makes ``batch["image"]`` a list of stacked views."""
+        return None
+
+    def after_step(self, model: nn.Module, step: int, total_steps: int) -> None:
+        """Called after each optimiser step (EMA teachers, schedules of temperatures or momenta)."""

@@ -67,7 +67,8 @@ def pretrain(cfg: TrainConfig, data_root: str | None = None, progress: bool = Tr
     model = build_encoder(cfg.model if objective_cls.requires_text else cfg.model.model_copy(update={"text_tower": None}),
                           tokenizer)
     objective = build_objective(cfg, class_names)
-    dataset = RecordDataset(train_table, model.preprocess, class_names, train_augment(cfg.model.image_size))
+    transform = objective.train_transform(cfg.model.image_size) or train_augment(cfg.model.image_size)
+    dataset = RecordDataset(train_table, model.preprocess, class_names, transform)
     tokenize = model.text_tower.tokenize if objective.requires_text else None
     loader = DataLoader(dataset, batch_size=cfg.optim.batch_size, shuffle=True, drop_last=True,
                         num_workers=cfg.optim.num_workers, collate_fn=Collator(tokenize), generator=generator)
@@ -95,6 +96,7 @@ def pretrain(cfg: TrainConfig, data_root: str | None = None, progress: bool = Tr
                 optimizer.step()
                 scheduler.step()
                 step += 1
+                objective.after_step(model, step, cfg.optim.steps)
                 record = {"step": step, "lr": scheduler.get_last_lr()[0], "seconds": round(time.time() - start, 2),
                           **{k: float(v.detach()) for k, v in terms.items()}}
                 if step % cfg.optim.log_every == 0 or step == cfg.optim.steps:
