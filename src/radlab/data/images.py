@@ -7,14 +7,25 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from radlab.data.dicom import DICOM_POLICY, is_dicom, read_dicom
+
+_RASTER_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
+
+
+INTENSITY_POLICY = ("png/jpeg: 8-bit / 255, deeper min-max per image; " + DICOM_POLICY
+                    + "; resize_pad: bilinear, longer side to size, zero padding")
+
 
 def read_image(path: Path | str) -> np.ndarray:
-    """Read an 8- or 16-bit grayscale PNG or a JPEG as float32 [H, W] in [0, 1].
+    """Read an 8- or 16-bit grayscale PNG, a JPEG or a DICOM file as float32 [H, W] in [0, 1].
 
     8-bit images are divided by 255; deeper images (16-bit PNG, often 12 bits of signal) are min-max
-    scaled per image, so a 12-bit radiograph stored in 16 bits is not read as nearly black.
+    scaled per image, so a 12-bit radiograph stored in 16 bits is not read as nearly black. DICOM goes
+    through ``radlab.data.dicom.read_dicom`` (rescale, VOI LUT or window, MONOCHROME1 inversion).
     """
     path = Path(path)
+    if path.suffix.lower() not in _RASTER_SUFFIXES and is_dicom(path):
+        return read_dicom(path)
     try:
         with Image.open(path) as img:
             array = np.asarray(img)

@@ -1,17 +1,25 @@
-"""What every evaluation task receives: one encoder, one record table with patient-level splits."""
+"""What every evaluation task receives: one encoder, one record table with patient-level splits, the task's
+options, and the bootstrap settings every interval uses."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from radlab.data.records import RecordTable
 from radlab.evaluation.features import FeatureCache
+from radlab.evaluation.stats import DEFAULT_N_BOOT, Statistic, bootstrap_ci
 from radlab.models.encoder import RadEncoder
 from radlab.registry import Registry
 
 TASKS: Registry = Registry("evaluation task")
+SPLITS = ("train", "val", "test")
+
+
+class TaskSkipped(RuntimeError):
+    """A task that cannot run on this encoder or data (the reason goes into the results JSON)."""
 
 
 @dataclass
@@ -22,15 +30,55 @@ class EvalContext:
     seed: int = 0
     batch_size: int = 64
     features: FeatureCache = field(default_factory=FeatureCache)
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    n_boot: int = DEFAULT_N_BOOT
+    task: str = ""
+    statistics: dict[str, tuple[Statistic, np.ndarray]] = field(default_factory=dict)
+    _image_ok: np.ndarray | None = None
+
+    def option(self, key: str, default: Any) -> Any:
+        """The current task's option ``key`` (from ``--option task.key=value``), else ``default``."""
+        return self.options.get(self.task, {}).get(key, default)
+
+    def images_present(self) -> np.ndarray:
+        """Rows whose image file exists (a table may name images that are not on disk)."""
+        if self._image_ok is None:
+            has = self.table.has_images()
+            self._image_ok = np.array([bool(h) and self.table.image_path(i).exists() for i, h in enumerate(has)])
+        return self._image_ok
 
     def rows(self, split: str) -> np.ndarray:
-        return np.flatnonzero((self.table.frame["split"] == split).to_numpy() & self.table.has_images())
+        """Rows of a split with an image on disk."""
+        return np.flatnonzero((self.table.frame["split"] == split).to_numpy() & self.images_present())
+
+    def text_rows(self, split: str) -> np.ndarray:
+        """Rows of a split with a non-empty report (images not needed)."""
+        frame = self.table.frame
+        return np.flatnonzero((frame["split"] == split).to_numpy() & (frame["report"].str.strip() != "").to_numpy())
+
+    def require_images(self, splits: tuple[str, ...] = SPLITS) -> None:
+        missing = [s for s in splits if not len(self.rows(s))]
+        if missing:
+            raise TaskSkipped(f"no images on disk in split(s) {missing}: this task needs images")
 
     def image_features(self, split: str, kind: str = "pooled") -> np.ndarray:
         return self.features.get(self.encoder, self.table, self.rows(split), kind, self.batch_size)
 
+    def text_features(self, texts: list[str]) -> np.ndarray:
+        if not self.encoder.has_text:
+            raise TaskSkipped("this encoder has no text tower")
+        return self.features.text(self.encoder, texts, self.batch_size)
+
     def labels(self, split: str) -> np.ndarray:
         return self.table.labels(self.label_names)[self.rows(split)]
+
+    def patients(self, rows: np.ndarray) -> np.ndarray:
+        return self.table.frame["patient_id"].to_numpy()[rows].astype(str)
+
+    def interval(self, name: str, fn: Statistic, patients: np.ndarray) -> dict:
+        """Patient-bootstrap CI of ``fn(idx)`` over evaluated rows; kept for paired comparisons."""
+        self.statistics[f"{self.task}/{name}"] = (fn, np.asarray(patients))
+        return bootstrap_ci(fn, patients, self.n_boot, self.seed).as_dict()
 
 
 def evaluable_labels(table: RecordTable, names: list[str]) -> list[str]:

@@ -1,8 +1,14 @@
-"""Frozen image features, extracted once per (encoder, records, kind) and kept in memory."""
+"""Frozen features, extracted once per (encoder weights, record content, preprocessing, kind) and cached in
+memory and, given a folder, on disk under a hash of that key."""
 
 from __future__ import annotations
 
+import hashlib
+import logging
+from pathlib import Path
+
 import numpy as np
+import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
@@ -10,13 +16,33 @@ from radlab.data.dataset import Collator, RecordDataset
 from radlab.data.records import RecordTable
 from radlab.models.encoder import RadEncoder
 
-FEATURE_KINDS = ("pooled", "embedding")
+FEATURE_KINDS = ("pooled", "embedding", "tokens")
+FEATURE_FORMAT = "1"
+log = logging.getLogger(__name__)
+
+
+def encoder_hash(encoder: torch.nn.Module) -> str:
+    """SHA-256 (16 hex) of every weight and buffer, by name; the same weights give the same hash."""
+    digest = hashlib.sha256()
+    for name, value in sorted(encoder.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(value.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def table_hash(table: RecordTable) -> str:
+    """SHA-256 (16 hex) of the record table's content (every column, row order included)."""
+    values = pd.util.hash_pandas_object(table.frame.astype(str), index=False).to_numpy()
+    digest = hashlib.sha256(values.tobytes())
+    digest.update(",".join(table.frame.columns).encode())
+    return digest.hexdigest()[:16]
 
 
 @torch.no_grad()
 def extract_features(encoder: RadEncoder, table: RecordTable, kind: str = "pooled",
                      batch_size: int = 64) -> np.ndarray:
-    """``pooled``: tower features before projection (probes); ``embedding``: normalised joint embeddings."""
+    """``pooled``: tower features before projection (probes); ``embedding``: normalised joint embeddings;
+    ``tokens``: patch tokens [N, P, D] (``encoder.image_output(...).tokens``)."""
     if kind not in FEATURE_KINDS:
         raise ValueError(f"feature kind must be one of {FEATURE_KINDS}, got {kind!r}")
     encoder.eval()
@@ -25,18 +51,67 @@ def extract_features(encoder: RadEncoder, table: RecordTable, kind: str = "poole
     chunks = []
     for batch in loader:
         images = batch["image"].to(device)
-        out = encoder.image_features(images) if kind == "pooled" else encoder.encode_image(images)
+        if kind == "pooled":
+            out = encoder.image_features(images)
+        elif kind == "embedding":
+            out = encoder.encode_image(images)
+        else:
+            out = encoder.image_output(images).tokens
         chunks.append(out.float().cpu().numpy())
     return np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
 
 
+@torch.no_grad()
+def extract_text(encoder: RadEncoder, texts: list[str], batch_size: int = 64) -> np.ndarray:
+    """Normalised joint-space text embeddings, in batches."""
+    encoder.eval()
+    chunks = [encoder.encode_text(texts[i:i + batch_size]).float().cpu().numpy()
+              for i in range(0, len(texts), batch_size)]
+    return np.concatenate(chunks) if chunks else np.zeros((0, encoder.embed_dim), np.float32)
+
+
 class FeatureCache:
-    def __init__(self) -> None:
-        self._store: dict[tuple, np.ndarray] = {}
+    """In-memory cache, backed by ``cache_dir`` (``.npy`` per key) when one is given."""
+
+    def __init__(self, cache_dir: Path | str | None = None) -> None:
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else None
+        self._store: dict[str, np.ndarray] = {}
+        self._encoder_hashes: dict[int, str] = {}
+        self.extractions = 0
+
+    def encoder_key(self, encoder: torch.nn.Module) -> str:
+        if id(encoder) not in self._encoder_hashes:
+            self._encoder_hashes[id(encoder)] = encoder_hash(encoder)
+        return self._encoder_hashes[id(encoder)]
+
+    def key(self, encoder: RadEncoder, content: str, kind: str) -> str:
+        text = f"{FEATURE_FORMAT}|{self.encoder_key(encoder)}|{content}|{kind}|{encoder.preprocess!r}"
+        return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+    def _cached(self, key: str, compute) -> np.ndarray:
+        if key in self._store:
+            return self._store[key]
+        path = self.cache_dir / f"{key}.npy" if self.cache_dir else None
+        if path is not None and path.exists():
+            value = np.load(path)
+        else:
+            value = compute()
+            self.extractions += 1
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_suffix(".tmp.npy")
+                np.save(tmp, value)
+                tmp.replace(path)
+                log.info("cached features %s", path)
+        self._store[key] = value
+        return value
 
     def get(self, encoder: RadEncoder, table: RecordTable, rows: np.ndarray, kind: str,
             batch_size: int) -> np.ndarray:
-        key = (id(encoder), id(table), kind, rows.tobytes())
-        if key not in self._store:
-            self._store[key] = extract_features(encoder, table.subset(rows), kind, batch_size)
-        return self._store[key]
+        subset = table.subset(rows)
+        key = self.key(encoder, f"{table_hash(subset)}|{subset.root.resolve()}", kind)
+        return self._cached(key, lambda: extract_features(encoder, subset, kind, batch_size))
+
+    def text(self, encoder: RadEncoder, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        content = hashlib.sha256("\x00".join(texts).encode()).hexdigest()[:16]
+        return self._cached(self.key(encoder, content, "text"), lambda: extract_text(encoder, texts, batch_size))

@@ -1,15 +1,22 @@
-"""Run named evaluation tasks for one encoder on one record table and write a JSON of metrics."""
+"""Run named evaluation tasks for one encoder (optionally against a second, paired) and write a JSON with
+metrics, patient-bootstrap intervals, the task options, data and encoder hashes, seeds and code version."""
 
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from radlab import __version__
 from radlab.data.records import RecordTable
-from radlab.evaluation.context import TASKS, EvalContext
+from radlab.evaluation.context import SPLITS, TASKS, EvalContext, TaskSkipped
+from radlab.evaluation.features import FeatureCache, table_hash
+from radlab.evaluation.stats import DEFAULT_N_BOOT, paired_bootstrap
 from radlab.models.encoder import RadEncoder
 
 
@@ -23,22 +30,73 @@ def code_version() -> str:
     return f"{__version__}+{commit}" if commit else __version__
 
 
-def evaluate(encoder: RadEncoder, table: RecordTable, tasks: list[str], label_names: list[str],
-             seed: int = 0, encoder_name: str = "") -> dict:
-    ctx = EvalContext(encoder, table, label_names, seed)
-    results: dict = {"encoder": encoder_name, "seed": seed, "code_version": code_version(),
-                     "n_records": {s: int(len(ctx.rows(s))) for s in ("train", "val", "test")}, "tasks": {}}
+def run_tasks(ctx: EvalContext, tasks: list[str]) -> dict:
+    """Each task's metrics (or ``{"skipped": reason}``) with its wall time."""
+    out = {}
     for name in tasks:
+        ctx.task = name
         start = time.time()
-        metrics = TASKS.get(name)(ctx)
-        results["tasks"][name] = {**metrics, "seconds": round(time.time() - start, 2)}
+        try:
+            metrics = TASKS.get(name)(ctx)
+        except TaskSkipped as reason:
+            metrics = {"skipped": str(reason)}
+        out[name] = {**metrics, "seconds": round(time.time() - start, 2)}
+    return out
+
+
+def compare_contexts(a: EvalContext, b: EvalContext) -> dict:
+    """Paired patient bootstrap of A minus B for every statistic both runs computed on the same rows."""
+    out = {}
+    for key, (fn_a, patients) in a.statistics.items():
+        if key not in b.statistics or not np.array_equal(patients, b.statistics[key][1]):
+            continue
+        out[key] = paired_bootstrap(fn_a, b.statistics[key][0], patients, a.n_boot, a.seed)
+    return out
+
+
+def evaluate(encoder: RadEncoder, table: RecordTable, tasks: list[str], label_names: list[str],
+             seed: int = 0, encoder_name: str = "", options: dict[str, dict[str, Any]] | None = None,
+             n_boot: int = DEFAULT_N_BOOT, cache_dir: Path | str | None = None,
+             compare: RadEncoder | None = None, compare_name: str = "") -> dict:
+    """Evaluate ``encoder`` (and ``compare`` on the same rows, for paired differences) on named tasks."""
+    for name in tasks:
+        TASKS.get(name)
+    cache = FeatureCache(cache_dir)
+    ctx = EvalContext(encoder, table, label_names, seed, features=cache, options=options or {}, n_boot=n_boot)
+    results: dict = {
+        "encoder": encoder_name, "encoder_hash": cache.encoder_key(encoder), "seed": seed,
+        "code_version": code_version(), "data_hash": table_hash(table), "labels": list(label_names),
+        "config": {"tasks": list(tasks), "options": options or {}, "n_boot": n_boot, "bootstrap_unit": "patient",
+                   "ci_level": 0.95, "cache_dir": str(cache_dir) if cache_dir else None},
+        "n_records": {s: int(len(ctx.rows(s))) for s in SPLITS},
+        "n_text_records": {s: int(len(ctx.text_rows(s))) for s in SPLITS},
+        "tasks": run_tasks(ctx, tasks)}
+    if compare is not None:
+        other = EvalContext(compare, table, label_names, seed, features=cache, options=options or {}, n_boot=n_boot)
+        results["baseline"] = {"encoder": compare_name, "encoder_hash": cache.encoder_key(compare),
+                               "tasks": run_tasks(other, tasks)}
+        results["paired_difference"] = compare_contexts(ctx, other)
+    results["feature_extractions"] = cache.extractions
     return results
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe: numpy scalars to Python, NaN/inf to null."""
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def write_json(results: dict, path: Path | str) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results, indent=2))
+    tmp.write_text(json.dumps(_clean(results), indent=2, allow_nan=False))
     tmp.replace(path)
     return path

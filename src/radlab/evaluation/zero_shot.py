@@ -1,57 +1,142 @@
-"""Zero-shot classification: positive vs negative prompts in the joint space, or class prototypes."""
+"""Zero-shot classification with no training on the evaluation data.
+
+Text models score each finding by a softmax over {positive, negative} prompt embeddings, in three prompt
+modes (class names, a seeded ensemble of composed prompts, clinical descriptions). Label-supervised models
+answer through their class prototypes; a class outside their label head is scored only when it is defined
+from seen classes through the taxonomy: the max over seen descendants (a positive child implies its
+parent), else the nearest seen ancestor. Multi-label: AUC per finding. Single-label: images with exactly
+one positive finding, top-1 accuracy over the findings. Base-vs-new: macro AUC over seen and unseen classes.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
-from sklearn.metrics import roc_auc_score
 
-from radlab.data.taxonomy import display_name
-from radlab.evaluation.context import TASKS, EvalContext, evaluable_labels
-
-
-def binary_prompts(name: str) -> tuple[str, str]:
-    words = display_name(name)
-    return f"FINDINGS: {words}.", f"FINDINGS: no {words}."
+from radlab.data.taxonomy import FINDING_NAMES, ancestors
+from radlab.evaluation.context import TASKS, EvalContext, TaskSkipped
+from radlab.evaluation.linear_probe import two_class
+from radlab.evaluation.metrics import accuracy, macro_auc, roc_auc
+from radlab.evaluation.prompts import PROMPT_MODES, prompts
 
 
-@torch.no_grad()
-def prompt_scores(ctx: EvalContext, names: list[str]) -> np.ndarray:
-    """Score per (test image, finding): softmax over {positive, negative} prompt similarities."""
+def descendants(name: str) -> list[str]:
+    return [f for f in FINDING_NAMES if name in ancestors(f)]
+
+
+def class_vectors(ctx: EvalContext, names: list[str], mode: str) -> np.ndarray:
+    """[K, 2, D]: averaged, re-normalised positive and negative prompt embeddings per finding."""
+    out = []
+    for name in names:
+        pair = []
+        for texts in prompts(name, mode, ctx.seed):
+            mean = ctx.text_features(texts).mean(0)
+            pair.append(mean / max(np.linalg.norm(mean), 1e-8))
+        out.append(np.stack(pair))
+    return np.stack(out)
+
+
+def prompt_scores(ctx: EvalContext, names: list[str], mode: str) -> tuple[np.ndarray, np.ndarray]:
+    """(binary scores [N, K]: P(positive prompt), class scores [N, K]: positive-prompt similarity)."""
     images = torch.from_numpy(ctx.image_features("test", kind="embedding"))
-    prompts = [p for name in names for p in binary_prompts(name)]
-    text = ctx.encoder.encode_text(prompts).cpu().reshape(len(names), 2, -1)
+    text = torch.from_numpy(class_vectors(ctx, names, mode))
     logits = torch.einsum("nd,kpd->nkp", images, text) * 100.0
-    return logits.softmax(-1)[..., 0].numpy()
+    return logits.softmax(-1)[..., 0].numpy(), logits[..., 0].numpy()
 
 
 @torch.no_grad()
-def prototype_scores(ctx: EvalContext, names: list[str]) -> np.ndarray:
+def prototype_logits(ctx: EvalContext) -> np.ndarray:
     head = ctx.encoder.label_head
-    missing = [n for n in names if n not in head.class_names]
-    if missing:
-        raise ValueError(f"the encoder's label head has no prototype for {missing}")
     images = torch.from_numpy(ctx.image_features("test", kind="embedding"))
-    logits = head(images.to(head.prototypes.device)).cpu().numpy()
-    return logits[:, [head.class_names.index(n) for n in names]]
+    return head(images.to(head.prototypes.device)).cpu().numpy()
 
 
-@TASKS.register("zero_shot", "no training: text prompts (or class prototypes); test AUC per finding")
-def zero_shot(ctx: EvalContext) -> dict:
-    if ctx.encoder.has_text:
-        mode = "prompts"
-    elif ctx.encoder.label_head is not None:
-        mode = "prototypes"
-    else:
-        raise ValueError("zero-shot needs a text tower or a label head; this encoder has neither")
-    names = evaluable_labels(ctx.table, ctx.label_names)
-    if mode == "prototypes":
-        names = [n for n in names if n in ctx.encoder.label_head.class_names]
-    scores = prompt_scores(ctx, names) if mode == "prompts" else prototype_scores(ctx, names)
-    labels = ctx.labels("test")
-    per_label = {}
+def derived_from_seen(name: str, seen: list[str]) -> tuple[list[str], str] | None:
+    """How an unseen class is scored from seen ones: (seen classes, "max" | "ancestor"), or None."""
+    children = [d for d in descendants(name) if d in seen]
+    if children:
+        return children, "max"
+    parents = [a for a in ancestors(name) if a in seen]
+    return ([parents[0]], "ancestor") if parents else None
+
+
+def prototype_scores(ctx: EvalContext, names: list[str]) -> tuple[np.ndarray, dict[str, str]]:
+    head = ctx.encoder.label_head
+    logits = prototype_logits(ctx)
+    scores = np.full((len(logits), len(names)), np.nan)
+    definitions = {}
     for j, name in enumerate(names):
-        k = ctx.label_names.index(name)
-        known = np.isin(labels[:, k], (0, 1))
-        per_label[name] = float(roc_auc_score(labels[known, k], scores[known, j]))
-    return {"mode": mode, "auc": per_label, "macro_auc": float(np.mean(list(per_label.values())))}
+        if name in head.class_names:
+            scores[:, j] = logits[:, head.class_names.index(name)]
+            continue
+        derived = derived_from_seen(name, head.class_names)
+        if derived is not None:
+            sources, how = derived
+            scores[:, j] = logits[:, [head.class_names.index(s) for s in sources]].max(1)
+            definitions[name] = f"{how}({', '.join(sources)})"
+    return scores, definitions
+
+
+def single_label(labels: np.ndarray, class_scores: np.ndarray) -> dict:
+    """Top-1 accuracy on images with exactly one positive among the scored findings."""
+    usable = ~np.isnan(class_scores).any(0)
+    y, s = labels[:, usable], class_scores[:, usable]
+    one = ((y == 1).sum(1) == 1) & np.isin(y, (0, 1)).all(1)
+    if usable.sum() < 2 or not one.any():
+        return {"n": 0}
+    truth = np.argmax(y[one] == 1, axis=1)
+    return {"accuracy": accuracy(truth, s[one].argmax(1)), "chance": 1.0 / int(usable.sum()), "n": int(one.sum())}
+
+
+def summarise(labels: np.ndarray, scores: np.ndarray, names: list[str], seen: set[str] | None) -> dict:
+    per_label = {n: roc_auc(labels[np.isin(labels[:, j], (0, 1)), j], scores[np.isin(labels[:, j], (0, 1)), j])
+                 for j, n in enumerate(names) if not np.isnan(scores[:, j]).any()}
+    out = {"auc": per_label, "macro_auc": float(np.mean(list(per_label.values()))) if per_label else float("nan")}
+    if seen is not None:
+        for group, members in (("seen", [n for n in per_label if n in seen]),
+                               ("unseen", [n for n in per_label if n not in seen])):
+            out[f"{group}_classes"] = members
+            out[f"{group}_macro_auc"] = float(np.mean([per_label[n] for n in members])) if members else float("nan")
+    return out
+
+
+def seen_classes(ctx: EvalContext) -> set[str] | None:
+    given = ctx.option("seen_classes", None)
+    if given:
+        return set(given.split(",") if isinstance(given, str) else given)
+    head = ctx.encoder.label_head
+    return set(head.class_names) if head is not None else None
+
+
+@TASKS.register("zero_shot", "prompts (names/ensemble/descriptions) or class prototypes; AUC, top-1, seen vs unseen")
+def zero_shot(ctx: EvalContext) -> dict:
+    if not ctx.encoder.has_text and ctx.encoder.label_head is None:
+        raise TaskSkipped("zero-shot needs a text tower or a label head; this encoder has neither")
+    ctx.require_images(("test",))
+    labels_all = ctx.labels("test")
+    names = [n for j, n in enumerate(ctx.label_names) if two_class(labels_all[:, j])]
+    labels = labels_all[:, [ctx.label_names.index(n) for n in names]]
+    seen = seen_classes(ctx)
+    results: dict = {}
+    if ctx.encoder.has_text:
+        modes = ctx.option("modes", PROMPT_MODES)
+        for mode in (modes.split(",") if isinstance(modes, str) else modes):
+            binary, per_class = prompt_scores(ctx, names, mode)
+            results[mode] = {**summarise(labels, binary, names, seen), "single_label": single_label(labels, per_class)}
+        primary = ctx.option("primary", "names" if "names" in results else next(iter(results)))
+        mode = "prompts"
+    if ctx.encoder.label_head is not None:
+        scores, definitions = prototype_scores(ctx, names)
+        results["prototypes"] = {**summarise(labels, scores, names, seen), "unseen_defined_as": definitions,
+                                 "single_label": single_label(labels, scores)}
+        if not ctx.encoder.has_text:
+            primary, mode = "prototypes", "prototypes"
+    if not results[primary]["auc"]:
+        raise TaskSkipped("no evaluable finding can be scored zero-shot by this encoder")
+    scored = [names.index(n) for n in results[primary]["auc"]]
+    binary = prompt_scores(ctx, names, primary)[0] if primary != "prototypes" else prototype_scores(ctx, names)[0]
+    y, s = labels[:, scored], binary[:, scored]
+    ci = ctx.interval("macro_auc", lambda idx: macro_auc(y[idx], s[idx]), ctx.patients(ctx.rows("test")))
+    return {"mode": mode, "prompt_mode": primary, "macro_auc": results[primary]["macro_auc"], "macro_auc_ci": ci,
+            "auc": results[primary]["auc"], "modes": results,
+            "seen_classes": sorted(seen) if seen is not None else None}

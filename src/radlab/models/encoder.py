@@ -38,15 +38,21 @@ class RadEncoder(nn.Module):
     - ``label_head``: class prototypes when the encoder was trained with label supervision.
     """
 
-    def __init__(self, image_tower: nn.Module, text_tower: HFTextTower | None = None, embed_dim: int = 128,
-                 preprocess: Preprocess | None = None, label_head: LabelHead | None = None) -> None:
+    def __init__(self, image_tower: nn.Module, text_tower: HFTextTower | nn.Module | None = None,
+                 embed_dim: int = 128, preprocess: Preprocess | None = None, label_head: LabelHead | None = None,
+                 image_proj: nn.Module | None = None, text_proj: nn.Module | None = None) -> None:
+        """``image_proj`` / ``text_proj`` default to new bias-free Linear layers; external encoders pass their
+        own trained projections (e.g. a CLIP projection matrix, or Identity for image-only models)."""
         super().__init__()
         self.image_tower = image_tower
         self.text_tower = text_tower
         self.embed_dim = embed_dim
         self.preprocess = preprocess or Preprocess()
-        self.image_proj = nn.Linear(image_tower.embed_dim, embed_dim, bias=False)
-        self.text_proj = nn.Linear(text_tower.embed_dim, embed_dim, bias=False) if text_tower else None
+        self.image_proj = image_proj if image_proj is not None else nn.Linear(image_tower.embed_dim, embed_dim,
+                                                                              bias=False)
+        if text_proj is None and text_tower is not None:
+            text_proj = nn.Linear(text_tower.embed_dim, embed_dim, bias=False)
+        self.text_proj = text_proj
         self.label_head = label_head
 
     @property
@@ -72,6 +78,6 @@ class RadEncoder(nn.Module):
         if self.text_tower is None or self.text_proj is None:
             raise ValueError("this encoder has no text tower")
         tokens = self.text_tower.tokenize(texts) if isinstance(texts, list) else texts
-        device = self.text_proj.weight.device
+        device = next(self.text_tower.parameters()).device
         z = self.text_proj(self.text_output({k: v.to(device) for k, v in tokens.items()}).pooled)
         return F.normalize(z, dim=-1) if normalize else z

@@ -1,29 +1,67 @@
-"""CLIP / InfoNCE image-text contrastive objective."""
+"""CLIP / InfoNCE image-text contrastive objective over the global batch, and the contrastive helpers the
+other image-text objectives share (gathering across ranks, soft-target cross-entropy)."""
 
 from __future__ import annotations
 
 import math
+import random
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from radlab.objectives.base import OBJECTIVES, Objective
+from radlab.train.distributed import gather_with_grad, global_mean
 
 
-def clip_loss(image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
-    """Symmetric InfoNCE over a batch of matched, L2-normalised pairs (row i of each is a pair)."""
-    logits = logit_scale * image @ text.T
-    target = torch.arange(len(image), device=image.device)
-    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+class LogitScale(nn.Module):
+    """A learnable inverse temperature s = exp(t), initialised to 1/τ0 and clamped at ``max_scale``."""
+
+    def __init__(self, init_temperature: float = 0.07, max_scale: float = 100.0) -> None:
+        super().__init__()
+        self.log_scale = nn.Parameter(torch.tensor(math.log(1.0 / init_temperature)))
+        self.max_scale = max_scale
+
+    def forward(self) -> torch.Tensor:
+        return self.log_scale.exp().clamp(max=self.max_scale)
+
+
+def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per-row cross-entropy ``-sum_j t_ij log softmax(logits)_ij`` against target distributions."""
+    return -(targets * F.log_softmax(logits, dim=-1)).sum(-1)
+
+
+def clip_loss(image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor,
+              weight_image: float = 0.5) -> torch.Tensor:
+    """InfoNCE over matched, L2-normalised pairs (row i of each), both directions, over the global batch.
+
+    Each rank holds its rows; the other ranks' rows are gathered with gradients and this rank scores only
+    its own rows against all columns (open_clip's local loss), returning its share of the global mean
+    (``global_mean``), so W ranks with B rows each train exactly like one process with W·B rows.
+    ``weight_image`` weighs image->text against text->image (CLIP: 1/2; ConVIRT: λ)."""
+    all_image, offset = gather_with_grad(image)
+    all_text, _ = gather_with_grad(text)
+    target = torch.arange(len(image), device=image.device) + offset
+    image_to_text = F.cross_entropy(logit_scale * image @ all_text.T, target, reduction="none")
+    text_to_image = F.cross_entropy(logit_scale * text @ all_image.T, target, reduction="none")
+    per_row = weight_image * image_to_text + (1 - weight_image) * text_to_image
+    return global_mean(per_row, len(all_image))
+
+
+def paired_embeddings(model: nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalised embeddings of the images and reports of the samples that have report text."""
+    keep = batch["has_text"]
+    image = model.encode_image(batch["image"][keep])
+    text = model.encode_text({k: v[keep] for k, v in batch["tokens"].items()})
+    return image, text
 
 
 @OBJECTIVES.register("clip", "CLIP: symmetric image-text InfoNCE with a learnable temperature")
 class ClipObjective(Objective):
     """CLIP (Radford et al., 2021, "Learning Transferable Visual Models From Natural Language Supervision").
 
-    With normalised image and text embeddings u_i, v_i and learnable scale s = exp(t) (initialised to
-    1/0.07, clamped at 100):
+    With normalised image and text embeddings u_i, v_i over the N pairs of the global batch and a learnable
+    scale s = exp(t) (initialised to 1/0.07, clamped at 100):
 
         L = 1/2N sum_i [ -log exp(s u_i·v_i) / sum_j exp(s u_i·v_j)  -log exp(s u_i·v_i) / sum_j exp(s u_j·v_i) ]
 
@@ -34,15 +72,27 @@ class ClipObjective(Objective):
 
     def __init__(self, init_temperature: float = 0.07, max_scale: float = 100.0) -> None:
         super().__init__()
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / init_temperature)))
-        self.max_scale = max_scale
-
-    def scale(self) -> torch.Tensor:
-        return self.logit_scale.exp().clamp(max=self.max_scale)
+        self.logit_scale = LogitScale(init_temperature, max_scale)
 
     def forward(self, model: nn.Module, batch: dict) -> dict[str, torch.Tensor]:
-        keep = batch["has_text"]
-        image = model.encode_image(batch["image"][keep])
-        text = model.encode_text({k: v[keep] for k, v in batch["tokens"].items()})
-        loss = clip_loss(image, text, self.scale())
-        return {"loss": loss, "clip": loss.detach(), "logit_scale": self.scale().detach()}
+        image, text = paired_embeddings(model, batch)
+        scale = self.logit_scale()
+        loss = clip_loss(image, text, scale)
+        return {"loss": loss, "clip": loss.detach(), "logit_scale": scale.detach()}
+
+
+def positives(labels: torch.Tensor) -> torch.Tensor:
+    """Binary label matrix for target construction: 1 where a finding is positive; negative, uncertain (-1)
+    and unannotated (NaN) count as 0."""
+    return (torch.nan_to_num(labels, nan=0.0) == 1).to(torch.float32)
+
+
+def reports_or_prompts(batch: dict, class_names: list[str]) -> list[str]:
+    """The batch's report texts, with a templated prompt from the labels wherever a sample has no report.
+    Prompt choices are drawn from torch's global RNG, which training states save and restore."""
+    from radlab.data.prompts import compose_prompts
+
+    rng = random.Random(int(torch.randint(0, 2**31 - 1, (1,))))
+    labels = batch["labels"].cpu().numpy()
+    return [text if has else compose_prompts(row, class_names, rng)
+            for text, has, row in zip(batch["text"], batch["has_text"].tolist(), labels, strict=True)]

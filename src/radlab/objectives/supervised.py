@@ -32,8 +32,9 @@ def resolve_uncertain(labels: torch.Tensor, mask: torch.Tensor, policy: str) -> 
 
 @OBJECTIVES.register("supervised", "multi-label BCE on class prototypes, masked to annotated labels")
 class SupervisedObjective(Objective):
-    """Supervised pre-training on fine-grained labels (Jang et al., "A reality check of vision-language
-    pre-training in radiology", the "Unimodal" baseline).
+    """Supervised pre-training on fine-grained labels: "Unimodal" in Silva-Rodríguez, Dolz and Ben Ayed,
+    "A Reality Check of Vision-Language Pre-training in Radiology: Have We Progressed Using Text?" (IPMI 2025,
+    arXiv:2504.05227).
 
     With projected image embedding z_i, learnable prototypes p_k and temperature s = exp(t):
 

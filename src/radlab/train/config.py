@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -35,15 +35,62 @@ class DataConfig(BaseModel):
 
 
 class OptimConfig(BaseModel):
+    """``batch_size`` is the global batch of one optimiser step: each of W ranks takes
+    batch_size / (W * accumulation) samples per micro-batch, so W and accumulation leave the run unchanged
+    (contrastive negatives, though, come from one micro-batch gathered over ranks)."""
+
     model_config = ConfigDict(extra="forbid")
     steps: int = 200
     batch_size: int = 32
+    accumulation: int = 1
     lr: float = 3e-4
+    min_lr_ratio: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 0.05
+    layer_decay: float | None = None
     warmup_steps: int = 20
-    grad_clip: float = 1.0
+    grad_clip: float | None = 1.0
     num_workers: int = 0
     log_every: int = 10
+
+
+class EmaConfig(BaseModel):
+    """EMA of the model and objective weights; the final checkpoint holds the averaged weights."""
+
+    model_config = ConfigDict(extra="forbid")
+    decay: float = 0.999
+    warmup: int = 0
+
+
+class CheckpointConfig(BaseModel):
+    """Training states for ``--resume`` every ``every`` steps and at the end (0: only when a run stops early, by time budget or early stopping)."""
+
+    model_config = ConfigDict(extra="forbid")
+    every: int = 0
+    keep_last: int = 2
+
+
+class EarlyStoppingConfig(BaseModel):
+    """Every ``every`` steps, average the objective's term ``metric`` over the validation split; stop after
+    ``patience`` evaluations without an improvement of at least ``min_delta``."""
+
+    model_config = ConfigDict(extra="forbid")
+    metric: str = "loss"
+    mode: Literal["min", "max"] = "min"
+    every: int = 50
+    patience: int = 3
+    min_delta: float = 0.0
+    max_batches: int | None = None
+
+
+class RuntimeConfig(BaseModel):
+    """Device ("auto": CUDA when available), bf16 autocast (GPU only), and DDP's unused-parameter search
+    (needed only when an objective leaves trainable parameters out of some steps' graphs)."""
+
+    model_config = ConfigDict(extra="forbid")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: bool = True
+    find_unused_parameters: bool = False
 
 
 class TrainConfig(BaseModel):
@@ -55,6 +102,12 @@ class TrainConfig(BaseModel):
     model: ModelConfig = ModelConfig()
     data: DataConfig
     optim: OptimConfig = OptimConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
+    ema: EmaConfig | None = None
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    early_stopping: EarlyStoppingConfig | None = None
+    max_minutes: float | None = None
+    resume: bool = False
 
     @classmethod
     def from_file(cls, path: Path | str, overrides: list[str] | None = None) -> TrainConfig:

@@ -1,28 +1,48 @@
-"""The pre-training loop: build data, model and objective from a config, train, write a checkpoint."""
+"""The pre-training engine: one readable PyTorch loop from one CPU to many GPUs (DDP via ``torchrun``).
+
+Per optimiser step: ``accumulation`` micro-batches (gradient sync only on the last), bf16 autocast on GPU,
+gradient clipping, AdamW step, cosine-with-warm-up schedule, the objective's ``after_step`` hook, and an
+optional EMA. Metrics go to ``<out>/metrics.jsonl`` and TensorBoard (``<out>/tb``); training states to
+``<out>/state`` (see ``radlab.train.state``) so ``resume=true`` continues exactly where a run stopped; the
+encoder to ``<out>/checkpoint``. A ``max_minutes`` budget and early stopping on a validation term end runs
+early, both with a resumable state written.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import logging
+import math
 import random
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+import torch.distributed as dist
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
+from torch.utils.tensorboard import SummaryWriter
 
 from radlab.data.dataset import Collator, RecordDataset, train_augment
 from radlab.data.loading import load_tables
 from radlab.data.records import RecordTable
 from radlab.models.build import build_encoder
 from radlab.models.checkpoint import save_encoder
+from radlab.models.encoder import RadEncoder
 from radlab.models.tokenizer import train_wordpiece
 from radlab.objectives import OBJECTIVES, Objective
-from radlab.train.config import TrainConfig
+from radlab.train import distributed as distrib
+from radlab.train.config import EarlyStoppingConfig, TrainConfig
+from radlab.train.ema import ModelEMA
+from radlab.train.loader import Position, RankedBatchSampler, SeededDataset, stream
 from radlab.train.optim import cosine_with_warmup, param_groups
+from radlab.train.state import latest_state, load_state, rng_state, save_state, set_rng_state
 
 log = logging.getLogger(__name__)
 
@@ -42,69 +62,317 @@ def training_labels(table: RecordTable, requested: list[str] | None) -> list[str
     return [name for name, seen in zip(table.label_names, annotated.any(0), strict=True) if seen]
 
 
-def build_objective(cfg: TrainConfig, class_names: list[str]) -> Objective:
-    """Objectives take what they need from the context by argument name (class_names, embed_dim)."""
+def build_objective(cfg: TrainConfig, class_names: list[str], model: RadEncoder | None = None) -> Objective:
+    """Objectives take what they need from the context by argument name: class_names, embed_dim, and with a
+    built ``model`` image_dim / text_dim (its towers' widths), the model itself (EMA teachers copy its image
+    tower) and seed."""
     cls = OBJECTIVES.get(cfg.objective.name)
-    context = {"class_names": class_names, "embed_dim": cfg.model.embed_dim}
+    context = {"class_names": class_names, "embed_dim": cfg.model.embed_dim, "seed": cfg.seed}
+    if model is not None:
+        context["image_dim"] = model.image_tower.embed_dim
+        context["text_dim"] = model.text_tower.embed_dim if model.text_tower is not None else None
+        context["model"] = model
     accepted = inspect.signature(cls).parameters
     return cls(**{k: v for k, v in context.items() if k in accepted}, **cfg.objective.kwargs)
 
 
-def pretrain(cfg: TrainConfig, data_root: str | None = None, progress: bool = True) -> Path:
-    """Train and write ``<out>/checkpoint`` plus ``<out>/metrics.jsonl``; returns the checkpoint folder."""
-    generator = seed_everything(cfg.seed)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    table = load_tables([(s.source, s.path) for s in cfg.data.sources], cfg.data.split_fractions,
-                        cfg.data.split_seed, data_root)
-    train_table = table.split("train")
-    train_table = train_table.subset(train_table.has_images())
-    class_names = training_labels(train_table, cfg.data.labels)
-    objective_cls = OBJECTIVES.get(cfg.objective.name)
-    tokenizer = None
-    if cfg.model.text_tower is not None and cfg.model.text_tower.name != "hf":
-        tokenizer = train_wordpiece(table.split("train").texts(), cfg.data.vocab_size)
-    model = build_encoder(cfg.model if objective_cls.requires_text else cfg.model.model_copy(update={"text_tower": None}),
-                          tokenizer)
-    objective = build_objective(cfg, class_names)
-    transform = objective.train_transform(cfg.model.image_size) or train_augment(cfg.model.image_size)
-    dataset = RecordDataset(train_table, model.preprocess, class_names, transform)
-    tokenize = model.text_tower.tokenize if objective.requires_text else None
-    loader = DataLoader(dataset, batch_size=cfg.optim.batch_size, shuffle=True, drop_last=True,
-                        num_workers=cfg.optim.num_workers, collate_fn=Collator(tokenize), generator=generator)
-    if len(loader) == 0:
-        raise ValueError(f"{len(dataset)} training images is fewer than one batch of {cfg.optim.batch_size}")
-    optimizer = torch.optim.AdamW(param_groups([model, objective], cfg.optim.weight_decay), lr=cfg.optim.lr)
-    scheduler = cosine_with_warmup(optimizer, cfg.optim.warmup_steps, cfg.optim.steps)
-    log.info("pretraining %s on %d images, %d labels, %d steps", cfg.objective.name, len(dataset),
-             len(class_names), cfg.optim.steps)
-    model.train()
-    objective.train()
-    metrics_path = out / "metrics.jsonl"
-    step, start = 0, time.time()
-    columns = [TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-               TextColumn("loss {task.fields[loss]:.4f}"), TimeRemainingColumn()]
-    with metrics_path.open("w") as metrics, Progress(*columns, disable=not progress) as bar:
-        task = bar.add_task(cfg.name, total=cfg.optim.steps, loss=float("nan"))
-        while step < cfg.optim.steps:
-            for batch in loader:
-                terms = objective(model, batch)
-                optimizer.zero_grad(set_to_none=True)
-                terms["loss"].backward()
-                torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]],
-                                               cfg.optim.grad_clip)
-                optimizer.step()
-                scheduler.step()
-                step += 1
-                objective.after_step(model, step, cfg.optim.steps)
-                record = {"step": step, "lr": scheduler.get_last_lr()[0], "seconds": round(time.time() - start, 2),
-                          **{k: float(v.detach()) for k, v in terms.items()}}
-                if step % cfg.optim.log_every == 0 or step == cfg.optim.steps:
-                    metrics.write(json.dumps(record) + "\n")
-                    metrics.flush()
-                bar.update(task, advance=1, loss=record["loss"])
-                if step >= cfg.optim.steps:
+class TrainModule(nn.Module):
+    """Model and objective as one module, so DDP syncs the gradients of both; the objective receives the
+    plain ``RadEncoder`` and may call any of its methods."""
+
+    def __init__(self, model: RadEncoder, objective: Objective) -> None:
+        super().__init__()
+        self.model = model
+        self.objective = objective
+
+    def forward(self, batch: dict) -> dict[str, torch.Tensor]:
+        return self.objective(self.model, batch)
+
+
+def to_device(batch: object, device: torch.device) -> object:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, list) and batch and isinstance(batch[0], torch.Tensor):
+        return [to_device(v, device) for v in batch]
+    return batch
+
+
+class EarlyStopper:
+    """Tracks the best validation value; ``update`` returns True when patience has run out."""
+
+    def __init__(self, cfg: EarlyStoppingConfig) -> None:
+        self.cfg = cfg
+        self.best = math.inf if cfg.mode == "min" else -math.inf
+        self.bad = 0
+
+    def update(self, value: float) -> bool:
+        better = value < self.best - self.cfg.min_delta if self.cfg.mode == "min" else \
+            value > self.best + self.cfg.min_delta
+        self.best, self.bad = (value, 0) if better else (self.best, self.bad + 1)
+        return self.bad >= self.cfg.patience
+
+    def state_dict(self) -> dict:
+        return {"best": self.best, "bad": self.bad}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best, self.bad = float(state["best"]), int(state["bad"])
+
+
+class Trainer:
+    """Holds what one run needs; ``fit`` runs the loop. Built by ``pretrain``."""
+
+    def __init__(self, cfg: TrainConfig, env: distrib.DistEnv, data_root: str | None) -> None:
+        self.cfg, self.env = cfg, env
+        self.out = Path(cfg.out)
+        seed_everything(cfg.seed + env.rank)
+        table = load_tables([(s.source, s.path) for s in cfg.data.sources], cfg.data.split_fractions,
+                            cfg.data.split_seed, data_root)
+        train_table = table.split("train")
+        self.class_names = training_labels(train_table, cfg.data.labels)
+        objective_cls = OBJECTIVES.get(cfg.objective.name)
+        model_cfg = cfg.model if objective_cls.requires_text else cfg.model.model_copy(update={"text_tower": None})
+        tokenizer = None
+        if model_cfg.text_tower is not None and model_cfg.text_tower.name != "hf":
+            tokenizer = train_wordpiece(train_table.texts(), cfg.data.vocab_size)
+        torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+        self.model = build_encoder(model_cfg, tokenizer)
+        self.objective = build_objective(cfg, self.class_names, self.model)
+        torch.manual_seed(cfg.seed + env.rank)
+        self.module = TrainModule(self.model, self.objective).to(env.device)
+        self.wrapped: nn.Module = self.module
+        if env.world_size > 1:
+            self.wrapped = DistributedDataParallel(
+                self.module, device_ids=[env.local_rank] if env.device.type == "cuda" else None,
+                find_unused_parameters=cfg.runtime.find_unused_parameters)
+        self.micro_batch = self._micro_batch()
+        transform = self.objective.train_transform(model_cfg.image_size) or train_augment(model_cfg.image_size)
+        tokenize = self.model.text_tower.tokenize if self.objective.requires_text else None
+        self.loader, self.sampler = self._loader(self._with_images(train_table, "train"), transform, tokenize,
+                                                 shuffle=True)
+        self.val = None
+        if cfg.early_stopping is not None:
+            self.val = self._loader(self._with_images(table.split("val"), "val"), None, tokenize, shuffle=False)
+        opt = cfg.optim
+        self.optimizer = torch.optim.AdamW(param_groups(self.module, opt.weight_decay, opt.lr, opt.layer_decay),
+                                           lr=opt.lr, betas=opt.betas)
+        self.scheduler = cosine_with_warmup(self.optimizer, opt.warmup_steps, opt.steps, opt.min_lr_ratio)
+        self.ema = ModelEMA(self.module, cfg.ema.decay, cfg.ema.warmup) if cfg.ema is not None else None
+        self.stopper = EarlyStopper(cfg.early_stopping) if cfg.early_stopping is not None else None
+        self.step = 0
+        self.elapsed_before = 0.0
+        self.started = time.time()
+
+    def _micro_batch(self) -> int:
+        opt, world = self.cfg.optim, self.env.world_size
+        if opt.batch_size % (world * opt.accumulation):
+            raise ValueError(f"batch_size {opt.batch_size} must be divisible by world size {world} x "
+                             f"accumulation {opt.accumulation}")
+        return opt.batch_size // (world * opt.accumulation)
+
+    def _with_images(self, table: RecordTable, split: str) -> RecordTable:
+        with_images = table.subset(table.has_images())
+        if len(with_images) < self.micro_batch * self.env.world_size:
+            raise ValueError(f"the {split} split has {len(with_images)} records with images (of {len(table)}), "
+                             f"fewer than one global batch of {self.micro_batch * self.env.world_size}")
+        return with_images
+
+    def _loader(self, table: RecordTable, transform: object, tokenize: object,
+                shuffle: bool) -> tuple[DataLoader, RankedBatchSampler]:
+        dataset = SeededDataset(RecordDataset(table, self.model.preprocess, self.class_names, transform),
+                                self.cfg.seed)
+        sampler = RankedBatchSampler(len(dataset), self.micro_batch, self.cfg.seed, self.env.rank,
+                                     self.env.world_size, shuffle)
+        loader = DataLoader(dataset, batch_sampler=sampler, num_workers=self.cfg.optim.num_workers,
+                            collate_fn=Collator(tokenize), pin_memory=self.env.device.type == "cuda")
+        return loader, sampler
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        enabled = self.cfg.runtime.amp and self.env.device.type == "cuda"
+        return torch.autocast(self.env.device.type, dtype=torch.bfloat16, enabled=enabled)
+
+    # --- training states -------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        rngs = [None] * self.env.world_size
+        if self.env.world_size > 1:
+            dist.all_gather_object(rngs, rng_state())
+        else:
+            rngs = [rng_state()]
+        pos = self.sampler.position
+        return {"step": self.step, "elapsed": self.elapsed(), "epoch": pos.epoch, "samples": pos.samples,
+                "model": self.model.state_dict(), "objective": self.objective.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "ema": self.ema.state_dict() if self.ema else None,
+                "early_stopping": self.stopper.state_dict() if self.stopper else None, "rng": rngs}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.objective.load_state_dict(state["objective"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.ema is not None and state["ema"] is not None:
+            self.ema.load_state_dict(state["ema"])
+        if self.stopper is not None and state["early_stopping"] is not None:
+            self.stopper.load_state_dict(state["early_stopping"])
+        self.step, self.elapsed_before = int(state["step"]), float(state["elapsed"])
+        self.sampler.position = Position(int(state["epoch"]), int(state["samples"]))
+        rngs = state["rng"]
+        if len(rngs) != self.env.world_size:
+            log.warning("resuming %d ranks from a state of %d: RNG streams differ from the original run",
+                        self.env.world_size, len(rngs))
+        set_rng_state(rngs[self.env.rank % len(rngs)])
+
+    def elapsed(self) -> float:
+        """Training seconds over all sessions of this run."""
+        return self.elapsed_before + time.time() - self.started
+
+    def checkpoint(self) -> None:
+        state = self.state_dict()
+        if self.env.is_main:
+            save_state(self.out, self.step, state, self.cfg.checkpoint.keep_last)
+        distrib.barrier()
+
+    def resume(self) -> None:
+        path = latest_state(self.out)
+        if path is None:
+            log.warning("resume requested but %s has no saved state; starting from scratch", self.out / "state")
+            return
+        self.load_state_dict(load_state(path, self.env.device))
+        log.info("resumed from %s at step %d", path, self.step)
+
+    # --- the loop --------------------------------------------------------------------------------------
+
+    def train_step(self, batches: Iterator[dict]) -> dict[str, float]:
+        """One optimiser step over ``accumulation`` micro-batches; returns the terms averaged over them."""
+        accumulation = self.cfg.optim.accumulation
+        self.optimizer.zero_grad(set_to_none=True)
+        sums: dict[str, torch.Tensor] = {}
+        for micro in range(accumulation):
+            batch = to_device(next(batches), self.env.device)
+            last = micro == accumulation - 1
+            sync = contextlib.nullcontext() if last or self.wrapped is self.module else self.wrapped.no_sync()
+            with sync:
+                with self.autocast():
+                    terms = self.wrapped(batch)
+                (terms["loss"] / accumulation).backward()
+            for key, value in terms.items():
+                sums[key] = sums.get(key, 0.0) + value.detach().float() / accumulation
+        if self.cfg.optim.grad_clip is not None:
+            params = [p for g in self.optimizer.param_groups for p in g["params"]]
+            sums["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.grad_clip).detach()
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        self.objective.after_step(self.model, self.step, self.cfg.optim.steps)
+        if self.ema is not None:
+            self.ema.update(self.module)
+        return sums
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Mean of each objective term over the validation split (all ranks), in eval mode."""
+        loader, sampler = self.val
+        limit = self.cfg.early_stopping.max_batches
+        self.module.eval()
+        sums: dict[str, torch.Tensor] = {}
+        count = 0
+        for batch in loader:
+            if limit is not None and count >= limit:
+                break
+            with self.autocast():
+                terms = self.module(to_device(batch, self.env.device))
+            for key, value in terms.items():
+                sums[key] = sums.get(key, 0.0) + value.detach().float()
+            count += 1
+        self.module.train()
+        return {k: float(distrib.all_reduce_mean(v / max(count, 1))) for k, v in sums.items()}
+
+    def fit(self, progress: bool) -> str:
+        """Train until ``optim.steps``, the time budget or early stopping; returns why it stopped."""
+        cfg, main = self.cfg, self.env.is_main
+        total = cfg.optim.steps
+        self.module.train()
+        writer = SummaryWriter(str(self.out / "tb")) if main else None
+        metrics = (self.out / "metrics.jsonl").open("a" if cfg.resume else "w") if main else None
+        batches = stream(self.loader, self.sampler)
+        self.started, first_step, reason = time.time(), self.step, "steps"
+        columns = [TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                   TextColumn("{task.fields[rate]:.2f} step/s"), TextColumn("loss {task.fields[loss]:.4f}"),
+                   TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
+        with Progress(*columns, disable=not (progress and main)) as bar:
+            task = bar.add_task(cfg.name, total=total, completed=self.step, rate=0.0, loss=float("nan"))
+            while self.step < total:
+                terms = self.train_step(batches)
+                rate = (self.step - first_step) / max(time.time() - self.started, 1e-9)
+                if self.step % cfg.optim.log_every == 0 or self.step == total:
+                    record = {"step": self.step, "epoch": self.sampler.position.epoch,
+                              "lr": self.scheduler.get_last_lr()[0], "seconds": round(self.elapsed(), 2),
+                              "samples_per_s": round(rate * cfg.optim.batch_size, 2),
+                              **{k: float(distrib.all_reduce_mean(v)) for k, v in terms.items()}}
+                    self._log(record, "train", writer, metrics)
+                    bar.update(task, loss=record["loss"])
+                bar.update(task, completed=self.step, rate=rate)
+                if cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0:
+                    self.checkpoint()
+                stop = False
+                if self.stopper is not None and self.step % cfg.early_stopping.every == 0:
+                    values = self.validate()
+                    self._log({"step": self.step, **{f"val_{k}": v for k, v in values.items()}}, "val", writer,
+                              metrics)
+                    if self.stopper.update(values[cfg.early_stopping.metric]):
+                        stop, reason = True, "early_stopping"
+                over = cfg.max_minutes is not None and self.elapsed() > 60 * cfg.max_minutes
+                if distrib.any_rank(over, self.env.device) and not stop:
+                    stop, reason = True, "max_minutes"
+                if stop:
                     break
-    objective.attach(model)
-    tower = {"name": cfg.model.image_tower.name, "kwargs": cfg.model.image_tower.kwargs}
-    return save_encoder(model.eval(), out / "checkpoint", tower, {"train_config": cfg.model_dump()})
+        saved = cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0
+        if not saved and (cfg.checkpoint.every or reason != "steps"):
+            self.checkpoint()
+        if writer is not None:
+            writer.close()
+            metrics.close()
+        return reason
+
+    def _log(self, record: dict, prefix: str, writer: SummaryWriter | None, metrics: object) -> None:
+        if writer is None:
+            return
+        metrics.write(json.dumps(record) + "\n")
+        metrics.flush()
+        for key, value in record.items():
+            if key != "step":
+                writer.add_scalar(f"{prefix}/{key.removeprefix('val_')}", value, record["step"])
+
+    def save_encoder(self) -> Path:
+        if self.ema is not None:
+            self.ema.copy_to(self.module)
+        self.objective.attach(self.model)
+        directory = self.out / "checkpoint"
+        if self.env.is_main:
+            tower = {"name": self.cfg.model.image_tower.name, "kwargs": self.cfg.model.image_tower.kwargs}
+            save_encoder(self.model.eval(), directory, tower, {"train_config": self.cfg.model_dump()})
+        distrib.barrier()
+        return directory
+
+
+def pretrain(cfg: TrainConfig, data_root: str | None = None, progress: bool = True) -> Path:
+    """Train (or resume, with ``cfg.resume``) and write ``<out>/checkpoint`` plus metrics; returns the
+    checkpoint folder. Under ``torchrun`` every rank calls this."""
+    owns_group = not dist.is_initialized()
+    env = distrib.init_distributed(cfg.runtime.device)
+    try:
+        Path(cfg.out).mkdir(parents=True, exist_ok=True)
+        trainer = Trainer(cfg, env, data_root)
+        if cfg.resume:
+            trainer.resume()
+        log.info("pretraining %s: %d labels, %d steps, %d rank(s) x micro-batch %d x accumulation %d",
+                 cfg.objective.name, len(trainer.class_names), cfg.optim.steps, env.world_size,
+                 trainer.micro_batch, cfg.optim.accumulation)
+        reason = trainer.fit(progress)
+        log.info("stopped at step %d (%s)", trainer.step, reason)
+        return trainer.save_encoder()
+    finally:
+        if owns_group:
+            distrib.shutdown()

@@ -1,29 +1,62 @@
-"""AdamW with parameter groups and a cosine schedule with linear warm-up."""
+"""AdamW parameter groups (no weight decay on norms, biases and embeddings; layer-wise lr decay for ViT
+image towers) and a cosine schedule with linear warm-up."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+import re
 
 import torch
 from torch import nn
 
+_BLOCK = re.compile(r"image_tower\.backbone\.blocks\.(\d+)\.")
+_EMBED = re.compile(r"image_tower\.backbone\.(cls_token|reg_token|pos_embed|patch_embed)")
+_NO_DECAY_NAMES = ("cls_token", "reg_token", "pos_embed", "mask_token")
 
-def param_groups(modules: Iterable[nn.Module], weight_decay: float) -> list[dict]:
-    """No weight decay on biases, norms, temperatures and other 1-d parameters; each parameter once."""
+
+def vit_layer_ids(module: nn.Module) -> tuple[dict[str, int], int]:
+    """Layer id per parameter name for layer-wise lr decay: 0 for the ViT's patch/position embeddings,
+    i + 1 for block i, and L + 1 (the top) for everything else, where L is the number of blocks."""
+    names = [name for name, _ in module.named_parameters()]
+    blocks = {int(m.group(1)) for name in names if (m := _BLOCK.search(name))}
+    top = len(blocks) + 1
+    ids = {}
+    for name in names:
+        if m := _BLOCK.search(name):
+            ids[name] = int(m.group(1)) + 1
+        elif _EMBED.search(name):
+            ids[name] = 0
+        else:
+            ids[name] = top
+    return ids, top
+
+
+def param_groups(module: nn.Module, weight_decay: float, lr: float, layer_decay: float | None = None) -> list[dict]:
+    """Trainable parameters grouped by (weight decay, lr scale).
+
+    No weight decay on 1-d parameters (biases, norms, temperatures) and on ViT token/position embeddings.
+    With ``layer_decay`` d, a ViT image tower's layer l gets lr * d^(L + 1 - l) (BEiT-style), so early
+    blocks move least. Frozen parameters (``requires_grad=False``, e.g. EMA teachers) are left out; each
+    parameter appears once even if shared."""
+    ids, top = vit_layer_ids(module) if layer_decay is not None else ({}, 0)
+    groups: dict[tuple[bool, int], dict] = {}
     seen: set[int] = set()
-    decay, no_decay = [], []
-    for module in modules:
-        for param in module.parameters():
-            if not param.requires_grad or id(param) in seen:
-                continue
-            seen.add(id(param))
-            (decay if param.ndim >= 2 else no_decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    for name, param in module.named_parameters():
+        if not param.requires_grad or id(param) in seen:
+            continue
+        seen.add(id(param))
+        decay = param.ndim >= 2 and not name.endswith(_NO_DECAY_NAMES)
+        layer = ids.get(name, top)
+        scale = layer_decay ** (top - layer) if layer_decay is not None else 1.0
+        group = groups.setdefault((decay, layer), {"params": [], "weight_decay": weight_decay if decay else 0.0,
+                                                   "lr": lr * scale, "lr_scale": scale})
+        group["params"].append(param)
+    return list(groups.values())
 
 
 def cosine_with_warmup(optimizer: torch.optim.Optimizer, warmup: int, total: int,
                        floor: float = 0.0) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over ``warmup`` steps, then cosine decay to ``floor`` times each group's lr."""
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / max(1, warmup)

@@ -1,0 +1,131 @@
+"""Reading DICOM radiographs into float [0, 1] arrays, and their non-identifying header fields.
+
+Intensity policy (``DICOM_POLICY``): modality LUT (Rescale Slope/Intercept or a Modality LUT), then the
+first VOI LUT of the file (a VOI LUT Sequence wins over Window Center/Width; LINEAR, LINEAR_EXACT and
+SIGMOID windows), else the full stored range of the image; MONOCHROME1 is inverted so that air is dark.
+Compressed transfer syntaxes decode through pydicom's handlers (RLE natively, JPEG through pylibjpeg or
+gdcm when installed). Identifying fields (names, ids, dates) are never logged or put in error messages.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.pixels import apply_modality_lut, apply_voi
+
+DICOM_SUFFIXES = {".dcm", ".dicom", ".dic"}
+DICOM_POLICY = "dicom: modality LUT -> first VOI LUT or window (else stored range) -> MONOCHROME1 inverted"
+_HEADER_TAGS = ["ViewPosition", "PatientSex", "PatientAge", "PatientID", "Rows", "Columns",
+                "PhotometricInterpretation", "Modality"]
+
+
+@dataclass(frozen=True)
+class DicomHeader:
+    """Raw header fields adapters use (they map view, sex and age to the record vocabulary).
+    ``patient_key`` is the provider's (pseudonymised) Patient ID, used only to group images by patient;
+    it is kept out of ``repr`` so it never reaches a log line."""
+
+    view_position: str
+    sex: str
+    age: str
+    rows: int
+    columns: int
+    photometric: str
+    modality: str
+    patient_key: str = field(repr=False)
+
+
+def is_dicom(path: Path | str) -> bool:
+    """True for a DICOM suffix, or a file with the 'DICM' marker after its 128-byte preamble."""
+    path = Path(path)
+    if path.suffix.lower() in DICOM_SUFFIXES:
+        return True
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(132)[128:] == b"DICM"
+    except OSError:
+        return False
+
+
+def _open(path: Path, **kwargs: object) -> Dataset:
+    try:
+        return pydicom.dcmread(path, **kwargs)
+    except (InvalidDicomError, OSError, ValueError, EOFError) as err:
+        raise OSError(f"{path}: cannot read DICOM ({type(err).__name__})") from err
+
+
+def read_header(path: Path | str) -> DicomHeader:
+    """Non-pixel fields of one DICOM file (pixels are not read)."""
+    path = Path(path)
+    ds = _open(path, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
+    return DicomHeader(view_position=str(ds.get("ViewPosition", "")), sex=str(ds.get("PatientSex", "")),
+                       age=str(ds.get("PatientAge", "")), rows=int(ds.get("Rows", 0) or 0),
+                       columns=int(ds.get("Columns", 0) or 0),
+                       photometric=str(ds.get("PhotometricInterpretation", "")),
+                       modality=str(ds.get("Modality", "")), patient_key=str(ds.get("PatientID", "")))
+
+
+def _first(value: object) -> float:
+    return float(value[0]) if isinstance(value, pydicom.multival.MultiValue) else float(value)
+
+
+def window(values: np.ndarray, center: float, width: float, function: str = "LINEAR") -> np.ndarray:
+    """A DICOM VOI window (PS3.3 C.11.2.1.2) mapped to [0, 1]."""
+    if function == "SIGMOID":
+        return 1.0 / (1.0 + np.exp(-4.0 * (values - center) / width))
+    if function == "LINEAR_EXACT":
+        return np.clip((values - center) / width + 0.5, 0.0, 1.0)
+    if width <= 1:
+        return (values > center - 0.5).astype(np.float64)
+    return np.clip((values - (center - 0.5)) / (width - 1) + 0.5, 0.0, 1.0)
+
+
+def _lut_range(item: Dataset) -> tuple[float, float]:
+    bits = int(item.LUTDescriptor[2])
+    data = item.LUTData
+    if isinstance(data, bytes):
+        data = np.frombuffer(data, dtype=np.uint16 if bits > 8 else np.uint8)
+    data = np.asarray(data, dtype=np.float64)
+    return float(data.min()), float(data.max())
+
+
+def to_unit_range(ds: Dataset, pixels: np.ndarray) -> np.ndarray:
+    """Stored pixel values -> display intensities in [0, 1] under ``DICOM_POLICY``."""
+    if pixels.ndim == 3 and int(ds.get("SamplesPerPixel", 1)) > 1:
+        return pixels[..., :3].astype(np.float32).mean(axis=-1) / float(2 ** int(ds.BitsStored) - 1)
+    values = apply_modality_lut(pixels, ds).astype(np.float64)
+    if ds.get("VOILUTSequence"):
+        values = apply_voi(values, ds, index=0).astype(np.float64)
+        lo, hi = _lut_range(ds.VOILUTSequence[0])
+    elif "WindowCenter" in ds and "WindowWidth" in ds:
+        function = str(ds.get("VOILUTFunction", "LINEAR")).upper() or "LINEAR"
+        values = window(values, _first(ds.WindowCenter), _first(ds.WindowWidth), function)
+        lo, hi = 0.0, 1.0
+    else:
+        lo, hi = float(values.min()), float(values.max())
+    out = np.clip((values - lo) / (hi - lo), 0.0, 1.0) if hi > lo else np.zeros_like(values)
+    if str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
+        out = 1.0 - out
+    return out.astype(np.float32)
+
+
+def read_dicom(path: Path | str) -> np.ndarray:
+    """One DICOM radiograph as float32 [H, W] in [0, 1]; the first frame of a multi-frame file."""
+    path = Path(path)
+    ds = _open(path)
+    if "PixelData" not in ds:
+        raise OSError(f"{path}: DICOM file has no pixel data")
+    try:
+        pixels = ds.pixel_array
+    except (RuntimeError, NotImplementedError, ValueError) as err:
+        syntax = ds.file_meta.get("TransferSyntaxUID", "unknown")
+        raise OSError(f"{path}: cannot decode pixel data with transfer syntax {syntax} "
+                      f"(install pylibjpeg plugins or python-gdcm): {err}") from err
+    if int(ds.get("NumberOfFrames", 1) or 1) > 1:
+        pixels = pixels[0]
+    return to_unit_range(ds, pixels)

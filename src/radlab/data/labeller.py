@@ -1,0 +1,246 @@
+"""A rule-based finding extractor for chest X-ray reports, in the NegEx / CheXpert-labeler style.
+
+Per sentence, every mention of a canonical finding (``MENTIONS``) is classified by the cues around it in
+its clause: uncertainty phrases that contain a negation word ("cannot exclude") first -> -1; then
+negation ("no", "without", "free of", "negative for", "resolved", ...) -> 0; then uncertainty
+("possible", "may", "suggest", ...) -> -1; else 1. Phrases that state a finding is normal
+("heart size is normal") give 0 (``NORMAL``). Negation cues reach ``NEGATION_WINDOW`` words forward (lists
+such as "no consolidation, effusion or pneumothorax"), uncertainty cues ``UNCERTAIN_WINDOW``, post-cues
+``POST_WINDOW`` words back, never across a clause break ("but", "however", ";", "there is", ...). Report labels
+combine sentences as positive > uncertain > negative, NaN for findings never mentioned; positives and
+uncertains propagate to parents; no_finding is 1 when no finding but support devices is positive or
+uncertain (the CheXpert rule), else 0.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from radlab.data.records import RecordTable, label_column
+from radlab.data.reports import labelled_text, split_sentences
+from radlab.data.sources.common import NAN, combine
+from radlab.data.taxonomy import FINDING_NAMES, NEGATIVE, POSITIVE, UNCERTAIN, propagate_to_parents
+
+_N = r"(?:\w+ ){0,2}"  # up to two filler words
+MENTIONS: dict[str, tuple[str, ...]] = {
+    "enlarged_cardiomediastinum": (
+        r"widen\w* (?:of )?(?:the )?(?:superior )?mediastin\w*", r"(?:enlarged|widened|prominent) (?:cardio)?mediastin\w*",
+        r"mediastin\w*(?: \w+){0,3} (?:widen\w*|enlarged|enlargement)",
+        r"cardiomediastinal (?:silhouette|contours?)(?: \w+){0,2} (?:enlarged|widened|prominent)"),
+    "cardiomegaly": (
+        r"cardiomegaly", r"cardiac (?:enlargement|hypertrophy)", r"(?:enlarged|large|prominent) (?:heart|cardiac)",
+        r"enlargement of the (?:heart|cardiac)",
+        r"(?:heart|cardiac silhouette|cardiac shadow|cardiac size|heart size)(?: \w+){0,3} (?:enlarged|increased)"),
+    "aortic_enlargement": (
+        r"(?:tortuous|ectatic|enlarged|dilated|unfolded|elongated|uncoiled) " + _N + r"aort\w*",
+        r"aort\w*(?: \w+){0,3} (?:tortuous|tortuosity|ectatic|ectasia|enlarged|enlargement|dilated|dilatation|"
+        r"unfolded|unfolding|elongated|elongation|aneurysm\w*)", r"tortuosity of the " + _N + r"aorta"),
+    "lung_opacity": (r"opaci\w*", r"densit(?:y|ies)", r"air ?space (?:disease|opacit\w*|process)", r"\bhazy\b"),
+    "lung_lesion": (r"(?:lung|pulmonary|parenchymal|cavitary|focal|spiculated) lesions?", r"neoplasm\w*",
+                    r"tumou?rs?\b", r"carcinoma", r"malignan\w*", r"metasta\w*", r"\bcancer"),
+    "nodule": (r"(?<!calcified )(?<!granulomatous )nodul(?:e|es|ar|arity)\b",),
+    "mass": (r"\bmass(?:es|-like)?\b",),
+    "lung_cavity": (r"cavit(?:y|ies|ary|ation)",),
+    "lung_cyst": (r"(?:lung|pulmonary|parenchymal) cysts?", r"\bbullae?\b", r"\bbullous"),
+    "edema": (r"(?<!soft tissue )\bo?edema", r"(?:pulmonary|vascular|venous|interstitial) congestion",
+              r"congestive heart failure", r"\bchf\b", r"cephalization"),
+    "consolidation": (r"consolidat\w*",),
+    "pneumonia": (r"pneumonia\w*", r"pneumonitis"),
+    "atelectasis": (r"atelecta\w*", r"(?:lung|lobar|lobe) collapse", r"collapse of the", r"\bcollapsed\b"),
+    "infiltration": (r"infiltrat\w*",),
+    "interstitial_lung_disease": (r"interstitial (?:lung )?(?:disease|fibrosis|pattern|process)",
+                                  r"\breticul\w*", r"\bild\b"),
+    "fibrosis": (r"fibros[ie]s", r"fibrotic", r"honeycomb\w*"),
+    "tuberculosis": (r"tubercul\w*", r"\btb\b", r"mycobacteri\w*"),
+    "calcification": (r"calcifi\w*", r"calcinosis"),
+    "emphysema": (r"(?<!subcutaneous )emphysema\w*",),
+    "copd": (r"\bcopd\b", r"chronic obstructive"),
+    "enlarged_pulmonary_artery": (
+        r"(?:enlarged|prominent|dilated) " + _N + r"pulmonary arter\w*",
+        r"pulmonary arter\w*(?: \w+){0,3} (?:enlarged|enlargement|prominent|prominence|dilated|dilatation)",
+        r"pulmonary (?:arterial )?hypertension"),
+    "mediastinal_shift": (r"mediastinal shift", r"shift\w* of the mediastin\w*", r"mediastin\w*(?: \w+){0,2} shifted",
+                          r"tracheal deviation", r"deviation of the trachea"),
+    "pneumothorax": (r"pneumothora\w*",),
+    "pleural_effusion": (r"(?<!pericardial )\beffusions?", r"pleural fluid", r"hydrothora\w*"),
+    "pleural_thickening": (r"pleural " + _N + r"thickening", r"thickening of the " + _N + r"pleura",
+                           r"(?:pleural|apical) (?:cap|capping|scarring)"),
+    "pleural_other": (r"pleural (?:plaques?|calcification\w*|abnormalit\w*)", r"fibrothorax"),
+    "fracture": (r"fractur\w*", r"\bfx\b"),
+    "hernia": (r"hernia\w*",),
+    "scoliosis": (r"scolio\w*", r"curvature of the " + _N + r"spine", r"spinal curvature"),
+    "support_devices": (
+        r"(?:picc|central venous|central|venous|dialysis|swan[- ]ganz|jugular|subclavian|arterial) (?:line|catheter)s?",
+        r"catheters?\b", r"pacemaker\w*", r"\bpacer\b", r"defibrillator", r"\ba?icd\b", r"endotracheal",
+        r"\bet tube", r"\bett\b", r"(?:nasogastric|orogastric|feeding|enteric|ng|og|dobhoff|chest|drainage|gastric) tubes?",
+        r"tracheostomy", r"\bstents?\b", r"(?:sternotomy|cerclage) wires?", r"(?:surgical|vascular) clips?",
+        r"port-?a-?cath", r"(?:prosthetic|mechanical) " + _N + r"valve", r"valve (?:replacement|prosthesis)",
+        r"\bhardware\b", r"(?<!cholecystectomy )\bclips?\b", r"\bleads\b", r"generator", r"\bdevices?\b", r"\bpicc\b"),
+}
+_NORMAL_HEART = r"(?:heart|cardiac) (?:size|silhouette|shadow)(?: \w+){0,4} (?:normal|within normal limits|unremarkable)"
+_NORMAL_MEDIASTINUM = (r"(?:cardio)?mediastin\w*(?: (?:silhouette|contours?|structures))?(?: \w+){0,3} "
+                       r"(?:normal|within normal limits|unremarkable)")
+NORMAL: dict[str, tuple[str, ...]] = {
+    "cardiomegaly": (_NORMAL_HEART, r"normal (?:heart|cardiac) (?:size|silhouette)", r"heart (?:is )?(?:of )?normal (?:size|in size)",
+                     r"cardiomediastinal (?:silhouette|contours?)(?: \w+){0,3} (?:normal|within normal limits|unremarkable)"),
+    "enlarged_cardiomediastinum": (_NORMAL_MEDIASTINUM, r"normal (?:cardio)?mediastin\w*"),
+    "lung_opacity": (r"lungs? (?:are |is )?(?:\w+ )?clear\b", r"clear lungs?"),
+}
+UNCERTAIN_NEGATED = (r"can ?not (?:be )?(?:entirely |completely |definitely )?(?:excluded|exclude|ruled out|rule out)",
+                     r"not (?:be )?(?:entirely |completely |definitely )?(?:excluded|ruled out)",
+                     r"difficult to (?:completely |entirely )?exclude", r"could not exclude")
+PSEUDO_NEGATION = (r"no (?:significant |interval |appreciable )?(?:change|increase|decrease|worsening)",
+                   r"without (?:significant |interval )?change", r"not (?:significantly )?(?:changed|increased)",
+                   r"not only", r"no longer (?:require|need)")
+NEGATION_PRE = (r"\bno\b", r"\bnot\b", r"\bwithout\b", r"free of", r"negative for", r"absence of", r"\babsent\b",
+                r"resolution of", r"resolved", r"clear of", r"rather than", r"\bnor\b", r"\bneither\b",
+                r"removal of")
+NEGATION_POST = (r"(?:is|are|was|were|has|have been)? ?(?:not seen|not identified|not present|not visualized|absent)",
+                 r"(?:has|have)? ?(?:resolved|cleared|been removed|removed)", r"no longer (?:seen|visible|present|evident)",
+                 r"is gone")
+UNCERTAIN_PRE = (r"possib\w*", r"\bmay\b", r"\bmight\b", r"\bcould\b", r"suggest\w*", r"suspicio\w*", r"suspect\w*",
+                 r"question(?:able)?(?: of)?", r"concern(?:ing)? for", r"\blikely\b", r"probabl[ey]", r"presum\w*",
+                 r"\bversus\b", r"\bvs\b", r"differential", r"borderline", r"equivocal", r"indeterminate",
+                 r"consider\w*", r"cannot be distinguished", r"\bvague\w*", r"\bpotential\w*")
+UNCERTAIN_POST = (r"(?:is|are) (?:not )?(?:entirely )?(?:excluded|possible|suspected|questioned|likely)",
+                  r"cannot be excluded", r"\?")
+TERMINATORS = (r"\bbut\b", r"\bhowever\b", r"\balthough\b", r"\bthough\b", r"\bexcept\b", r"aside from",
+               r"apart from", r"\bwhereas\b", r"\bwhich\b", r"\botherwise\b", r";", r"\bwith the exception\b",
+               r"\bthere (?:is|are)\b", r"\band (?:the|there|a|an)\b")
+NEGATION_WINDOW, UNCERTAIN_WINDOW, POST_WINDOW = 12, 6, 4
+NOT_FINDINGS = {"no_finding", "support_devices"}
+
+
+def _compile(patterns: tuple[str, ...]) -> re.Pattern[str]:
+    return re.compile("|".join(f"(?:{p})" for p in patterns))
+
+
+_MENTION_RE = {name: _compile(p) for name, p in MENTIONS.items()}
+_NORMAL_RE = {name: _compile(p) for name, p in NORMAL.items()}
+_CUES = {kind: _compile(p) for kind, p in {
+    "uncertain_negated": UNCERTAIN_NEGATED, "pseudo": PSEUDO_NEGATION, "negation_pre": NEGATION_PRE,
+    "negation_post": NEGATION_POST, "uncertain_pre": UNCERTAIN_PRE, "uncertain_post": UNCERTAIN_POST}.items()}
+_TERMINATOR_RE = _compile(TERMINATORS)
+_WORD = re.compile(r"\w+")
+
+
+@dataclass(frozen=True)
+class ReportLabels:
+    """Report-level labels (finding -> 1/0/-1/NaN) and per-sentence labels (mentioned findings only)."""
+
+    labels: dict[str, float]
+    sentences: list[tuple[str, dict[str, float]]]
+
+
+def _words(text: str) -> int:
+    return len(_WORD.findall(text))
+
+
+def _cue_spans(sentence: str) -> dict[str, list[tuple[int, int]]]:
+    spans = {kind: [m.span() for m in regex.finditer(sentence)] for kind, regex in _CUES.items()}
+    blocked = spans["uncertain_negated"] + spans["pseudo"]
+    for kind in ("negation_pre", "negation_post", "uncertain_pre", "uncertain_post"):
+        spans[kind] = [s for s in spans[kind] if not any(b[0] <= s[0] < b[1] for b in blocked)]
+    return spans
+
+
+def _classify(sentence: str, start: int, end: int, spans: dict[str, list[tuple[int, int]]],
+              clause: tuple[int, int]) -> float:
+    def before(kind: str, window: int = UNCERTAIN_WINDOW) -> bool:
+        return any(clause[0] <= a and b <= end and _words(sentence[b:start]) <= window for a, b in spans[kind])
+
+    def after(kind: str) -> bool:
+        return any(a >= end and b <= clause[1] and _words(sentence[end:a]) <= POST_WINDOW for a, b in spans[kind])
+
+    if before("uncertain_negated") or after("uncertain_negated"):
+        return UNCERTAIN
+    if before("negation_pre", NEGATION_WINDOW) or after("negation_post"):
+        return NEGATIVE
+    if before("uncertain_pre") or after("uncertain_post"):
+        return UNCERTAIN
+    return POSITIVE
+
+
+def label_sentence(sentence: str) -> dict[str, float]:
+    """Findings mentioned in one sentence -> 1 / 0 / -1."""
+    text = sentence.lower()
+    breaks = [0] + [m.start() for m in _TERMINATOR_RE.finditer(text)] + [len(text)]
+    clauses = list(zip(breaks[:-1], breaks[1:], strict=True))
+    spans = _cue_spans(text)
+    out: dict[str, float] = {}
+    for name, regex in _MENTION_RE.items():
+        for m in regex.finditer(text):
+            clause = next(c for c in clauses if c[0] <= m.start() < c[1])
+            out[name] = combine([out.get(name, NAN), _classify(text, m.start(), m.end(), spans, clause)])
+        if name in _NORMAL_RE and _NORMAL_RE[name].search(text):
+            out[name] = combine([out.get(name, NAN), NEGATIVE])
+    return out
+
+
+def label_report(text: str) -> ReportLabels:
+    """Labels for one report; only findings/impression are read when the report has them."""
+    sentences = [(s, label_sentence(s)) for s in split_sentences(labelled_text(text))]
+    merged: dict[str, float] = {}
+    for _, found in sentences:
+        for name, value in found.items():
+            merged[name] = combine([merged.get(name, NAN), value])
+    merged = propagate_to_parents(merged)
+    if sentences:
+        abnormal = any(v in (POSITIVE, UNCERTAIN) for k, v in merged.items() if k not in NOT_FINDINGS)
+        merged["no_finding"] = NEGATIVE if abnormal else POSITIVE
+    return ReportLabels({n: merged.get(n, NAN) for n in FINDING_NAMES}, sentences)
+
+
+def label_texts(texts: list[str]) -> np.ndarray:
+    """Report labels as float32 [N, len(FINDING_NAMES)]: 1, 0, -1 or NaN."""
+    out = np.full((len(texts), len(FINDING_NAMES)), np.nan, dtype=np.float32)
+    for i, text in enumerate(texts):
+        if text and text.strip():
+            labels = label_report(text).labels
+            out[i] = [labels[n] for n in FINDING_NAMES]
+    return out
+
+
+def add_report_labels(table: RecordTable) -> RecordTable:
+    """Fill label cells the source left unannotated (NaN) from the report text; provider labels win."""
+    extracted = label_texts(table.texts())
+    frame = table.frame.copy()
+    for k, name in enumerate(FINDING_NAMES):
+        column = label_column(name)
+        current = frame[column].to_numpy(dtype=np.float32, na_value=np.nan) if column in frame else extracted[:, k] * np.nan
+        frame[column] = np.where(np.isnan(current), extracted[:, k], current)
+    return RecordTable(frame, table.root)
+
+
+def agreement(table: RecordTable) -> pd.DataFrame:
+    """Labeller vs the table's own labels, per annotated finding, one row per distinct report.
+
+    Binary metrics count uncertain as positive on both sides (1 or -1 vs 0 or unmentioned); ``f1_strict``
+    counts only 1 as positive; ``exact`` is 3-class agreement (unmentioned read as 0)."""
+    frame = table.frame[table.frame["report"].str.strip() != ""]
+    frame = frame.drop_duplicates(subset=["study_id", "report"]).reset_index(drop=True)
+    predicted = label_texts(frame["report"].tolist())
+    rows = []
+    for k, name in enumerate(FINDING_NAMES):
+        column = label_column(name)
+        reference = frame[column].to_numpy(dtype=np.float32, na_value=np.nan) if column in frame else None
+        if reference is None or np.isnan(reference).all():
+            continue
+        keep = ~np.isnan(reference)
+        ref, pred = reference[keep], np.nan_to_num(predicted[keep, k], nan=NEGATIVE)
+        ref_pos, pred_pos = ref != NEGATIVE, pred != NEGATIVE
+        tp = float((ref_pos & pred_pos).sum())
+        precision, recall = tp / max(pred_pos.sum(), 1), tp / max(ref_pos.sum(), 1)
+        strict_tp = float(((ref == POSITIVE) & (pred == POSITIVE)).sum())
+        rows.append({
+            "finding": name, "reports": int(keep.sum()), "reference_pos": int(ref_pos.sum()),
+            "labeller_pos": int(pred_pos.sum()), "precision": precision, "recall": recall,
+            "f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
+            "f1_strict": 2 * strict_tp / max(float((ref == POSITIVE).sum() + (pred == POSITIVE).sum()), 1.0),
+            "agreement": float((ref_pos == pred_pos).mean()), "exact": float((ref == pred).mean()),
+        })
+    return pd.DataFrame(rows)

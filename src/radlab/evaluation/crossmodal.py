@@ -1,0 +1,91 @@
+"""Retrieval tasks in the joint space, test split, both directions, R@1/5/10/50 and median rank.
+
+``retrieval``: images <-> reports (one report per study) and images <-> sentences (a sentence's images are
+its study's images). ``text_retrieval``: findings section <-> impression section of the same study, which
+runs on text-only data (the text tower alone).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from radlab.evaluation.context import TASKS, EvalContext, TaskSkipped
+from radlab.evaluation.metrics import recall_at_k
+from radlab.evaluation.retrieval import first_correct_ranks, split_sentences
+
+
+def study_ids(ctx: EvalContext, rows: np.ndarray) -> np.ndarray:
+    frame = ctx.table.frame
+    study, ids = frame["study_id"].to_numpy()[rows].astype(str), frame["id"].to_numpy()[rows].astype(str)
+    return np.where(study != "", study, ids)
+
+
+def first_per_study(studies: np.ndarray) -> np.ndarray:
+    _, first = np.unique(studies, return_index=True)
+    return np.sort(first)
+
+
+def direction(ctx: EvalContext, name: str, queries: np.ndarray, keys: np.ndarray, q_groups: np.ndarray,
+              k_groups: np.ndarray, q_patients: np.ndarray) -> dict:
+    ranks = first_correct_ranks(queries, keys, q_groups, k_groups, int(ctx.option("chunk", 4096)))
+    out = {**recall_at_k(ranks), "n_queries": int(len(ranks)), "n_keys": int(len(keys))}
+    for k in (1, 10):
+        out[f"R@{k}_ci"] = ctx.interval(f"{name}/R@{k}", lambda i, k=k: float((ranks[i] <= k).mean()), q_patients)
+    return out
+
+
+@TASKS.register("retrieval", "image<->report and image<->sentence retrieval: R@1/5/10/50, median rank, CIs")
+def retrieval(ctx: EvalContext) -> dict:
+    if not ctx.encoder.has_text:
+        raise TaskSkipped("retrieval needs a text tower")
+    ctx.require_images(("test",))
+    rows = ctx.rows("test")
+    reports = np.array(ctx.table.texts(), dtype=object)[rows]
+    keep = np.array([bool(r.strip()) for r in reports])
+    rows, reports = rows[keep], reports[keep]
+    if not len(rows):
+        raise TaskSkipped("no test image has a report")
+    images = ctx.features.get(ctx.encoder, ctx.table, rows, "embedding", ctx.batch_size)
+    studies, patients = study_ids(ctx, rows), ctx.patients(rows)
+    first = first_per_study(studies)
+    texts = ctx.text_features([str(r) for r in reports[first]])
+    out = {"report": {
+        "image_to_text": direction(ctx, "report/i2t", images, texts, studies, studies[first], patients),
+        "text_to_image": direction(ctx, "report/t2i", texts, images, studies[first], studies, patients[first])}}
+    sentences, s_study, s_patient = [], [], []
+    for j in first:
+        for sentence in split_sentences(str(reports[j])):
+            sentences.append(sentence)
+            s_study.append(studies[j])
+            s_patient.append(patients[j])
+    if sentences:
+        s_emb, s_study_arr = ctx.text_features(sentences), np.array(s_study)
+        has_sentence = np.isin(studies, s_study_arr)
+        out["sentence"] = {
+            "image_to_text": direction(ctx, "sentence/i2t", images[has_sentence], s_emb, studies[has_sentence],
+                                       s_study_arr, patients[has_sentence]),
+            "text_to_image": direction(ctx, "sentence/t2i", s_emb, images, s_study_arr, studies,
+                                       np.array(s_patient))}
+    out["mean_R@1"] = float(np.mean([out["report"][d]["R@1"] for d in ("image_to_text", "text_to_image")]))
+    return out
+
+
+@TASKS.register("text_retrieval", "findings<->impression retrieval with the text tower (text-only data)")
+def text_retrieval(ctx: EvalContext) -> dict:
+    if not ctx.encoder.has_text:
+        raise TaskSkipped("text retrieval needs a text tower")
+    frame = ctx.table.frame
+    rows = ctx.text_rows("test")
+    rows = rows[first_per_study(study_ids(ctx, rows))]
+    findings, impressions = frame["findings"].to_numpy()[rows], frame["impression"].to_numpy()[rows]
+    keep = np.array([bool(str(f).strip()) and bool(str(i).strip()) for f, i in zip(findings, impressions, strict=True)])
+    rows = rows[keep]
+    if len(rows) < 2:
+        raise TaskSkipped("fewer than two test studies have both findings and impression")
+    studies, patients = study_ids(ctx, rows), ctx.patients(rows)
+    f_emb = ctx.text_features([str(t) for t in frame["findings"].to_numpy()[rows]])
+    i_emb = ctx.text_features([str(t) for t in frame["impression"].to_numpy()[rows]])
+    out = {"findings_to_impression": direction(ctx, "f2i", f_emb, i_emb, studies, studies, patients),
+           "impression_to_findings": direction(ctx, "i2f", i_emb, f_emb, studies, studies, patients)}
+    out["mean_R@1"] = float(np.mean([v["R@1"] for v in out.values()]))
+    return out

@@ -1,0 +1,67 @@
+"""Retrieval by chunks of queries, so a 100k x 100k similarity matrix never exists at once.
+
+Correctness is by group: a query and a key match when they share a group id (e.g. the study whose report
+it is), so an image has several correct sentences and a sentence several correct images.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import torch
+
+CHUNK = 4096
+
+
+def _as_tensor(x: np.ndarray | torch.Tensor) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(x, dtype=np.float32)) if not isinstance(x, torch.Tensor) else x.float()
+
+
+@torch.no_grad()
+def chunked_topk(queries: np.ndarray, keys: np.ndarray, k: int, chunk: int = CHUNK,
+                 exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k keys by dot product per query: (scores [Q, k], indices [Q, k]), best first.
+
+    ``exclude`` (optional, [Q]) is a key index per query to skip (e.g. the query itself)."""
+    q, kk = _as_tensor(queries), _as_tensor(keys)
+    k = min(k, kk.shape[0] - (1 if exclude is not None else 0))
+    scores, indices = [], []
+    for start in range(0, q.shape[0], chunk):
+        sims = q[start:start + chunk] @ kk.T
+        if exclude is not None:
+            rows = torch.arange(sims.shape[0])
+            sims[rows, torch.as_tensor(exclude[start:start + chunk])] = -torch.inf
+        top = sims.topk(k, dim=1)
+        scores.append(top.values.numpy())
+        indices.append(top.indices.numpy())
+    return np.concatenate(scores), np.concatenate(indices)
+
+
+@torch.no_grad()
+def first_correct_ranks(queries: np.ndarray, keys: np.ndarray, query_groups: np.ndarray,
+                        key_groups: np.ndarray, chunk: int = CHUNK) -> np.ndarray:
+    """1-based rank of the best-scoring correct key per query (ties counted optimistically for no one:
+    rank = 1 + number of keys scoring strictly higher than the best correct key)."""
+    _, qg = np.unique(np.concatenate([query_groups, key_groups]), return_inverse=True)
+    qg, kg = torch.as_tensor(qg[:len(query_groups)]), torch.as_tensor(qg[len(query_groups):])
+    q, kk = _as_tensor(queries), _as_tensor(keys)
+    ranks = []
+    for start in range(0, q.shape[0], chunk):
+        sims = q[start:start + chunk] @ kk.T
+        correct = qg[start:start + chunk, None] == kg[None, :]
+        if not correct.any(1).all():
+            raise ValueError("every query needs at least one correct key")
+        best = sims.masked_fill(~correct, -torch.inf).max(1).values
+        ranks.append(((sims > best[:, None]).sum(1) + 1).numpy())
+    return np.concatenate(ranks)
+
+
+SECTION = re.compile(r"\b(FINDINGS|IMPRESSION|INDICATION|COMPARISON|HISTORY|TECHNIQUE)\s*:", re.IGNORECASE)
+
+
+def split_sentences(report: str) -> list[str]:
+    """Sentences of a report with section headers removed; empty pieces dropped."""
+    text = SECTION.sub(" ", report)
+    pieces = re.split(r"(?<=[.!?])\s+|\n+", text)
+    return [p.strip() for p in pieces if len(p.strip()) > 1 and re.search(r"[A-Za-z]", p)]

@@ -1,0 +1,141 @@
+"""torchxrayvision classifiers as frozen image encoders: DenseNet-121 (224 px) and ResNet-50/101 (512 px).
+
+``xrv:PATH`` takes a local weights file (or a folder holding one):
+
+- a state dict of ``xrv.models.DenseNet`` (``features.*``, ``classifier.*``) — the architecture (growth rate,
+  block sizes, classes) is read from the tensor shapes;
+- a state dict of the torchvision ResNet inside ``xrv.models.ResNet`` (``conv1.*`` ... ``fc.*``, or with a
+  ``model.`` prefix) — the weights files torchxrayvision ships for ResNet-50 have this form;
+- a whole pickled DenseNet as torchxrayvision ships them, read without running its code (``weights_only``
+  with inert placeholders). Files in torch's pre-1.6 (non-zip) format cannot be read this way; the error says
+  how to convert them once with torchxrayvision.
+
+A torchxrayvision weights *name* (e.g. ``xrv:densenet121-res224-all``) is handed to torchxrayvision, which
+reads its cache in ``~/.torchxrayvision`` (or downloads, for users with internet).
+
+Input: one channel scaled to [-1024, 1024] (xrv's ``normalize(img, maxval)``), i.e. mean 0.5 and std
+1/2048 on [0, 1] pixels. Pooled features are xrv's ``features2`` (ReLU + global average pool of the last
+feature map, 1024-d for DenseNet-121) or the ResNet's pooled ``features`` (2048-d); tokens are that map.
+"""
+
+from __future__ import annotations
+
+import pickle
+import re
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models.resnet import Bottleneck, ResNet
+
+from radlab.models import ENCODERS
+from radlab.models.encoder import RadEncoder
+from radlab.models.external.common import feature_map_output, find_file, load_state_dict_file
+from radlab.models.towers import Preprocess, TowerOutput
+
+XRV_MEAN, XRV_STD = 0.5, 0.5 / 1024.0
+_LEGACY_HINT = (
+    "{file}: torch cannot read this pickled model without running its code (pre-1.6 file format). Convert it "
+    "once with torchxrayvision, e.g. `torch.save(xrv.models.DenseNet(weights=NAME).state_dict(), 'out.pt')`, "
+    "or pass the weights name (xrv:NAME)."
+)
+
+
+class XRVTower(nn.Module):
+    """A torchxrayvision DenseNet, or the torchvision ResNet of an xrv ResNet, as an image tower."""
+
+    def __init__(self, model: nn.Module, kind: str) -> None:
+        super().__init__()
+        self.model, self.kind = model, kind
+        if kind == "densenet":
+            self.embed_dim: int = model.classifier.in_features
+        else:
+            self.embed_dim = model.fc.in_features
+
+    def forward(self, images: torch.Tensor) -> TowerOutput:
+        if self.kind == "densenet":
+            features = F.relu(self.model.features(images))
+        else:
+            m = self.model
+            x = m.maxpool(m.relu(m.bn1(m.conv1(images))))
+            features = m.layer4(m.layer3(m.layer2(m.layer1(x))))
+        return feature_map_output(features, features.mean(dim=(2, 3)))
+
+
+def _blocks(state: dict[str, torch.Tensor], pattern: str) -> list[int]:
+    counts: dict[int, set[str]] = {}
+    for key in state:
+        match = re.match(pattern, key)
+        if match:
+            counts.setdefault(int(match.group(1)), set()).add(match.group(2))
+    return [len(counts[i]) for i in sorted(counts)]
+
+
+def build_densenet(state: dict[str, torch.Tensor]) -> nn.Module:
+    """``xrv.models.DenseNet`` with the architecture the state dict's shapes imply, weights loaded strictly."""
+    import torchxrayvision as xrv
+
+    growth = state["features.denseblock1.denselayer1.conv2.weight"].shape[0]
+    model = xrv.models.DenseNet(
+        weights=None, growth_rate=growth, num_init_features=state["features.conv0.weight"].shape[0],
+        in_channels=state["features.conv0.weight"].shape[1],
+        block_config=tuple(_blocks(state, r"features\.denseblock(\d+)\.denselayer(\d+)\.")),
+        bn_size=state["features.denseblock1.denselayer1.conv1.weight"].shape[0] // growth,
+        num_classes=state["classifier.weight"].shape[0])
+    model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
+def build_resnet(state: dict[str, torch.Tensor]) -> nn.Module:
+    """The torchvision Bottleneck ResNet (1-channel stem, as in ``xrv.models.ResNet``), loaded strictly."""
+    layers = _blocks(state, r"layer(\d+)\.(\d+)\.")
+    model = ResNet(Bottleneck, layers, num_classes=state["fc.weight"].shape[0])
+    model.conv1 = nn.Conv2d(state["conv1.weight"].shape[1], 64, kernel_size=7, stride=2, padding=3, bias=False)
+    model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
+def _from_weights_name(name: str) -> tuple[XRVTower, int]:
+    import torchxrayvision as xrv
+
+    if name.startswith("resnet"):
+        model = xrv.models.ResNet(weights=name)
+        return XRVTower(model.model, "resnet"), int(getattr(model, "input_resolution", 512))
+    model = xrv.models.DenseNet(weights=name)
+    model.op_threshs = None
+    return XRVTower(model, "densenet"), int(getattr(model, "input_resolution", 224))
+
+
+def load_xrv_tower(path: str) -> tuple[XRVTower, int]:
+    """The tower and its native input size from a local weights file/folder or an xrv weights name."""
+    local = Path(path).expanduser()
+    if not local.exists():
+        import torchxrayvision as xrv
+
+        if path in xrv.models.model_urls:
+            return _from_weights_name(path)
+        raise FileNotFoundError(f"{path} is neither a file nor a torchxrayvision weights name")
+    file = find_file(local, (), ("*.safetensors", "*.pt", "*.pth", "*.bin"))
+    try:
+        state = load_state_dict_file(file, "state_dict", "model_state_dict")
+    except pickle.UnpicklingError as err:
+        raise ValueError(_LEGACY_HINT.format(file=file)) from err
+    state = {k: v for k, v in state.items() if k != "op_threshs" and not k.endswith(".op_threshs")}
+    if "features.conv0.weight" in state:
+        return XRVTower(build_densenet(state), "densenet"), 224
+    state = {k.removeprefix("model."): v for k, v in state.items()}
+    if "conv1.weight" in state and "fc.weight" in state:
+        return XRVTower(build_resnet(state), "resnet"), 512
+    raise ValueError(f"{file}: not a torchxrayvision DenseNet or ResNet state dict")
+
+
+def load_xrv(path: str) -> RadEncoder:
+    """An image-only encoder: ``encode_image`` is the normalised pooled feature (no projection)."""
+    tower, size = load_xrv_tower(path)
+    channels = tower.model.features.conv0.in_channels if tower.kind == "densenet" else tower.model.conv1.in_channels
+    preprocess = Preprocess(image_size=size, mean=XRV_MEAN, std=XRV_STD, channels=channels)
+    return RadEncoder(tower, None, tower.embed_dim, preprocess, image_proj=nn.Identity()).eval()
+
+
+ENCODERS.register("xrv", "torchxrayvision DenseNet/ResNet weights file (or an xrv weights name)")(load_xrv)

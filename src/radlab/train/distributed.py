@@ -1,0 +1,136 @@
+"""PyTorch's own distributed stack: process-group set-up from ``torchrun``'s environment, rank helpers, and
+the cross-rank gathers that let contrastive losses see the global batch.
+
+``torchrun --nproc-per-node N -m radlab.cli pretrain ...`` sets RANK, WORLD_SIZE and LOCAL_RANK; without
+them the run is a single process and every helper here is a no-op.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: str = "auto") -> DistEnv:
+    """Join the process group torchrun describes (nccl on GPU, gloo on CPU) and pick this rank's device.
+
+    ``device`` is "auto" (CUDA when available), "cpu" or "cuda"."""
+    use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+    target = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo", rank=rank, world_size=world)
+    return DistEnv(rank, world, local_rank, target)
+
+
+def shutdown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def all_reduce_mean(values: torch.Tensor) -> torch.Tensor:
+    """Mean over ranks of a tensor (a copy; the input is left alone)."""
+    out = values.detach().clone()
+    if world_size() > 1:
+        dist.all_reduce(out)
+        out /= world_size()
+    return out
+
+
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """True on every rank when ``flag`` is true on any rank (stop decisions must agree)."""
+    value = torch.tensor([float(flag)], device=device)
+    if world_size() > 1:
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
+class _GatherRows(torch.autograd.Function):
+    """All-gather of [n_r, ...] blocks of possibly different sizes, concatenated in rank order.
+
+    Backward sums the gradient every rank computed for the gathered tensor and returns this rank's rows, so
+    each rank's features receive the gradients of all ranks' losses (open_clip's ``gather_with_grad``)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+        ctx.sizes = sizes
+        ctx.rank = dist.get_rank()
+        padded = x.new_zeros((max(sizes), *x.shape[1:]))
+        padded[: len(x)] = x
+        blocks = [torch.empty_like(padded) for _ in sizes]
+        dist.all_gather(blocks, padded.contiguous())
+        return torch.cat([b[:n] for b, n in zip(blocks, sizes, strict=True)])
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        grad = grad.contiguous()
+        dist.all_reduce(grad)
+        start = sum(ctx.sizes[: ctx.rank])
+        return grad[start: start + ctx.sizes[ctx.rank]], None
+
+
+def gather_sizes(n: int, device: torch.device) -> list[int]:
+    """The local row count of every rank."""
+    if world_size() == 1:
+        return [n]
+    counts = [torch.zeros(1, dtype=torch.long, device=device) for _ in range(world_size())]
+    dist.all_gather(counts, torch.tensor([n], device=device))
+    return [int(c.item()) for c in counts]
+
+
+def gather_with_grad(x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Rows of ``x`` from all ranks in rank order, differentiable, and the offset of this rank's rows.
+
+    Ranks may hold different numbers of rows (e.g. only the samples with report text). Tensors without
+    gradients (labels, masks) go through the same path. A single process returns ``(x, 0)``."""
+    if world_size() == 1:
+        return x, 0
+    sizes = gather_sizes(len(x), x.device)
+    dtype = x.dtype
+    if dtype == torch.bool:
+        x = x.to(torch.uint8)
+    gathered = _GatherRows.apply(x, sizes)
+    return gathered.to(dtype), sum(sizes[: rank()])
+
+
+def global_mean(per_row: torch.Tensor, n_global: int) -> torch.Tensor:
+    """This rank's share of a mean over the global batch: ``sum(local rows) * world / n_global``.
+
+    DDP averages gradients over ranks, so these shares average to the mean over all ``n_global`` rows,
+    whatever each rank holds; a single process gets the plain mean. With no rows anywhere it is a zero that
+    keeps the graph (and DDP's gradient hooks) intact."""
+    if n_global == 0:
+        return per_row.sum() * 0.0
+    return per_row.sum() * (world_size() / n_global)

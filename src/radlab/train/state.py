@@ -1,0 +1,85 @@
+"""Training-state checkpoints for ``--resume``: ``<out>/state/step_XXXXXXXX.pt`` written atomically (temp
+file + rename), the last K kept.
+
+A state holds only tensors, numbers, strings, lists and dicts, so it loads with
+``torch.load(weights_only=True)``: nothing is unpickled. RNG states are stored as tensors.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+STATE_DIR = "state"
+_PATTERN = re.compile(r"^step_(\d{8})\.pt$")
+
+
+def state_paths(out: Path | str) -> list[Path]:
+    """Saved states of a run, oldest first."""
+    folder = Path(out) / STATE_DIR
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if _PATTERN.match(p.name))
+
+
+def latest_state(out: Path | str) -> Path | None:
+    paths = state_paths(out)
+    return paths[-1] if paths else None
+
+
+def save_state(out: Path | str, step: int, state: dict[str, Any], keep_last: int) -> Path:
+    """Write ``state`` for ``step`` atomically, then delete all but the newest ``keep_last`` states."""
+    folder = Path(out) / STATE_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"step_{step:08d}.pt"
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(state, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    for old in state_paths(out)[: -max(1, keep_last)]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def load_state(path: Path | str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, NumPy, torch CPU and CUDA generator states, as tensors and numbers."""
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": {"version": version, "state": torch.tensor(internal, dtype=torch.int64),
+                   "gauss": gauss},
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached": float(cached)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    py = state["python"]
+    random.setstate((py["version"], tuple(int(v) for v in py["state"].tolist()), py["gauss"]))
+    nps = state["numpy"]
+    np.random.set_state((nps["kind"], nps["keys"].numpy().astype(np.uint32), nps["pos"], nps["has_gauss"],
+                         nps["cached"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,0 +1,100 @@
+"""RAD-DINO / Hugging Face vision folders: radlab's encoder equals ``transformers.AutoModel`` on the same image."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModel, Dinov2Config, Dinov2Model, ViTConfig, ViTModel
+
+from radlab.models import ENCODERS, load_encoder
+from radlab.models.external.hf_vision import processor_settings
+from radlab.models.image_towers import IMAGE_TOWERS
+
+RAD_DINO_MEAN, RAD_DINO_STD = 0.5307, 0.2583
+
+
+def rad_dino_processor(size: int) -> dict:
+    """RAD-DINO's preprocessor_config.json layout (BitImageProcessor), at a test size."""
+    return {"crop_size": {"height": size, "width": size}, "do_center_crop": True, "do_convert_rgb": True,
+            "do_normalize": True, "do_rescale": True, "do_resize": True, "image_mean": [RAD_DINO_MEAN] * 3,
+            "image_processor_type": "BitImageProcessor", "image_std": [RAD_DINO_STD] * 3, "resample": 3,
+            "rescale_factor": 0.00392156862745098, "size": {"shortest_edge": size}}
+
+
+def make_rad_dino_dir(root: Path, size: int = 56) -> Path:
+    """A tiny random Dinov2 saved like microsoft/rad-dino (config.json, model.safetensors, preprocessor)."""
+    torch.manual_seed(0)
+    config = Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                          image_size=size, patch_size=14)
+    Dinov2Model(config).eval().save_pretrained(root)
+    (root / "preprocessor_config.json").write_text(json.dumps(rad_dino_processor(size)))
+    return root
+
+
+@pytest.fixture(scope="module")
+def rad_dino_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_rad_dino_dir(tmp_path_factory.mktemp("rad-dino"))
+
+
+def test_rad_dino_matches_transformers(rad_dino_dir: Path) -> None:
+    encoder = load_encoder(f"rad-dino:{rad_dino_dir}")
+    assert encoder.preprocess.image_size == 56 and encoder.preprocess.channels == 3
+    assert encoder.preprocess.mean == pytest.approx(RAD_DINO_MEAN) and encoder.preprocess.std == pytest.approx(RAD_DINO_STD)
+    reference = AutoModel.from_pretrained(rad_dino_dir).eval()
+    images = torch.rand(2, 1, 56, 56)
+    with torch.no_grad():
+        ours = encoder.image_output(encoder.preprocess.normalise(images))
+        theirs = reference(pixel_values=(images.expand(-1, 3, -1, -1) - RAD_DINO_MEAN) / RAD_DINO_STD)
+        embedding = encoder.encode_image(encoder.preprocess.normalise(images))
+    torch.testing.assert_close(ours.pooled, theirs.pooler_output, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ours.tokens, theirs.last_hidden_state[:, 1:], atol=1e-5, rtol=1e-5)
+    assert ours.grid == (4, 4) and ours.tokens.shape == (2, 16, 32)
+    torch.testing.assert_close(embedding, torch.nn.functional.normalize(theirs.pooler_output, dim=-1), atol=1e-5,
+                               rtol=1e-5)
+    assert not encoder.has_text
+
+
+def test_vit_with_imagenet_statistics_is_normalised_per_channel(tmp_path: Path) -> None:
+    """A model with RGB statistics gets each channel normalised with its own mean/std, exactly."""
+    torch.manual_seed(1)
+    config = ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                       image_size=32, patch_size=16)
+    ViTModel(config).eval().save_pretrained(tmp_path)
+    encoder = ENCODERS.get("hf-vision")(str(tmp_path))
+    mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+    reference = AutoModel.from_pretrained(tmp_path).eval()
+    images = torch.rand(2, 1, 32, 32)
+    with torch.no_grad():
+        ours = encoder.image_features(encoder.preprocess.normalise(images))
+        rgb = (images.expand(-1, 3, -1, -1) - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
+        theirs = reference(pixel_values=rgb).last_hidden_state[:, 0]
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+
+
+def test_processor_settings_reads_size_crop_and_statistics(rad_dino_dir: Path, tmp_path: Path) -> None:
+    assert processor_settings(str(rad_dino_dir)) == (56, [RAD_DINO_MEAN] * 3, [RAD_DINO_STD] * 3)
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps({"do_normalize": False, "size": 40}))
+    assert processor_settings(str(tmp_path)) == (40, [0.0] * 3, [1.0] * 3)
+    assert processor_settings(str(tmp_path / "missing"), 64)[0] == 64
+
+
+def test_hf_vision_image_tower_for_continued_pretraining(rad_dino_dir: Path) -> None:
+    """The registered image tower takes radlab's 1-channel input normalised with the config's mean/std."""
+    tower = IMAGE_TOWERS.build("hf_vision", image_size=56, path=str(rad_dino_dir), input_mean=0.5, input_std=0.25)
+    reference = AutoModel.from_pretrained(rad_dino_dir).eval()
+    images = torch.rand(1, 1, 56, 56)
+    with torch.no_grad():
+        out = tower((images - 0.5) / 0.25)
+        theirs = reference(pixel_values=(images.expand(-1, 3, -1, -1) - RAD_DINO_MEAN) / RAD_DINO_STD)
+    torch.testing.assert_close(out.pooled, theirs.pooler_output, atol=1e-5, rtol=1e-5)
+    assert tower.embed_dim == 32
+
+
+def test_missing_folder_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        load_encoder(f"hf-vision:{tmp_path / 'nothing-here'}")
+    with pytest.raises(ValueError):
+        load_encoder("hf-vision:")
