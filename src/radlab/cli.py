@@ -50,12 +50,16 @@ def list_entries(kind: str = typer.Argument(..., help="sources|encoders|image-to
 @app.command()
 def pretrain(config: Path = typer.Option(..., help="YAML config, e.g. configs/clip.yaml"),
              overrides: list[str] = typer.Argument(None, help="key=value overrides, e.g. optim.steps=50"),
-             data: str = typer.Option(None, help="data root for relative paths (default $RADLAB_DATA)")) -> None:
-    """Pre-train an encoder and write a checkpoint folder."""
+             data: str = typer.Option(None, help="data root for relative paths (default $RADLAB_DATA)"),
+             resume: bool = typer.Option(False, "--resume", help="continue from the latest state in <out>/state"),
+             max_minutes: float = typer.Option(None, "--max-minutes", help="stop (resumably) after this budget")
+             ) -> None:
+    """Pre-train an encoder and write a checkpoint folder; under torchrun, one process per GPU."""
     from radlab.train.config import TrainConfig
     from radlab.train.engine import pretrain as run
 
-    cfg = TrainConfig.from_file(config, overrides or [])
+    flags = (["resume=true"] if resume else []) + ([f"max_minutes={max_minutes}"] if max_minutes is not None else [])
+    cfg = TrainConfig.from_file(config, [*(overrides or []), *flags])
     checkpoint = run(cfg, data_root=data)
     console.print(f"checkpoint: {checkpoint}")
 
@@ -67,11 +71,20 @@ def evaluate(task: list[str] = typer.Option(..., help="task name(s), see `radlab
              encoder: str = typer.Option(None, help="an external encoder as FORMAT:PATH"),
              labels: str = typer.Option(None, help="comma-separated findings (default: all annotated)"),
              seed: int = typer.Option(0),
-             out: Path = typer.Option(Path("runs/eval/metrics.json"), help="metrics JSON")) -> None:
-    """Evaluate one encoder on named tasks and write a JSON of metrics."""
+             out: Path = typer.Option(Path("runs/eval/metrics.json"), help="metrics JSON"),
+             option: list[str] = typer.Option(None, "--option", "-o",
+                                              help="task option TASK.KEY=VALUE, e.g. kshot.seeds=5 (repeatable)"),
+             bootstrap: int = typer.Option(1000, help="patient-bootstrap resamples for every interval"),
+             cache_dir: Path = typer.Option(None, help="feature cache folder (default ~/.cache/radlab/features)"),
+             no_cache: bool = typer.Option(False, "--no-cache", help="keep extracted features in memory only"),
+             compare: str = typer.Option(None, help="a second encoder (checkpoint or FORMAT:PATH): paired bootstrap"),
+             seen_classes: str = typer.Option(None, help="zero-shot base-vs-new: comma-separated seen classes"),
+             store: Path = typer.Option(None, help="results store (JSONL) to append to; renders STORE.md/.png")) -> None:
+    """Evaluate one encoder on named tasks and write a JSON of metrics with patient-bootstrap intervals."""
     from radlab.data.loading import load_tables
     from radlab.data.splits import DEFAULT_FRACTIONS
-    from radlab.evaluation.runner import evaluate as run, write_json
+    from radlab.evaluation.runner import DEFAULT_CACHE_DIR, headline, parse_options, write_json
+    from radlab.evaluation.runner import evaluate as run
     from radlab.models import load_encoder
     from radlab.train.engine import training_labels
 
@@ -83,11 +96,35 @@ def evaluate(task: list[str] = typer.Option(..., help="task name(s), see `radlab
         raise typer.BadParameter("--data takes SOURCE:PATH, e.g. phantom:runs/demo/phantoms")
     table = load_tables(sources, DEFAULT_FRACTIONS, seed=0)
     names = labels.split(",") if labels else training_labels(table, None)
-    results = run(load_encoder(spec), table, task, names, seed, encoder_name=spec)
+    try:
+        options = parse_options(option)
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from err
+    if seen_classes:
+        options.setdefault("zero_shot", {})["seen_classes"] = seen_classes
+    results = run(load_encoder(spec), table, task, names, seed, encoder_name=spec, options=options,
+                  n_boot=bootstrap, cache_dir=None if no_cache else (cache_dir or DEFAULT_CACHE_DIR),
+                  compare=load_encoder(compare) if compare else None, compare_name=compare or "")
     path = write_json(results, out)
+    if store is not None:
+        from radlab.evaluation.report import append_run, render
+
+        console.print(f"report: {render(append_run(results, store))}")
     for name, metrics in results["tasks"].items():
-        console.print(f"{name}: macro AUC {metrics.get('macro_auc', float('nan')):.3f}")
+        console.print(f"{name}: {headline(metrics)}")
+    for key, diff in results.get("paired_difference", {}).items():
+        console.print(f"{key}: A - B = {diff['difference']:.3f} [{diff['ci_low']:.3f}, {diff['ci_high']:.3f}]")
     console.print(f"metrics: {path}")
+
+
+@app.command("export")
+def export(checkpoint: Path = typer.Option(..., help="a radlab checkpoint folder"),
+           out: Path = typer.Option(..., help="output folder (image/, text/, heads, README.md model card)"),
+           metrics: Path = typer.Option(None, help="a metrics JSON from `radlab eval`, for the model card")) -> None:
+    """Export a checkpoint as Hugging Face-style folders (timm / transformers) with a model card."""
+    from radlab.models.export import export_checkpoint
+
+    console.print(f"exported: {export_checkpoint(checkpoint, out, metrics)}")
 
 
 @app.command()

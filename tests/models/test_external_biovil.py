@@ -7,27 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from external_checkpoints import make_biovil_file
 from torch import nn
 from torchvision.models.resnet import Bottleneck, ResNet
 
 from radlab.models import load_encoder
-
-
-def make_biovil_file(root: Path, joint: int = 8) -> tuple[Path, dict[str, torch.Tensor]]:
-    """hi-ml's key layout: ``encoder.encoder.*`` (torchvision ResNet incl. its fc) + ``projector.model.{0,1,3}``."""
-    torch.manual_seed(0)
-    trunk = ResNet(Bottleneck, [1, 1, 1, 1], num_classes=10)
-    projector = nn.Sequential(nn.Conv2d(2048, joint, 1, bias=False), nn.BatchNorm2d(joint), nn.ReLU(),
-                              nn.Conv2d(joint, joint, 1))
-    for module in [*trunk.modules(), *projector.modules()]:
-        if isinstance(module, nn.BatchNorm2d):
-            module.running_mean.uniform_(-0.1, 0.1)
-            module.running_var.uniform_(0.5, 1.5)
-    state = {f"encoder.encoder.{k}": v for k, v in trunk.state_dict().items()}
-    state.update({f"projector.model.{k}": v for k, v in projector.state_dict().items()})
-    path = root / "biovil_image_resnet50_proj_size_128.pt"
-    torch.save(state, path)
-    return path, state
 
 
 def _reference(state: dict[str, torch.Tensor], images01: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

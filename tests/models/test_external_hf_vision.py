@@ -7,31 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModel, Dinov2Config, Dinov2Model, ViTConfig, ViTModel
+from external_checkpoints import RAD_DINO_MEAN, RAD_DINO_STD, make_rad_dino_dir
+from transformers import AutoModel, ViTConfig, ViTModel
 
 from radlab.models import ENCODERS, load_encoder
 from radlab.models.external.hf_vision import processor_settings
 from radlab.models.image_towers import IMAGE_TOWERS
-
-RAD_DINO_MEAN, RAD_DINO_STD = 0.5307, 0.2583
-
-
-def rad_dino_processor(size: int) -> dict:
-    """RAD-DINO's preprocessor_config.json layout (BitImageProcessor), at a test size."""
-    return {"crop_size": {"height": size, "width": size}, "do_center_crop": True, "do_convert_rgb": True,
-            "do_normalize": True, "do_rescale": True, "do_resize": True, "image_mean": [RAD_DINO_MEAN] * 3,
-            "image_processor_type": "BitImageProcessor", "image_std": [RAD_DINO_STD] * 3, "resample": 3,
-            "rescale_factor": 0.00392156862745098, "size": {"shortest_edge": size}}
-
-
-def make_rad_dino_dir(root: Path, size: int = 56) -> Path:
-    """A tiny random Dinov2 saved like microsoft/rad-dino (config.json, model.safetensors, preprocessor)."""
-    torch.manual_seed(0)
-    config = Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                          image_size=size, patch_size=14)
-    Dinov2Model(config).eval().save_pretrained(root)
-    (root / "preprocessor_config.json").write_text(json.dumps(rad_dino_processor(size)))
-    return root
 
 
 @pytest.fixture(scope="module")
@@ -98,3 +79,20 @@ def test_missing_folder_is_a_clear_error(tmp_path: Path) -> None:
         load_encoder(f"hf-vision:{tmp_path / 'nothing-here'}")
     with pytest.raises(ValueError):
         load_encoder("hf-vision:")
+
+
+def test_hf_vision_tower_checkpoint_round_trip(rad_dino_dir: Path, tmp_path: Path) -> None:
+    """Continued pre-training from RAD-DINO: a radlab checkpoint with the ``hf_vision`` tower reloads exactly."""
+    from radlab.models.checkpoint import load_encoder_checkpoint, save_encoder
+    from radlab.models.encoder import RadEncoder
+    from radlab.models.towers import Preprocess
+
+    spec = {"name": "hf_vision", "kwargs": {"path": str(rad_dino_dir), "input_mean": 0.5, "input_std": 0.25}}
+    tower = IMAGE_TOWERS.build("hf_vision", image_size=56, **spec["kwargs"])
+    model = RadEncoder(tower, None, 8, Preprocess(image_size=56, mean=0.5, std=0.25)).eval()
+    with torch.no_grad():
+        next(model.image_tower.parameters()).add_(0.1)
+    reloaded = load_encoder_checkpoint(save_encoder(model, tmp_path / "checkpoint", spec))
+    images = torch.randn(1, 1, 56, 56)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded.encode_image(images), model.encode_image(images))

@@ -19,3 +19,121 @@ def synth(out: Path = typer.Argument(..., help="output folder"),
 
     table = synthesize(out, n=n, size=size, seed=seed, progress=True)
     typer.echo(f"wrote {len(table)} phantom images to {out}")
+
+
+def _fail(err: Exception) -> typer.Exit:
+    typer.echo(f"error: {err}", err=True)
+    return typer.Exit(1)
+
+
+def _options(items: list[str] | None) -> dict[str, str]:
+    pairs = [item.split("=", 1) for item in items or []]
+    if any(len(p) != 2 or not p[0] for p in pairs):
+        raise typer.BadParameter("--option takes KEY=VALUE, e.g. --option labeler=negbio")
+    return dict(pairs)
+
+
+@data_app.command("import")
+def import_source(source: str = typer.Argument(..., help="source name (`radlab list sources`)"),
+                  root: Path = typer.Argument(..., help="the provider's folder in its native layout (or a manifest)"),
+                  out: Path = typer.Option(..., "--out", help="folder for records.parquet and derived files (masks/)"),
+                  option: list[str] = typer.Option(None, "--option", help="KEY=VALUE for the source, e.g. labeler=negbio"),
+                  report_labels: bool = typer.Option(False, help="fill labels the source leaves unannotated from the report text"),
+                  prompts: bool = typer.Option(False, help="write templated prompts from labels where a record has no report"),
+                  seed: int = typer.Option(0, help="seed for --prompts")) -> None:
+    """Turn a provider's native layout into OUT/records.parquet (derived masks go to OUT/masks)."""
+    import inspect
+
+    from radlab.data.labeller import add_report_labels
+    from radlab.data.prompts import add_prompts
+    from radlab.data.records import RecordError
+    from radlab.data.sources import SOURCES
+    from radlab.data.sources.common import SourceFormatError
+
+    try:
+        factory = SOURCES.get(source)
+    except KeyError as err:
+        raise typer.BadParameter(str(err)) from err
+    kwargs: dict[str, object] = dict(_options(option))
+    if "mask_dir" in inspect.signature(factory).parameters:
+        kwargs.setdefault("mask_dir", out / "masks")
+    try:
+        table = factory(**kwargs).load(root)
+    except (SourceFormatError, RecordError, FileNotFoundError, OSError, ValueError) as err:
+        raise _fail(err) from err
+    if report_labels:
+        table = add_report_labels(table)
+    if prompts:
+        table = add_prompts(table, seed)
+    path = table.write(out)
+    frame = table.frame
+    splits = ", ".join(f"{k or 'none'}: {v}" for k, v in frame["split"].value_counts().items())
+    annotated = sum(bool(frame[f"label_{n}"].notna().any()) for n in table.label_names)
+    typer.echo(f"{path}: {len(frame)} records, {frame['patient_id'].nunique()} patients, "
+               f"{annotated} annotated findings; splits {splits}")
+
+
+@data_app.command("cache")
+def cache(table: Path = typer.Argument(..., help="record table (folder or .parquet)"),
+          out: Path = typer.Option(..., "--out", help="cache folder (images.npy + cache.json)"),
+          size: int = typer.Option(256, help="square side in pixels"),
+          workers: int = typer.Option(4, help="DataLoader worker processes"),
+          rebuild: bool = typer.Option(False, help="rebuild even when the cache is valid"),
+          shards: Path = typer.Option(None, help="also write WebDataset tar shards to this folder"),
+          shard_size: int = typer.Option(1000, help="records per shard")) -> None:
+    """Pre-resize every image once into a uint8 memory-mapped cache (rebuilt when config or sources change)."""
+    from radlab.data.cache import build_cache, ensure_cache, write_webdataset_shards
+    from radlab.data.records import RecordTable
+
+    records = RecordTable.read(table)
+    built = build_cache(records, out, size, workers) if rebuild else ensure_cache(records, out, size, workers)
+    typer.echo(f"{out}: {len(built)} images at {size} px, key {built.key}")
+    if shards is not None:
+        written = write_webdataset_shards(records, built, shards, shard_size)
+        typer.echo(f"{shards}: {len(written)} WebDataset shards")
+
+
+@data_app.command("audit")
+def audit(tables: list[Path] = typer.Argument(..., help="PRETRAIN EVAL [EVAL ...] record tables"),
+          exclude: Path = typer.Option(None, help="write the pre-training table without flagged patients here"),
+          images: bool = typer.Option(True, "--images/--no-images", help="also hash images (exact + perceptual)"),
+          threshold: int = typer.Option(4, help="near-duplicate Hamming distance on the 64-bit perceptual hash"),
+          workers: int = typer.Option(0, help="DataLoader worker processes for hashing"),
+          report: Path = typer.Option(None, help="write the full audit (all pairs) as JSON")) -> None:
+    """Shared patients and exact / near-duplicate images between a pre-training table and evaluation tables."""
+    from radlab.data.audit import audit as run_audit
+    from radlab.data.audit import exclude as drop_flagged
+    from radlab.data.records import RecordTable
+
+    if len(tables) < 2:
+        raise typer.BadParameter("give the pre-training table, then at least one evaluation table")
+    pretrain = RecordTable.read(tables[0])
+    evals = {str(p): RecordTable.read(p) for p in tables[1:]}
+    result = run_audit(pretrain, evals, images=images, threshold=threshold, workers=workers)
+    for row in result.summary():
+        typer.echo(f"{tables[0]} vs {row['eval']}: {row['shared_patients']} shared patients, "
+                   f"{row['exact_duplicates']} exact and {row['near_duplicates']} near-duplicate images")
+    if report is not None:
+        typer.echo(f"audit report: {result.write(report)}")
+    if exclude is not None:
+        cleaned = drop_flagged(pretrain, result)
+        typer.echo(f"{cleaned.write(exclude)}: {len(cleaned)} of {len(pretrain)} pre-training records kept")
+
+
+@data_app.command("label-agreement")
+def label_agreement(data: list[str] = typer.Argument(..., help="SOURCE:PATH of sets with reports and labels"),
+                    out: Path = typer.Option(Path("docs/report_labeller.md"), help="markdown file to (re)write")) -> None:
+    """Measure the rule-based report labeller against sources that ship both text and labels."""
+    from radlab.data.labeller import agreement, agreement_markdown
+    from radlab.data.loading import resolve_data_path
+    from radlab.data.sources import SOURCES
+
+    results = {}
+    for item in data:
+        name, _, path = item.partition(":")
+        if not path:
+            raise typer.BadParameter(f"{item!r}: expected SOURCE:PATH, e.g. iu_xray:iu_xray_reports")
+        results[f"{name} ({Path(path).name})"] = agreement(SOURCES.build(name).load(resolve_data_path(path)))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(agreement_markdown(results))
+    typer.echo(f"wrote {out}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -12,6 +13,9 @@ from torchvision.transforms import v2
 from radlab.data.images import read_image, resize_pad
 from radlab.data.records import RecordTable
 from radlab.models.towers import Preprocess
+
+if TYPE_CHECKING:
+    from radlab.data.cache import ImageCache
 
 ImageTransform = Callable[[torch.Tensor], torch.Tensor | list[torch.Tensor]]
 
@@ -31,7 +35,7 @@ class RecordDataset(Dataset):
     normalised; with the record's labels (NaN = not annotated) and report text."""
 
     def __init__(self, table: RecordTable, preprocess: Preprocess, label_names: Sequence[str] = (),
-                 transform: ImageTransform | None = None) -> None:
+                 transform: ImageTransform | None = None, cache: ImageCache | None = None) -> None:
         if not table.has_images().all():
             rows = np.flatnonzero(~table.has_images())
             raise ValueError(f"{len(rows)} records have no image (first: row {rows[0]}, id "
@@ -42,12 +46,18 @@ class RecordDataset(Dataset):
         self.labels = table.labels(self.label_names)
         self.texts = table.texts()
         self.transform = transform
+        self.cache = cache
+        if cache is not None:  # a pre-resized uint8 cache (radlab.data.cache); refused when stale
+            cache.validate(table, preprocess.image_size)
+            self.cache_rows = [cache.rows[r] for r in table.frame["id"]]
 
     def __len__(self) -> int:
         return len(self.table)
 
     def load_image(self, i: int) -> torch.Tensor:
         """The stored image as [1, S, S] in [0, 1], before augmentation and normalisation."""
+        if self.cache is not None:
+            return torch.from_numpy(self.cache[self.cache_rows[i]].astype(np.float32) / 255.0).unsqueeze(0)
         array = resize_pad(read_image(self.table.image_path(i)), self.preprocess.image_size)
         return torch.from_numpy(array).unsqueeze(0)
 

@@ -9,11 +9,15 @@ gdcm when installed). Identifying fields (names, ids, dates) are never logged or
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pydicom
+from pydicom import config
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut, apply_voi
@@ -52,6 +56,15 @@ def is_dicom(path: Path | str) -> bool:
         return False
 
 
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """pydicom's value-validation warnings and log lines quote element values (names and ids included);
+    keep them out of logs while reading and accessing headers."""
+    with config.disable_value_validation(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        yield
+
+
 def _open(path: Path, **kwargs: object) -> Dataset:
     try:
         return pydicom.dcmread(path, **kwargs)
@@ -62,12 +75,13 @@ def _open(path: Path, **kwargs: object) -> Dataset:
 def read_header(path: Path | str) -> DicomHeader:
     """Non-pixel fields of one DICOM file (pixels are not read)."""
     path = Path(path)
-    ds = _open(path, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
-    return DicomHeader(view_position=str(ds.get("ViewPosition", "")), sex=str(ds.get("PatientSex", "")),
-                       age=str(ds.get("PatientAge", "")), rows=int(ds.get("Rows", 0) or 0),
-                       columns=int(ds.get("Columns", 0) or 0),
-                       photometric=str(ds.get("PhotometricInterpretation", "")),
-                       modality=str(ds.get("Modality", "")), patient_key=str(ds.get("PatientID", "")))
+    with _quiet():
+        ds = _open(path, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
+        return DicomHeader(view_position=str(ds.get("ViewPosition", "")), sex=str(ds.get("PatientSex", "")),
+                           age=str(ds.get("PatientAge", "")), rows=int(ds.get("Rows", 0) or 0),
+                           columns=int(ds.get("Columns", 0) or 0),
+                           photometric=str(ds.get("PhotometricInterpretation", "")),
+                           modality=str(ds.get("Modality", "")), patient_key=str(ds.get("PatientID", "")))
 
 
 def _first(value: object) -> float:
@@ -98,15 +112,16 @@ def to_unit_range(ds: Dataset, pixels: np.ndarray) -> np.ndarray:
     """Stored pixel values -> display intensities in [0, 1] under ``DICOM_POLICY``."""
     if pixels.ndim == 3 and int(ds.get("SamplesPerPixel", 1)) > 1:
         return pixels[..., :3].astype(np.float32).mean(axis=-1) / float(2 ** int(ds.BitsStored) - 1)
-    values = apply_modality_lut(pixels, ds).astype(np.float64)
+    values = apply_modality_lut(pixels, ds)
     if ds.get("VOILUTSequence"):
-        values = apply_voi(values, ds, index=0).astype(np.float64)
+        values = apply_voi(np.round(values).astype(np.int64), ds, index=0).astype(np.float64)
         lo, hi = _lut_range(ds.VOILUTSequence[0])
     elif "WindowCenter" in ds and "WindowWidth" in ds:
         function = str(ds.get("VOILUTFunction", "LINEAR")).upper() or "LINEAR"
-        values = window(values, _first(ds.WindowCenter), _first(ds.WindowWidth), function)
+        values = window(values.astype(np.float64), _first(ds.WindowCenter), _first(ds.WindowWidth), function)
         lo, hi = 0.0, 1.0
     else:
+        values = values.astype(np.float64)
         lo, hi = float(values.min()), float(values.max())
     out = np.clip((values - lo) / (hi - lo), 0.0, 1.0) if hi > lo else np.zeros_like(values)
     if str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
@@ -117,7 +132,11 @@ def to_unit_range(ds: Dataset, pixels: np.ndarray) -> np.ndarray:
 def read_dicom(path: Path | str) -> np.ndarray:
     """One DICOM radiograph as float32 [H, W] in [0, 1]; the first frame of a multi-frame file."""
     path = Path(path)
-    ds = _open(path)
+    with _quiet():
+        return _decode(path, _open(path))
+
+
+def _decode(path: Path, ds: Dataset) -> np.ndarray:
     if "PixelData" not in ds:
         raise OSError(f"{path}: DICOM file has no pixel data")
     try:

@@ -3,10 +3,13 @@ options, and the bootstrap settings every interval uses."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 
 from radlab.data.records import RecordTable
 from radlab.evaluation.features import FeatureCache
@@ -39,6 +42,15 @@ class EvalContext:
     def option(self, key: str, default: Any) -> Any:
         """The current task's option ``key`` (from ``--option task.key=value``), else ``default``."""
         return self.options.get(self.task, {}).get(key, default)
+
+    def option_list(self, key: str, default: Any) -> list:
+        """A list option given as a YAML list, a comma-separated string or a single value."""
+        value = self.option(key, default)
+        if value is None:
+            return []
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return list(value) if isinstance(value, list | tuple) else [value]
 
     def images_present(self) -> np.ndarray:
         """Rows whose image file exists (a table may name images that are not on disk)."""
@@ -86,3 +98,15 @@ def evaluable_labels(table: RecordTable, names: list[str]) -> list[str]:
     test = table.split("test")
     values = test.labels(names)
     return [n for k, n in enumerate(names) if (values[:, k] == 1).any() and (values[:, k] == 0).any()]
+
+
+@contextmanager
+def single_thread() -> Iterator[None]:
+    """Run small heads on one thread: their ops are too small to gain from threads and lose badly to
+    thread contention on a busy machine."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

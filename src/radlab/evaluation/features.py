@@ -38,6 +38,17 @@ def table_hash(table: RecordTable) -> str:
     return digest.hexdigest()[:16]
 
 
+def files_signature(table: RecordTable) -> str:
+    """Hash of each image's resolved path, size and modification time: a file rewritten in place (e.g.
+    phantoms drawn again into the same folder) gets new features instead of stale cached ones."""
+    digest = hashlib.sha256()
+    for i in range(len(table)):
+        path = table.image_path(i).resolve()
+        stat = path.stat()
+        digest.update(f"{path}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
+
+
 @torch.no_grad()
 def extract_features(encoder: RadEncoder, table: RecordTable, kind: str = "pooled",
                      batch_size: int = 64) -> np.ndarray:
@@ -109,7 +120,7 @@ class FeatureCache:
     def get(self, encoder: RadEncoder, table: RecordTable, rows: np.ndarray, kind: str,
             batch_size: int) -> np.ndarray:
         subset = table.subset(rows)
-        key = self.key(encoder, f"{table_hash(subset)}|{subset.root.resolve()}", kind)
+        key = self.key(encoder, f"{table_hash(subset)}|{files_signature(subset)}", kind)
         return self._cached(key, lambda: extract_features(encoder, subset, kind, batch_size))
 
     def text(self, encoder: RadEncoder, texts: list[str], batch_size: int = 64) -> np.ndarray:

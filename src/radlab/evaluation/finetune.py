@@ -69,7 +69,7 @@ def finetune(ctx: EvalContext) -> dict:
         optim.zero_grad()
         loss.backward()
         optim.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     model.eval()
     test = ctx.table.subset(ctx.rows("test"))
     scores = np.full((len(test), len(ctx.label_names)), np.nan)

@@ -38,7 +38,7 @@ def knn(ctx: EvalContext) -> dict:
     if not names:
         raise TaskSkipped("no finding has both classes in the train and test splits")
     cols = [ctx.label_names.index(n) for n in names]
-    grid = [k for k in ctx.option("k_grid", K_GRID) if k <= len(x["train"])] or [len(x["train"])]
+    grid = [int(k) for k in ctx.option_list("k_grid", K_GRID) if int(k) <= len(x["train"])] or [len(x["train"])]
     best_k, best = grid[0], -np.inf
     if any(two_class(y["val"][:, j]) for j in cols):
         for k in grid:

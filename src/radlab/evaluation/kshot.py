@@ -47,8 +47,8 @@ def fraction_macro_auc(ctx: EvalContext, x: dict, y: dict, fraction: float, seed
 
 @TASKS.register("kshot", "K-shot (K in 1..16) and 1/10/100% data-fraction linear probes over seeds")
 def kshot(ctx: EvalContext) -> dict:
-    shots = [int(k) for k in ctx.option("shots", SHOTS)]
-    fractions = [float(f) for f in ctx.option("fractions", FRACTIONS)]
+    shots = [int(k) for k in ctx.option_list("shots", SHOTS)]
+    fractions = [float(f) for f in ctx.option_list("fractions", FRACTIONS)]
     seeds = [ctx.seed + s for s in range(int(ctx.option("seeds", N_SEEDS)))]
     x, y = standardised(ctx)
     out: dict = {"seeds": seeds, "kshot": {}, "fraction": {}}

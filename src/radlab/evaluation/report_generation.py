@@ -76,6 +76,22 @@ def neighbours(ctx: EvalContext, via: str) -> tuple[np.ndarray, np.ndarray, str]
     return rows["test"], rows["train"][idx[:, 0]], column
 
 
+def train_rows(ctx: EvalContext, via: str) -> np.ndarray:
+    return ctx.text_rows("train") if via == "text" else ctx.rows("train")
+
+
+def most_common_baseline(references: list[str], train_texts: list[str]) -> dict:
+    """Scores of answering every query with the most frequent training text (no encoder at all)."""
+    texts = [t for t in train_texts if t.strip()]
+    if not texts:
+        return {}
+    values, counts = np.unique(np.array(texts, dtype=object), return_counts=True)
+    constant = str(values[counts.argmax()])
+    stats = np.stack([bleu_stats(r, constant) for r in references])
+    return {"text": constant, "bleu4": bleu_from_stats(stats.sum(0)),
+            "rouge_l": float(np.mean([rouge_l(r, constant) for r in references]))}
+
+
 @TASKS.register("report_generation", "nearest-training-report generation: BLEU-4, ROUGE-L, clinical F1, with CIs")
 def report_generation(ctx: EvalContext) -> dict:
     has_images = len(ctx.rows("train")) > 0 and len(ctx.rows("test")) > 0
@@ -92,6 +108,7 @@ def report_generation(ctx: EvalContext) -> dict:
         labels = ctx.table.labels(list(FINDING_NAMES))
         truth, predicted, source = labels[queries] == 1, labels[found] == 1, "record_labels"
     patients = ctx.patients(queries)
+    baseline = most_common_baseline(references, text[train_rows(ctx, via)].tolist())
     present = truth.any(0) | predicted.any(0)
     per_finding = {n: f1_binary(truth[:, j], predicted[:, j]) for j, n in enumerate(FINDING_NAMES) if present[j]}
     return {
@@ -104,5 +121,6 @@ def report_generation(ctx: EvalContext) -> dict:
         "clinical_f1_ci": ctx.interval("clinical_f1", lambda i: f1_binary(truth[i], predicted[i]), patients),
         "clinical_f1_macro": float(np.mean(list(per_finding.values()))) if per_finding else float("nan"),
         "clinical_f1_per_finding": per_finding, "clinical_f1_source": source,
+        "most_common_report_baseline": baseline,
         "examples": [{"reference": r, "generated": g} for r, g in zip(references[:3], generated[:3], strict=True)],
     }

@@ -80,12 +80,12 @@ def evaluate(encoder: RadEncoder, table: RecordTable, tasks: list[str], label_na
     return results
 
 
-def _clean(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
     """JSON-safe: numpy scalars to Python, NaN/inf to null."""
     if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
+        return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
+        return [json_safe(v) for v in value]
     if isinstance(value, np.generic):
         value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
@@ -97,6 +97,39 @@ def write_json(results: dict, path: Path | str) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(_clean(results), indent=2, allow_nan=False))
+    tmp.write_text(json.dumps(json_safe(results), indent=2, allow_nan=False))
     tmp.replace(path)
     return path
+
+
+DEFAULT_CACHE_DIR = Path("~/.cache/radlab/features")
+HEADLINES = ("macro_auc", "accuracy", "mean_dice", "mean_R@1", "bleu4")
+
+
+def parse_options(items: list[str] | None) -> dict[str, dict[str, Any]]:
+    """``["kshot.seeds=5", "zero_shot.modes=[names,ensemble]"]`` -> {"kshot": {"seeds": 5}, ...} (YAML values)."""
+    import yaml
+
+    out: dict[str, dict[str, Any]] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        task, dot, name = key.partition(".")
+        if not sep or not dot or not task or not name:
+            raise ValueError(f"task options look like TASK.KEY=VALUE, got {item!r}")
+        out.setdefault(task, {})[name] = yaml.safe_load(value)
+    return out
+
+
+def headline(metrics: dict) -> str:
+    """One line per task for the console: its main metric with the interval when there is one."""
+    if "skipped" in metrics:
+        return f"skipped ({metrics['skipped']})"
+    for key in HEADLINES:
+        if key in metrics and isinstance(metrics[key], int | float):
+            ci = metrics.get(f"{key}_ci")
+            band = f" [{ci['ci_low']:.3f}, {ci['ci_high']:.3f}]" if isinstance(ci, dict) else ""
+            return f"{key} {metrics[key]:.3f}{band}"
+    if "sex" in metrics:
+        sex, age = metrics.get("sex") or {}, metrics.get("age") or {}
+        return f"sex AUC {sex.get('auc', float('nan')):.3f}, age MAE {age.get('mae', float('nan')):.2f}"
+    return "done"

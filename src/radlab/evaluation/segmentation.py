@@ -11,7 +11,7 @@ from torch import nn
 
 from radlab.data.images import read_image, resize_pad
 from radlab.data.records import MASK_PREFIX
-from radlab.evaluation.context import TASKS, EvalContext, TaskSkipped
+from radlab.evaluation.context import TASKS, EvalContext, TaskSkipped, single_thread
 from radlab.evaluation.metrics import dice_iou
 
 
@@ -57,6 +57,7 @@ def masked_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return ((bce + dice) * known).sum() / known.sum().clamp_min(1)
 
 
+@single_thread()
 def train_decoder(x: torch.Tensor, masks: torch.Tensor, kind: str, steps: int, seed: int,
                   batch_size: int = 32, train_size: int | None = None) -> nn.Module:
     """Fit the decoder; the loss is taken at ``train_size`` (masks area-downsampled) to save compute."""
@@ -80,7 +81,7 @@ def train_decoder(x: torch.Tensor, masks: torch.Tensor, kind: str, steps: int, s
 
 @TASKS.register("segmentation", "linear (1x1 conv) decoder on frozen patch tokens; Dice and IoU per mask, with CI")
 def segmentation(ctx: EvalContext) -> dict:
-    structures = ctx.option("structures", None) or [c[len(MASK_PREFIX):] for c in ctx.table.mask_columns]
+    structures = ctx.option_list("structures", None) or [c[len(MASK_PREFIX):] for c in ctx.table.mask_columns]
     if not structures:
         raise TaskSkipped("the records carry no mask_<structure> columns")
     ctx.require_images(("train", "test"))

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from radlab.evaluation.context import TASKS, EvalContext, TaskSkipped
+from radlab.evaluation.context import TASKS, EvalContext, TaskSkipped, single_thread
 from radlab.evaluation.metrics import accuracy, tokenize_text
 
 
@@ -41,11 +41,12 @@ def fusion_head(dim: int, answers: int, hidden: int = 256) -> nn.Module:
                          nn.Linear(hidden, answers))
 
 
+@single_thread()
 def train_head(x: np.ndarray, y: np.ndarray, answers: int, steps: int, seed: int) -> nn.Module:
     torch.manual_seed(seed)
     model = fusion_head(x.shape[1], answers)
     optim = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-2)
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    xt, yt = torch.from_numpy(x.astype(np.float32)), torch.from_numpy(y)
     gen = torch.Generator().manual_seed(seed)
     for _ in range(steps):
         idx = torch.randint(0, len(xt), (min(128, len(xt)),), generator=gen)
@@ -58,7 +59,7 @@ def train_head(x: np.ndarray, y: np.ndarray, answers: int, steps: int, seed: int
 
 def predict(model: nn.Module, x: np.ndarray) -> np.ndarray:
     with torch.no_grad():
-        return model(torch.from_numpy(x)).argmax(1).numpy()
+        return model(torch.from_numpy(x.astype(np.float32))).argmax(1).numpy()
 
 
 @TASKS.register("vqa", "closed-set VQA (VQA-RAD, SLAKE): frozen towers + small fusion MLP; accuracy with CI")
@@ -77,11 +78,13 @@ def vqa(ctx: EvalContext) -> dict:
     mean, std = img["train"].mean(0), img["train"].std(0) + 1e-6
     img = {s: ((v - mean) / std).astype(np.float32) for s, v in img.items()}
     if ctx.encoder.has_text:
-        q = {s: ctx.text_features(v).astype(np.float32) * np.sqrt(ctx.encoder.embed_dim) for s, v in questions.items()}
+        q = {s: ctx.text_features(v) for s, v in questions.items()}
         question_encoding = "text_tower"
     else:
         q = {s: bag_of_words(questions["train"], v) for s, v in questions.items()}
         question_encoding = "bag_of_words"
+    q_mean, q_std = q["train"].mean(0), q["train"].std(0) + 1e-6
+    q = {s: ((v - q_mean) / q_std).astype(np.float32) for s, v in q.items()}
     steps = int(ctx.option("steps", 500))
     fused = train_head(np.concatenate([img["train"], q["train"]], 1), y["train"], len(vocab), steps, ctx.seed)
     predicted = predict(fused, np.concatenate([img["test"], q["test"]], 1))

@@ -101,9 +101,9 @@ def summarise(labels: np.ndarray, scores: np.ndarray, names: list[str], seen: se
 
 
 def seen_classes(ctx: EvalContext) -> set[str] | None:
-    given = ctx.option("seen_classes", None)
+    given = ctx.option_list("seen_classes", None)
     if given:
-        return set(given.split(",") if isinstance(given, str) else given)
+        return set(given)
     head = ctx.encoder.label_head
     return set(head.class_names) if head is not None else None
 
@@ -119,8 +119,7 @@ def zero_shot(ctx: EvalContext) -> dict:
     seen = seen_classes(ctx)
     results: dict = {}
     if ctx.encoder.has_text:
-        modes = ctx.option("modes", PROMPT_MODES)
-        for mode in (modes.split(",") if isinstance(modes, str) else modes):
+        for mode in ctx.option_list("modes", PROMPT_MODES):
             binary, per_class = prompt_scores(ctx, names, mode)
             results[mode] = {**summarise(labels, binary, names, seen), "single_label": single_label(labels, per_class)}
         primary = ctx.option("primary", "names" if "names" in results else next(iter(results)))

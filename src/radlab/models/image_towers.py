@@ -49,15 +49,26 @@ def _is_vit(name: str) -> bool:
     return name.startswith(("vit_", "deit", "eva", "vit"))
 
 
-def _timm_entry(timm_name: str, description: str) -> None:
+def _timm_entry(name: str, description: str, timm_name: str | None = None, **defaults: object) -> None:
+    """Register ``name`` as a timm model (``timm_name``, default the same) with default keyword arguments."""
+
     def build(image_size: int = 128, pretrained: bool = False, checkpoint_path: str | None = None,
               **kwargs: object) -> TimmImageTower:
-        return TimmImageTower(timm_name, image_size, pretrained, checkpoint_path, **kwargs)
+        return TimmImageTower(timm_name or name, image_size, pretrained, checkpoint_path, **{**defaults, **kwargs})
 
-    IMAGE_TOWERS.register(timm_name, description)(build)
+    IMAGE_TOWERS.register(name, description)(build)
 
 
 for _name, _desc in [
     ("vit_tiny_patch16_224", "ViT-Tiny/16 (5.7M params), the CPU default at 128 px"),
+    ("vit_small_patch16_224", "ViT-Small/16 (22M params)"),
+    ("vit_base_patch16_224", "ViT-Base/16 (86M params)"),
+    ("vit_small_patch14_dinov2", "ViT-Small/14, DINOv2 layout (layer scale), 22M params"),
+    ("vit_base_patch14_dinov2", "ViT-Base/14, DINOv2 layout (layer scale), 86M params; RAD-DINO's shape"),
+    ("resnet18", "ResNet-18 (11M params); tokens are the last feature map"),
+    ("resnet50", "ResNet-50 (24M params); tokens are the last feature map"),
+    ("convnext_tiny", "ConvNeXt-Tiny (28M params); tokens are the last feature map"),
 ]:
     _timm_entry(_name, _desc)
+_timm_entry("vit_tiny_patch14", "ViT-Tiny with 14 px patches (timm vit_tiny_patch16_224, patch_size=14)",
+            "vit_tiny_patch16_224", patch_size=14)

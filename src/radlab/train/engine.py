@@ -28,6 +28,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from radlab.data.dataset import Collator, RecordDataset, train_augment
 from radlab.data.loading import load_tables
@@ -135,7 +136,7 @@ class Trainer:
         model_cfg = cfg.model if objective_cls.requires_text else cfg.model.model_copy(update={"text_tower": None})
         tokenizer = None
         if model_cfg.text_tower is not None and model_cfg.text_tower.name != "hf":
-            tokenizer = train_wordpiece(train_table.texts(), cfg.data.vocab_size)
+            tokenizer = self._tokenizer(train_table)
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         self.model = build_encoder(model_cfg, tokenizer)
         self.objective = build_objective(cfg, self.class_names, self.model)
@@ -164,6 +165,16 @@ class Trainer:
         self.elapsed_before = 0.0
         self.started = time.time()
 
+    def _tokenizer(self, table: RecordTable) -> PreTrainedTokenizerBase:
+        """WordPiece trained once (rank 0) and saved to ``<out>/tokenizer``: its training is not reproducible
+        run to run (ties at the vocabulary cut), so every rank and every resumed session loads that copy."""
+        folder = self.out / "tokenizer"
+        if not (self.cfg.resume and folder.is_dir()):
+            if self.env.is_main:
+                train_wordpiece(table.texts(), self.cfg.data.vocab_size).save_pretrained(folder)
+            distrib.barrier()
+        return AutoTokenizer.from_pretrained(folder)
+
     def _micro_batch(self) -> int:
         opt, world = self.cfg.optim, self.env.world_size
         if opt.batch_size % (world * opt.accumulation):
@@ -184,8 +195,11 @@ class Trainer:
                                 self.cfg.seed)
         sampler = RankedBatchSampler(len(dataset), self.micro_batch, self.cfg.seed, self.env.rank,
                                      self.env.world_size, shuffle)
+        # The loader's own generator: creating an iterator (each epoch) must not draw from the global RNG,
+        # whose state training states restore; augmentation is seeded per sample by SeededDataset.
         loader = DataLoader(dataset, batch_sampler=sampler, num_workers=self.cfg.optim.num_workers,
-                            collate_fn=Collator(tokenize), pin_memory=self.env.device.type == "cuda")
+                            collate_fn=Collator(tokenize), pin_memory=self.env.device.type == "cuda",
+                            generator=torch.Generator().manual_seed(self.cfg.seed))
         return loader, sampler
 
     def autocast(self) -> contextlib.AbstractContextManager:

@@ -9,6 +9,7 @@ from the placeholders' stored attributes.
 from __future__ import annotations
 
 import logging
+import pickle
 import re
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -30,6 +31,7 @@ from transformers import (
 from radlab.models.towers import Preprocess, TowerOutput
 
 log = logging.getLogger(__name__)
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json")
 _UNSUPPORTED = re.compile(r"Unsupported global: GLOBAL (\S+) was not an allowed global")
 
 
@@ -67,11 +69,13 @@ def safe_load(path: str | Path, max_foreign: int = 512) -> Any:
         try:
             with torch.serialization.safe_globals(allowed):
                 return torch.load(str(path), map_location="cpu", weights_only=True)
-        except Exception as err:  # noqa: BLE001 - torch raises UnpicklingError or RuntimeError wrappers
+        except pickle.UnpicklingError as err:
             match = _UNSUPPORTED.search(str(err))
-            if match is None or any(name == match.group(1) for _, name in allowed):
+            name = match.group(1) if match else ""
+            name = name if "." in name else f"builtins.{name}"
+            if match is None or any(name == known for _, known in allowed):
                 raise
-            allowed.append(_placeholder(match.group(1)))
+            allowed.append(_placeholder(name))
     raise RuntimeError(f"{path}: more than {max_foreign} foreign classes in the checkpoint")
 
 
@@ -117,19 +121,6 @@ def load_state_dict_file(path: str | Path, *keys: str) -> dict[str, torch.Tensor
 def strip_prefix(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     """Keys under ``prefix`` with it removed."""
     return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-
-
-def drop_position_ids(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """BERT checkpoints saved by transformers < 4.31 store ``embeddings.position_ids`` (a constant buffer
-    newer versions no longer persist)."""
-    return {k: v for k, v in state.items() if not k.endswith("embeddings.position_ids")}
-
-
-def require(path: str | Path) -> Path:
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist")
-    return path
 
 
 def find_file(root: Path, names: Sequence[str], patterns: Sequence[str] = ()) -> Path:
@@ -228,22 +219,28 @@ def bert_from_state_dict(state: Mapping[str, torch.Tensor], config_dir: str | No
     return hf_model_from_state_dict(config, state, add_pooling_layer="pooler.dense.weight" in state)
 
 
-def text_dir(root: Path, names: Sequence[str] = ("text",)) -> str | None:
-    """A local Hugging Face text-model folder (config.json) under ``root``, for offline loading."""
+def text_dir(root: Path, names: Sequence[str] = ("text",)) -> Path | None:
+    """A local Hugging Face text folder under ``root`` (a config.json or tokenizer files), for offline use."""
     for name in names:
-        if (root / name / "config.json").is_file():
-            return str(root / name)
+        folder = root / name
+        if any((folder / f).is_file() for f in ("config.json", *TOKENIZER_FILES)):
+            return folder
     return None
 
 
-def load_tokenizer(candidates: Sequence[str | None]) -> PreTrainedTokenizerBase | None:
-    """The first tokenizer that loads from the candidates (local folders first, then hub ids that work
-    offline only when cached); None when none does."""
+def config_dir(folder: Path | None) -> str | None:
+    """``folder`` when it holds a model config.json."""
+    return str(folder) if folder is not None and (folder / "config.json").is_file() else None
+
+
+def load_tokenizer(candidates: Sequence[str | Path | None]) -> PreTrainedTokenizerBase | None:
+    """The first tokenizer that loads from the candidates: local folders, or hub ids already in the Hugging
+    Face cache (never downloaded here); None when none does."""
     for candidate in candidates:
         if not candidate:
             continue
         try:
-            return AutoTokenizer.from_pretrained(candidate)
+            return AutoTokenizer.from_pretrained(str(candidate), local_files_only=True)
         except (OSError, ValueError) as err:
             log.info("no tokenizer from %s (%s)", candidate, err)
     return None

@@ -35,6 +35,7 @@ from radlab.models.external.common import (
     ChannelAdapter,
     Placeholder,
     bert_from_state_dict,
+    config_dir,
     feature_map_output,
     find_file,
     load_tokenizer,
@@ -159,9 +160,8 @@ def load_gloria(path: str) -> RadEncoder:
 
 def _text_tower(root: Path, state: dict[str, torch.Tensor], hparams: Any) -> GloriaTextTower | None:
     local = text_dir(root)
-    bert_type = config_value(hparams, "model.text.bert_type")
-    tokenizer = load_tokenizer([local, bert_type])
-    bert = bert_from_state_dict(state, local)
+    tokenizer = load_tokenizer([local, config_value(hparams, "model.text.bert_type")])
+    bert = bert_from_state_dict(state, config_dir(local))
     if tokenizer is None:
         log.warning("GLoRIA: no tokenizer found (put Bio_ClinicalBERT in %s/text); loading the image encoder only",
                     root)

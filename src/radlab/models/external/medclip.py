@@ -35,6 +35,7 @@ from radlab.models.encoder import RadEncoder
 from radlab.models.external.common import (
     ChannelAdapter,
     bert_from_state_dict,
+    config_dir,
     feature_map_output,
     find_file,
     hf_model_from_state_dict,
@@ -170,7 +171,7 @@ def load_medclip(path: str) -> RadEncoder:
     if leftover or any(not k.startswith("model.") for k in text_state):
         raise ValueError(f"{file}: unexpected MedCLIP keys {leftover[:5]}")
     local = text_dir(file.parent, ("text", "Bio_ClinicalBERT"))
-    bert = bert_from_state_dict(strip_prefix(text_state, "model."), local)
+    bert = bert_from_state_dict(strip_prefix(text_state, "model."), config_dir(local))
     tokenizer = load_tokenizer([local, BERT_TYPE])
     text = MedClipTextTower(bert, tokenizer) if tokenizer is not None else None
     if text is None:

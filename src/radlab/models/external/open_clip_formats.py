@@ -28,12 +28,17 @@ from torch import nn
 
 from radlab.models import ENCODERS
 from radlab.models.encoder import RadEncoder
-from radlab.models.external.common import ChannelAdapter, MatrixProjection, find_file, load_state_dict_file
+from radlab.models.external.common import (
+    TOKENIZER_FILES,
+    ChannelAdapter,
+    MatrixProjection,
+    find_file,
+    load_state_dict_file,
+)
 from radlab.models.towers import TowerOutput
 
 CHEXZERO_MEAN = 101.48761 / 255.0
 CHEXZERO_STD = 83.43944 / 255.0
-_TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json")
 
 
 class OpenClipVisionTower(nn.Module):
@@ -200,7 +205,11 @@ def load_open_clip_dir(path: str) -> RadEncoder:
     if local_text is not None:
         text_cfg.update(hf_model_name=local_text, hf_model_pretrained=False)
         overrides["text_cfg"] = text_cfg
-    model = open_clip.create_model(f"local-dir:{root}", require_pretrained=True, **overrides)
+    try:
+        model = open_clip.create_model(f"local-dir:{root}", require_pretrained=True, **overrides)
+    except OSError as err:
+        raise OSError(f"{root}: could not build the open_clip model offline ({err}); for a Hugging Face text "
+                      f"tower put its config.json (and tokenizer) in {root / 'text'}") from err
     tokenizer = _tokenizer(root, text_cfg, local_text)
     cfg = open_clip.get_model_preprocess_cfg(model)
     return wrap_open_clip(model, tokenizer, cfg["mean"], cfg["std"], _size(cfg["size"]))
@@ -209,7 +218,7 @@ def load_open_clip_dir(path: str) -> RadEncoder:
 def _tokenizer(root: Path, text_cfg: dict, local_text: str | None) -> Any:
     if "hf_tokenizer_name" not in text_cfg:
         return open_clip.get_tokenizer(f"local-dir:{root}")
-    source = str(root) if any((root / f).is_file() for f in _TOKENIZER_FILES) else (
+    source = str(root) if any((root / f).is_file() for f in TOKENIZER_FILES) else (
         local_text or text_cfg["hf_tokenizer_name"])
     return open_clip.tokenizer.HFTokenizer(source, context_length=text_cfg.get("context_length", 77),
                                            tokenizer_mode=text_cfg.get("tokenizer_mode"),

@@ -35,6 +35,7 @@ from radlab.models.external.common import feature_map_output, find_file, load_st
 from radlab.models.towers import Preprocess, TowerOutput
 
 XRV_MEAN, XRV_STD = 0.5, 0.5 / 1024.0
+DENSENET_SIZE, RESNET_SIZE = 224, 512
 _LEGACY_HINT = (
     "{file}: torch cannot read this pickled model without running its code (pre-1.6 file format). Convert it "
     "once with torchxrayvision, e.g. `torch.save(xrv.models.DenseNet(weights=NAME).state_dict(), 'out.pt')`, "
@@ -101,10 +102,10 @@ def _from_weights_name(name: str) -> tuple[XRVTower, int]:
 
     if name.startswith("resnet"):
         model = xrv.models.ResNet(weights=name)
-        return XRVTower(model.model, "resnet"), int(getattr(model, "input_resolution", 512))
+        return XRVTower(model.model, "resnet"), int(getattr(model, "input_resolution", RESNET_SIZE))
     model = xrv.models.DenseNet(weights=name)
     model.op_threshs = None
-    return XRVTower(model, "densenet"), int(getattr(model, "input_resolution", 224))
+    return XRVTower(model, "densenet"), int(getattr(model, "input_resolution", DENSENET_SIZE))
 
 
 def load_xrv_tower(path: str) -> tuple[XRVTower, int]:
@@ -123,10 +124,10 @@ def load_xrv_tower(path: str) -> tuple[XRVTower, int]:
         raise ValueError(_LEGACY_HINT.format(file=file)) from err
     state = {k: v for k, v in state.items() if k != "op_threshs" and not k.endswith(".op_threshs")}
     if "features.conv0.weight" in state:
-        return XRVTower(build_densenet(state), "densenet"), 224
+        return XRVTower(build_densenet(state), "densenet"), DENSENET_SIZE
     state = {k.removeprefix("model."): v for k, v in state.items()}
     if "conv1.weight" in state and "fc.weight" in state:
-        return XRVTower(build_resnet(state), "resnet"), 512
+        return XRVTower(build_resnet(state), "resnet"), RESNET_SIZE
     raise ValueError(f"{file}: not a torchxrayvision DenseNet or ResNet state dict")
 
 

@@ -1,0 +1,137 @@
+"""Export a trained encoder as Hugging Face-style folders that load without radlab.
+
+``export_encoder(model, out)`` writes::
+
+    out/image/      the image tower: timm towers via timm's ``save_for_hf`` (config.json with ``architecture``,
+                    ``model_args`` and ``pretrained_cfg`` + model.safetensors), loadable with
+                    ``timm.create_model("local-dir:out/image", pretrained=True)`` or ``timm.create_model(architecture,
+                    pretrained=True, pretrained_cfg_overlay={"file": "out/image/model.safetensors"}, in_chans=1,
+                    num_classes=0, img_size=...)``; transformers towers via ``save_pretrained`` (AutoModel);
+                    any other tower as ``model.safetensors`` + ``tower.json``.
+    out/text/       the text tower via ``save_pretrained`` (AutoModel + AutoTokenizer), when there is one.
+    out/heads.safetensors   the joint-space projections (and label head) — radlab-specific.
+    out/README.md   a model card: preprocessing, loading code, training config and evaluation results.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from safetensors.torch import save_file
+from timm.models import save_for_hf
+from torch import nn
+
+from radlab import __version__
+from radlab.models.encoder import RadEncoder
+from radlab.models.image_towers import TimmImageTower
+
+HEADS_FILE = "heads.safetensors"
+
+
+def _tensors(module: nn.Module | None, prefix: str) -> dict[str, torch.Tensor]:
+    if module is None:
+        return {}
+    return {f"{prefix}.{k}": v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+
+
+def export_image_tower(model: RadEncoder, directory: Path) -> dict[str, Any]:
+    """Write the image tower to ``directory``; returns how it loads (for the model card)."""
+    tower, p = model.image_tower, model.preprocess
+    directory.mkdir(parents=True, exist_ok=True)
+    if isinstance(tower, TimmImageTower):
+        data = {"input_size": (p.channels, p.image_size, p.image_size), "mean": (p.mean,) * p.channels,
+                "std": (p.std,) * p.channels, "crop_pct": 1.0}
+        save_for_hf(tower.backbone, str(directory), safe_serialization=True, data_config=data)
+        return {"library": "timm", "architecture": tower.name}
+    if hasattr(tower, "save_pretrained"):
+        tower.save_pretrained(directory)
+        return {"library": "transformers", "architecture": type(tower.model).__name__}
+    save_file(_tensors(tower, "image_tower"), str(directory / "model.safetensors"))
+    (directory / "tower.json").write_text(json.dumps({"class": type(tower).__name__, "embed_dim": tower.embed_dim}))
+    return {"library": "radlab", "architecture": type(tower).__name__}
+
+
+def export_encoder(model: RadEncoder, out: Path | str, train_config: dict | None = None,
+                   results: dict | None = None, name: str | None = None) -> Path:
+    """Export towers, heads and a model card (see the module docstring) to ``out``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    image = export_image_tower(model, out / "image")
+    text = None
+    if model.text_tower is not None and hasattr(model.text_tower, "save"):
+        model.text_tower.save(out / "text")
+        text = {"library": "transformers", "architecture": type(model.text_tower.model).__name__,
+                "pooling": model.text_tower.pooling, "max_length": model.text_tower.max_length}
+    heads = {**_tensors(model.image_proj, "image_proj"), **_tensors(model.text_proj, "text_proj"),
+             **_tensors(model.label_head, "label_head")}
+    if heads:
+        save_file(heads, str(out / HEADS_FILE))
+    meta = {"embed_dim": model.embed_dim, "preprocess": vars(model.preprocess), "image": image, "text": text,
+            "label_names": model.label_head.class_names if model.label_head is not None else None}
+    (out / "radlab_export.json").write_text(json.dumps(meta, indent=2))
+    (out / "README.md").write_text(model_card(meta, train_config, results, name or out.name))
+    return out
+
+
+def export_checkpoint(checkpoint: Path | str, out: Path | str, results: Path | str | None = None) -> Path:
+    """Export a radlab checkpoint folder; its ``train_config`` and an optional metrics JSON go in the card."""
+    from radlab.models.checkpoint import SPEC_FILE, load_encoder_checkpoint
+
+    checkpoint = Path(checkpoint)
+    spec = json.loads((checkpoint / SPEC_FILE).read_text())
+    metrics = json.loads(Path(results).read_text()) if results else None
+    return export_encoder(load_encoder_checkpoint(checkpoint), out, spec.get("train_config"), metrics,
+                          name=checkpoint.parent.name if checkpoint.name == "checkpoint" else checkpoint.name)
+
+
+def _usage(meta: dict) -> str:
+    p = meta["preprocess"]
+    if meta["image"]["library"] == "timm":
+        return (f'import timm\nmodel = timm.create_model("local-dir:image", pretrained=True).eval()\n'
+                f"# input: [B, {p['channels']}, {p['image_size']}, {p['image_size']}], pixels in [0, 1] "
+                f"normalised with mean {p['mean']:.4g} and std {p['std']:.4g}\n"
+                "features = model.forward_head(model.forward_features(x), pre_logits=True)")
+    if meta["image"]["library"] == "transformers":
+        return ('from transformers import AutoModel\nmodel = AutoModel.from_pretrained("image").eval()\n'
+                "features = model(pixel_values=x).last_hidden_state[:, 0]")
+    return "from radlab.models import load_encoder  # this tower needs radlab"
+
+
+def _results_table(results: dict) -> str:
+    rows = ["| task | macro AUC | seconds |", "|---|---|---|"]
+    for task, metrics in results.get("tasks", {}).items():
+        auc = metrics.get("macro_auc")
+        rows.append(f"| {task} | {auc:.3f} | {metrics.get('seconds', '')} |" if isinstance(auc, int | float)
+                    else f"| {task} | – | {metrics.get('seconds', '')} |")
+    return "\n".join(rows)
+
+
+def model_card(meta: dict, train_config: dict | None, results: dict | None, name: str) -> str:
+    """A Hugging Face model card (YAML front matter + markdown) for an exported encoder."""
+    p = meta["preprocess"]
+    front = {"library_name": meta["image"]["library"], "tags": ["radiology", "chest-x-ray", "radlab",
+                                                                "image-feature-extraction"]}
+    parts = [f"---\n{yaml.safe_dump(front, sort_keys=False)}---", f"# {name}",
+             f"Radiograph encoder exported by radlab {__version__}.",
+             "## Image tower", f"- architecture: `{meta['image']['architecture']}` ({meta['image']['library']}), "
+             f"folder `image/`",
+             f"- input: {p['channels']} channel(s), {p['image_size']} x {p['image_size']} px (the radiograph resized "
+             f"on its longer side and zero-padded to a square), pixels in [0, 1] normalised with mean {p['mean']:.6g}, "
+             f"std {p['std']:.6g}",
+             f"- joint embedding: {meta['embed_dim']}-d (projection weights in `{HEADS_FILE}`)",
+             "```python\n" + _usage(meta) + "\n```"]
+    if meta["text"]:
+        parts += ["## Text tower", f"- `{meta['text']['architecture']}` in `text/` (AutoModel + AutoTokenizer), "
+                                   f"{meta['text']['pooling']} pooling, up to {meta['text']['max_length']} tokens"]
+    if meta["label_names"]:
+        parts += ["## Label head", "Class prototypes for: " + ", ".join(meta["label_names"])]
+    if results:
+        parts += ["## Evaluation results", f"Encoder `{results.get('encoder', '')}`, seed {results.get('seed', '')}, "
+                  f"code {results.get('code_version', '')}.", _results_table(results)]
+    if train_config:
+        parts += ["## Training configuration", "```yaml\n" + yaml.safe_dump(train_config, sort_keys=False) + "```"]
+    return "\n\n".join(parts) + "\n"

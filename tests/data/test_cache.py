@@ -1,0 +1,86 @@
+import os
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+from typer.testing import CliRunner
+
+from data import fixtures as fx
+from radlab.cli import app
+from radlab.data.cache import (
+    ImageCache,
+    StaleCache,
+    build_cache,
+    ensure_cache,
+    read_webdataset,
+    to_uint8,
+    write_webdataset_shards,
+)
+from radlab.data.dataset import RecordDataset
+from radlab.data.images import read_image, resize_pad
+from radlab.models.towers import Preprocess
+
+
+@pytest.fixture()
+def table(tmp_path):
+    return fx.image_table(tmp_path / "images")
+
+
+def test_cache_holds_each_preprocessed_image(table, tmp_path):
+    cache = build_cache(table, tmp_path / "cache", size=32)
+    assert cache.array.shape == (12, 32, 32) and cache.array.dtype == np.uint8
+    for i, rid in enumerate(table.frame["id"]):
+        np.testing.assert_array_equal(cache.get(rid), to_uint8(resize_pad(read_image(table.image_path(i)), 32)))
+    assert cache.config.policy.startswith("png/jpeg") and "MONOCHROME1" in cache.config.policy
+
+
+def test_config_or_source_changes_invalidate(table, tmp_path):
+    folder = tmp_path / "cache"
+    first = ensure_cache(table, folder, size=32)
+    built = (folder / "images.npy").stat().st_mtime_ns
+    again = ensure_cache(table, folder, size=32)
+    assert again.key == first.key and (folder / "images.npy").stat().st_mtime_ns == built  # reused
+    path = table.image_path(3)
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
+    again.validate(table)  # touched but same bytes: still valid
+    with pytest.raises(StaleCache, match="built with"):
+        again.validate(table, size=48)
+    fx.png(path, 255 - fx.blobs(7, 64))
+    with pytest.raises(StaleCache, match="changed since caching"):
+        again.validate(table)
+    rebuilt = ensure_cache(table, folder, size=32)
+    assert rebuilt.key != first.key
+    np.testing.assert_array_equal(rebuilt.get("s3"), to_uint8(resize_pad(read_image(path), 32)))
+    with pytest.raises(StaleCache, match="is not cached"):
+        rebuilt.validate(fx.image_table(tmp_path / "other", n=2, prefix="x"))
+
+
+def test_dataset_reads_from_cache_in_workers(table, tmp_path):
+    cache = build_cache(table, tmp_path / "cache", size=32, workers=2)
+    preprocess = Preprocess(image_size=32)
+    raw, cached = RecordDataset(table, preprocess, ["cardiomegaly"]), RecordDataset(table, preprocess, ["cardiomegaly"],
+                                                                                   cache=cache)
+    assert torch.allclose(raw[5]["image"], cached[5]["image"], atol=1.0 / 255 / preprocess.std + 1e-6)
+    batch = next(iter(DataLoader(cached, batch_size=12, num_workers=2)))
+    assert batch["image"].shape == (12, 1, 32, 32)
+    with pytest.raises(StaleCache):
+        RecordDataset(table, Preprocess(image_size=64), cache=cache)
+
+
+def test_webdataset_shards_round_trip(table, tmp_path):
+    cache = build_cache(table, tmp_path / "cache", size=32)
+    shards = write_webdataset_shards(table, cache, tmp_path / "shards", shard_size=5)
+    assert [s.name for s in shards] == ["shard-000000.tar", "shard-000001.tar", "shard-000002.tar"]
+    samples = list(read_webdataset([str(s) for s in shards], ["cardiomegaly", "edema"]))
+    assert [s["id"] for s in samples] == table.frame["id"].tolist()
+    np.testing.assert_array_equal((samples[4]["image"][0].numpy() * 255).round(), cache.get("s4"))
+    assert samples[1]["labels"][0] == 1 and torch.isnan(samples[1]["labels"][1]) and samples[3]["labels"][1] == 1
+
+
+def test_cache_command(table, tmp_path):
+    table.write(tmp_path / "table")
+    result = CliRunner().invoke(app, ["data", "cache", str(tmp_path / "table"), "--out", str(tmp_path / "c"),
+                                      "--size", "24", "--workers", "0", "--shards", str(tmp_path / "w")])
+    assert result.exit_code == 0, result.output
+    assert len(ImageCache(tmp_path / "c")) == 12 and (tmp_path / "w" / "shards.json").exists()

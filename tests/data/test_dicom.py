@@ -1,0 +1,70 @@
+import logging
+
+import numpy as np
+import pytest
+
+from data import fixtures as fx
+from radlab.data.dicom import DicomHeader, read_dicom, read_header, window
+from radlab.data.images import read_image
+
+PIXELS = fx.image(7, shape=(24, 20), dtype=np.uint16)
+
+
+def test_monochrome1_is_inverted(tmp_path):
+    plain = read_dicom(fx.dicom(tmp_path / "m2.dcm", PIXELS))
+    inverted = read_dicom(fx.dicom(tmp_path / "m1.dcm", PIXELS, photometric="MONOCHROME1"))
+    np.testing.assert_allclose(inverted, 1.0 - plain, atol=1e-6)
+    np.testing.assert_allclose(plain, (PIXELS - PIXELS.min()) / np.ptp(PIXELS), atol=1e-6)
+
+
+def test_rescale_then_window(tmp_path):
+    center, width = 3000.0, 4000.0
+    out = read_dicom(fx.dicom(tmp_path / "w.dcm", PIXELS, slope=2.0, intercept=-100.0, window=(center, width)))
+    values = 2.0 * PIXELS - 100.0
+    expected = np.clip((values - (center - 0.5)) / (width - 1) + 0.5, 0, 1)
+    np.testing.assert_allclose(out, expected, atol=1e-5)
+    assert (out == 0).any() and (out == 1).any()  # the window clips both ends
+
+
+def test_voi_lut_sequence_wins_over_window(tmp_path):
+    lut = (np.linspace(0, 1, 4096) ** 2 * 4000).astype(int)
+    out = read_dicom(fx.dicom(tmp_path / "lut.dcm", PIXELS, voi_lut=lut, window=(10.0, 2.0)))
+    np.testing.assert_allclose(out, (lut[PIXELS] - lut.min()) / (lut.max() - lut.min()), atol=1e-5)
+
+
+def test_compressed_transfer_syntaxes(tmp_path):
+    plain = read_dicom(fx.dicom(tmp_path / "raw.dcm", PIXELS))
+    np.testing.assert_array_equal(read_dicom(fx.dicom(tmp_path / "rle.dcm", PIXELS, syntax="rle")), plain)
+    eight = fx.image(8)
+    jpeg = read_dicom(fx.dicom(tmp_path / "jpeg.dcm", eight, syntax="jpeg"))  # JPEG baseline via pylibjpeg
+    assert jpeg.shape == eight.shape and np.corrcoef(jpeg.ravel(), eight.ravel())[0, 1] > 0.9
+
+
+def test_read_image_dispatches_dicom_by_suffix_or_marker(tmp_path):
+    path = fx.dicom(tmp_path / "no_suffix", PIXELS)
+    np.testing.assert_array_equal(read_image(path), read_dicom(path))
+    fx.png(tmp_path / "a.png", fx.image(1))
+    assert read_image(tmp_path / "a.png").dtype == np.float32
+
+
+def test_header_keeps_identifiers_out_of_repr_and_logs(tmp_path, caplog):
+    path = fx.dicom(tmp_path / "h.dcm", PIXELS, age="51", view="AP", sex="M", patient_id="SECRET-ID")
+    with caplog.at_level(logging.DEBUG):
+        header = read_header(path)
+        read_dicom(path)
+    assert header == DicomHeader("AP", "M", "51", 24, 20, "MONOCHROME2", "CR", patient_key="SECRET-ID")
+    assert "SECRET" not in repr(header) and "Test^Patient" not in repr(header)
+    assert "51" not in caplog.text and "SECRET" not in caplog.text  # pydicom's invalid-value notices quote values
+
+
+def test_unreadable_dicom_names_the_file(tmp_path):
+    bad = tmp_path / "broken.dcm"
+    bad.write_bytes(b"\0" * 128 + b"DICM" + b"\x01\x02")
+    with pytest.raises(OSError, match="broken.dcm"):
+        read_image(bad)
+
+
+def test_window_functions():
+    x = np.array([0.0, 50.0, 100.0])
+    np.testing.assert_allclose(window(x, 50, 100, "LINEAR_EXACT"), [0.0, 0.5, 1.0])
+    np.testing.assert_allclose(window(x, 50, 100, "SIGMOID")[1], 0.5)

@@ -1,0 +1,29 @@
+import numpy as np
+import pytest
+
+from data import fixtures as fx
+from radlab.data.sources.mimic_cxr import MIMICCXRSource
+
+
+def test_mimic_split_views_reports_labels_and_ages(tmp_path):
+    frame = MIMICCXRSource().load(fx.build_mimic(tmp_path)).frame.set_index("id")
+    pa = frame.loc["mimic_02aa804e-bde0afdd-112c0b34-7bc16630-4e384014"]
+    assert pa["image_path"] == "files/p10/p10000032/s50414267/02aa804e-bde0afdd-112c0b34-7bc16630-4e384014.jpg"
+    assert (pa["patient_id"], pa["study_id"], pa["split"], pa["view"]) == ("mimic_10000032", "mimic_s50414267", "train", "PA")
+    assert pa["findings"].startswith("There is a small left pleural effusion") and "INDICATION" not in pa["report"]
+    assert pa["label_pleural_effusion"] == 1 and pa["label_pneumothorax"] == 0 and np.isnan(pa["label_edema"])
+    assert (pa["sex"], pa["age"]) == ("F", 52.0)
+    assert frame.loc["mimic_174413ec-4ec4c1f7-34ea26b7-c5f994f8-79ef1962", "view"] == "LAT"
+    val = frame.loc["mimic_096052b7-d256dc40-453a102b-fa7d01c6-1b22c6b4"]
+    assert val["split"] == "val" and val["label_cardiomegaly"] == -1 and val["age"] == 78.0  # 76 + (2180 - 2178)
+    other = frame.loc["mimic_6ad03ed1-97ee17ee-9cf8b320-f7011003-cd93b42d"]
+    assert other["view"] == "" and other["split"] == "test" and np.isnan(other["label_pleural_effusion"])
+
+
+def test_mimic_negbio_labels_and_no_patients_file(tmp_path):
+    root = fx.build_mimic(tmp_path, with_patients=False)
+    frame = MIMICCXRSource(labeler="negbio").load(root).frame.set_index("id")
+    val = frame.loc["mimic_096052b7-d256dc40-453a102b-fa7d01c6-1b22c6b4"]
+    assert val["label_cardiomegaly"] == 1 and val["sex"] == "" and np.isnan(val["age"])
+    with pytest.raises(ValueError, match="labeler must be one of"):
+        MIMICCXRSource(labeler="chexbert")

@@ -1,0 +1,39 @@
+import numpy as np
+import pytest
+
+from data import fixtures as fx
+from radlab.data.records import RecordTable
+from radlab.data.sources.covid_ieee import CovidIEEESource
+from radlab.data.sources.mimic_cxr import MIMICCXRSource
+from radlab.data.sources.nih import NIHSource
+from radlab.data.splits import assign_splits, check_patient_disjoint
+
+
+def test_official_splits_survive_merging_and_the_rest_split_by_patient(tmp_path):
+    nih = NIHSource().load(fx.build_nih(tmp_path / "nih"))
+    mimic = MIMICCXRSource().load(fx.build_mimic(tmp_path / "mimic"))
+    covid = CovidIEEESource().load(fx.build_covid(tmp_path / "covid"))  # ships no split
+    merged = assign_splits(RecordTable.concat([nih, mimic, covid]), seed=0)
+    frame = merged.frame.set_index("id")
+    assert frame.loc["nih_00000003_000", "split"] == "test" and frame.loc["nih_00000001_000", "split"] == "train"
+    assert frame.loc["mimic_096052b7-d256dc40-453a102b-fa7d01c6-1b22c6b4", "split"] == "val"
+    covid_splits = frame[frame["source"] == "covid_ieee"].groupby("patient_id")["split"].nunique()
+    assert (covid_splits == 1).all() and (frame["split"] != "").all()
+    check_patient_disjoint(merged)
+
+
+def test_patient_splits_do_not_depend_on_row_order(tmp_path):
+    records = [{"id": f"r{i}", "image_path": f"{i}.png", "source": "s", "patient_id": f"p{i % 37}"}
+               for i in range(300)]
+    table = RecordTable.from_records(records, tmp_path)
+    order = np.random.default_rng(0).permutation(len(records))
+    a = assign_splits(table, seed=5).frame.set_index("id")["split"]
+    b = assign_splits(table.subset(order), seed=5).frame.set_index("id")["split"]
+    assert a.sort_index().equals(b.sort_index())
+
+
+def test_a_patient_in_two_splits_is_caught(tmp_path):
+    records = [{"id": "a", "image_path": "a.png", "source": "s", "patient_id": "p", "split": "train"},
+               {"id": "b", "image_path": "b.png", "source": "s", "patient_id": "p", "split": "test"}]
+    with pytest.raises(ValueError, match="1 patients appear in several splits"):
+        check_patient_disjoint(RecordTable.from_records(records, tmp_path))

@@ -1,0 +1,85 @@
+"""``radlab eval`` end to end: a radlab checkpoint and an external-format (open_clip) encoder, on the bundled
+real IU X-ray reports (text tasks; the bundle has no images, so image tasks report why they were skipped)
+and on phantoms (image tasks, paired comparison of the two encoders)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import open_clip
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from radlab.cli import app
+from radlab.models.checkpoint import save_encoder
+from radlab.models.encoder import RadEncoder
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tiny_encoder: RadEncoder, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    spec = {"name": "vit_tiny_patch16_224", "kwargs": {"patch_size": 8, "depth": 2}}
+    return save_encoder(tiny_encoder, tmp_path_factory.mktemp("ckpt") / "checkpoint", spec)
+
+
+@pytest.fixture(scope="module")
+def open_clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny CLIP in open_clip's hub layout (open_clip_config.json + open_clip_pytorch_model.bin)."""
+    root = tmp_path_factory.mktemp("open_clip")
+    torch.manual_seed(0)
+    model_cfg = {"embed_dim": 16,
+                 "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
+                 "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+    torch.save(open_clip.model.CLIP(**model_cfg).state_dict(), root / "open_clip_pytorch_model.bin")
+    preprocess = {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
+    (root / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg, "preprocess_cfg": preprocess}))
+    return root
+
+
+def _eval(args: list[str], out: Path) -> dict:
+    result = runner.invoke(app, ["eval", *args, "--out", str(out), "--bootstrap", "50"])
+    assert result.exit_code == 0, result.output
+    return json.loads(out.read_text())
+
+
+@pytest.mark.parametrize("which", ["checkpoint", "external"])
+def test_text_tasks_on_bundled_iu_reports(which: str, data_root: Path, checkpoint: Path, open_clip_dir: Path,
+                                          tmp_path: Path) -> None:
+    spec = ["--checkpoint", str(checkpoint)] if which == "checkpoint" else ["--encoder", f"open_clip:{open_clip_dir}"]
+    data = f"iu_xray:{data_root / 'iu_xray_reports'}"
+    metrics = _eval([*spec, "--data", data, "--task", "text_retrieval", "--task", "report_generation",
+                     "--task", "linear_probe", "--cache-dir", str(tmp_path / "cache")], tmp_path / "iu.json")
+    tasks = metrics["tasks"]
+    assert "no images" in tasks["linear_probe"]["skipped"]
+    assert tasks["text_retrieval"]["findings_to_impression"]["n_queries"] > 300
+    gen = tasks["report_generation"]
+    assert gen["via"] == "text" and gen["n_test"] > 300 and 0 < gen["rouge_l"] < 1 and gen["bleu4"] > 0
+    assert gen["rouge_l_ci"]["ci_low"] <= gen["rouge_l"] <= gen["rouge_l_ci"]["ci_high"]
+    assert metrics["n_text_records"]["test"] > 0 and metrics["n_records"]["test"] == 0
+    assert metrics["config"]["n_boot"] == 50 and len(metrics["data_hash"]) == 16
+
+
+def test_image_tasks_on_phantoms_with_paired_comparison(phantom_dir: Path, checkpoint: Path, open_clip_dir: Path,
+                                                        tmp_path: Path) -> None:
+    metrics = _eval(["--checkpoint", str(checkpoint), "--compare", f"open_clip:{open_clip_dir}",
+                     "--data", f"phantom:{phantom_dir}", "--task", "linear_probe", "--task", "zero_shot",
+                     "--task", "retrieval", "-o", "zero_shot.modes=[names]", "--seen-classes", "cardiomegaly",
+                     "--no-cache", "--store", str(tmp_path / "store.jsonl")], tmp_path / "ph.json")
+    assert metrics["tasks"]["linear_probe"]["macro_auc"] > 0.5
+    assert metrics["tasks"]["zero_shot"]["seen_classes"] == ["cardiomegaly"]
+    assert metrics["config"]["options"] == {"zero_shot": {"modes": ["names"], "seen_classes": "cardiomegaly"}}
+    assert metrics["baseline"]["encoder"].startswith("open_clip:")
+    diff = metrics["paired_difference"]["linear_probe/macro_auc"]
+    assert diff["ci_low"] <= diff["difference"] <= diff["ci_high"] and diff["unit"] == "patient"
+    assert "retrieval/report/i2t/R@1" in metrics["paired_difference"]
+    report = (tmp_path / "store.md").read_text()
+    assert "| linear_probe | macro_auc |" in report and (tmp_path / "store.png").stat().st_size > 0
+
+
+def test_bad_option_is_rejected(phantom_dir: Path, checkpoint: Path) -> None:
+    result = runner.invoke(app, ["eval", "--checkpoint", str(checkpoint), "--data", f"phantom:{phantom_dir}",
+                                 "--task", "knn", "-o", "knn-k=5"])
+    assert result.exit_code != 0

@@ -1,0 +1,48 @@
+"""The disk feature cache: keyed by weights, record content and image files; reused across runs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from radlab.data.records import RecordTable
+from radlab.evaluation.features import FeatureCache, encoder_hash, table_hash
+from radlab.models.encoder import RadEncoder
+
+
+def _copy(split_table: RecordTable, root: Path, n: int = 3) -> RecordTable:
+    (root / "images").mkdir(parents=True)
+    records = []
+    for i in range(n):
+        shutil.copy(split_table.image_path(i), root / "images" / f"{i}.png")
+        records.append({"id": str(i), "image_path": f"images/{i}.png", "source": "t", "patient_id": str(i)})
+    return RecordTable.from_records(records, root)
+
+
+def test_cache_reuses_and_invalidates(split_table: RecordTable, tiny_encoder: RadEncoder, tmp_path: Path) -> None:
+    table = _copy(split_table, tmp_path / "data")
+    rows = np.arange(3)
+    first = FeatureCache(tmp_path / "cache")
+    features = first.get(tiny_encoder, table, rows, "pooled", 8)
+    assert first.extractions == 1 and features.shape[0] == 3
+    second = FeatureCache(tmp_path / "cache")
+    assert np.array_equal(second.get(tiny_encoder, table, rows, "pooled", 8), features)
+    assert second.extractions == 0
+    second.get(tiny_encoder, table, rows, "embedding", 8)
+    assert second.extractions == 1
+    shutil.copy(split_table.image_path(5), tmp_path / "data" / "images" / "0.png")
+    os.utime(tmp_path / "data" / "images" / "0.png", ns=(1, 1))
+    third = FeatureCache(tmp_path / "cache")
+    assert not np.array_equal(third.get(tiny_encoder, table, rows, "pooled", 8), features)
+    assert third.extractions == 1
+
+
+def test_hashes_follow_content(split_table: RecordTable, tiny_encoder: RadEncoder) -> None:
+    assert encoder_hash(tiny_encoder) == encoder_hash(tiny_encoder)
+    changed = split_table.subset(np.arange(len(split_table)))
+    changed.frame.loc[0, "label_cardiomegaly"] = 1 - (changed.frame.loc[0, "label_cardiomegaly"] or 0)
+    assert table_hash(changed) != table_hash(split_table)
+    assert table_hash(split_table.subset(np.arange(len(split_table)))) == table_hash(split_table)

@@ -1,0 +1,168 @@
+"""Every image task end to end on phantoms with one tiny random-init encoder (fast budgets).
+
+Learning-based tasks must beat chance on held-out data: random ViT features of phantoms carry enough signal
+for probes of sex and for masks; metrics reported by tasks are re-computed with scikit-learn here.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+
+from radlab.data.records import RecordTable
+from radlab.evaluation import TASKS
+from radlab.evaluation.context import EvalContext
+from radlab.evaluation.runner import evaluate, write_json
+from radlab.evaluation.zero_shot import derived_from_seen
+from radlab.models.encoder import LabelHead, RadEncoder
+from radlab.train.engine import training_labels
+
+IMAGE_TASKS = ["linear_probe", "zero_shot", "knn", "kshot", "demographics", "segmentation", "retrieval",
+               "report_generation", "finetune", "text_retrieval"]
+FAST = {"kshot": {"shots": [2, 16], "fractions": [0.1, 1.0], "seeds": 2},
+        "segmentation": {"steps": 150}, "finetune": {"steps": 3, "batch_size": 16},
+        "zero_shot": {"seen_classes": "cardiomegaly,pleural_effusion,no_finding"}}
+
+
+@pytest.fixture(scope="module")
+def labels(split_table: RecordTable) -> list[str]:
+    return training_labels(split_table.split("train"), None)
+
+
+@pytest.fixture(scope="module")
+def results(tiny_encoder: RadEncoder, split_table: RecordTable, labels: list[str], cache_dir: Path) -> dict:
+    return evaluate(tiny_encoder, split_table, IMAGE_TASKS, labels, seed=0, encoder_name="tiny", options=FAST,
+                    n_boot=100, cache_dir=cache_dir)
+
+
+def test_every_task_is_registered_and_ran(results: dict) -> None:
+    assert {"linear_probe", "zero_shot", "vqa"} <= set(TASKS.names())
+    for name in IMAGE_TASKS:
+        assert "skipped" not in results["tasks"][name], (name, results["tasks"][name])
+
+
+def test_results_record_provenance(results: dict, tmp_path: Path) -> None:
+    assert len(results["encoder_hash"]) == 16 and len(results["data_hash"]) == 16
+    assert results["config"]["n_boot"] == 100 and results["config"]["options"] == FAST
+    assert results["seed"] == 0 and results["code_version"]
+    written = json.loads(write_json(results, tmp_path / "m.json").read_text())
+    assert written["tasks"]["linear_probe"]["macro_auc_ci"]["unit"] == "patient"
+
+
+def test_linear_probe_auc_matches_sklearn(results: dict, tiny_encoder: RadEncoder, split_table: RecordTable,
+                                          labels: list[str]) -> None:
+    probe = results["tasks"]["linear_probe"]
+    assert 0.5 < probe["macro_auc"] <= 1 and probe["macro_auc_ci"]["ci_low"] <= probe["macro_auc"]
+    assert probe["macro_auc"] == pytest.approx(np.mean(list(probe["auc"].values())))
+
+
+def test_zero_shot_modes_and_seen_vs_unseen(results: dict) -> None:
+    zs = results["tasks"]["zero_shot"]
+    assert zs["mode"] == "prompts" and set(zs["modes"]) == {"names", "ensemble", "descriptions"}
+    names = zs["modes"]["names"]
+    assert set(names["seen_classes"]) | set(names["unseen_classes"]) == set(names["auc"])
+    assert "cardiomegaly" in names["seen_classes"] and "edema" in names["unseen_classes"]
+    assert names["single_label"]["n"] > 0
+
+
+def test_zero_shot_through_prototypes_with_unseen_defined_from_seen(tiny_encoder: RadEncoder,
+                                                                      split_table: RecordTable,
+                                                                      labels: list[str], cache_dir: Path) -> None:
+    """A label-supervised model scores its head's classes; lung_opacity (unseen) = max of seen children."""
+    image_only = copy.deepcopy(tiny_encoder)
+    image_only.text_tower, image_only.text_proj = None, None
+    image_only.label_head = LabelHead(["cardiomegaly", "consolidation", "edema"], image_only.embed_dim)
+    out = evaluate(image_only, split_table, ["zero_shot"], labels, n_boot=20, cache_dir=cache_dir)["tasks"]["zero_shot"]
+    assert out["mode"] == "prototypes"
+    proto = out["modes"]["prototypes"]
+    assert proto["seen_classes"] == ["cardiomegaly", "consolidation", "edema"]
+    assert proto["unseen_defined_as"]["lung_opacity"] == "max(edema, consolidation)"
+    assert "lung_opacity" in proto["unseen_classes"] and "nodule" not in proto["auc"]
+    assert derived_from_seen("pneumonia", ["consolidation"]) == (["consolidation"], "ancestor")
+
+
+def test_knn_and_kshot(results: dict) -> None:
+    assert results["tasks"]["knn"]["macro_auc"] > 0.5
+    ks = results["tasks"]["kshot"]
+    assert set(ks["kshot"]) == {"2", "16"} and set(ks["fraction"]) == {"0.1", "1.0"}
+    assert ks["kshot"]["16"]["n"] == 2 and len(ks["kshot"]["16"]["per_seed"]) == 2
+    assert ks["fraction"]["1.0"]["mean"] > 0.5
+
+
+def test_demographics_beat_chance(results: dict, tiny_encoder: RadEncoder,
+                                                    split_table: RecordTable) -> None:
+    demo = results["tasks"]["demographics"]
+    assert demo["sex"]["auc"] > 0.6
+    assert demo["age"]["mae"] > 0 and demo["age"]["r2"] <= 1
+
+
+def test_segmentation_beats_all_zero_baseline(results: dict) -> None:
+    seg = results["tasks"]["segmentation"]
+    assert set(seg["structures"]) == {"lungs", "heart"}
+    for metrics in seg["structures"].values():
+        assert metrics["dice"] > 0.5 > metrics["all_zero_dice"]
+        assert 0 < metrics["iou"] <= metrics["dice"]
+
+
+def test_retrieval_both_ways_at_two_levels(results: dict) -> None:
+    ret = results["tasks"]["retrieval"]
+    for level in ("report", "sentence"):
+        for direction in ("image_to_text", "text_to_image"):
+            block = ret[level][direction]
+            assert 0 <= block["R@1"] <= block["R@5"] <= block["R@10"] <= block["R@50"] <= 1
+            assert block["median_rank"] >= 1
+    assert ret["sentence"]["text_to_image"]["n_queries"] > ret["report"]["text_to_image"]["n_queries"]
+
+
+def test_report_generation_scores(results: dict) -> None:
+    gen = results["tasks"]["report_generation"]
+    assert gen["via"] == "image" and 0 < gen["bleu4"] < 1 and 0 < gen["rouge_l"] < 1
+    assert 0 <= gen["clinical_f1"] <= 1 and gen["clinical_f1_source"] in ("labeller", "record_labels")
+
+
+def test_finetune_runs_and_reports_auc(results: dict) -> None:
+    ft = results["tasks"]["finetune"]
+    assert ft["steps"] == 3 and 0 <= ft["macro_auc"] <= 1
+
+
+def test_feature_cache_on_disk(tiny_encoder: RadEncoder, split_table: RecordTable, labels: list[str],
+                               cache_dir: Path, results: dict) -> None:
+    again = evaluate(tiny_encoder, split_table, ["linear_probe"], labels, n_boot=10, cache_dir=cache_dir)
+    assert again["feature_extractions"] == 0
+    assert again["tasks"]["linear_probe"]["macro_auc"] == results["tasks"]["linear_probe"]["macro_auc"]
+    changed = copy.deepcopy(tiny_encoder)
+    with torch.no_grad():
+        changed.image_proj.weight.add_(1.0)
+    other = evaluate(changed, split_table, ["linear_probe"], labels, n_boot=10, cache_dir=cache_dir)
+    assert other["encoder_hash"] != again["encoder_hash"] and other["feature_extractions"] > 0
+
+
+def test_paired_comparison(tiny_encoder: RadEncoder, split_table: RecordTable, labels: list[str],
+                           cache_dir: Path) -> None:
+    out = evaluate(tiny_encoder, split_table, ["linear_probe", "knn"], labels, n_boot=50, cache_dir=cache_dir,
+                   compare=tiny_encoder, compare_name="same")
+    diff = out["paired_difference"]["linear_probe/macro_auc"]
+    assert diff["difference"] == 0 and diff["ci_low"] == diff["ci_high"] == 0
+    assert "knn/macro_auc" in out["paired_difference"]
+
+
+def test_probe_auc_cross_checked_with_sklearn(tiny_encoder: RadEncoder, split_table: RecordTable,
+                                              labels: list[str], cache_dir: Path) -> None:
+    from radlab.evaluation.features import FeatureCache
+    from radlab.evaluation.linear_probe import probe_scores, standardised
+
+    ctx = EvalContext(tiny_encoder, split_table, labels, features=FeatureCache(cache_dir))
+    x, y = standardised(ctx)
+    scores, fitted = probe_scores(ctx, x, y)
+    report = evaluate(tiny_encoder, split_table, ["linear_probe"], labels, n_boot=10, cache_dir=cache_dir)
+    for name in fitted:
+        k = labels.index(name)
+        known = np.isin(y["test"][:, k], (0, 1))
+        expected = roc_auc_score(y["test"][known, k], scores[known, k])
+        assert report["tasks"]["linear_probe"]["auc"][name] == pytest.approx(expected)

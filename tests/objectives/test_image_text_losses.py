@@ -1,0 +1,136 @@
+"""Reference tests: CLIP against open_clip's ClipLoss, ConVIRT's weighting, UniCL and DLILP against hand-written
+numpy versions of their equations, MedCLIP's soft targets and unpaired batches."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from open_clip.loss import ClipLoss
+from torch import nn
+
+from radlab.objectives.clip import clip_loss
+from radlab.objectives.dlilp import DLILPObjective
+from radlab.objectives.medclip import medclip_loss, semantic_targets
+from radlab.objectives.unicl import unicl_loss, unicl_targets
+
+
+def _features(n: int, d: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return (F.normalize(torch.randn(n, d, generator=g, dtype=torch.float64), dim=-1),
+            F.normalize(torch.randn(n, d, generator=g, dtype=torch.float64), dim=-1))
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x - x.max(1, keepdims=True)
+    return x - np.log(np.exp(x).sum(1, keepdims=True))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_clip_loss_equals_open_clip(seed: int) -> None:
+    image, text = _features(12, 32, seed)
+    scale = torch.tensor(1 / 0.07, dtype=torch.float64)
+    ours = clip_loss(image.float(), text.float(), scale.float())
+    reference = ClipLoss()(image.float(), text.float(), scale.float())
+    assert abs(float(ours) - float(reference)) < 1e-6
+
+
+def test_convirt_weighting_is_lambda_image_to_text() -> None:
+    image, text = _features(5, 8, 3)
+    logits = (image @ text.T).numpy() / 0.1
+    i2t = -np.diag(_log_softmax(logits))
+    t2i = -np.diag(_log_softmax(logits.T))
+    expected = np.mean(0.75 * i2t + 0.25 * t2i)
+    assert abs(float(clip_loss(image, text, torch.tensor(10.0, dtype=torch.float64), 0.75)) - expected) < 1e-10
+
+
+def test_unicl_matches_hand_computed_case() -> None:
+    image, text = _features(3, 4, 4)
+    y = torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 0.0]], dtype=torch.float64)
+    s = 5.0
+    # T = clip(Y Y^T + I, 0, 1): samples 0 and 1 share class 0; sample 2 matches only itself.
+    t = np.array([[1, 1, 0], [1, 1, 0], [0, 0, 1]], dtype=float)
+    assert np.array_equal(unicl_targets(y, y).numpy(), t)
+    logits = s * (image @ text.T).numpy()
+    i2t = -(t / t.sum(1, keepdims=True) * _log_softmax(logits)).sum(1)
+    t2i = -(t.T / t.T.sum(1, keepdims=True) * _log_softmax(logits.T)).sum(1)
+    expected = np.mean(0.5 * (i2t + t2i))
+    got = unicl_loss(image, text, y, y, torch.tensor(s, dtype=torch.float64))
+    assert abs(float(got) - expected) < 1e-10
+
+
+def test_unicl_with_identity_targets_is_clip() -> None:
+    image, text = _features(6, 8, 5)
+    y = torch.zeros(6, 3, dtype=torch.float64)
+    scale = torch.tensor(7.0, dtype=torch.float64)
+    assert torch.allclose(unicl_loss(image, text, y, y, scale), clip_loss(image, text, scale), atol=1e-12)
+
+
+class _FeatureEncoder(nn.Module):
+    """Stands in for RadEncoder: "images" are already pooled features, text tokens carry their embedding."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.image_proj = nn.Identity()
+
+    def image_features(self, images: torch.Tensor) -> torch.Tensor:
+        return images
+
+    def encode_text(self, tokens: dict, normalize: bool = True) -> torch.Tensor:
+        return F.normalize(tokens["features"], dim=-1)
+
+
+def test_dlilp_matches_hand_computed_case() -> None:
+    torch.manual_seed(0)
+    features = torch.tensor([[1.0, 0.5], [-0.3, 1.0], [0.8, -0.6]], dtype=torch.float64)
+    text = torch.tensor([[0.9, 0.4], [0.0, 1.0], [0.5, 0.5]], dtype=torch.float64)
+    labels = torch.tensor([[1.0, float("nan")], [0.0, 1.0], [float("nan"), 0.0]], dtype=torch.float64)
+    has_text = torch.tensor([True, True, False])
+    objective = DLILPObjective(["a", "b"], embed_dim=2, image_dim=2, weight=0.5, init_temperature=0.1,
+                               label_temperature=0.2).double()
+    with torch.no_grad():
+        objective.label_proj.weight.copy_(torch.tensor([[1.0, 0.2], [0.1, 1.0]], dtype=torch.float64))
+        objective.head.prototypes.copy_(torch.tensor([[1.0, 0.0], [0.6, 0.8]], dtype=torch.float64))
+        objective.logit_scale.log_scale.fill_(math.log(10.0))  # exact in float64 (init was float32)
+        objective.head.logit_scale.fill_(math.log(5.0))
+    batch = {"image": features, "labels": labels, "label_mask": ~torch.isnan(labels), "has_text": has_text,
+             "tokens": {"features": text}, "text": ["r0", "r1", ""]}
+    terms = objective(_FeatureEncoder(2), batch)
+
+    f, tx, y = features.numpy(), text.numpy(), labels.numpy()
+    unit = lambda a: a / np.linalg.norm(a, axis=1, keepdims=True)  # noqa: E731
+    # CLIP term over the two samples with report text, scale 1/0.1, on the text head (identity here).
+    logits = 10.0 * unit(f[:2]) @ unit(tx[:2]).T
+    clip = np.mean(0.5 * (-np.diag(_log_softmax(logits)) - np.diag(_log_softmax(logits.T))))
+    # Label term: scale 1/0.2 times cosine to the prototypes, BCE over annotated entries only.
+    z = f @ np.array([[1.0, 0.2], [0.1, 1.0]]).T
+    label_logits = 5.0 * unit(z) @ unit(np.array([[1.0, 0.0], [0.6, 0.8]])).T
+    known = ~np.isnan(y)
+    target = np.nan_to_num(y)
+    bce = np.log1p(np.exp(-label_logits)) * target + np.log1p(np.exp(label_logits)) * (1 - target)
+    expected_bce = bce[known].mean()
+    assert abs(float(terms["clip"]) - clip) < 1e-10
+    assert abs(float(terms["bce"]) - expected_bce) < 1e-10
+    assert abs(float(terms["loss"]) - (0.5 * clip + expected_bce)) < 1e-10
+
+
+def test_medclip_targets_and_unpaired_batches() -> None:
+    y_image = torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+    y_text = torch.tensor([[1.0, 0.0], [0.0, 0.0]], dtype=torch.float64)
+    ids_image, ids_text = torch.arange(4), torch.tensor([0, 2])
+    s = semantic_targets(y_image, y_text, ids_image, ids_text).numpy()
+    expected = np.array([[1, 0], [2 ** -0.5, 0], [0, 1], [0, 0]], dtype=float)
+    assert np.allclose(s, expected)
+    image, _ = _features(4, 6, 6)
+    text, _ = _features(2, 6, 7)
+    scale, tau = 4.0, 0.5
+    logits = scale * (image @ text.T).numpy()
+    soft = lambda a: np.exp(a / tau) / np.exp(a / tau).sum(1, keepdims=True)  # noqa: E731
+    i2t = -(soft(expected) * _log_softmax(logits)).sum(1).mean()
+    t2i = -(soft(expected.T) * _log_softmax(logits.T)).sum(1).mean()
+    got = medclip_loss(image, text, y_image, y_text, ids_image, ids_text, torch.tensor(scale, dtype=torch.float64),
+                       tau)
+    assert abs(float(got) - 0.5 * (i2t + t2i)) < 1e-10

@@ -1,0 +1,120 @@
+"""Two gloo processes on CPU against one process with the same global batch: contrastive losses gathered with
+gradients, and a few engine steps under DDP."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+from radlab.objectives.clip import clip_loss
+from radlab.objectives.medclip import medclip_loss
+from radlab.objectives.unicl import unicl_loss
+
+N, D_IN, D = 8, 6, 5
+# (image rows per rank, text rows per rank): equal halves, and uneven counts (e.g. only samples with text).
+SPLITS = {"halves": ([4, 4], [4, 4]), "uneven": ([3, 5], [3, 5])}
+UNPAIRED_TEXT = [1, 4]  # MedCLIP: 5 texts against 8 images, split 1 + 4
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _setup() -> tuple[dict, dict]:
+    g = torch.Generator().manual_seed(0)
+    data = {"x_image": torch.randn(N, D_IN, generator=g, dtype=torch.float64),
+            "x_text": torch.randn(N, D_IN, generator=g, dtype=torch.float64),
+            "labels": (torch.rand(N, 3, generator=g) < 0.4).double(), "ids": torch.arange(N)}
+    params = {"w_image": torch.randn(D_IN, D, generator=g, dtype=torch.float64).requires_grad_(),
+              "w_text": torch.randn(D_IN, D, generator=g, dtype=torch.float64).requires_grad_(),
+              "log_scale": torch.tensor(2.0, dtype=torch.float64).requires_grad_()}
+    return data, params
+
+
+def _loss(name: str, data: dict, p: dict, rows: slice, text_rows: slice) -> torch.Tensor:
+    image = F.normalize(data["x_image"][rows] @ p["w_image"], dim=-1)
+    scale = p["log_scale"].exp()
+    if name == "medclip":
+        text = F.normalize(data["x_text"][text_rows] @ p["w_text"], dim=-1)
+        return medclip_loss(image, text, data["labels"][rows], data["labels"][text_rows], data["ids"][rows],
+                            data["ids"][text_rows], scale, 0.5)
+    text = F.normalize(data["x_text"][rows] @ p["w_text"], dim=-1)
+    if name == "clip":
+        return clip_loss(image, text, scale)
+    return unicl_loss(image, text, data["labels"][rows], data["labels"][rows], scale)
+
+
+def _cases() -> list[tuple[str, str, list[int], list[int]]]:
+    cases = [(loss, split, *SPLITS[split]) for loss in ("clip", "unicl") for split in SPLITS]
+    return cases + [("medclip", "uneven", SPLITS["uneven"][0], UNPAIRED_TEXT)]
+
+
+def _rows(sizes: list[int], rank: int) -> slice:
+    return slice(sum(sizes[:rank]), sum(sizes[: rank + 1]))
+
+
+def _loss_worker(rank: int, world: int, port: int, out: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    results = {}
+    for name, split, image_sizes, text_sizes in _cases():
+        data, params = _setup()
+        loss = _loss(name, data, params, _rows(image_sizes, rank), _rows(text_sizes, rank))
+        loss.backward()
+        values = [loss.detach()] + [params[k].grad for k in sorted(params)]
+        for v in values:  # what DDP does: average over ranks
+            dist.all_reduce(v)
+            v /= world
+        results[f"{name}/{split}"] = torch.cat([v.flatten() for v in values])
+    torch.save(results, Path(out) / f"rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_two_processes_equal_one_process_with_the_global_batch(tmp_path: Path) -> None:
+    mp.start_processes(_loss_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, start_method="fork")
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    for name, split, _, _ in _cases():
+        data, params = _setup()
+        loss = _loss(name, data, params, slice(0, N), slice(0, N if name != "medclip" else sum(UNPAIRED_TEXT)))
+        loss.backward()
+        single = torch.cat([loss.detach().flatten()] + [params[k].grad.flatten() for k in sorted(params)])
+        for r in range(2):
+            assert torch.allclose(ranks[r][f"{name}/{split}"], single, atol=1e-6, rtol=0), (name, split, r)
+
+
+def _engine_worker(rank: int, world: int, port: int, overrides: list[str]) -> None:
+    from radlab.train.config import TrainConfig
+    from radlab.train.engine import pretrain
+
+    torch.set_num_threads(1)
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    pretrain(TrainConfig.from_file(Path(__file__).parents[2] / "configs" / "supervised.yaml", overrides),
+             progress=False)
+
+
+def test_engine_two_ranks_match_one_rank(tmp_path: Path, phantom_dir: Path) -> None:
+    from radlab.train.config import TrainConfig
+    from radlab.train.engine import pretrain
+
+    common = ["optim.steps=3", "optim.batch_size=16", "optim.warmup_steps=1", "model.image_size=32",
+              "model.image_tower.kwargs={depth: 1}", f"data.sources=[{{source: phantom, path: {phantom_dir}}}]",
+              "runtime.device=cpu"]
+    single = pretrain(TrainConfig.from_file(Path(__file__).parents[2] / "configs" / "supervised.yaml",
+                                            [*common, f"out={tmp_path / 'one'}"]), progress=False)
+    mp.start_processes(_engine_worker, args=(2, _free_port(), [*common, f"out={tmp_path / 'two'}"]),
+                       nprocs=2, start_method="fork")
+    one = load_file(str(single / "model.safetensors"))
+    two = load_file(str(tmp_path / "two" / "checkpoint" / "model.safetensors"))
+    assert one.keys() == two.keys()
+    worst = max(float((one[k] - two[k]).abs().max()) for k in one)
+    assert worst < 1e-4, worst

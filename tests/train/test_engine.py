@@ -1,0 +1,126 @@
+"""The engine: exact resume, training-state files, time budget, early stopping, parameter groups, sampling."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from radlab.models.build import ModelConfig, TowerConfig, build_encoder
+from radlab.train.config import TrainConfig
+from radlab.train.engine import pretrain
+from radlab.train.loader import Position, RankedBatchSampler
+from radlab.train.optim import param_groups
+from radlab.train.state import latest_state, load_state, rng_state, save_state, set_rng_state, state_paths
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+TINY_TEXT = "model.text_tower.kwargs={pooling: mean, layers: 1, hidden_size: 32, heads: 2, max_length: 48}"
+
+
+def _config(method: str, data: Path, out: Path, *extra: str) -> TrainConfig:
+    overrides = [f"out={out}", f"data.sources=[{{source: phantom, path: {data}}}]", "data.split_fractions={train: 1.0}",
+                 "model.image_size=32", "model.image_tower.kwargs={depth: 1}", "data.vocab_size=300",
+                 "optim.warmup_steps=2", "optim.log_every=1", "runtime.device=cpu", *extra]
+    if method != "supervised":
+        overrides.append(TINY_TEXT)
+    return TrainConfig.from_file(CONFIGS / f"{method}.yaml", overrides)
+
+
+def test_resume_continues_bit_identically(tmp_path: Path, phantom16: Path) -> None:
+    """6 steps straight vs the step-3 state resumed in a fresh run: identical weights and optimiser.
+    CLIP with a text tower exercises dropout (RNG state), EMA, accumulation and a mid-epoch data position."""
+    extra = ["optim.steps=6", "optim.batch_size=8", "optim.accumulation=2", "ema={decay: 0.9}",
+             "checkpoint={every: 3, keep_last: 5}"]
+    straight = pretrain(_config("clip", phantom16, tmp_path / "a", *extra), progress=False)
+    resumed_out = tmp_path / "b"
+    (resumed_out / "state").mkdir(parents=True)
+    half = tmp_path / "a" / "state" / "step_00000003.pt"
+    (resumed_out / "state" / half.name).write_bytes(half.read_bytes())
+    shutil.copytree(tmp_path / "a" / "tokenizer", resumed_out / "tokenizer")  # what an interrupted run leaves
+    assert load_state(half)["samples"] == 8  # 6 micro-batches of 4 into 16 records: mid-epoch 1
+    torch.manual_seed(1234)  # a different process RNG state must not matter
+    random.seed(99)
+    resumed = pretrain(_config("clip", phantom16, resumed_out, *extra, "resume=true"), progress=False)
+    a, b = load_file(str(straight / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    sa, sb = load_state(tmp_path / "a" / "state" / "step_00000006.pt"), load_state(latest_state(resumed_out))
+    assert sb["step"] == 6
+    for key in ("model", "objective"):
+        assert all(torch.equal(sa[key][k], sb[key][k]) for k in sa[key])
+    for pid, state in sa["optimizer"]["state"].items():
+        assert all(torch.equal(v, sb["optimizer"]["state"][pid][k]) for k, v in state.items())
+    assert all(torch.equal(v, sb["ema"]["shadow"][k]) for k, v in sa["ema"]["shadow"].items())
+    steps = [json.loads(line)["step"] for line in (resumed_out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [4, 5, 6]
+
+
+def test_states_are_atomic_pruned_and_load_without_pickles(tmp_path: Path) -> None:
+    for step in (1, 2, 3, 4):
+        save_state(tmp_path, step, {"step": step, "rng": rng_state(), "w": torch.full((3,), float(step))}, 2)
+    assert [p.name for p in state_paths(tmp_path)] == ["step_00000003.pt", "step_00000004.pt"]
+    assert not [p for p in (tmp_path / "state").iterdir() if p.name.startswith(".")]
+    state = load_state(latest_state(tmp_path))  # weights_only=True inside
+    assert state["step"] == 4 and torch.equal(state["w"], torch.full((3,), 4.0))
+    assert isinstance(state["rng"]["torch"], torch.Tensor)
+
+
+def test_rng_state_round_trips() -> None:
+    saved = rng_state()
+    first = (torch.rand(3), np.random.rand(2), random.random())
+    set_rng_state(saved)
+    again = (torch.rand(3), np.random.rand(2), random.random())
+    assert torch.equal(first[0], again[0]) and np.array_equal(first[1], again[1]) and first[2] == again[2]
+
+
+def test_time_budget_stops_with_a_resumable_state(tmp_path: Path, phantom16: Path) -> None:
+    checkpoint = pretrain(_config("supervised", phantom16, tmp_path, "optim.steps=50", "optim.batch_size=8",
+                                  "max_minutes=0"), progress=False)
+    assert (checkpoint / "model.safetensors").exists()
+    assert load_state(latest_state(tmp_path))["step"] == 1
+    assert (tmp_path / "tb").is_dir()
+
+
+def test_early_stopping_on_a_validation_term(tmp_path: Path, phantom_dir: Path) -> None:
+    cfg = _config("supervised", phantom_dir, tmp_path, "optim.steps=50", "optim.batch_size=8",
+                  "data.split_fractions={train: 0.8, val: 0.2}",
+                  "early_stopping={metric: bce, every: 1, patience: 1, min_delta: 1.0e+9, max_batches: 1}")
+    pretrain(cfg, progress=False)
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "val_bce" in r] == [1, 2]
+    assert load_state(latest_state(tmp_path))["step"] == 2
+
+
+def test_parameter_groups_layer_decay_and_no_decay() -> None:
+    model = build_encoder(ModelConfig(image_tower=TowerConfig(name="vit_tiny_patch16_224", kwargs={"depth": 3}),
+                                      text_tower=None, image_size=32))
+    groups = param_groups(model, weight_decay=0.05, lr=1.0, layer_decay=0.5)
+    by_param = {id(p): g for g in groups for p in g["params"]}
+    named = dict(model.named_parameters())
+    lr = lambda name: by_param[id(named[name])]["lr"]  # noqa: E731
+    wd = lambda name: by_param[id(named[name])]["weight_decay"]  # noqa: E731
+    assert lr("image_tower.backbone.pos_embed") == 0.5 ** 4
+    assert lr("image_tower.backbone.blocks.0.attn.qkv.weight") == 0.5 ** 3
+    assert lr("image_tower.backbone.blocks.2.mlp.fc1.weight") == 0.5
+    assert lr("image_proj.weight") == 1.0
+    assert wd("image_tower.backbone.blocks.0.attn.qkv.weight") == 0.05 and wd("image_proj.weight") == 0.05
+    for name in ("image_tower.backbone.blocks.0.norm1.weight", "image_tower.backbone.blocks.0.attn.qkv.bias",
+                 "image_tower.backbone.pos_embed", "image_tower.backbone.cls_token"):
+        assert wd(name) == 0.0
+    assert sum(len(g["params"]) for g in groups) == len(named)
+
+
+@pytest.mark.parametrize("start", [0, 3])
+def test_ranks_split_the_single_process_batches(start: int) -> None:
+    single = RankedBatchSampler(40, 8, seed=3)
+    ranks = [RankedBatchSampler(40, 4, seed=3, rank=r, world_size=2) for r in range(2)]
+    for sampler in (single, *ranks):
+        sampler.position = Position(epoch=2, samples=start * 8)
+    together = [a + b for a, b in zip(*ranks, strict=True)]
+    assert together == list(single) and len(together) == 5 - start
+    assert {i for batch in RankedBatchSampler(40, 8, seed=3) for _, i in batch} == set(range(40))
