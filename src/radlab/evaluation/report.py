@@ -25,7 +25,12 @@ def read_runs(store: Path | str) -> list[dict]:
 def headline_rows(runs: list[dict]) -> list[dict]:
     """One row per (run, task): the task's headline metric, its interval, and provenance."""
     rows = []
+    expanded = []
     for run in runs:
+        expanded.append(run)
+        if "baseline" in run:
+            expanded.append({**run, **run["baseline"]})
+    for run in expanded:
         for task, metrics in run.get("tasks", {}).items():
             key = next((k for k in HEADLINES if isinstance(metrics.get(k), int | float)), None)
             if key is None:

@@ -106,7 +106,8 @@ class DINOv2Objective(Objective):
     Owns the student heads, the mask token (timm towers; HF Dinov2 towers use their own) and the teacher
     (a copy of the image tower and heads, ``requires_grad=False``). ``init_heads`` names a checkpoint folder
     or head file (``radlab.models.dino_checkpoint``) whose heads replace the fresh ones, for continued
-    pre-training. ``attach`` exports the teacher's backbone into the encoder (``export="teacher"``, as DINOv2
+    pre-training. ``norm_last_layer`` keeps the prototype norms g fixed (DINO's stable choice; training g can
+    flatten the student's outputs into uniform collapse on short, homogeneous runs). ``attach`` exports the teacher's backbone into the encoder (``export="teacher"``, as DINOv2
     and RAD-DINO release) when training ends. Extra terms are collapse monitors: ``teacher_entropy`` (mean
     per-sample entropy of the teacher targets; -> 0 on one-hot collapse), ``teacher_usage_entropy`` (entropy
     of their batch mean; -> 0 when one prototype takes all) and ``feature_rank`` (effective rank of the
@@ -121,8 +122,8 @@ class DINOv2Objective(Objective):
                  ibot_weight: float = 1.0, koleo_weight: float = 0.1, mask_probability: float = 0.5,
                  mask_ratio: tuple[float, float] = (0.1, 0.5), n_local: int = 6, local_size: int | None = None,
                  global_scale: tuple[float, float] = (0.32, 1.0), local_scale: tuple[float, float] = (0.05, 0.32),
-                 hflip: bool = False, freeze_last_layer_steps: int = 0, init_heads: str | None = None,
-                 export: str = "teacher", seed: int = 0) -> None:
+                 hflip: bool = False, freeze_last_layer_steps: int = 0, norm_last_layer: bool = True,
+                 init_heads: str | None = None, export: str = "teacher", seed: int = 0) -> None:
         super().__init__()
         if export not in ("teacher", "student"):
             raise ValueError(f"export must be 'teacher' or 'student', got {export!r}")
@@ -138,6 +139,9 @@ class DINOv2Objective(Objective):
                 raise ValueError(f"{init_heads}: {name} expects {spec['in_dim']}-d features, the tower gives {dim}")
             heads[name] = DINOHead(spec.pop("in_dim"), **spec)
             heads[name].load_state_dict(state)
+        if norm_last_layer:
+            for head in heads.values():
+                head.last_layer.weight_g.requires_grad_(False)
         self.heads = nn.ModuleDict(heads)
         self.teacher = nn.ModuleDict({"image_tower": copy.deepcopy(model.image_tower),
                                       **copy.deepcopy(heads)}).requires_grad_(False)
@@ -160,7 +164,8 @@ class DINOv2Objective(Objective):
         self.freeze_last_layer_steps = freeze_last_layer_steps
         for head in self.heads.values():
             for param in head.last_layer.parameters():
-                param.register_hook(self._maybe_freeze)
+                if param.requires_grad:
+                    param.register_hook(self._maybe_freeze)
 
     def _maybe_freeze(self, grad: torch.Tensor) -> torch.Tensor:
         """DINO keeps the prototypes still for the first steps (zero gradient) to stabilise the start."""

@@ -154,7 +154,9 @@ class Trainer:
                                                  shuffle=True)
         self.val = None
         if cfg.early_stopping is not None:
-            self.val = self._loader(self._with_images(table.split("val"), "val"), None, tokenize, shuffle=False)
+            # the training transform (seeded per sample, epoch 0): multi-view objectives need their views
+            self.val = self._loader(self._with_images(table.split("val"), "val"), transform, tokenize,
+                                    shuffle=False)
         opt = cfg.optim
         self.optimizer = torch.optim.AdamW(param_groups(self.module, opt.weight_decay, opt.lr, opt.layer_decay),
                                            lr=opt.lr, betas=opt.betas)
@@ -184,6 +186,12 @@ class Trainer:
 
     def _with_images(self, table: RecordTable, split: str) -> RecordTable:
         with_images = table.subset(table.has_images())
+        probe = np.unique(np.linspace(0, len(with_images) - 1, min(256, len(with_images))).astype(int))
+        missing = [i for i in probe if not with_images.image_path(int(i)).exists()]
+        if missing:
+            raise FileNotFoundError(
+                f"{len(missing)} of {len(probe)} probed image files of the {split} split are missing (e.g. "
+                f"{with_images.image_path(int(missing[0]))}); image objectives need the images on disk")
         if len(with_images) < self.micro_batch * self.env.world_size:
             raise ValueError(f"the {split} split has {len(with_images)} records with images (of {len(table)}), "
                              f"fewer than one global batch of {self.micro_batch * self.env.world_size}")

@@ -166,3 +166,26 @@ def test_probe_auc_cross_checked_with_sklearn(tiny_encoder: RadEncoder, split_ta
         known = np.isin(y["test"][:, k], (0, 1))
         expected = roc_auc_score(y["test"][known, k], scores[known, k])
         assert report["tasks"]["linear_probe"]["auc"][name] == pytest.approx(expected)
+
+
+def test_kshot_draws_k_positives_and_k_negatives_from_train(tiny_encoder: RadEncoder, split_table: RecordTable,
+                                                            labels: list[str], cache_dir: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from radlab.evaluation import kshot
+    from radlab.evaluation.features import FeatureCache
+    from radlab.evaluation.linear_probe import standardised
+
+    seen: list[np.ndarray] = []
+    real = kshot.fit_binary_probe
+
+    def spy(x_train, y_train, *args, **kwargs):
+        seen.append(np.asarray(y_train))
+        return real(x_train, y_train, *args, **kwargs)
+
+    monkeypatch.setattr(kshot, "fit_binary_probe", spy)
+    ctx = EvalContext(tiny_encoder, split_table, labels, features=FeatureCache(cache_dir))
+    x, y = standardised(ctx)
+    first = kshot.kshot_macro_auc(ctx, x, y, 4, seed=1)
+    assert seen and all(len(v) == 8 and v.sum() == 4 for v in seen)
+    assert kshot.kshot_macro_auc(ctx, x, y, 4, seed=1) == first
+    assert kshot.kshot_macro_auc(ctx, x, y, 4, seed=2) != first
