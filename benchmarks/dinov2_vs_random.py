@@ -1,7 +1,12 @@
 """DINOv2 pre-training vs the same tower at random init: linear probe (findings), sex and age probes on
 held-out patients, with patient-level bootstrap CIs and paired differences.
 
-    .venv/bin/python benchmarks/dinov2_vs_random.py --out runs/bench_dinov2 [--images DIR] [--steps 150]
+    .venv/bin/python benchmarks/dinov2_vs_random.py --out runs/bench_dinov2 [--images DIR] [--steps 250]
+
+The run reported for issue 6 (a reduced ViT, as ViT-Tiny took ~30 s/step on the shared 2-core CPU):
+
+    ... --size 32 --steps 250 --set "model.image_tower.kwargs={patch_size: 8, depth: 4, embed_dim: 96,
+        num_heads: 3}" objective.kwargs.local_size=16
 
 Without ``--images`` it draws phantoms (the bundled real data has no images yet). ``--config`` picks the
 objective config (default configs/dinov2.yaml), so the same script compares SimCLR or MAE against random init.
@@ -33,7 +38,7 @@ def main() -> None:
     parser.add_argument("--images", type=Path, default=None, help="a phantom-layout record folder")
     parser.add_argument("--n", type=int, default=1200, help="phantom images to draw")
     parser.add_argument("--size", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=150)
+    parser.add_argument("--steps", type=int, default=250)
     parser.add_argument("--n-boot", type=int, default=1000)
     parser.add_argument("--set", nargs="*", default=[], help="extra config overrides key=value")
     args = parser.parse_args()

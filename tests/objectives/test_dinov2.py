@@ -132,7 +132,7 @@ def tiny_config(phantom_dir: Path, out: Path, steps: int) -> TrainConfig:
 
 @pytest.mark.slow
 def test_dinov2_pretraining_beats_random_init_on_held_out_patients(phantom_dir: Path, tmp_path: Path) -> None:
-    cfg = tiny_config(phantom_dir, tmp_path / "run", steps=40)
+    cfg = tiny_config(phantom_dir, tmp_path / "run", steps=30)
     trained = load_encoder(pretrain(cfg, progress=False)).eval()
     seed_everything(0)
     random_init = build_encoder(cfg.model).eval()
@@ -141,7 +141,7 @@ def test_dinov2_pretraining_beats_random_init_on_held_out_patients(phantom_dir: 
     results = evaluate(trained, table, ["linear_probe"], labels, n_boot=50, compare=random_init)
     ours = results["tasks"]["linear_probe"]["macro_auc"]
     baseline = results["baseline"]["tasks"]["linear_probe"]["macro_auc"]
-    assert ours > baseline, (ours, baseline)
+    assert ours > baseline + 0.01, (ours, baseline)
     logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines() if line]
     assert len(logged) >= 2 and all(np.isfinite(r["loss"]) for r in logged)
-    assert logged[-1]["teacher_entropy"] < 0.95 * math.log(TINY_HEADS["n_prototypes"]), "uniform collapse"
+    assert logged[-1]["teacher_entropy"] < math.log(TINY_HEADS["n_prototypes"]) - 0.1, "uniform collapse"
