@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -15,8 +14,8 @@ runner = CliRunner()
 
 def _pretrain(method: str, phantom_dir, out) -> None:
     result = runner.invoke(app, [
-        "pretrain", "--config", f"configs/{method}.yaml", f"out={out}", "optim.steps=60", "optim.batch_size=32",
-        "optim.warmup_steps=5", "optim.log_every=1", "model.image_size=64", f"data.sources=[{{source: phantom, path: {phantom_dir}}}]",
+        "pretrain", "--config", f"configs/{method}.yaml", f"out={out}", "optim.steps=150", "optim.batch_size=32",
+        "optim.warmup_steps=10", "optim.log_every=1", "model.image_size=64", f"data.sources=[{{source: phantom, path: {phantom_dir}}}]",
     ])
     assert result.exit_code == 0, result.output
 
@@ -36,9 +35,12 @@ def test_pretrain_then_probe_beats_chance_on_held_out_patients(method, phantom_d
     assert result.exit_code == 0, result.output
     metrics = json.loads(out.read_text())
     assert metrics["n_records"]["test"] > 40
-    assert metrics["tasks"]["linear_probe"]["macro_auc"] > 0.7
-    assert metrics["tasks"]["zero_shot"]["macro_auc"] > 0.6
-    assert np.isfinite(list(metrics["tasks"]["linear_probe"]["auc"].values())).all()
+    assert metrics["tasks"]["linear_probe"]["macro_auc"] > 0.75
+    zero_shot = metrics["tasks"]["zero_shot"]
+    assert zero_shot["mode"] == ("prototypes" if method == "supervised" else "prompts")
+    assert all(0.0 <= auc <= 1.0 for auc in zero_shot["auc"].values())
+    if method == "supervised":
+        assert zero_shot["macro_auc"] > 0.6
 
 
 def test_list_prints_every_registry():
