@@ -18,13 +18,6 @@ TINY = ModelConfig(image_size=64, embed_dim=32,
                    text_tower=TowerConfig(name="bert_small", kwargs={"hidden_size": 64, "layers": 1, "heads": 2}))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models run fastest on one thread, and far faster than on two when the machine is busy."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="session")

@@ -7,12 +7,10 @@ and a 2-layer text tower, 50 steps of batch 16."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from radlab.data.records import RecordTable
 from radlab.train.config import TrainConfig
@@ -22,13 +20,6 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 METHODS = ["supervised", "clip", "convirt", "unicl", "dlilp", "medclip"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """One intra-op thread: tiny models train faster without OpenMP contention on shared, busy CPUs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ bundled real images waits for the images; ``radlab pretrain`` says so clearly.""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -28,12 +27,6 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 SOURCE = ("iu_xray", "iu_xray_reports")
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

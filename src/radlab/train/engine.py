@@ -30,8 +30,8 @@ from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from radlab.data.dataset import Collator, RecordDataset, train_augment
 from radlab.data.audit import refuse_overlap
+from radlab.data.dataset import Collator, RecordDataset, train_augment
 from radlab.data.loading import load_tables
 from radlab.data.records import RecordTable
 from radlab.models.build import build_encoder
