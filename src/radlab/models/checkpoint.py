@@ -8,6 +8,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 
@@ -22,10 +23,12 @@ WEIGHTS_FILE = "model.safetensors"
 TEXT_DIR = "text_tower"
 
 
-def save_encoder(model: RadEncoder, directory: Path | str, image_tower_spec: dict, extra: dict | None = None) -> Path:
+def save_encoder(model: RadEncoder, directory: Path | str, image_tower_spec: dict, extra: dict | None = None,
+                 weights: dict[str, torch.Tensor] | None = None) -> Path:
     """Write the checkpoint folder atomically (a temp folder renamed into place).
 
-    ``image_tower_spec`` is {"name": registry name, "kwargs": {...}} so the tower can be rebuilt."""
+    ``image_tower_spec`` is {"name": registry name, "kwargs": {...}} so the tower can be rebuilt;
+    ``weights`` replaces ``model.state_dict()`` (a gathered state of a sharded model)."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
@@ -42,7 +45,7 @@ def save_encoder(model: RadEncoder, directory: Path | str, image_tower_spec: dic
         spec["text_tower"] = {"pooling": model.text_tower.pooling, "max_length": model.text_tower.max_length}
         model.text_tower.model.config.save_pretrained(tmp / TEXT_DIR)
         model.text_tower.tokenizer.save_pretrained(tmp / TEXT_DIR)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    state = {k: v.detach().contiguous().cpu() for k, v in (weights or model.state_dict()).items()}
     save_file(state, str(tmp / WEIGHTS_FILE))
     (tmp / SPEC_FILE).write_text(json.dumps(spec, indent=2))
     if directory.exists():

@@ -23,10 +23,10 @@ class LabelHead(nn.Module):
         super().__init__()
         self.class_names = list(class_names)
         self.prototypes = nn.Parameter(torch.randn(len(class_names), dim) * dim**-0.5)
-        self.logit_scale = nn.Parameter(torch.tensor(1.0 / init_temperature).log())
+        self.logit_scale = nn.Parameter(torch.tensor([1.0 / init_temperature]).log())  # 1-d: FSDP shards it
 
     def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
-        scale = self.logit_scale.exp().clamp(max=100.0)
+        scale = self.logit_scale.exp().clamp(max=100.0)[0]
         return scale * F.normalize(embeddings, dim=-1) @ F.normalize(self.prototypes, dim=-1).T
 
 

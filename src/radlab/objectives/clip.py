@@ -19,11 +19,11 @@ class LogitScale(nn.Module):
 
     def __init__(self, init_temperature: float = 0.07, max_scale: float = 100.0) -> None:
         super().__init__()
-        self.log_scale = nn.Parameter(torch.tensor(math.log(1.0 / init_temperature)))
+        self.log_scale = nn.Parameter(torch.tensor([math.log(1.0 / init_temperature)]))  # 1-d: FSDP shards it
         self.max_scale = max_scale
 
     def forward(self) -> torch.Tensor:
-        return self.log_scale.exp().clamp(max=self.max_scale)
+        return self.log_scale.exp().clamp(max=self.max_scale)[0]
 
 
 def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -89,12 +89,14 @@ class EarlyStoppingConfig(BaseModel):
 
 
 class RuntimeConfig(BaseModel):
-    """Device ("auto": CUDA when available), bf16 autocast (GPU only), and DDP's unused-parameter search
-    (needed only when an objective leaves trainable parameters out of some steps' graphs)."""
+    """Device ("auto": CUDA when available), bf16 autocast (GPU only), the multi-rank strategy ("ddp"
+    replicates the model; "fsdp" shards it, for large towers), and DDP's unused-parameter search (needed
+    only when an objective leaves trainable parameters out of some steps' graphs)."""
 
     model_config = ConfigDict(extra="forbid")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = True
+    strategy: Literal["ddp", "fsdp"] = "ddp"
     find_unused_parameters: bool = False
 
 

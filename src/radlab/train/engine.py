@@ -41,6 +41,7 @@ from radlab.models.text_towers import builds_own_tokenizer
 from radlab.models.tokenizer import train_wordpiece
 from radlab.objectives import OBJECTIVES, Objective
 from radlab.train import distributed as distrib
+from radlab.train import sharding
 from radlab.train.config import EarlyStoppingConfig, TrainConfig
 from radlab.train.ema import ModelEMA
 from radlab.train.loader import Position, RankedBatchSampler, SeededDataset, stream
@@ -146,7 +147,12 @@ class Trainer:
         torch.manual_seed(cfg.seed + env.rank)
         self.module = TrainModule(self.model, self.objective).to(env.device)
         self.wrapped: nn.Module = self.module
-        if env.world_size > 1:
+        self.sharded = env.world_size > 1 and cfg.runtime.strategy == "fsdp"
+        if self.sharded:
+            if cfg.ema is not None:
+                raise ValueError("ema is not supported with runtime.strategy=fsdp")
+            sharding.shard(self.module)
+        elif env.world_size > 1:
             self.wrapped = DistributedDataParallel(
                 self.module, device_ids=[env.local_rank] if env.device.type == "cuda" else None,
                 find_unused_parameters=cfg.runtime.find_unused_parameters)
@@ -234,16 +240,30 @@ class Trainer:
         else:
             rngs = [rng_state()]
         pos = self.sampler.position
+        model, objective, optimizer = self._model_states()
         return {"step": self.step, "elapsed": self.elapsed(), "epoch": pos.epoch, "samples": pos.samples,
-                "model": self.model.state_dict(), "objective": self.objective.state_dict(),
-                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "model": model, "objective": objective,
+                "optimizer": optimizer, "scheduler": self.scheduler.state_dict(),
                 "ema": self.ema.state_dict() if self.ema else None,
                 "early_stopping": self.stopper.state_dict() if self.stopper else None, "rng": rngs}
 
+    def _model_states(self) -> tuple[dict, dict, dict]:
+        """Model, objective and optimiser states; gathered in full when sharded (a collective)."""
+        if not self.sharded:
+            return self.model.state_dict(), self.objective.state_dict(), self.optimizer.state_dict()
+        full = sharding.full_model_state(self.module)
+        split = {p: {k[len(p) + 1:]: v for k, v in full.items() if k.startswith(p + ".")}
+                 for p in ("model", "objective")}
+        return split["model"], split["objective"], sharding.full_optimizer_state(self.module, self.optimizer)
+
     def load_state_dict(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
-        self.objective.load_state_dict(state["objective"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        if self.sharded:
+            full = {f"{p}.{k}": v for p in ("model", "objective") for k, v in state[p].items()}
+            sharding.load_full_state(self.module, self.optimizer, full, state["optimizer"])
+        else:
+            self.model.load_state_dict(state["model"])
+            self.objective.load_state_dict(state["objective"])
+            self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if self.ema is not None and state["ema"] is not None:
             self.ema.load_state_dict(state["ema"])
@@ -285,6 +305,8 @@ class Trainer:
         for micro in range(accumulation):
             batch = to_device(next(batches), self.env.device)
             last = micro == accumulation - 1
+            if self.sharded:
+                self.module.set_requires_gradient_sync(last)
             sync = contextlib.nullcontext() if last or self.wrapped is self.module else self.wrapped.no_sync()
             with sync:
                 with self.autocast():
@@ -294,7 +316,8 @@ class Trainer:
                 sums[key] = sums.get(key, 0.0) + value.detach().float() / accumulation
         if self.cfg.optim.grad_clip is not None:
             params = [p for g in self.optimizer.param_groups for p in g["params"]]
-            sums["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.grad_clip).detach()
+            norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.grad_clip).detach()
+            sums["grad_norm"] = norm.full_tensor() if self.sharded else norm  # a DTensor when sharded
         self.optimizer.step()
         self.scheduler.step()
         self.step += 1
@@ -383,9 +406,13 @@ class Trainer:
             self.ema.copy_to(self.module)
         self.objective.attach(self.model)
         directory = self.out / "checkpoint"
+        weights = None
+        if self.sharded:
+            weights = {k[len("model."):]: v for k, v in sharding.full_model_state(self.module).items()
+                       if k.startswith("model.")}
         if self.env.is_main:
             tower = {"name": self.cfg.model.image_tower.name, "kwargs": self.cfg.model.image_tower.kwargs}
-            save_encoder(self.model.eval(), directory, tower, {"train_config": self.cfg.model_dump()})
+            save_encoder(self.model.eval(), directory, tower, {"train_config": self.cfg.model_dump()}, weights)
         distrib.barrier()
         return directory
 

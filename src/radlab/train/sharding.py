@@ -1,0 +1,56 @@
+"""FSDP (PyTorch's ``fully_shard``, FSDP2) for towers too large to replicate on every rank.
+
+Each transformer block (timm ``Block``, Hugging Face ``*Layer``) becomes its own shard unit, then the whole
+model + objective module; parameters become DTensors sharded over ranks. Training states and the final
+encoder are written from full (gathered) state dicts, so a sharded run saves the same files as a DDP run.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+from torch.distributed.fsdp import fully_shard
+
+FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
+BLOCK_SUFFIXES = ("Block", "Layer")
+
+
+def shard_units(module: nn.Module) -> list[nn.Module]:
+    """The transformer blocks of every tower inside ``module``, outermost first, none nested in another."""
+    units: list[nn.Module] = []
+    for child in module.modules():
+        if child is not module and type(child).__name__.endswith(BLOCK_SUFFIXES):
+            if not any(child in set(unit.modules()) for unit in units):
+                units.append(child)
+    return units
+
+
+def shard(module: nn.Module) -> nn.Module:
+    """Shard each block, then the root (which then owns the remaining parameters)."""
+    for unit in shard_units(module):
+        fully_shard(unit)
+    fully_shard(module)
+    return module
+
+
+def full_model_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    """Gathered, CPU state dict of a sharded module (a collective: every rank must call it)."""
+    return get_model_state_dict(module, options=FULL)
+
+
+def full_optimizer_state(module: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    return get_optimizer_state_dict(module, optimizer, options=FULL)
+
+
+def load_full_state(module: nn.Module, optimizer: torch.optim.Optimizer, model_state: dict,
+                    optimizer_state: dict) -> None:
+    """Scatter full state dicts (read on every rank) back into the shards."""
+    set_model_state_dict(module, model_state, options=StateDictOptions(full_state_dict=True))
+    set_optimizer_state_dict(module, optimizer, optimizer_state, options=StateDictOptions(full_state_dict=True))
