@@ -117,12 +117,6 @@ class RecordTable:
         value = self.frame[MASK_PREFIX + structure].iat[i] if MASK_PREFIX + structure in self.frame else None
         return self._resolve(value) if value else None
 
-    def set_labels(self, labels: dict[str, np.ndarray]) -> None:
-        """Write label columns (canonical names) in place, validating their values."""
-        for name, values in labels.items():
-            self.frame[label_column(name)] = values
-        self.frame = _normalise(self.frame, "set_labels")
-
     def texts(self) -> list[str]:
         return [str(t) for t in self.frame["report"].fillna("")]
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from radlab.config import apply_overrides, load_yaml
+from radlab.data.splits import DEFAULT_FRACTIONS
 from radlab.models.build import ModelConfig
 
 
@@ -35,7 +36,7 @@ class DataConfig(BaseModel):
     allow_eval_overlap: bool = False
     labels: list[str] | None = None
     split_seed: int = 0
-    split_fractions: dict[str, float] = {"train": 0.7, "val": 0.1, "test": 0.2}
+    split_fractions: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_FRACTIONS))
     vocab_size: int = 4000
 
 
