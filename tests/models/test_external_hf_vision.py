@@ -74,6 +74,22 @@ def test_hf_vision_image_tower_for_continued_pretraining(rad_dino_dir: Path) -> 
     assert tower.embed_dim == 32
 
 
+def test_rad_dino_tower_gets_layer_decay_and_patch_embed_scale(rad_dino_dir: Path) -> None:
+    """Continued pre-training from RAD-DINO: its Hugging Face blocks get BEiT layer decay like timm's."""
+    from radlab.train.optim import param_groups
+
+    model = ENCODERS.build("rad-dino", path=str(rad_dino_dir))
+    groups = param_groups(model, weight_decay=0.04, lr=1.0, layer_decay=0.5, patch_embed_lr_scale=0.2)
+    by_name = {name: g for name, p in model.named_parameters() for g in groups if any(p is q for q in g["params"])}
+    prefix = "image_tower.model."
+    assert by_name[prefix + "encoder.layer.0.mlp.fc1.weight"]["lr"] == 0.5 ** 2
+    assert by_name[prefix + "encoder.layer.1.mlp.fc1.weight"]["lr"] == 0.5
+    assert by_name[prefix + "embeddings.position_embeddings"]["lr"] == 0.5 ** 3
+    assert by_name[prefix + "embeddings.patch_embeddings.projection.weight"]["lr"] == pytest.approx(0.2 * 0.5 ** 3)
+    assert by_name[prefix + "embeddings.position_embeddings"]["weight_decay"] == 0.0
+    assert by_name[prefix + "encoder.layer.0.mlp.fc1.weight"]["weight_decay"] == 0.04
+
+
 def test_missing_folder_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         load_encoder(f"hf-vision:{tmp_path / 'nothing-here'}")

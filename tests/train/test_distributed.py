@@ -93,14 +93,14 @@ def test_two_processes_equal_one_process_with_the_global_batch(tmp_path: Path) -
             assert torch.allclose(ranks[r][f"{name}/{split}"], single, atol=1e-6, rtol=0), (name, split, r)
 
 
-def _engine_worker(rank: int, world: int, port: int, overrides: list[str]) -> None:
+def _engine_worker(rank: int, world: int, port: int, overrides: list[str], config: str = "supervised") -> None:
     from radlab.train.config import TrainConfig
     from radlab.train.engine import pretrain
 
     torch.set_num_threads(1)
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
-    pretrain(TrainConfig.from_file(Path(__file__).parents[2] / "configs" / "supervised.yaml", overrides),
+    pretrain(TrainConfig.from_file(Path(__file__).parents[2] / "configs" / f"{config}.yaml", overrides),
              progress=False)
 
 
@@ -155,3 +155,63 @@ def test_fsdp_shards_every_transformer_block() -> None:
     model = build_encoder(cfg, train_wordpiece(["no effusion", "mild cardiomegaly"], 50))
     names = [type(u).__name__ for u in shard_units(model)]
     assert names.count("Block") == 3 and names.count("BertLayer") == 2 and len(names) == 5
+
+
+def _teacher_logits() -> torch.Tensor:
+    return torch.randn(N, 7, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 3
+
+
+def _teacher_worker(rank: int, world: int, port: int, out: str) -> None:
+    from radlab.objectives.dino_losses import DINOLoss, sinkhorn_knopp
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    rows = _rows(SPLITS["uneven"][0], rank)
+    loss = DINOLoss(7, centering="centering")
+    loss.targets(_teacher_logits()[rows], 0.05)
+    torch.save({"sinkhorn": sinkhorn_knopp(_teacher_logits()[rows], 0.05), "center": loss.center},
+               Path(out) / f"rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_dino_teacher_targets_see_the_global_batch(tmp_path: Path) -> None:
+    """Sinkhorn-Knopp targets and the DINO center from uneven per-rank rows equal one process's on all rows."""
+    from radlab.objectives.dino_losses import DINOLoss, sinkhorn_knopp
+
+    mp.start_processes(_teacher_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, start_method="fork")
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    single = DINOLoss(7, centering="centering")
+    single.targets(_teacher_logits(), 0.05)
+    targets = sinkhorn_knopp(_teacher_logits(), 0.05)
+    assert not torch.allclose(targets[:3], sinkhorn_knopp(_teacher_logits()[:3], 0.05), atol=1e-3)
+    for r in range(2):
+        assert torch.allclose(ranks[r]["center"], single.center, atol=1e-6)
+        assert torch.allclose(ranks[r]["sinkhorn"], targets[_rows(SPLITS["uneven"][0], r)].float(), atol=1e-5)
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_dinov2_two_ranks_match_one_rank(tmp_path: Path, phantom_dir: Path, strategy: str) -> None:
+    """EMA teacher, all-reduced centers and the teacher export agree with one process on the global batch.
+    KoLeo (per-rank nearest neighbours, as in DINOv2) and iBOT (per-rank masks) are off for the comparison."""
+    from radlab.train.config import TrainConfig
+    from radlab.train.engine import pretrain
+
+    common = ["optim.steps=3", "optim.batch_size=8", "optim.warmup_steps=1", "model.image_size=32",
+              "model.image_tower.kwargs={patch_size: 8, depth: 2, embed_dim: 48, num_heads: 3}",
+              f"data.sources=[{{source: phantom, path: {phantom_dir}}}]", "runtime.device=cpu",
+              f"runtime.strategy={strategy}", "objective.kwargs.koleo_weight=0", "objective.kwargs.ibot_weight=0",
+              "objective.kwargs.n_local=2", "objective.kwargs.local_size=16", "objective.kwargs.n_prototypes=32",
+              "objective.kwargs.freeze_last_layer_steps=0", "checkpoint={every: 3, keep_last: 1}"]
+    single = pretrain(TrainConfig.from_file(Path(__file__).parents[2] / "configs" / "dinov2.yaml",
+                                            [*common, f"out={tmp_path / 'one'}"]), progress=False)
+    mp.start_processes(_engine_worker, args=(2, _free_port(), [*common, f"out={tmp_path / 'two'}"], "dinov2"),
+                       nprocs=2, start_method="fork")
+    one = load_file(str(single / "model.safetensors"))
+    two = load_file(str(tmp_path / "two" / "checkpoint" / "model.safetensors"))
+    worst = max(float((one[k] - two[k]).abs().max()) for k in one)
+    print(f"dinov2, 2 ranks vs 1 rank after 3 {strategy} steps: max |teacher weight difference| {worst:.2e}")
+    assert one.keys() == two.keys() and worst < 1e-4, worst
+    states = [load_state(latest_state(tmp_path / run))["objective"] for run in ("one", "two")]
+    centers = [k for k in states[0] if k.endswith("dino_loss.center")]
+    assert centers and all(torch.allclose(states[0][k], states[1][k], atol=1e-4) for k in centers)
+    assert float(states[0][centers[0]].abs().sum()) > 0

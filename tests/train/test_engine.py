@@ -16,7 +16,7 @@ from radlab.models.build import ModelConfig, TowerConfig, build_encoder
 from radlab.train.config import TrainConfig
 from radlab.train.engine import pretrain
 from radlab.train.loader import Position, RankedBatchSampler
-from radlab.train.optim import param_groups
+from radlab.train.optim import cosine_weight_decay, param_groups
 from radlab.train.state import latest_state, load_state, rng_state, save_state, set_rng_state, state_paths
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -113,6 +113,22 @@ def test_parameter_groups_layer_decay_and_no_decay() -> None:
                  "image_tower.backbone.pos_embed", "image_tower.backbone.cls_token"):
         assert wd(name) == 0.0
     assert sum(len(g["params"]) for g in groups) == len(named)
+    scaled = param_groups(model, weight_decay=0.05, lr=1.0, layer_decay=0.5, patch_embed_lr_scale=0.2)
+    by_param = {id(p): g for g in scaled for p in g["params"]}
+    assert lr("image_tower.backbone.patch_embed.proj.weight") == pytest.approx(0.2 * 0.5 ** 4)
+    assert lr("image_tower.backbone.pos_embed") == 0.5 ** 4
+    assert lr("image_tower.backbone.blocks.0.attn.qkv.weight") == 0.5 ** 3
+
+
+def test_weight_decay_follows_a_cosine_and_spares_undecayed_groups() -> None:
+    params = [torch.nn.Parameter(torch.zeros(2, 2)), torch.nn.Parameter(torch.zeros(2))]
+    optimizer = torch.optim.AdamW([{"params": params[:1], "weight_decay": 0.04},
+                                   {"params": params[1:], "weight_decay": 0.0}])
+    values = [cosine_weight_decay(optimizer, step, 10, 0.04, 0.2) for step in range(11)]
+    assert values[0] == pytest.approx(0.04) and values[5] == pytest.approx(0.12) and values[10] == pytest.approx(0.2)
+    assert all(a < b for a, b in zip(values, values[1:]))
+    assert optimizer.param_groups[0]["weight_decay"] == pytest.approx(0.2)
+    assert optimizer.param_groups[1]["weight_decay"] == 0.0
 
 
 @pytest.mark.parametrize("start", [0, 3])

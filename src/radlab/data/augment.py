@@ -6,12 +6,12 @@ reconstruction would change: brightness, contrast, gamma and sharpness. Crops ke
 global view still shows enough anatomy. Horizontal flips swap laterality (heart side, left/right findings);
 they are off by default and a config may turn them on for SSL, where invariance to the flip is harmless.
 
-Every transform takes and returns a [1, H, W] float image in [0, 1].
+Every transform takes and returns a [1, H, W] float image in [0, 1], and draws only from torch's RNG, which
+the training loader seeds per sample.
 """
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 
 import torch
@@ -27,7 +27,7 @@ class RandomGamma(torch.nn.Module):
         self.max_gamma, self.p = max_gamma, p
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        if self.max_gamma <= 1.0 or random.random() >= self.p:
+        if self.max_gamma <= 1.0 or float(torch.rand(())) >= self.p:
             return image
         bound = torch.tensor(self.max_gamma).log().item()
         gamma = float(torch.empty(()).uniform_(-bound, bound).exp())

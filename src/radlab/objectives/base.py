@@ -23,6 +23,7 @@ class Objective(nn.Module):
 
     requires_text: bool = False
     requires_labels: bool = False
+    tower_only: bool = False  # trains the image tower (and its own heads), not the encoder's projections
 
     def forward(self, model: nn.Module, batch: dict) -> dict[str, torch.Tensor]:  # pragma: no cover
         raise NotImplementedError
@@ -34,6 +35,14 @@ class Objective(nn.Module):
         """Objective-specific augmentation of a [1, H, W] image in [0, 1]; None keeps the engine's default.
         Returning a list of views (multi-crop) makes ``batch["image"]`` a list of stacked views."""
         return None
+
+    def unused_parameters(self, model: nn.Module) -> list[nn.Parameter]:
+        """Encoder parameters this objective never touches; the engine freezes them, so DDP finds no unused
+        parameters. ``tower_only`` objectives leave the image/text projections alone."""
+        if not self.tower_only:
+            return []
+        return [p for name in ("image_proj", "text_proj") if getattr(model, name, None) is not None
+                for p in getattr(model, name).parameters()]
 
     def after_step(self, model: nn.Module, step: int, total_steps: int) -> None:
         """Called after each optimiser step (EMA teachers, schedules of temperatures or momenta)."""

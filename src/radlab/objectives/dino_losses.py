@@ -11,8 +11,11 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+
+from radlab.train.distributed import global_count, world_size
 
 CENTERINGS = ("centering", "sinkhorn_knopp")
 
@@ -23,15 +26,29 @@ def sinkhorn_knopp(teacher_logits: torch.Tensor, temperature: float, iterations:
 
     Q = exp(t / tau_t)^T [K, B], scaled to sum 1, then ``iterations`` times: rows scaled to sum 1/K (equal
     prototype usage), columns scaled to sum 1/B. Returns B·Q^T [B, K], whose rows are distributions. The
-    iterations run on log Q (the same arithmetic), so sharp teachers do not underflow.
+    iterations run on log Q (the same arithmetic), so sharp teachers do not underflow. Under DDP, B and the
+    sums over samples run over the global batch (every rank's rows), so each rank gets its rows of the
+    single-process result.
     """
     log_q = (teacher_logits.float() / temperature).T
-    k, b = log_q.shape
-    log_q = log_q - torch.logsumexp(log_q.flatten(), dim=0)
+    k = log_q.shape[0]
+    b = global_count(log_q.shape[1], log_q.device)
+    log_q = log_q - _global_logsumexp(torch.logsumexp(log_q.flatten(), dim=0, keepdim=True))
     for _ in range(iterations):
-        log_q = log_q - torch.logsumexp(log_q, dim=1, keepdim=True) - math.log(k)
+        log_q = log_q - _global_logsumexp(torch.logsumexp(log_q, dim=1, keepdim=True)) - math.log(k)
         log_q = log_q - torch.logsumexp(log_q, dim=0, keepdim=True) - math.log(b)
     return (log_q.exp() * b).T
+
+
+def _global_logsumexp(local: torch.Tensor) -> torch.Tensor:
+    """log sum exp over ranks of per-rank logsumexp values (elementwise); the input on a single process."""
+    if world_size() == 1:
+        return local
+    peak = local.clone()
+    dist.all_reduce(peak, op=dist.ReduceOp.MAX)
+    total = (local - peak).exp()
+    dist.all_reduce(total)
+    return peak + total.log()
 
 
 class _TeacherTargets(nn.Module):
@@ -60,7 +77,12 @@ class _TeacherTargets(nn.Module):
 
     @torch.no_grad()
     def update_center(self, teacher_logits: torch.Tensor) -> None:
-        batch_center = teacher_logits.float().mean(dim=0, keepdim=True)
+        """c <- m c + (1 - m) mean(t), the mean over the global batch (all ranks' rows) under DDP."""
+        batch_sum = teacher_logits.float().sum(dim=0, keepdim=True)
+        n = global_count(len(teacher_logits), teacher_logits.device)
+        if world_size() > 1:
+            dist.all_reduce(batch_sum)
+        batch_center = batch_sum / max(n, 1)
         self.center.mul_(self.center_momentum).add_(batch_center, alpha=1 - self.center_momentum)
 
 

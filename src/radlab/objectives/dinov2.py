@@ -27,6 +27,7 @@ from radlab.models.dino_checkpoint import head_shape, load_head_state
 from radlab.models.vit_masking import hf_dinov2, masked_forward, patch_grid
 from radlab.objectives.base import OBJECTIVES, Objective
 from radlab.objectives.dino_losses import DINOLoss, IBOTPatchLoss, effective_rank, koleo_loss, mean_entropy
+from radlab.train import distributed as distrib
 
 
 class WeightNormLinear(nn.Module):
@@ -114,6 +115,8 @@ class DINOv2Objective(Objective):
     teacher class tokens; -> 1 on collapse).
     """
 
+    tower_only = True
+
     def __init__(self, model: nn.Module, n_prototypes: int = 4096, hidden_dim: int = 1024,
                  bottleneck_dim: int = 256, head_layers: int = 3, ibot_separate_head: bool = False,
                  ibot_n_prototypes: int | None = None, student_temp: float = 0.1, teacher_temp: float = 0.07,
@@ -160,12 +163,20 @@ class DINOv2Objective(Objective):
         self.crops = dict(n_local=n_local, local_size=local_size, global_scale=tuple(global_scale),
                           local_scale=tuple(local_scale), hflip=hflip)
         self.export = export
-        self.rng = random.Random(seed)
+        self.seed, self._draws = seed, (-1, 0)
         self.freeze_last_layer_steps = freeze_last_layer_steps
         for head in self.heads.values():
             for param in head.last_layer.parameters():
                 if param.requires_grad:
                     param.register_hook(self._maybe_freeze)
+
+    def unused_parameters(self, model: nn.Module) -> list[nn.Parameter]:
+        """Besides the projections: the mask tokens when iBOT is off (nothing is masked)."""
+        unused = super().unused_parameters(model)
+        if not (self.weights["ibot"] > 0 and self.mask_probability > 0):
+            hf = hf_dinov2(model.image_tower)
+            unused += [self.mask_token] if self.mask_token is not None else [hf.embeddings.mask_token]
+        return unused
 
     def _maybe_freeze(self, grad: torch.Tensor) -> torch.Tensor:
         """DINO keeps the prototypes still for the first steps (zero gradient) to stabilise the start."""
@@ -180,6 +191,14 @@ class DINOv2Objective(Objective):
         local = self.crops["local_size"] or local_crop_size(image_size)
         return MultiCrop(image_size, local, **{k: v for k, v in self.crops.items() if k != "local_size"})
 
+    def _mask_rng(self) -> random.Random:
+        """A generator keyed by (seed, rank, step, draw within the step): each rank masks differently, and a
+        resumed run draws the masks the uninterrupted run would have drawn (``steps_done`` is saved state)."""
+        step = int(self.steps_done)
+        draw = self._draws[1] + 1 if self._draws[0] == step else 0
+        self._draws = (step, draw)
+        return random.Random(f"dinov2-masks:{self.seed}:{distrib.rank()}:{step}:{draw}")
+
     def _ibot_head(self, heads: nn.ModuleDict) -> nn.Module:
         return heads["ibot_head"] if "ibot_head" in heads else heads["dino_head"]
 
@@ -193,7 +212,7 @@ class DINOv2Objective(Objective):
         mask = None
         if use_ibot:
             grid = patch_grid(tower, globals_.shape[-1])
-            mask = batch_masks(len(globals_), grid, self.mask_probability, self.mask_ratio, self.rng)
+            mask = batch_masks(len(globals_), grid, self.mask_probability, self.mask_ratio, self._mask_rng())
             mask = mask.to(globals_.device)
         with torch.no_grad():
             t_cls, t_patches = masked_forward(self.teacher["image_tower"], globals_)

@@ -46,6 +46,8 @@ class MAEObjective(Objective):
     The decoder is owned here and discarded after pre-training.
     """
 
+    tower_only = True
+
     def __init__(self, model: nn.Module, mask_ratio: float = 0.75, decoder_dim: int = 128, decoder_depth: int = 2,
                  decoder_heads: int = 4, norm_pix_loss: bool = True, crop_scale: tuple[float, float] = (0.4, 1.0),
                  hflip: bool = False) -> None:

@@ -35,6 +35,8 @@ class SimCLRObjective(Objective):
     Probes read h, not g(h).
     """
 
+    tower_only = True
+
     def __init__(self, image_dim: int, proj_dim: int = 128, hidden_dim: int = 512, temperature: float = 0.2,
                  crop_scale: tuple[float, float] = (0.3, 1.0), hflip: bool = False) -> None:
         super().__init__()

@@ -53,7 +53,9 @@ class OptimConfig(BaseModel):
     min_lr_ratio: float = 0.0
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 0.05
+    weight_decay_end: float | None = None  # cosine from weight_decay to this (DINOv2: 0.04 -> 0.2)
     layer_decay: float | None = None
+    patch_embed_lr_scale: float = 1.0  # DINOv2: 0.2
     warmup_steps: int = 20
     grad_clip: float | None = 1.0
     num_workers: int = 0

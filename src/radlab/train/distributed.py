@@ -110,6 +110,11 @@ def gather_sizes(n: int, device: torch.device) -> list[int]:
     return [int(c.item()) for c in counts]
 
 
+def global_count(n: int, device: torch.device) -> int:
+    """The sum of ``n`` over ranks (e.g. the global batch size); ``n`` on a single process."""
+    return sum(gather_sizes(n, device))
+
+
 def gather_with_grad(x: torch.Tensor) -> tuple[torch.Tensor, int]:
     """Rows of ``x`` from all ranks in rank order, differentiable, and the offset of this rank's rows.
 

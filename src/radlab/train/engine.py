@@ -45,7 +45,7 @@ from radlab.train import sharding
 from radlab.train.config import EarlyStoppingConfig, TrainConfig
 from radlab.train.ema import ModelEMA
 from radlab.train.loader import Position, RankedBatchSampler, SeededDataset, stream
-from radlab.train.optim import cosine_with_warmup, param_groups
+from radlab.train.optim import cosine_weight_decay, cosine_with_warmup, param_groups
 from radlab.train.state import latest_state, load_state, rng_state, save_state, set_rng_state
 
 log = logging.getLogger(__name__)
@@ -144,6 +144,8 @@ class Trainer:
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         self.model = build_encoder(model_cfg, tokenizer)
         self.objective = build_objective(cfg, self.class_names, self.model)
+        for param in self.objective.unused_parameters(self.model):
+            param.requires_grad_(False)
         torch.manual_seed(cfg.seed + env.rank)
         self.module = TrainModule(self.model, self.objective).to(env.device)
         self.wrapped: nn.Module = self.module
@@ -167,8 +169,8 @@ class Trainer:
             self.val = self._loader(self._with_images(table.split("val"), "val"), transform, tokenize,
                                     shuffle=False)
         opt = cfg.optim
-        self.optimizer = torch.optim.AdamW(param_groups(self.module, opt.weight_decay, opt.lr, opt.layer_decay),
-                                           lr=opt.lr, betas=opt.betas)
+        groups = param_groups(self.module, opt.weight_decay, opt.lr, opt.layer_decay, opt.patch_embed_lr_scale)
+        self.optimizer = torch.optim.AdamW(groups, lr=opt.lr, betas=opt.betas)
         self.scheduler = cosine_with_warmup(self.optimizer, opt.warmup_steps, opt.steps, opt.min_lr_ratio)
         self.ema = ModelEMA(self.module, cfg.ema.decay, cfg.ema.warmup) if cfg.ema is not None else None
         self.stopper = EarlyStopper(cfg.early_stopping) if cfg.early_stopping is not None else None
@@ -321,6 +323,10 @@ class Trainer:
         self.optimizer.step()
         self.scheduler.step()
         self.step += 1
+        if self.cfg.optim.weight_decay_end is not None:
+            sums["weight_decay"] = torch.tensor(cosine_weight_decay(
+                self.optimizer, self.step, self.cfg.optim.steps, self.cfg.optim.weight_decay,
+                self.cfg.optim.weight_decay_end))
         self.objective.after_step(self.model, self.step, self.cfg.optim.steps)
         if self.ema is not None:
             self.ema.update(self.module)
