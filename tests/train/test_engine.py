@@ -126,7 +126,7 @@ def test_weight_decay_follows_a_cosine_and_spares_undecayed_groups() -> None:
                                    {"params": params[1:], "weight_decay": 0.0}])
     values = [cosine_weight_decay(optimizer, step, 10, 0.04, 0.2) for step in range(11)]
     assert values[0] == pytest.approx(0.04) and values[5] == pytest.approx(0.12) and values[10] == pytest.approx(0.2)
-    assert all(a < b for a, b in zip(values, values[1:]))
+    assert all(a < b for a, b in zip(values, values[1:], strict=False))
     assert optimizer.param_groups[0]["weight_decay"] == pytest.approx(0.2)
     assert optimizer.param_groups[1]["weight_decay"] == 0.0
 
