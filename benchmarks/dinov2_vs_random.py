@@ -38,7 +38,7 @@ def main() -> None:
     parser.add_argument("--images", type=Path, default=None, help="a phantom-layout record folder")
     parser.add_argument("--n", type=int, default=1200, help="phantom images to draw")
     parser.add_argument("--size", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=250)
+    parser.add_argument("--steps", type=int, default=None, help="default: the config's optim.steps")
     parser.add_argument("--n-boot", type=int, default=1000)
     parser.add_argument("--set", nargs="*", default=[], help="extra config overrides key=value")
     args = parser.parse_args()
@@ -48,7 +48,8 @@ def main() -> None:
         from radlab.data.phantoms import synthesize
 
         synthesize(data, n=args.n, size=args.size, seed=0, progress=True)
-    overrides = [f"out={args.out / 'pretrain'}", f"optim.steps={args.steps}", f"model.image_size={args.size}",
+    steps = [f"optim.steps={args.steps}"] if args.steps else []
+    overrides = [f"out={args.out / 'pretrain'}", *steps, f"model.image_size={args.size}",
                  f"data.sources=[{{source: phantom, path: {data}}}]", *args.set]
     cfg = TrainConfig.from_file(args.config, overrides)
     table = load_tables([("phantom", str(data))], DEFAULT_FRACTIONS, seed=0)

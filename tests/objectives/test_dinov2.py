@@ -117,6 +117,26 @@ def test_sinkhorn_and_separate_ibot_head_train() -> None:
     assert objective.heads["ibot_head"].mlp[0].weight.grad is not None
 
 
+def test_unused_parameters_are_the_projections_and_idle_mask_token() -> None:
+    model = tiny_model()
+    projections = {id(p) for p in model.image_proj.parameters()}
+    with_ibot = DINOv2Objective(model, **TINY_HEADS)
+    without_ibot = DINOv2Objective(model, ibot_weight=0.0, **TINY_HEADS)
+    assert {id(p) for p in with_ibot.unused_parameters(model)} == projections
+    assert {id(p) for p in without_ibot.unused_parameters(model)} == projections | {id(without_ibot.mask_token)}
+
+
+def test_masks_differ_by_step_and_repeat_for_the_same_step() -> None:
+    objective = DINOv2Objective(tiny_model(), **TINY_HEADS)
+    draw = lambda: batch_masks(8, (4, 4), 0.5, (0.1, 0.5), objective._mask_rng())  # noqa: E731
+    first = draw()
+    objective.steps_done.fill_(1)
+    assert not torch.equal(first, draw())
+    objective.steps_done.fill_(0)
+    objective._draws = (-1, 0)
+    assert torch.equal(first, draw())
+
+
 def tiny_config(phantom_dir: Path, out: Path, steps: int) -> TrainConfig:
     return TrainConfig.model_validate({
         "name": "dinov2-test", "seed": 0, "out": str(out),

@@ -62,7 +62,9 @@ class MultiCrop:
     """DINO/DINOv2 multi-crop (Caron et al., 2021): two global views at ``global_size`` and ``n_local``
     local views at ``local_size``. The first global view is always blurred a little more often than the
     second (probabilities 1.0/0.1 in DINOv2; 0.5/0.1 here, radiographs being smooth already) and local
-    views with probability 0.5. Returns [global_1, global_2, local_1, ..., local_n]."""
+    views with probability 0.5. ``ratio`` is the crops' aspect-ratio range: stretching changes anatomical
+    proportions (heart-to-thorax width), which a narrow range keeps. Returns [global_1, global_2, local_1, ...,
+    local_n]."""
 
     global_size: int
     local_size: int
@@ -72,9 +74,10 @@ class MultiCrop:
     hflip: bool = False
     jitter: float = 0.4
     gamma: float = 1.4
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
 
     def __post_init__(self) -> None:
-        common = dict(jitter=self.jitter, gamma=self.gamma, hflip=self.hflip)
+        common = dict(jitter=self.jitter, gamma=self.gamma, hflip=self.hflip, ratio=tuple(self.ratio))
         self.global_views = [radiograph_view(self.global_size, tuple(self.global_scale), blur_p=0.5, **common),
                              radiograph_view(self.global_size, tuple(self.global_scale), blur_p=0.1, **common)]
         self.local_view = radiograph_view(self.local_size, tuple(self.local_scale), blur_p=0.5, **common)

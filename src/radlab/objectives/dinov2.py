@@ -125,6 +125,7 @@ class DINOv2Objective(Objective):
                  ibot_weight: float = 1.0, koleo_weight: float = 0.1, mask_probability: float = 0.5,
                  mask_ratio: tuple[float, float] = (0.1, 0.5), n_local: int = 6, local_size: int | None = None,
                  global_scale: tuple[float, float] = (0.32, 1.0), local_scale: tuple[float, float] = (0.05, 0.32),
+                 crop_ratio: tuple[float, float] = (3 / 4, 4 / 3), jitter: float = 0.4, gamma: float = 1.4,
                  hflip: bool = False, freeze_last_layer_steps: int = 0, norm_last_layer: bool = True,
                  init_heads: str | None = None, export: str = "teacher", seed: int = 0) -> None:
         super().__init__()
@@ -161,7 +162,8 @@ class DINOv2Objective(Objective):
         self.register_buffer("steps_done", torch.tensor(0))
         self.mask_probability, self.mask_ratio = mask_probability, tuple(mask_ratio)
         self.crops = dict(n_local=n_local, local_size=local_size, global_scale=tuple(global_scale),
-                          local_scale=tuple(local_scale), hflip=hflip)
+                          local_scale=tuple(local_scale), ratio=tuple(crop_ratio), jitter=jitter, gamma=gamma,
+                          hflip=hflip)
         self.export = export
         self.seed, self._draws = seed, (-1, 0)
         self.freeze_last_layer_steps = freeze_last_layer_steps
