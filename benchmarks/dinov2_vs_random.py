@@ -3,10 +3,14 @@ held-out patients, with patient-level bootstrap CIs and paired differences.
 
     .venv/bin/python benchmarks/dinov2_vs_random.py --out runs/bench_dinov2 [--images DIR] [--steps 250]
 
-The run reported for issue 6 (a reduced ViT, as ViT-Tiny took ~30 s/step on the shared 2-core CPU):
+Measured (2-core CPU, configs/dinov2.yaml: ViT-Tiny at 128 px, 200 steps of batch 32, 6.8 min;
+6,000 phantoms, ``--images runs/phantoms6k``; test split 1,231 images; 95% patient-bootstrap CIs):
 
-    ... --size 32 --steps 250 --set "model.image_tower.kwargs={patch_size: 8, depth: 4, embed_dim: 96,
-        num_heads: 3}" objective.kwargs.local_size=16
+    findings probe macro AUC  0.807 [0.794, 0.819]  vs random init 0.760 [0.746, 0.773]  paired +0.048 [0.032, 0.063]
+    sex AUC                   0.958 [0.942, 0.970]  vs             0.949 [0.934, 0.962]  paired +0.009 [-0.000, 0.017]
+    age MAE (years)           11.41 [10.76, 12.05]  vs             11.82 [11.13, 12.50]  paired -0.40 [-0.77, -0.03]
+
+With the official layer-wise lr decay (0.9) the same run probes no better than random init.
 
 Without ``--images`` it draws phantoms (the bundled real data has no images yet). ``--config`` picks the
 objective config (default configs/dinov2.yaml), so the same script compares SimCLR or MAE against random init.
