@@ -121,14 +121,21 @@ def test_parameter_groups_layer_decay_and_no_decay() -> None:
 
 
 def test_weight_decay_follows_a_cosine_and_spares_undecayed_groups() -> None:
-    params = [torch.nn.Parameter(torch.zeros(2, 2)), torch.nn.Parameter(torch.zeros(2))]
-    optimizer = torch.optim.AdamW([{"params": params[:1], "weight_decay": 0.04},
-                                   {"params": params[1:], "weight_decay": 0.0}])
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.AdamW(param_groups(model, weight_decay=0.04, lr=1e-3))
     values = [cosine_weight_decay(optimizer, step, 10, 0.04, 0.2) for step in range(11)]
     assert values[0] == pytest.approx(0.04) and values[5] == pytest.approx(0.12) and values[10] == pytest.approx(0.2)
     assert all(a < b for a, b in zip(values, values[1:], strict=False))
-    assert optimizer.param_groups[0]["weight_decay"] == pytest.approx(0.2)
-    assert optimizer.param_groups[1]["weight_decay"] == 0.0
+    decays = {id(p): g["weight_decay"] for g in optimizer.param_groups for p in g["params"]}
+    assert decays[id(model.weight)] == pytest.approx(0.2) and decays[id(model.bias)] == 0.0
+
+
+def test_weight_decay_schedule_starting_at_zero_still_reaches_decaying_groups() -> None:
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.AdamW(param_groups(model, weight_decay=0.0, lr=1e-3))
+    cosine_weight_decay(optimizer, 10, 10, 0.0, 0.1)
+    decays = {id(p): g["weight_decay"] for g in optimizer.param_groups for p in g["params"]}
+    assert decays[id(model.weight)] == pytest.approx(0.1) and decays[id(model.bias)] == 0.0
 
 
 @pytest.mark.parametrize("start", [0, 3])

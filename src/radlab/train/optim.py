@@ -41,7 +41,7 @@ def param_groups(module: nn.Module, weight_decay: float, lr: float, layer_decay:
     With ``layer_decay`` d, a ViT image tower's layer l gets lr * d^(L + 1 - l) (BEiT-style), so early
     blocks move least. The image tower's patch embedding gets a further ``patch_embed_lr_scale`` (DINOv2:
     0.2). Frozen parameters (``requires_grad=False``, e.g. EMA teachers) are left out; each parameter
-    appears once even if shared."""
+    appears once even if shared. Each group's ``decay`` says whether a weight-decay schedule applies to it."""
     ids, top = vit_layer_ids(module) if layer_decay is not None else ({}, 0)
     groups: dict[tuple[bool, int, bool], dict] = {}
     seen: set[int] = set()
@@ -55,7 +55,7 @@ def param_groups(module: nn.Module, weight_decay: float, lr: float, layer_decay:
         scale = (layer_decay ** (top - layer) if layer_decay is not None else 1.0) * (
             patch_embed_lr_scale if patch else 1.0)
         group = groups.setdefault((decay, layer, patch), {"params": [], "weight_decay": weight_decay if decay else 0.0,
-                                                   "lr": lr * scale, "lr_scale": scale})
+                                                          "decay": decay, "lr": lr * scale, "lr_scale": scale})
         group["params"].append(param)
     return list(groups.values())
 
@@ -74,11 +74,12 @@ def cosine_with_warmup(optimizer: torch.optim.Optimizer, warmup: int, total: int
 
 def cosine_weight_decay(optimizer: torch.optim.Optimizer, step: int, total: int, start: float, end: float) -> float:
     """Set every decaying group's weight decay to the cosine from ``start`` (step 0) to ``end`` (step
-    ``total``), as DINO and DINOv2 schedule it (0.04 -> 0.4 and 0.04 -> 0.2); returns the value. Groups
-    without decay (norms, biases, embeddings) stay at 0. Stateless, so a resumed run gets the same values."""
+    ``total``), as DINO and DINOv2 schedule it (0.04 -> 0.4 and 0.04 -> 0.2); returns the value. Only groups
+    marked ``decay`` (see ``param_groups``) follow it; norms, biases and embeddings stay at 0. Stateless, so a
+    resumed run gets the same values."""
     progress = min(1.0, step / max(1, total))
     value = end + (start - end) * 0.5 * (1 + math.cos(math.pi * progress))
     for group in optimizer.param_groups:
-        if group["weight_decay"] > 0:
+        if group["decay"]:
             group["weight_decay"] = value
     return value
