@@ -65,6 +65,20 @@ def test_round_trip_and_plain_last_layer(tmp_path: Path) -> None:
     torch.testing.assert_close(rebuilt.last_layer(x), x @ plain["dino_head.last_layer.weight"].T)
 
 
+def test_parametrized_weight_norm_names_load(tmp_path: Path) -> None:
+    layer = torch.nn.utils.parametrizations.weight_norm(torch.nn.Linear(6, 10, bias=False))
+    layer.parametrizations.weight.original0.data.uniform_(0.5, 2.0)
+    head = DINOHead(12, 10, hidden_dim=8, bottleneck_dim=6, n_layers=2)
+    flat = {f"student.dino_head.{k}": v for k, v in head.state_dict().items() if not k.startswith("last_layer")}
+    flat.update({f"student.dino_head.last_layer.{k}": v.detach() for k, v in layer.state_dict().items()})
+    assert "student.dino_head.last_layer.parametrizations.weight.original1" in flat
+    save_file(flat, str(tmp_path / HEAD_FILE))
+    rebuilt = DINOHead(12, 10, hidden_dim=8, bottleneck_dim=6, n_layers=2)
+    rebuilt.load_state_dict(load_head_state(tmp_path)["dino_head"])
+    x = torch.randn(3, 6)
+    torch.testing.assert_close(rebuilt.last_layer(x), layer(x).detach())
+
+
 def test_continued_pretraining_loads_backbone_and_heads(rad_dino_dir: Path) -> None:
     model = load_encoder(f"rad-dino:{rad_dino_dir}")
     objective = DINOv2Objective(model, init_heads=str(rad_dino_dir), n_local=1, local_size=PATCH * 1).train()

@@ -13,8 +13,10 @@ DINO/iBOT heads are loaded too when the folder has them, from ``dino_head.safete
     ibot_head.*                              the same, when iBOT has a separate head
 
 These are the official DINOv2 training-checkpoint names with the ``student.``/``teacher.`` prefix removed;
-``load_head_state`` strips ``teacher.`` (preferred) or ``student.`` prefixes and accepts a plain
-``last_layer.weight`` (no weight norm) as weight_v with unit magnitudes.
+``load_head_state`` strips ``teacher.`` (preferred) or ``student.`` prefixes. It also accepts the prototype
+layer as ``torch.nn.utils.parametrizations.weight_norm`` names it (``last_layer.parametrizations.weight.
+original0``/``original1`` = g/v) and as a plain ``last_layer.weight`` (no weight norm), which becomes weight_v
+with its row norms as weight_g, so the layer computes the same product.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from torch import nn
 
 HEAD_FILE = "dino_head.safetensors"
 HEAD_NAMES = ("dino_head", "ibot_head")
+_PARAMETRIZED = {"last_layer.parametrizations.weight.original0": "last_layer.weight_g",
+                 "last_layer.parametrizations.weight.original1": "last_layer.weight_v"}
 
 
 def head_file(path: str | Path) -> Path | None:
@@ -54,6 +58,9 @@ def load_head_state(path: str | Path) -> dict[str, dict[str, torch.Tensor]]:
     if "dino_head" not in heads:
         raise KeyError(f"{file} has no dino_head.* tensors (keys: {sorted(flat)[:5]} ...)")
     for state in heads.values():
+        for old, new in _PARAMETRIZED.items():
+            if old in state:
+                state[new] = state.pop(old)
         if "last_layer.weight" in state and "last_layer.weight_v" not in state:
             weight = state.pop("last_layer.weight")
             state["last_layer.weight_v"] = weight
