@@ -1,4 +1,4 @@
-"""Phantoms -> pre-train (CLIP and supervised) -> evaluate on held-out patients: learning happened."""
+"""Phantoms -> pre-train -> evaluate on held-out patients: learning happened; the demo runs end to end."""
 
 from __future__ import annotations
 
@@ -54,3 +54,19 @@ def test_list_prints_every_registry():
 def test_eval_rejects_ambiguous_encoder():
     result = runner.invoke(app, ["eval", "--task", "linear_probe", "--data", "phantom:x"])
     assert result.exit_code != 0
+
+
+def test_demo_compares_every_kind_of_supervision(tmp_path):
+    from radlab.demo import DEMO_METHODS, run_demo
+
+    rows = run_demo(tmp_path, n=80, steps=2)
+    by_name = {row["encoder"]: row for row in rows}
+    assert list(by_name) == ["random init", *DEMO_METHODS]
+    assert {row["supervision"] for row in rows} == {"none", "images only", "labels", "report text"}
+    assert by_name["dinov2"]["zero-shot AUC"] == "-" and by_name["random init"]["zero-shot AUC"] == "-"
+    assert by_name["clip"]["zero-shot via"] == "prompts" and by_name["supervised"]["zero-shot via"] == "prototypes"
+    for row in rows:
+        assert 0.0 <= float(row["linear probe AUC"]) <= 1.0 and 0.0 <= float(row["sex AUC"]) <= 1.0
+        assert float(row["age MAE"]) > 0
+    report = (tmp_path / "report.md").read_text().splitlines()
+    assert report[2].startswith("| encoder | supervision |") and len(report) == 4 + len(rows)

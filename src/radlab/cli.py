@@ -130,7 +130,7 @@ def export(checkpoint: Path = typer.Option(..., help="a radlab checkpoint folder
 @app.command()
 def demo(out: Path = typer.Option(Path("runs/demo")), n: int = typer.Option(1200),
          steps: int = typer.Option(150)) -> None:
-    """Phantoms -> pretrain CLIP and supervised -> linear probe and zero-shot -> comparison table."""
+    """Phantoms -> pretrain DINOv2, supervised and CLIP -> probes and zero-shot vs random init -> table."""
     from radlab.demo import run_demo
 
     run_demo(out, n=n, steps=steps, console=console)
