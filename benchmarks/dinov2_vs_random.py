@@ -1,10 +1,10 @@
 """DINOv2 pre-training vs the same tower at random init: linear probe (findings), sex and age probes on
 held-out patients, with patient-level bootstrap CIs and paired differences.
 
-    .venv/bin/python benchmarks/dinov2_vs_random.py --out runs/bench_dinov2 [--images DIR] [--steps 250]
+    .venv/bin/python benchmarks/dinov2_vs_random.py --out runs/bench_dinov2 [--data SOURCE:PATH ...] [--steps 250]
 
 Measured (2-core CPU, configs/dinov2.yaml: ViT-Tiny at 128 px, 200 steps of batch 32, 6.8 min;
-6,000 phantoms, ``--images runs/phantoms6k``; test split 1,231 images; 95% patient-bootstrap CIs):
+6,000 phantoms, ``--data phantom:runs/phantoms6k``; test split 1,231 images; 95% patient-bootstrap CIs):
 
     findings probe macro AUC  0.807 [0.794, 0.819]  vs random init 0.760 [0.746, 0.773]  paired +0.048 [0.032, 0.063]
     sex AUC                   0.958 [0.942, 0.970]  vs             0.949 [0.934, 0.962]  paired +0.009 [-0.000, 0.017]
@@ -22,8 +22,9 @@ The baselines on the same phantoms and test split (``--config configs/simclr.yam
 Paired against random init, SimCLR gains on all three (findings +0.111, sex +0.020 [0.011, 0.029], age MAE
 -0.67 [-1.03, -0.29]); MAE at 1,500 steps on findings (+0.071) and sex (+0.024 [0.015, 0.034]), not age.
 
-Without ``--images`` it draws phantoms (the bundled real data has no images yet). ``--config`` picks the
-objective config (default configs/dinov2.yaml), so the same script compares SimCLR or MAE against random init.
+``--data`` takes any registered source in its native layout (repeatable, paths also under $RADLAB_DATA), e.g.
+``--data nih:nih_sample``; without it the script draws phantoms (the bundled real data has no images yet).
+Pre-training, probes and splits all use those records. ``--config`` picks the objective config (default configs/dinov2.yaml), so the same script compares SimCLR or MAE against random init.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import json
 import time
 from pathlib import Path
 
-from radlab.data.loading import load_tables
+from radlab.data.loading import load_tables, parse_sources
 from radlab.data.splits import DEFAULT_FRACTIONS
 from radlab.evaluation.runner import evaluate, write_json
 from radlab.models import load_encoder
@@ -49,24 +50,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench_dinov2")
     parser.add_argument("--config", type=Path, default=ROOT / "configs" / "dinov2.yaml")
-    parser.add_argument("--images", type=Path, default=None, help="a phantom-layout record folder")
-    parser.add_argument("--n", type=int, default=1200, help="phantom images to draw")
+    parser.add_argument("--data", nargs="*", default=[], help="SOURCE:PATH of images with labels and sex/age")
+    parser.add_argument("--n", type=int, default=1200, help="phantom images to draw when --data is not given")
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=None, help="default: the config's optim.steps")
     parser.add_argument("--n-boot", type=int, default=1000)
     parser.add_argument("--set", nargs="*", default=[], help="extra config overrides key=value")
     args = parser.parse_args()
 
-    data = args.images or args.out / "phantoms"
-    if not (data / "records.parquet").exists():
-        from radlab.data.phantoms import synthesize
-
-        synthesize(data, n=args.n, size=args.size, seed=0, progress=True)
+    sources = parse_sources(args.data) or [("phantom", str(drawn_phantoms(args.out / "phantoms", args.n, args.size)))]
     steps = [f"optim.steps={args.steps}"] if args.steps else []
+    listed = ", ".join(f"{{source: {name}, path: '{path}'}}" for name, path in sources)
     overrides = [f"out={args.out / 'pretrain'}", *steps, f"model.image_size={args.size}",
-                 f"data.sources=[{{source: phantom, path: {data}}}]", *args.set]
+                 f"data.sources=[{listed}]", *args.set]
     cfg = TrainConfig.from_file(args.config, overrides)
-    table = load_tables([("phantom", str(data))], DEFAULT_FRACTIONS, seed=0)
+    table = load_tables(sources, DEFAULT_FRACTIONS, seed=0)
     labels = training_labels(table.split("train"), None)
 
     start = time.time()
@@ -79,6 +77,15 @@ def main() -> None:
     results["pretrain_minutes"] = round(minutes, 2)
     write_json(results, args.out / "results.json")
     print(json.dumps(summary(results), indent=2))
+
+
+def drawn_phantoms(folder: Path, n: int, size: int) -> Path:
+    """``n`` phantoms under ``folder``, drawn once (seed 0) and reused by later runs."""
+    if not (folder / "records.parquet").exists():
+        from radlab.data.phantoms import synthesize
+
+        synthesize(folder, n=n, size=size, seed=0, progress=True)
+    return folder
 
 
 def summary(results: dict) -> dict:

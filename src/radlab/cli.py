@@ -81,7 +81,7 @@ def evaluate(task: list[str] = typer.Option(..., help="task name(s), see `radlab
              seen_classes: str = typer.Option(None, help="zero-shot base-vs-new: comma-separated seen classes"),
              store: Path = typer.Option(None, help="results store (JSONL) to append to; renders STORE.md/.png")) -> None:
     """Evaluate one encoder on named tasks and write a JSON of metrics with patient-bootstrap intervals."""
-    from radlab.data.loading import load_tables
+    from radlab.data.loading import load_tables, parse_sources
     from radlab.data.splits import DEFAULT_FRACTIONS
     from radlab.evaluation.runner import DEFAULT_CACHE_DIR, headline, parse_options, write_json
     from radlab.evaluation.runner import evaluate as run
@@ -91,9 +91,10 @@ def evaluate(task: list[str] = typer.Option(..., help="task name(s), see `radlab
     if (checkpoint is None) == (encoder is None):
         raise typer.BadParameter("give exactly one of --checkpoint or --encoder")
     spec = checkpoint or encoder
-    sources = [tuple(item.split(":", 1)) for item in data]
-    if any(len(s) != 2 for s in sources):
-        raise typer.BadParameter("--data takes SOURCE:PATH, e.g. phantom:runs/demo/phantoms")
+    try:
+        sources = parse_sources(data)
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from err
     table = load_tables(sources, DEFAULT_FRACTIONS, seed=0)
     names = labels.split(",") if labels else training_labels(table, None)
     try:

@@ -54,3 +54,13 @@ def test_bundled_iu_xray_imports_through_the_same_command(data_root, tmp_path):
     imported, bundled = RecordTable.read(tmp_path / "iu"), load_bundled(data_root)["iu_xray_reports"]
     assert imported.frame["patient_id"].nunique() == 3851
     pd.testing.assert_frame_equal(imported.frame.drop(columns="image_path"), bundled.frame.drop(columns="image_path"))
+
+
+@pytest.mark.parametrize("bad", ["phantom", "phantom:", ":runs/demo/phantoms"])
+def test_source_specs_are_checked_before_loading(bad, tmp_path):
+    agreement = CliRunner().invoke(app, ["data", "label-agreement", bad, "--out", str(tmp_path / "a.md")])
+    evaluation = CliRunner().invoke(app, ["eval", "--checkpoint", str(tmp_path / "ckpt"), "--task", "linear_probe",
+                                          "--data", bad, "--out", str(tmp_path / "m.json")])
+    for result in (agreement, evaluation):
+        assert result.exit_code == 2 and "expected SOURCE:PATH" in result.output
+    assert not (tmp_path / "a.md").exists()

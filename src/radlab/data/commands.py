@@ -125,15 +125,15 @@ def label_agreement(data: list[str] = typer.Argument(..., help="SOURCE:PATH of s
                     out: Path = typer.Option(Path("docs/report_labeller.md"), help="markdown file to (re)write")) -> None:
     """Measure the rule-based report labeller against sources that ship both text and labels."""
     from radlab.data.labeller import agreement, agreement_markdown
-    from radlab.data.loading import resolve_data_path
+    from radlab.data.loading import parse_sources, resolve_data_path
     from radlab.data.sources import SOURCES
 
-    results = {}
-    for item in data:
-        name, _, path = item.partition(":")
-        if not path:
-            raise typer.BadParameter(f"{item!r}: expected SOURCE:PATH, e.g. iu_xray:iu_xray_reports")
-        results[f"{name} ({Path(path).name})"] = agreement(SOURCES.build(name).load(resolve_data_path(path)))
+    try:
+        sources = parse_sources(data)
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from err
+    results = {f"{name} ({Path(path).name})": agreement(SOURCES.build(name).load(resolve_data_path(path)))
+               for name, path in sources}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(agreement_markdown(results))
     typer.echo(f"wrote {out}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from radlab.data.bundled import ENV_VAR
@@ -20,6 +21,17 @@ def resolve_data_path(path: str, data_root: str | None = None) -> Path:
     if root and (Path(root) / path).exists():
         return Path(root) / path
     raise FileNotFoundError(f"data path {path!r} not found (also looked under {root or f'${ENV_VAR} (unset)'})")
+
+
+def parse_sources(items: Sequence[str]) -> list[tuple[str, str]]:
+    """``SOURCE:PATH`` strings (as the CLIs take them) -> (source name, path) pairs; a clear error otherwise."""
+    pairs = []
+    for item in items:
+        name, _, path = item.partition(":")
+        if not name or not path:
+            raise ValueError(f"{item!r}: expected SOURCE:PATH, e.g. phantom:runs/demo/phantoms")
+        pairs.append((name, path))
+    return pairs
 
 
 def load_tables(sources: list[tuple[str, str]], fractions: dict[str, float], seed: int,
