@@ -159,3 +159,15 @@ def test_pretraining_on_evaluation_patients_is_refused_unless_forced(tmp_path: P
     forced = _config("supervised", phantom16, tmp_path / "b", "optim.steps=1", "optim.batch_size=8", eval_sources,
                      "data.allow_eval_overlap=true")
     assert (pretrain(forced, progress=False) / "model.safetensors").exists()
+
+
+def test_redirected_training_writes_progress_lines(tmp_path: Path, phantom16: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture) -> None:
+    from radlab import progress
+
+    monkeypatch.setattr(progress, "INTERVAL_S", 0.0)
+    cfg = _config("supervised", phantom16, tmp_path, "optim.steps=3", "optim.batch_size=8")
+    pretrain(cfg, progress=True)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith(f"{cfg.name}: ")]
+    assert [line.split(",")[0] for line in lines] == [f"{cfg.name}: {k}/3" for k in (1, 2, 3)]
+    assert all("loss " in line for line in lines)

@@ -21,6 +21,7 @@ from scipy.ndimage import gaussian_filter
 from radlab.data import phantom_reports as reports
 from radlab.data.phantom_reports import PHANTOM_FINDINGS, Lesion
 from radlab.data.records import RecordTable, label_column
+from radlab.progress import tracked
 
 __all__ = ["PHANTOM_FINDINGS", "Anatomy", "Lesion", "Study", "render", "sample_anatomy", "sample_study",
            "synthesize"]
@@ -323,11 +324,8 @@ def synthesize(out_dir: Path | str, n: int = 2000, size: int = 128, seed: int = 
     out = Path(out_dir)
     for folder in ("images", "masks"):
         (out / folder).mkdir(parents=True, exist_ok=True)
-    plan: Iterable[tuple[int, int, Anatomy]] = _plan(n, seed, studies_per_patient)
-    if progress:
-        from rich.progress import track
-
-        plan = track(plan, description="Drawing phantoms")
+    planned = _plan(n, seed, studies_per_patient)
+    plan: Iterable[tuple[int, int, Anatomy]] = tracked(planned, len(planned), "Drawing phantoms") if progress else planned
     records: list[dict[str, Any]] = []
     for patient, j, anatomy in plan:
         rng = _rng(seed, patient, j)

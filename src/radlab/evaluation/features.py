@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader
 from radlab.data.dataset import Collator, RecordDataset
 from radlab.data.records import RecordTable
 from radlab.models.encoder import RadEncoder
+from radlab.progress import tracked
 
 FEATURE_KINDS = ("pooled", "embedding", "tokens")
 FEATURE_FORMAT = "1"
@@ -60,7 +61,7 @@ def extract_features(encoder: RadEncoder, table: RecordTable, kind: str = "poole
     loader = DataLoader(RecordDataset(table, encoder.preprocess), batch_size=batch_size, collate_fn=Collator())
     device = next(encoder.parameters()).device
     chunks = []
-    for batch in loader:
+    for batch in tracked(loader, len(loader), f"{kind} features of {len(table)} images"):
         images = batch["image"].to(device)
         if kind == "pooled":
             out = encoder.image_features(images)

@@ -40,6 +40,7 @@ from radlab.models.encoder import RadEncoder
 from radlab.models.text_towers import builds_own_tokenizer
 from radlab.models.tokenizer import train_wordpiece
 from radlab.objectives import OBJECTIVES, Objective
+from radlab.progress import CONSOLE, ProgressLines
 from radlab.train import distributed as distrib
 from radlab.train import sharding
 from radlab.train.config import EarlyStoppingConfig, TrainConfig
@@ -363,8 +364,10 @@ class Trainer:
         columns = [TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                    TextColumn("{task.fields[rate]:.2f} step/s"), TextColumn("loss {task.fields[loss]:.4f}"),
                    TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
-        with Progress(*columns, disable=not (progress and main)) as bar:
-            task = bar.add_task(cfg.name, total=total, completed=self.step, rate=0.0, loss=float("nan"))
+        lines = ProgressLines(cfg.name, total) if progress and main and not CONSOLE.is_terminal else None
+        loss = float("nan")
+        with Progress(*columns, console=CONSOLE, disable=not (progress and main) or lines is not None) as bar:
+            task = bar.add_task(cfg.name, total=total, completed=self.step, rate=0.0, loss=loss)
             while self.step < total:
                 terms = self.train_step(batches)
                 rate = (self.step - first_step) / max(time.time() - self.started, 1e-9)
@@ -374,8 +377,10 @@ class Trainer:
                               "samples_per_s": round(rate * cfg.optim.batch_size, 2),
                               **{k: float(distrib.all_reduce_mean(v)) for k, v in terms.items()}}
                     self._log(record, "train", writer, metrics)
-                    bar.update(task, loss=record["loss"])
-                bar.update(task, completed=self.step, rate=rate)
+                    loss = record["loss"]
+                bar.update(task, completed=self.step, rate=rate, loss=loss)
+                if lines is not None:
+                    lines.update(self.step, loss=loss)
                 if cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0:
                     self.checkpoint()
                 stop = False
