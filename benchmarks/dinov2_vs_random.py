@@ -99,7 +99,8 @@ def summary(results: dict) -> dict:
             "random init": pick(results["baseline"]["tasks"]),
             "paired_difference": {k: {"diff": round(v["difference"], 4), "ci": [round(v["ci_low"], 4),
                                                                              round(v["ci_high"], 4)],
-                                      "p": v["p_value"]} for k, v in results["paired_difference"].items()}}
+                                      "p": v["p_value"]} for k, v in results["paired_difference"].items()
+                                  if "unpaired" not in v}}
 
 
 def _ci(interval: dict) -> str:

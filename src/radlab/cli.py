@@ -114,7 +114,10 @@ def evaluate(task: list[str] = typer.Option(..., help="task name(s), see `radlab
     for name, metrics in results["tasks"].items():
         console.print(f"{name}: {headline(metrics)}")
     for key, diff in results.get("paired_difference", {}).items():
-        console.print(f"{key}: A - B = {diff['difference']:.3f} [{diff['ci_low']:.3f}, {diff['ci_high']:.3f}]")
+        if "unpaired" in diff:
+            console.print(f"{key}: not paired ({diff['unpaired']})")
+        else:
+            console.print(f"{key}: A - B = {diff['difference']:.3f} [{diff['ci_low']:.3f}, {diff['ci_high']:.3f}]")
     console.print(f"metrics: {path}")
 
 

@@ -55,8 +55,21 @@ def test_dice_is_f1_and_iou_is_jaccard_per_mask() -> None:
 
 
 def test_recall_at_k_and_median_rank() -> None:
-    out = m.recall_at_k(np.array([1, 2, 6, 11, 60]))
+    out = m.recall_at_k(np.array([1, 2, 6, 11, 60]) - 1, np.zeros(5))
     assert out == {"R@1": 0.2, "R@5": 0.4, "R@10": 0.6, "R@50": 0.8, "median_rank": 6.0}
+    # 2 keys above, 3 tied: the correct key sits at rank 3, 4, 5 or 6 with equal chance
+    assert m.expected_hits(np.array([2]), np.array([3]), 4)[0] == 0.5
+    assert m.recall_at_k(np.array([2]), np.array([3]), ks=(2, 6))["R@2"] == 0.0
+    assert m.recall_at_k(np.array([2]), np.array([3]), ks=(6,)) == {"R@6": 1.0, "median_rank": 4.5}
+
+
+def test_auc_refuses_unannotated_labels_and_strict_macro_refuses_one_class_columns() -> None:
+    with pytest.raises(ValueError, match="0/1 labels"):
+        m.roc_auc(np.array([1.0, 0.0, np.nan]), np.array([0.3, 0.2, 0.1]))
+    labels = np.array([[1, 1], [0, 1], [1, 1], [0, 1]], dtype=float)
+    scores = np.array([[0.9, 0.1], [0.1, 0.2], [0.8, 0.3], [0.2, 0.4]])
+    assert m.macro_auc(labels, scores) == 1.0
+    assert np.isnan(m.macro_auc(labels, scores, strict=True))
 
 
 def test_bleu_hand_computed() -> None:
@@ -78,3 +91,17 @@ def test_rouge_l_hand_computed() -> None:
     assert m.rouge_l("a b c d e", "a c e f") == pytest.approx(2 * 0.75 * 0.6 / 1.35)
     assert m.rouge_l("No pleural effusion.", "no pleural effusion .") == pytest.approx(1.0)
     assert m.rouge_l("a b", "c d") == 0.0
+
+
+def test_zero_shot_scores_keep_their_order_where_a_softmax_saturates(monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    from radlab.evaluation import zero_shot
+
+    gaps = np.linspace(0.2, 0.8, 7)  # cosine gaps between positive and negative prompt, all past float32 softmax
+    images = np.stack([np.cos(gaps), np.sin(gaps)], 1).astype(np.float32)
+    prompts = np.array([[[1.0, 0.0], [0.0, 1.0]]], dtype=np.float32)  # one finding: positive, negative
+    monkeypatch.setattr(zero_shot, "class_vectors", lambda ctx, names, mode: prompts)
+    ctx = SimpleNamespace(image_features=lambda split, kind: images)
+    binary, _ = zero_shot.prompt_scores(ctx, ["cardiomegaly"], "names")  # type: ignore[arg-type]
+    assert len(np.unique(binary[:, 0])) == 7 and (np.diff(binary[:, 0]) < 0).all()

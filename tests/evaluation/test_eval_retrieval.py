@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from radlab.evaluation.retrieval import chunked_topk, first_correct_ranks, split_sentences
+from radlab.evaluation.metrics import recall_at_k
+from radlab.evaluation.retrieval import chunked_topk, correct_key_positions, split_sentences
 
 
 @pytest.mark.parametrize("chunk", [1, 7, 4096])
@@ -26,19 +27,36 @@ def test_chunked_topk_can_exclude_self() -> None:
 
 
 @pytest.mark.parametrize("chunk", [3, 4096])
-def test_first_correct_ranks_equal_brute_force(chunk: int) -> None:
+def test_correct_key_positions_equal_brute_force(chunk: int) -> None:
     rng = np.random.default_rng(2)
     q, k = rng.normal(size=(40, 6)), rng.normal(size=(90, 6))
     q_groups = rng.integers(0, 20, 40).astype(str)
     k_groups = np.concatenate([np.arange(20), rng.integers(0, 20, 70)]).astype(str)
-    ranks = first_correct_ranks(q, k, q_groups, k_groups, chunk=chunk)
+    above, tied = correct_key_positions(q, k, q_groups, k_groups, chunk=chunk)
     sims = (q @ k.T).astype(np.float32)
+    assert not tied.any()
     for i in range(40):
         correct = k_groups == q_groups[i]
-        best = sims[i, correct].max()
         order = np.argsort(-sims[i], kind="stable")
-        first = int(np.flatnonzero(correct[order])[0]) + 1
-        assert ranks[i] == first == (sims[i] > best).sum() + 1
+        assert above[i] + 1 == int(np.flatnonzero(correct[order])[0]) + 1
+
+
+def test_ties_are_broken_at_random_not_in_the_encoders_favour() -> None:
+    rng = np.random.default_rng(3)
+    images = rng.normal(size=(50, 8))
+    collapsed = np.tile(rng.normal(size=(1, 8)), (50, 1))
+    groups = np.arange(50).astype(str)
+    above, tied = correct_key_positions(images, collapsed, groups, groups)
+    assert (above == 0).all() and (tied == 49).all()
+    out = recall_at_k(above, tied)
+    assert out["R@1"] == pytest.approx(1 / 50) and out["R@10"] == pytest.approx(10 / 50) and out["R@50"] == 1.0
+    assert out["median_rank"] == 25.5
+    reports = rng.normal(size=(50, 8))
+    reports[10:] = reports[10]  # 40 studies share one report text: the right one among them is a 1-in-40 draw
+    reports /= np.linalg.norm(reports, axis=1, keepdims=True)
+    above, tied = correct_key_positions(reports, reports, groups, groups)
+    assert (above == 0).all() and (tied[:10] == 0).all() and (tied[10:] == 39).all()
+    assert recall_at_k(above, tied)["R@1"] == pytest.approx((10 + 40 / 40) / 50)
 
 
 def test_split_sentences_drops_headers() -> None:

@@ -61,3 +61,19 @@ def test_undefined_resamples_are_dropped() -> None:
 
 def test_mean_std() -> None:
     assert mean_std([1.0, 3.0, float("nan")]) == {"mean": 2.0, "std": pytest.approx(np.sqrt(2)), "n": 2}
+
+
+def test_statistics_over_different_findings_are_not_paired() -> None:
+    from radlab.evaluation.context import EvalContext
+    from radlab.evaluation.runner import compare_contexts
+
+    patients = np.repeat(np.arange(20).astype(str), 2)
+    a, b = (EvalContext(None, None, [], n_boot=50) for _ in range(2))  # type: ignore[arg-type]
+    for ctx, over in ((a, ["cardiomegaly", "edema"]), (b, ["cardiomegaly"])):
+        ctx.task = "zero_shot"
+        ctx.interval("macro_auc", lambda idx: float(len(idx)), patients, over=over)
+        ctx.task = "linear_probe"
+        ctx.interval("macro_auc", lambda idx: float(len(idx)), patients, over=["cardiomegaly"])
+    paired = compare_contexts(a, b)
+    assert paired["zero_shot/macro_auc"]["unpaired"] and paired["zero_shot/macro_auc"]["b_over"] == ["cardiomegaly"]
+    assert paired["linear_probe/macro_auc"]["difference"] == 0.0

@@ -92,6 +92,7 @@ def test_knn_and_kshot(results: dict) -> None:
     ks = results["tasks"]["kshot"]
     assert set(ks["kshot"]) == {"2", "16"} and set(ks["fraction"]) == {"0.1", "1.0"}
     assert ks["kshot"]["16"]["n"] == 2 and len(ks["kshot"]["16"]["per_seed"]) == 2
+    assert set(ks["kshot_findings"]) <= set(ks["fraction_findings"]) and ks["fraction"]["1.0"]["n_unfit"] == [0, 0]
     assert ks["fraction"]["1.0"]["mean"] > 0.5
 
 
@@ -185,7 +186,37 @@ def test_kshot_draws_k_positives_and_k_negatives_from_train(tiny_encoder: RadEnc
     monkeypatch.setattr(kshot, "fit_binary_probe", spy)
     ctx = EvalContext(tiny_encoder, split_table, labels, features=FeatureCache(cache_dir))
     x, y = standardised(ctx)
-    first = kshot.kshot_macro_auc(ctx, x, y, 4, seed=1)
-    assert seen and all(len(v) == 8 and v.sum() == 4 for v in seen)
-    assert kshot.kshot_macro_auc(ctx, x, y, 4, seed=1) == first
-    assert kshot.kshot_macro_auc(ctx, x, y, 4, seed=2) != first
+    columns = kshot.kshot_findings(ctx, y, 16)
+    first = kshot.kshot_macro_auc(ctx, x, y, columns, 4, seed=1)
+    assert len(seen) == len(columns) > 0 and all(len(v) == 8 and v.sum() == 4 for v in seen)
+    assert kshot.kshot_macro_auc(ctx, x, y, columns, 4, seed=1) == first
+    assert kshot.kshot_macro_auc(ctx, x, y, columns, 4, seed=2) != first
+
+
+def test_shots_come_from_distinct_patients() -> None:
+    from radlab.evaluation.kshot import draw_shots
+
+    patients = np.repeat([f"p{i}" for i in range(6)], 3)
+    candidates = np.arange(0, 18, 2)
+    for seed in range(50):
+        rows = draw_shots(np.random.default_rng(seed), candidates, patients, 4)
+        assert len(set(patients[rows])) == 4 and set(rows) <= set(candidates)
+
+
+def test_every_shot_and_fraction_averages_the_same_findings(tiny_encoder: RadEncoder, split_table: RecordTable,
+                                                            labels: list[str], cache_dir: Path) -> None:
+    from radlab.evaluation import kshot
+    from radlab.evaluation.features import FeatureCache
+    from radlab.evaluation.linear_probe import standardised, two_class
+
+    ctx = EvalContext(tiny_encoder, split_table, labels, features=FeatureCache(cache_dir))
+    x, y = standardised(ctx)
+    patients = ctx.patients(ctx.rows("train"))
+    rare = min(range(len(labels)), key=lambda j: len(np.unique(patients[y["train"][:, j] == 1])))
+    n_rare = len(np.unique(patients[y["train"][:, rare] == 1]))
+    assert rare not in kshot.kshot_findings(ctx, y, n_rare + 1) and rare in kshot.kshot_findings(ctx, y, n_rare)
+    columns = [j for j in range(len(labels)) if two_class(y["train"][:, j]) and two_class(y["test"][:, j])]
+    tiny, unfit = kshot.fraction_macro_auc(ctx, x, y, columns, 0.01, seed=0)
+    assert unfit > 0 and 0.0 <= tiny <= 1.0  # a 1% sample misses some findings; they count as chance
+    full, none = kshot.fraction_macro_auc(ctx, x, y, columns, 1.0, seed=0)
+    assert none == 0 and full > 0.5

@@ -3,7 +3,7 @@ options, and the bootstrap settings every interval uses."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,7 +36,7 @@ class EvalContext:
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
     n_boot: int = DEFAULT_N_BOOT
     task: str = ""
-    statistics: dict[str, tuple[Statistic, np.ndarray]] = field(default_factory=dict)
+    statistics: dict[str, tuple[Statistic, np.ndarray, tuple[str, ...]]] = field(default_factory=dict)
     _image_ok: np.ndarray | None = None
 
     def option(self, key: str, default: Any) -> Any:
@@ -87,9 +87,10 @@ class EvalContext:
     def patients(self, rows: np.ndarray) -> np.ndarray:
         return self.table.frame["patient_id"].to_numpy()[rows].astype(str)
 
-    def interval(self, name: str, fn: Statistic, patients: np.ndarray) -> dict:
-        """Patient-bootstrap CI of ``fn(idx)`` over evaluated rows; kept for paired comparisons."""
-        self.statistics[f"{self.task}/{name}"] = (fn, np.asarray(patients))
+    def interval(self, name: str, fn: Statistic, patients: np.ndarray, over: Sequence[str] = ()) -> dict:
+        """Patient-bootstrap CI of ``fn(idx)`` over evaluated rows; kept for paired comparisons, which pair
+        two encoders only where ``over`` (e.g. the findings a macro AUC averages) is the same for both."""
+        self.statistics[f"{self.task}/{name}"] = (fn, np.asarray(patients), tuple(over))
         return bootstrap_ci(fn, patients, self.n_boot, self.seed).as_dict()
 
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 
 from radlab.evaluation.context import TASKS, EvalContext, TaskSkipped
-from radlab.evaluation.metrics import recall_at_k
-from radlab.evaluation.retrieval import first_correct_ranks, split_sentences
+from radlab.evaluation.metrics import expected_hits, recall_at_k
+from radlab.evaluation.retrieval import correct_key_positions, split_sentences
 
 
 def study_ids(ctx: EvalContext, rows: np.ndarray) -> np.ndarray:
@@ -27,10 +27,11 @@ def first_per_study(studies: np.ndarray) -> np.ndarray:
 
 def direction(ctx: EvalContext, name: str, queries: np.ndarray, keys: np.ndarray, q_groups: np.ndarray,
               k_groups: np.ndarray, q_patients: np.ndarray) -> dict:
-    ranks = first_correct_ranks(queries, keys, q_groups, k_groups, int(ctx.option("chunk", 4096)))
-    out = {**recall_at_k(ranks), "n_queries": int(len(ranks)), "n_keys": int(len(keys))}
+    above, tied = correct_key_positions(queries, keys, q_groups, k_groups, int(ctx.option("chunk", 4096)))
+    out = {**recall_at_k(above, tied), "n_queries": int(len(above)), "n_keys": int(len(keys))}
     for k in (1, 10):
-        out[f"R@{k}_ci"] = ctx.interval(f"{name}/R@{k}", lambda i, k=k: float((ranks[i] <= k).mean()), q_patients)
+        hits = expected_hits(above, tied, k)
+        out[f"R@{k}_ci"] = ctx.interval(f"{name}/R@{k}", lambda i, h=hits: float(h[i].mean()), q_patients)
     return out
 
 

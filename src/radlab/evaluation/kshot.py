@@ -1,5 +1,11 @@
 """Label-efficient probes: K positives and K negatives per finding (K-shot), and fractions of the training
-patients; every setting repeated over seeds and reported as mean and standard deviation of macro AUC."""
+patients; every setting repeated over seeds and reported as mean and standard deviation of macro AUC.
+
+Every setting averages the same findings, so a curve over K or over fractions measures the probe, not which
+findings happened to be drawable: K-shot uses the findings with at least max(K) positive and max(K) negative
+training patients; the fractions use the linear probe's findings, and a finding a sampled fraction has no
+positives (or no negatives) for scores as chance (a constant score, AUC 0.5), counted in ``n_unfit``.
+"""
 
 from __future__ import annotations
 
@@ -15,34 +21,48 @@ FRACTIONS = (0.01, 0.1, 1.0)
 N_SEEDS = 5
 
 
-def kshot_macro_auc(ctx: EvalContext, x: dict, y: dict, k: int, seed: int) -> float:
-    """Macro test AUC of per-finding probes, each trained on K positives + K negatives drawn with ``seed``."""
+def kshot_findings(ctx: EvalContext, y: dict, k_max: int) -> list[int]:
+    """Label columns with at least ``k_max`` positive and negative training patients and both classes in test."""
+    patients = ctx.patients(ctx.rows("train"))
+    return [j for j in range(len(ctx.label_names))
+            if min(len(np.unique(patients[y["train"][:, j] == c])) for c in (0, 1)) >= k_max
+            and two_class(y["test"][:, j])]
+
+
+def draw_shots(rng: np.random.Generator, candidates: np.ndarray, patients: np.ndarray, k: int) -> np.ndarray:
+    """One image from each of ``k`` distinct patients among the candidate rows."""
+    owners = patients[candidates]
+    chosen = rng.choice(np.unique(owners), k, replace=False)
+    return np.array([rng.choice(candidates[owners == p]) for p in chosen])
+
+
+def kshot_macro_auc(ctx: EvalContext, x: dict, y: dict, columns: list[int], k: int, seed: int) -> float:
+    """Macro test AUC over ``columns`` of per-finding probes, each trained on K positive and K negative
+    patients (one image each) drawn with ``seed``."""
     rng = np.random.default_rng(seed)
+    patients = ctx.patients(ctx.rows("train"))
     values = []
-    for j in range(len(ctx.label_names)):
-        pos, neg = np.flatnonzero(y["train"][:, j] == 1), np.flatnonzero(y["train"][:, j] == 0)
-        known_test = np.isin(y["test"][:, j], (0, 1))
-        if len(pos) < k or len(neg) < k or not two_class(y["test"][known_test, j]):
-            continue
-        rows = np.concatenate([rng.choice(pos, k, replace=False), rng.choice(neg, k, replace=False)])
-        known_val = np.isin(y["val"][:, j], (0, 1))
+    for j in columns:
+        rows = np.concatenate([draw_shots(rng, np.flatnonzero(y["train"][:, j] == c), patients, k) for c in (1, 0)])
+        known_val, known_test = np.isin(y["val"][:, j], (0, 1)), np.isin(y["test"][:, j], (0, 1))
         probe = fit_binary_probe(x["train"][rows], y["train"][rows, j], x["val"][known_val],
                                  y["val"][known_val, j], seed)
         values.append(roc_auc(y["test"][known_test, j], probe.decision_function(x["test"][known_test])))
     return float(np.mean(values)) if values else float("nan")
 
 
-def fraction_macro_auc(ctx: EvalContext, x: dict, y: dict, fraction: float, seed: int) -> float:
-    """Macro test AUC of probes trained on the images of a random ``fraction`` of training patients."""
+def fraction_macro_auc(ctx: EvalContext, x: dict, y: dict, columns: list[int], fraction: float,
+                       seed: int) -> tuple[float, int]:
+    """(Macro test AUC over ``columns`` of probes trained on a random ``fraction`` of training patients,
+    the number of those findings the fraction could not fit and that score as chance)."""
     patients = ctx.patients(ctx.rows("train"))
     unique = np.unique(patients)
     rng = np.random.default_rng(seed)
     chosen = rng.choice(unique, max(1, int(round(fraction * len(unique)))), replace=False)
-    scores, fitted = probe_scores(ctx, x, y, train_rows=np.flatnonzero(np.isin(patients, chosen)), seed=seed)
-    if not fitted:
-        return float("nan")
-    cols = [ctx.label_names.index(n) for n in fitted]
-    return macro_auc(y["test"][:, cols], scores[:, cols])
+    scores, _ = probe_scores(ctx, x, y, train_rows=np.flatnonzero(np.isin(patients, chosen)), seed=seed)
+    scores = scores[:, columns]
+    unfit = int(np.isnan(scores).all(0).sum())
+    return macro_auc(y["test"][:, columns], np.nan_to_num(scores, nan=0.0)), unfit
 
 
 @TASKS.register("kshot", "K-shot (K in 1..16) and 1/10/100% data-fraction linear probes over seeds")
@@ -51,14 +71,18 @@ def kshot(ctx: EvalContext) -> dict:
     fractions = [float(f) for f in ctx.option_list("fractions", FRACTIONS)]
     seeds = [ctx.seed + s for s in range(int(ctx.option("seeds", N_SEEDS)))]
     x, y = standardised(ctx)
-    out: dict = {"seeds": seeds, "kshot": {}, "fraction": {}}
+    shot_columns = kshot_findings(ctx, y, max(shots, default=1))
+    if shots and not shot_columns:
+        raise TaskSkipped(f"no finding has {max(shots)} positive and {max(shots)} negative training patients")
+    fraction_columns = [j for j in range(len(ctx.label_names))
+                        if two_class(y["train"][:, j]) and two_class(y["test"][:, j])]
+    out: dict = {"seeds": seeds, "kshot_findings": [ctx.label_names[j] for j in shot_columns],
+                 "fraction_findings": [ctx.label_names[j] for j in fraction_columns], "kshot": {}, "fraction": {}}
     for k in shots:
-        runs = [kshot_macro_auc(ctx, x, y, k, s) for s in seeds]
+        runs = [kshot_macro_auc(ctx, x, y, shot_columns, k, s) for s in seeds]
         out["kshot"][str(k)] = {**mean_std(runs), "per_seed": runs}
     for f in fractions:
-        runs = [fraction_macro_auc(ctx, x, y, f, s) for s in seeds]
-        out["fraction"][str(f)] = {**mean_std(runs), "per_seed": runs}
-    if all(np.isnan(v["mean"]) for v in out["kshot"].values()):
-        raise TaskSkipped("no finding has enough positives and negatives for K-shot sampling")
+        runs, unfit = zip(*(fraction_macro_auc(ctx, x, y, fraction_columns, f, s) for s in seeds), strict=True)
+        out["fraction"][str(f)] = {**mean_std(runs), "per_seed": list(runs), "n_unfit": list(unfit)}
     last = out["kshot"][str(max(shots))]["mean"] if shots else float("nan")
     return {**out, "macro_auc": last}

@@ -73,7 +73,8 @@ def auc_report(ctx: EvalContext, labels: np.ndarray, scores: np.ndarray, names: 
     for j, name in enumerate(names):
         known = np.isin(y[:, j], (0, 1))
         per_label[name] = roc_auc(y[known, j], s[known, j])
-    ci = ctx.interval("macro_auc", lambda idx: macro_auc(y[idx], s[idx]), ctx.patients(ctx.rows("test")))
+    ci = ctx.interval("macro_auc", lambda idx: macro_auc(y[idx], s[idx], strict=True),
+                      ctx.patients(ctx.rows("test")), over=names)
     return {"auc": per_label, "macro_auc": macro_auc(y, s), "macro_auc_ci": ci}
 
 

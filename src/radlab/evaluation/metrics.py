@@ -14,8 +14,13 @@ RECALL_KS = (1, 5, 10, 50)
 
 
 def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """Area under the ROC curve via the Mann-Whitney U statistic (ties count one half); NaN if one class."""
-    labels = np.asarray(labels).astype(bool)
+    """Area under the ROC curve via the Mann-Whitney U statistic (ties count one half); NaN if one class.
+
+    Labels must be 0/1: unannotated (NaN) and uncertain (-1) entries are the caller's to drop."""
+    labels = np.asarray(labels)
+    if not np.isin(labels, (0, 1)).all():
+        raise ValueError("roc_auc takes 0/1 labels; drop unannotated (NaN) and uncertain (-1) entries first")
+    labels = labels.astype(bool)
     scores = np.asarray(scores, dtype=np.float64)
     n_pos, n_neg = int(labels.sum()), int((~labels).sum())
     if n_pos == 0 or n_neg == 0:
@@ -32,12 +37,16 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
     return float(u / (n_pos * n_neg))
 
 
-def macro_auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """Mean AUC over columns, each over its annotated (0/1) entries; columns with one class are skipped."""
+def macro_auc(labels: np.ndarray, scores: np.ndarray, strict: bool = False) -> float:
+    """Mean AUC over columns, each over its annotated (0/1) entries; columns with one class are skipped, or
+    with ``strict`` make the result NaN (a bootstrap resample must average the same findings as the estimate,
+    so it is dropped rather than averaged over fewer)."""
     values = []
     for k in range(labels.shape[1]):
         known = np.isin(labels[:, k], (0, 1))
         value = roc_auc(labels[known, k], scores[known, k])
+        if math.isnan(value) and strict:
+            return float("nan")
         if not math.isnan(value):
             values.append(value)
     return float(np.mean(values)) if values else float("nan")
@@ -79,11 +88,17 @@ def dice_iou(truth: np.ndarray, predicted: np.ndarray) -> tuple[np.ndarray, np.n
     return dice, iou
 
 
-def recall_at_k(ranks: np.ndarray, ks: Sequence[int] = RECALL_KS) -> dict[str, float]:
-    """R@K from 1-based ranks of the first correct item, plus the median rank."""
-    ranks = np.asarray(ranks)
-    out = {f"R@{k}": float((ranks <= k).mean()) for k in ks}
-    out["median_rank"] = float(np.median(ranks))
+def expected_hits(above: np.ndarray, tied: np.ndarray, k: int) -> np.ndarray:
+    """Per query, the chance that a correct key is in the top ``k`` when ``above`` keys score higher than the
+    best correct key and ``tied`` incorrect keys score the same, ties broken uniformly at random."""
+    return np.clip((k - np.asarray(above)) / (np.asarray(tied) + 1.0), 0.0, 1.0)
+
+
+def recall_at_k(above: np.ndarray, tied: np.ndarray, ks: Sequence[int] = RECALL_KS) -> dict[str, float]:
+    """Expected R@K and the median of expected ranks (1 + above + tied / 2): an encoder that scores every
+    key alike gets chance recall, not perfect recall."""
+    out = {f"R@{k}": float(expected_hits(above, tied, k).mean()) for k in ks}
+    out["median_rank"] = float(np.median(1 + np.asarray(above) + np.asarray(tied) / 2))
     return out
 
 

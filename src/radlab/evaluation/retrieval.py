@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 CHUNK = 4096
+TIE_TOLERANCE = 1e-6  # on dot products of unit vectors: float32 noise, not a real difference
 
 
 def _as_tensor(x: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -39,22 +40,24 @@ def chunked_topk(queries: np.ndarray, keys: np.ndarray, k: int, chunk: int = CHU
 
 
 @torch.no_grad()
-def first_correct_ranks(queries: np.ndarray, keys: np.ndarray, query_groups: np.ndarray,
-                        key_groups: np.ndarray, chunk: int = CHUNK) -> np.ndarray:
-    """1-based rank of the best-scoring correct key per query (ties counted optimistically for no one:
-    rank = 1 + number of keys scoring strictly higher than the best correct key)."""
+def correct_key_positions(queries: np.ndarray, keys: np.ndarray, query_groups: np.ndarray,
+                          key_groups: np.ndarray, chunk: int = CHUNK) -> tuple[np.ndarray, np.ndarray]:
+    """Per query, where its best-scoring correct key lands: (keys scoring higher, incorrect keys tying with
+    it within ``TIE_TOLERANCE``). ``metrics.recall_at_k`` turns them into expected recall under random
+    tie-breaking, so identical reports or a collapsed tower do not count as hits."""
     _, qg = np.unique(np.concatenate([query_groups, key_groups]), return_inverse=True)
     qg, kg = torch.as_tensor(qg[:len(query_groups)]), torch.as_tensor(qg[len(query_groups):])
     q, kk = _as_tensor(queries), _as_tensor(keys)
-    ranks = []
+    above, tied = [], []
     for start in range(0, q.shape[0], chunk):
         sims = q[start:start + chunk] @ kk.T
         correct = qg[start:start + chunk, None] == kg[None, :]
         if not correct.any(1).all():
             raise ValueError("every query needs at least one correct key")
-        best = sims.masked_fill(~correct, -torch.inf).max(1).values
-        ranks.append(((sims > best[:, None]).sum(1) + 1).numpy())
-    return np.concatenate(ranks)
+        best = sims.masked_fill(~correct, -torch.inf).max(1).values[:, None]
+        above.append((sims > best + TIE_TOLERANCE).sum(1).numpy())
+        tied.append((((sims - best).abs() <= TIE_TOLERANCE) & ~correct).sum(1).numpy())
+    return np.concatenate(above), np.concatenate(tied)
 
 
 SECTION = re.compile(r"\b(FINDINGS|IMPRESSION|INDICATION|COMPARISON|HISTORY|TECHNIQUE)\s*:", re.IGNORECASE)

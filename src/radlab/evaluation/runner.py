@@ -45,12 +45,18 @@ def run_tasks(ctx: EvalContext, tasks: list[str]) -> dict:
 
 
 def compare_contexts(a: EvalContext, b: EvalContext) -> dict:
-    """Paired patient bootstrap of A minus B for every statistic both runs computed on the same rows."""
-    out = {}
-    for key, (fn_a, patients) in a.statistics.items():
+    """Paired patient bootstrap of A minus B for every statistic both runs computed on the same rows; one
+    computed over different findings (say zero-shot by prompts vs by a label head) is reported as unpaired."""
+    out: dict = {}
+    for key, (fn_a, patients, over_a) in a.statistics.items():
         if key not in b.statistics or not np.array_equal(patients, b.statistics[key][1]):
             continue
-        out[key] = paired_bootstrap(fn_a, b.statistics[key][0], patients, a.n_boot, a.seed)
+        fn_b, _, over_b = b.statistics[key]
+        if over_a != over_b:
+            out[key] = {"unpaired": "A and B average different findings", "a_over": list(over_a),
+                        "b_over": list(over_b)}
+            continue
+        out[key] = paired_bootstrap(fn_a, fn_b, patients, a.n_boot, a.seed)
     return out
 
 

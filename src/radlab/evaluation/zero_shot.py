@@ -1,6 +1,6 @@
 """Zero-shot classification with no training on the evaluation data.
 
-Text models score each finding by a softmax over {positive, negative} prompt embeddings, in three prompt
+Text models score each finding by its positive against its negative prompt embedding (logit difference), in three prompt
 modes (class names, a seeded ensemble of composed prompts, clinical descriptions). Label-supervised models
 answer through their class prototypes; a class outside their label head is scored only when it is defined
 from seen classes through the taxonomy: the max over seen descendants (a positive child implies its
@@ -37,11 +37,13 @@ def class_vectors(ctx: EvalContext, names: list[str], mode: str) -> np.ndarray:
 
 
 def prompt_scores(ctx: EvalContext, names: list[str], mode: str) -> tuple[np.ndarray, np.ndarray]:
-    """(binary scores [N, K]: P(positive prompt), class scores [N, K]: positive-prompt similarity)."""
+    """(binary scores [N, K], class scores [N, K]: positive-prompt similarity). The binary score is the
+    positive minus the negative prompt's logit: it ranks images as the softmax P(positive) does, without the
+    float32 softmax saturating at 1.0 and tying images whose similarity gaps differ by more than ~0.17."""
     images = torch.from_numpy(ctx.image_features("test", kind="embedding"))
     text = torch.from_numpy(class_vectors(ctx, names, mode))
     logits = torch.einsum("nd,kpd->nkp", images, text) * 100.0
-    return logits.softmax(-1)[..., 0].numpy(), logits[..., 0].numpy()
+    return (logits[..., 0] - logits[..., 1]).numpy(), logits[..., 0].numpy()
 
 
 @torch.no_grad()
@@ -135,7 +137,8 @@ def zero_shot(ctx: EvalContext) -> dict:
     scored = [names.index(n) for n in results[primary]["auc"]]
     binary = prompt_scores(ctx, names, primary)[0] if primary != "prototypes" else prototype_scores(ctx, names)[0]
     y, s = labels[:, scored], binary[:, scored]
-    ci = ctx.interval("macro_auc", lambda idx: macro_auc(y[idx], s[idx]), ctx.patients(ctx.rows("test")))
+    ci = ctx.interval("macro_auc", lambda idx: macro_auc(y[idx], s[idx], strict=True),
+                      ctx.patients(ctx.rows("test")), over=[names[j] for j in scored])
     return {"mode": mode, "prompt_mode": primary, "macro_auc": results[primary]["macro_auc"], "macro_auc_ci": ci,
             "auc": results[primary]["auc"], "modes": results,
             "seen_classes": sorted(seen) if seen is not None else None}
