@@ -48,13 +48,15 @@ def test_audit_finds_exactly_the_planted_overlaps(planted):
 
 def test_refuse_overlap_unless_forced(planted, caplog):
     pretrain, evaluation = planted
-    with pytest.raises(LeakageError, match=r"eval: 1 shared patients .* 0 exact and 0 near-duplicate"):
+    with pytest.raises(LeakageError, match=r"eval: 1 shared patients, 0 exact and 0 near-duplicate") as caught:
         refuse_overlap(pretrain, {"eval": evaluation})
+    assert "--report FILE" in str(caught.value) and "pp7" not in str(caught.value)  # patient ids: counts only
     with pytest.raises(LeakageError, match="1 exact and 1 near-duplicate"):
         refuse_overlap(pretrain, {"eval": evaluation}, images=True)
     with caplog.at_level(logging.WARNING):
         report = refuse_overlap(pretrain, {"eval": evaluation}, force=True)
-    assert not report.clean() and "forced" in caplog.text
+    assert not report.clean() and "forced" in caplog.text and "pp7" not in caplog.text
+    assert report.overlaps[0].shared_patients == ["pp7"]
     assert refuse_overlap(pretrain.subset([0, 1]), {"eval": evaluation}).clean()
 
 

@@ -1,9 +1,13 @@
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
 
+from data import fixtures as fx
+from radlab.data.loading import load_tables
 from radlab.data.records import RecordError, RecordTable
-from radlab.data.splits import assign_splits, check_patient_disjoint
+from radlab.data.splits import DEFAULT_FRACTIONS, assign_splits, check_patient_disjoint
 
 
 def _records(n: int = 6) -> list[dict]:
@@ -77,3 +81,26 @@ def test_official_splits_are_kept(tmp_path):
     out = assign_splits(RecordTable.from_records(records, root=tmp_path), seed=0)
     assert (out.frame["split"][:3] == "test").all()
     assert isinstance(out.frame, pd.DataFrame)
+
+
+def test_concat_refuses_ids_two_sources_share(tmp_path):
+    a = RecordTable.from_records(_records(2), root=tmp_path)
+    clash = [{"id": "r1", "image_path": "x.png", "source": "t", "patient_id": "q"}]
+    with pytest.raises(RecordError, match=r"^a and b share 1 record ids \(first 'r1'\);"):
+        RecordTable.concat([a, RecordTable.from_records(clash, root=tmp_path)], ["a", "b"])
+    same_patient = [{"id": "x", "image_path": "x.png", "source": "t", "patient_id": "p0"}]
+    with pytest.raises(RecordError, match=r"^table 1 and table 2 share 1 patient ids;") as caught:
+        RecordTable.concat([a, RecordTable.from_records(same_patient, root=tmp_path)])
+    assert "p0" not in str(caught.value)  # patient ids can come from DICOM PatientID: counted, never named
+
+
+def test_load_tables_names_both_sources_of_a_clash(tmp_path):
+    a, b = fx.build_manifest(tmp_path / "site_a"), fx.build_manifest(tmp_path / "site_b")
+    names = re.escape(f"manifest:{a} and manifest:{b}")
+    with pytest.raises(RecordError, match=rf"{names} share 2 record ids \(first 'img/a.png'\) and 2 patient ids"):
+        load_tables([("manifest", str(a)), ("manifest", str(b))], DEFAULT_FRACTIONS, 0)
+    manifest = pd.read_csv(b / "manifest.csv", dtype=str, keep_default_na=False)
+    manifest.assign(id="b_" + manifest["image_path"], patient_id="b_" + manifest["patient_id"]).to_csv(
+        b / "manifest.csv", index=False)
+    merged = load_tables([("manifest", str(a)), ("manifest", str(b))], DEFAULT_FRACTIONS, 0)
+    assert len(merged) == 4 and merged.frame["patient_id"].nunique() == 4

@@ -32,8 +32,43 @@ def test_patient_splits_do_not_depend_on_row_order(tmp_path):
     assert a.sort_index().equals(b.sort_index())
 
 
-def test_a_patient_in_two_splits_is_caught(tmp_path):
-    records = [{"id": "a", "image_path": "a.png", "source": "s", "patient_id": "p", "split": "train"},
-               {"id": "b", "image_path": "b.png", "source": "s", "patient_id": "p", "split": "test"}]
+def _two_records(first: str, second: str) -> list[dict]:
+    return [{"id": "a", "image_path": "a.png", "source": "s", "patient_id": "SECRET-1", "split": first},
+            {"id": "b", "image_path": "b.png", "source": "s", "patient_id": "SECRET-1", "split": second}]
+
+
+def test_a_patient_in_two_splits_is_caught_without_naming_the_patient(tmp_path):
+    with pytest.raises(ValueError, match=r"1 patients appear in several splits \(source s\)") as caught:
+        check_patient_disjoint(RecordTable.from_records(_two_records("train", "test"), tmp_path))
+    assert "SECRET" not in str(caught.value)
+
+
+def test_records_a_provider_split_misses_follow_the_patient(tmp_path):
+    records = [{"id": f"p{p}_{k}", "image_path": f"{p}_{k}.png", "source": "s", "patient_id": f"p{p}",
+                "split": "test" if k == "a" else ""} for p in range(20) for k in "ab"]
+    records += [{"id": "new", "image_path": "new.png", "source": "s", "patient_id": "new"}]
+    out = assign_splits(RecordTable.from_records(records, tmp_path), seed=0).frame.set_index("id")["split"]
+    assert (out.drop("new") == "test").all() and out["new"] != ""
+    redrawn = assign_splits(RecordTable.from_records(records, tmp_path), seed=0, keep_existing=False)
+    check_patient_disjoint(redrawn)
+
+
+def test_a_patient_in_two_provider_splits_is_refused(tmp_path):
+    table = RecordTable.from_records(_two_records("train", "test"), tmp_path)
+    with pytest.raises(ValueError, match=r"1 patients have records in different provider splits \(source s") as caught:
+        assign_splits(table, seed=0)
+    assert "SECRET" not in str(caught.value)
+    check_patient_disjoint(assign_splits(table, seed=0, keep_existing=False))
+
+
+def test_question_level_official_splits_are_kept_and_counted(tmp_path, caplog):
+    shared_image = [{"id": f"q{k}", "image_path": "img1.jpg", "source": "vqa_rad", "patient_id": "img1.jpg",
+                     "split": split} for k, split in enumerate(("train", "train", "test"))]
+    other = _two_records("train", "")
+    table = RecordTable.from_records(shared_image + other, tmp_path)
+    with caplog.at_level("WARNING", logger="radlab.data.splits"):
+        out = assign_splits(table, seed=0).frame.set_index("id")["split"]
+    assert list(out[["q0", "q1", "q2"]]) == ["train", "train", "test"] and out["b"] == "train"
+    assert "1 images of question-level official splits (vqa_rad)" in caplog.text
     with pytest.raises(ValueError, match="1 patients appear in several splits"):
-        check_patient_disjoint(RecordTable.from_records(records, tmp_path))
+        check_patient_disjoint(RecordTable.from_records(shared_image, tmp_path))

@@ -154,16 +154,17 @@ def exclude(pretrain: RecordTable, report: AuditReport) -> RecordTable:
 def refuse_overlap(pretrain: RecordTable, evals: Mapping[str, RecordTable], force: bool = False,
                    images: bool = False, threshold: int = DEFAULT_THRESHOLD, workers: int = 0) -> AuditReport:
     """Raise LeakageError when pre-training data shares patients (or, with ``images``, duplicate images) with
-    any evaluation table; with ``force`` only log a warning. Returns the audit report."""
+    any evaluation table; with ``force`` only log a warning. Returns the audit report. Messages give counts
+    only (patient ids can come from DICOM PatientID); ``radlab data audit --report`` writes the full lists."""
     report = audit(pretrain, evals, images=images, threshold=threshold, workers=workers)
     if report.clean():
         return report
-    details = "; ".join(f"{o.name}: {len(o.shared_patients)} shared patients (e.g. {o.shared_patients[:1]}), "
+    details = "; ".join(f"{o.name}: {len(o.shared_patients)} shared patients, "
                         f"{len(o.exact_duplicates)} exact and {len(o.near_duplicates)} near-duplicate images"
                         for o in report.overlaps if not o.empty())
     message = f"pre-training data overlaps evaluation data: {details}"
     if force:
         log.warning("%s (forced: continuing)", message)
         return report
-    raise LeakageError(f"{message}. Remove them with `radlab data audit PRETRAIN EVAL... --exclude OUT`, "
-                       f"or force the run to accept the leak.")
+    raise LeakageError(f"{message}. List them with `radlab data audit PRETRAIN EVAL... --report FILE`, remove "
+                       f"them with `--exclude OUT`, or force the run to accept the leak.")

@@ -36,7 +36,9 @@ def parse_sources(items: Sequence[str]) -> list[tuple[str, str]]:
 
 def load_tables(sources: list[tuple[str, str]], fractions: dict[str, float], seed: int,
                 data_root: str | None = None) -> RecordTable:
-    """Load each (source name, path), merge them, and draw patient-level splits where none are given."""
+    """Load each (source name, path), merge them, and draw patient-level splits where none are given. Sources
+    must not share record or patient ids (an error names both sources, as ``SOURCE:PATH``)."""
     tables = [SOURCES.build(name).load(resolve_data_path(path, data_root)) for name, path in sources]
-    merged = tables[0] if len(tables) == 1 else RecordTable.concat(tables)
+    names = [f"{name}:{path}" for name, path in sources]
+    merged = tables[0] if len(tables) == 1 else RecordTable.concat(tables, names)
     return assign_splits(merged, fractions, seed)

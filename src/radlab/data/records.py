@@ -135,8 +135,10 @@ class RecordTable:
         return RecordTable(frame, self.root)
 
     @staticmethod
-    def concat(tables: Sequence[RecordTable]) -> RecordTable:
-        """Merge tables; a label one source lacks stays NaN (not annotated) for its rows."""
+    def concat(tables: Sequence[RecordTable], names: Sequence[str] | None = None) -> RecordTable:
+        """Merge tables; a label one source lacks stays NaN (not annotated) for its rows. Tables must not share
+        record or patient ids (see ``check_disjoint_ids``); ``names`` label them in that error."""
+        check_disjoint_ids(tables, names or [f"table {k + 1}" for k in range(len(tables))])
         frames = [t.with_absolute_paths().frame for t in tables]
         merged = pd.concat(frames, ignore_index=True, sort=False)
         return RecordTable(merged, tables[0].root if tables else None)
@@ -144,6 +146,30 @@ class RecordTable:
     def _resolve(self, value: str) -> Path:
         p = Path(value)
         return p if p.is_absolute() else self.root / p
+
+
+def check_disjoint_ids(tables: Sequence[RecordTable], names: Sequence[str]) -> None:
+    """Raise if two tables share record ids or patient ids. An equal id from two sources may or may not be the
+    same image or person; merging them silently (or renaming them apart) would make patient-level splits and
+    leakage audits wrong, so the user decides."""
+    for k, table in enumerate(tables):
+        for j, other in enumerate(tables[:k]):
+            shared = _shared_ids(other.frame, table.frame)
+            if shared:
+                raise RecordError(f"{names[j]} and {names[k]} share {shared}; equal ids from two sources are "
+                                  f"ambiguous: give each source distinct id and patient_id values (e.g. a site "
+                                  f"prefix, as adapters use 'siim_'), or put records of the same patients in one "
+                                  f"source")
+
+
+def _shared_ids(a: pd.DataFrame, b: pd.DataFrame) -> str:
+    """What ``a`` and ``b`` share, '' if nothing: record ids are named, patient ids only counted (they can come
+    from DICOM PatientID)."""
+    ids = b["id"][b["id"].isin(a["id"])]
+    patients = len(set(a["patient_id"]) & set(b["patient_id"]))
+    parts = [f"{len(ids)} record ids (first {ids.iat[0]!r})"] if len(ids) else []
+    parts += [f"{patients} patient ids"] if patients else []
+    return " and ".join(parts)
 
 
 def _relative(path: Path, root: Path) -> str:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 
 import numpy as np
+import pandas as pd
 
 from radlab.data.records import RecordTable
 
 DEFAULT_FRACTIONS = {"train": 0.7, "val": 0.1, "test": 0.2}
+log = logging.getLogger(__name__)
 
 
 def patient_uniform(patient_ids: list[str], seed: int) -> np.ndarray:
@@ -19,8 +22,10 @@ def patient_uniform(patient_ids: list[str], seed: int) -> np.ndarray:
 
 def assign_splits(table: RecordTable, fractions: dict[str, float] | None = None, seed: int = 0,
                   keep_existing: bool = True) -> RecordTable:
-    """Return a copy with a ``split`` per record, drawn per patient. Records that already carry a split
-    (an official one from the provider) keep it unless ``keep_existing`` is False."""
+    """Return a copy with a ``split`` per record, drawn per patient. With ``keep_existing``, records that carry
+    a split (an official one from the provider) keep it and the patient's other records follow it; a patient
+    whose provider splits disagree is an error. The result is checked to be patient-disjoint, except for the
+    official splits of question-level sources (``Source.split_unit``), which stay as the benchmark has them."""
     fractions = fractions or DEFAULT_FRACTIONS
     if abs(sum(fractions.values()) - 1.0) > 1e-6:
         raise ValueError(f"split fractions must sum to 1, got {fractions}")
@@ -28,14 +33,51 @@ def assign_splits(table: RecordTable, fractions: dict[str, float] | None = None,
     u = patient_uniform(frame["patient_id"].tolist(), seed)
     edges = np.cumsum(list(fractions.values()))
     names = np.array(list(fractions))[np.minimum(np.searchsorted(edges, u, side="right"), len(edges) - 1)]
-    todo = (frame["split"] == "").to_numpy() if keep_existing else np.ones(len(frame), bool)
-    frame.loc[todo, "split"] = names[todo]
-    return RecordTable(frame, table.root)
+    official = np.zeros(len(frame), bool)
+    if keep_existing:
+        official = _by_question(frame) & (frame["split"] != "").to_numpy()
+        given = frame["patient_id"].map(_provider_splits(frame[~official])).fillna("").to_numpy()
+        names = np.where(official, frame["split"].to_numpy(), np.where(given != "", given, names))
+    frame["split"] = names
+    out = RecordTable(frame, table.root)
+    check_patient_disjoint(out, exempt=official)
+    return out
 
 
-def check_patient_disjoint(table: RecordTable) -> None:
-    """Raise if any patient appears in more than one split."""
-    per_patient = table.frame.groupby("patient_id")["split"].nunique()
-    leaking = per_patient[per_patient > 1]
+def _by_question(frame: pd.DataFrame) -> np.ndarray:
+    """Rows of sources whose official split is by question (``Source.split_unit``); logs how many of their
+    images the official split puts in several splits, as the benchmark defines it."""
+    from radlab.data.sources import SOURCES
+
+    units = {name: SOURCES.get(name).split_unit for name in frame["source"].unique() if name in SOURCES}
+    rows = frame["source"].map(units).fillna("patient").to_numpy() == "question"
+    shared = int((frame[rows].groupby("patient_id")["split"].nunique() > 1).sum()) if rows.any() else 0
+    if shared:
+        log.warning("%d images of question-level official splits (%s) have questions in several splits; kept "
+                    "as the benchmark defines them", shared, ", ".join(sorted(frame["source"][rows].unique())))
+    return rows
+
+
+def _provider_splits(frame: pd.DataFrame) -> pd.Series:
+    """The provider's split per patient (patients without one are absent); raise if a patient's records carry
+    different splits. Messages give counts and sources, never patient ids (they can come from DICOM)."""
+    given = frame.loc[frame["split"] != "", ["patient_id", "split", "source"]]
+    pairs = given.drop_duplicates(["patient_id", "split"])
+    conflicting = pairs["patient_id"][pairs["patient_id"].duplicated()].unique()
+    if len(conflicting):
+        sources = sorted(set(given.loc[given["patient_id"].isin(conflicting), "source"]))
+        raise ValueError(f"{len(conflicting)} patients have records in different provider splits (source "
+                         f"{', '.join(sources)}); the provider's split is not patient-level: fix its split column "
+                         f"or file, or redraw every split (keep_existing=False)")
+    return pairs.set_index("patient_id")["split"]
+
+
+def check_patient_disjoint(table: RecordTable, exempt: np.ndarray | None = None) -> None:
+    """Raise if any patient appears in more than one split (counts and sources only, never patient ids);
+    ``exempt`` rows (official question-level splits) are left out of the check."""
+    frame = table.frame if exempt is None else table.frame[~exempt]
+    per_patient = frame.groupby("patient_id")["split"].nunique()
+    leaking = per_patient.index[per_patient > 1]
     if len(leaking):
-        raise ValueError(f"{len(leaking)} patients appear in several splits, e.g. {leaking.index[0]!r}")
+        sources = sorted(set(frame.loc[frame["patient_id"].isin(leaking), "source"]))
+        raise ValueError(f"{len(leaking)} patients appear in several splits (source {', '.join(sources)})")

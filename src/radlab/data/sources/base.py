@@ -17,6 +17,10 @@ class Source:
 
     name: str = ""
     label_map: dict[str, str] = {}
+    # "patient" (default): the provider's split, where given, is patient-level and checked to be. "question":
+    # the official split is by question and shares images between train and test (VQA-RAD); it is kept as
+    # the benchmark defines it, outside the patient-level checks, with a logged count of shared images.
+    split_unit: str = "patient"
 
     def load(self, root: Path) -> RecordTable:  # pragma: no cover
         raise NotImplementedError

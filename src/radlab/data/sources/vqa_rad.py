@@ -3,6 +3,8 @@
 One record per question (``id`` = qid), with columns ``question``, ``answer``, ``answer_type`` (closed or
 open) and ``question_type``. ``phrase_type`` "test_freeform" / "test_para" mark the official test questions;
 the rest are train. The release has no patient ids, so an image stands for its patient (bootstrap unit).
+The official split is by question: most test questions ask about images that train questions also cover, so
+the source declares ``split_unit = "question"`` and splitting keeps it as given (see ``radlab.data.splits``).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ def qa_record(qid: str, image: str, image_path: str, question: str, answer: obje
 @SOURCES.register("vqa_rad", "VQA-RAD release (VQA_RAD Dataset Public.json + image folder): one record per question")
 class VQARadSource(Source):
     name = "vqa_rad"
+    split_unit = "question"
 
     def load(self, root: Path) -> RecordTable:
         root = Path(root)
