@@ -1,6 +1,7 @@
 import logging
 
 import numpy as np
+import pydicom
 import pytest
 
 from data import fixtures as fx
@@ -68,3 +69,27 @@ def test_window_functions():
     x = np.array([0.0, 50.0, 100.0])
     np.testing.assert_allclose(window(x, 50, 100, "LINEAR_EXACT"), [0.0, 0.5, 1.0])
     np.testing.assert_allclose(window(x, 50, 100, "SIGMOID")[1], 0.5)
+
+
+def _edited(src, dst, **values):
+    ds = pydicom.dcmread(src)
+    for keyword, value in values.items():
+        setattr(ds, keyword, value)
+    ds.save_as(dst)
+    return dst
+
+
+@pytest.mark.parametrize("edits", [{"WindowCenter": None, "WindowWidth": None}, {"WindowCenter": None},
+                                   {"WindowWidth": 0.0}, {"WindowWidth": -10.0}])
+def test_blank_or_non_positive_window_falls_back_to_stored_range(tmp_path, edits):
+    path = fx.dicom(tmp_path / "w.dcm", PIXELS, window=(2000.0, 4000.0))
+    out = read_dicom(_edited(path, tmp_path / "e.dcm", **edits))
+    np.testing.assert_allclose(out, read_dicom(fx.dicom(tmp_path / "plain.dcm", PIXELS)), atol=1e-6)
+
+
+@pytest.mark.parametrize("edits", [{"RescaleSlope": None, "RescaleIntercept": None}, {"RescaleIntercept": None}])
+def test_blank_rescale_is_identity(tmp_path, edits):
+    path = fx.dicom(tmp_path / "r.dcm", PIXELS, slope=2.0, intercept=-100.0, window=(2000.0, 4000.0))
+    out = read_dicom(_edited(path, tmp_path / "e.dcm", **edits))
+    np.testing.assert_allclose(out, read_dicom(fx.dicom(tmp_path / "w.dcm", PIXELS, window=(2000.0, 4000.0))),
+                               atol=1e-6)

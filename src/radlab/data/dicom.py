@@ -3,6 +3,8 @@
 Intensity policy (``DICOM_POLICY``): modality LUT (Rescale Slope/Intercept or a Modality LUT), then the
 first VOI LUT of the file (a VOI LUT Sequence wins over Window Center/Width; LINEAR, LINEAR_EXACT and
 SIGMOID windows), else the full stored range of the image; MONOCHROME1 is inverted so that air is dark.
+Blank Rescale or Window values (type-3 elements may be present but empty) and a window width <= 0 count
+as absent.
 Compressed transfer syntaxes decode through pydicom's handlers (RLE natively, JPEG through pylibjpeg or
 gdcm when installed). Identifying fields (names, ids, dates) are never logged or put in error messages.
 """
@@ -23,7 +25,8 @@ from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut, apply_voi
 
 DICOM_SUFFIXES = {".dcm", ".dicom", ".dic"}
-DICOM_POLICY = "dicom: modality LUT -> first VOI LUT or window (else stored range) -> MONOCHROME1 inverted"
+DICOM_POLICY = ("dicom: modality LUT -> first VOI LUT or window of width > 0 (else stored range) "
+                "-> MONOCHROME1 inverted")
 _HEADER_TAGS = ["ViewPosition", "PatientSex", "PatientAge", "PatientID", "Rows", "Columns",
                 "PhotometricInterpretation", "Modality"]
 
@@ -84,8 +87,24 @@ def read_header(path: Path | str) -> DicomHeader:
                            modality=str(ds.get("Modality", "")), patient_key=str(ds.get("PatientID", "")))
 
 
-def _first(value: object) -> float:
-    return float(value[0]) if isinstance(value, pydicom.multival.MultiValue) else float(value)
+def _number(ds: Dataset, keyword: str) -> float | None:
+    """The (first) value of a numeric element; None when absent or empty (type-3 elements may be blank)."""
+    value = ds.get(keyword)
+    if isinstance(value, pydicom.multival.MultiValue):
+        value = value[0] if len(value) else None
+    return None if value is None or value == "" else float(value)
+
+
+def _has_rescale(ds: Dataset) -> bool:
+    """A Modality LUT Sequence, or both Rescale Slope and Intercept with values."""
+    return bool(ds.get("ModalityLUTSequence")) or (
+        _number(ds, "RescaleSlope") is not None and _number(ds, "RescaleIntercept") is not None)
+
+
+def _window_of(ds: Dataset) -> tuple[float, float] | None:
+    """The first Window Center/Width; None when either is absent or empty, or the width is not positive."""
+    center, width = _number(ds, "WindowCenter"), _number(ds, "WindowWidth")
+    return (center, width) if center is not None and width is not None and width > 0 else None
 
 
 def window(values: np.ndarray, center: float, width: float, function: str = "LINEAR") -> np.ndarray:
@@ -112,13 +131,13 @@ def to_unit_range(ds: Dataset, pixels: np.ndarray) -> np.ndarray:
     """Stored pixel values -> display intensities in [0, 1] under ``DICOM_POLICY``."""
     if pixels.ndim == 3 and int(ds.get("SamplesPerPixel", 1)) > 1:
         return pixels[..., :3].astype(np.float32).mean(axis=-1) / float(2 ** int(ds.BitsStored) - 1)
-    values = apply_modality_lut(pixels, ds)
+    values = apply_modality_lut(pixels, ds) if _has_rescale(ds) else pixels
     if ds.get("VOILUTSequence"):
         values = apply_voi(np.round(values).astype(np.int64), ds, index=0).astype(np.float64)
         lo, hi = _lut_range(ds.VOILUTSequence[0])
-    elif "WindowCenter" in ds and "WindowWidth" in ds:
+    elif (center_width := _window_of(ds)) is not None:
         function = str(ds.get("VOILUTFunction", "LINEAR")).upper() or "LINEAR"
-        values = window(values.astype(np.float64), _first(ds.WindowCenter), _first(ds.WindowWidth), function)
+        values = window(values.astype(np.float64), *center_width, function)
         lo, hi = 0.0, 1.0
     else:
         values = values.astype(np.float64)

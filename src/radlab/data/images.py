@@ -10,9 +10,12 @@ from PIL import Image
 from radlab.data.dicom import DICOM_POLICY, is_dicom, read_dicom
 
 _RASTER_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
+_TO_GRAY_MODES = {"P", "PA", "1", "CMYK"}  # palette indices, 1-bit and ink values are not gray levels
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-INTENSITY_POLICY = ("png/jpeg: 8-bit / 255, deeper min-max per image; " + DICOM_POLICY
+INTENSITY_POLICY = ("png/jpeg: palette and 1-bit as gray, colour as mean of R, G, B (alpha dropped); "
+                    "8-bit / 255, deeper min-max per image; 16-bit colour PNG refused; " + DICOM_POLICY
                     + "; resize_pad: bilinear, longer side to size, zero padding")
 
 
@@ -20,24 +23,47 @@ def read_image(path: Path | str) -> np.ndarray:
     """Read an 8- or 16-bit grayscale PNG, a JPEG or a DICOM file as float32 [H, W] in [0, 1].
 
     8-bit images are divided by 255; deeper images (16-bit PNG, often 12 bits of signal) are min-max
-    scaled per image, so a 12-bit radiograph stored in 16 bits is not read as nearly black. DICOM goes
-    through ``radlab.data.dicom.read_dicom`` (rescale, VOI LUT or window, MONOCHROME1 inversion).
+    scaled per image, so a 12-bit radiograph stored in 16 bits is not read as nearly black. Palette,
+    1-bit and CMYK images are read as their gray levels, colour as the mean of R, G and B, gray+alpha as its gray
+    channel. A 16-bit colour PNG raises ``OSError`` (Pillow would read it as 8 bits). DICOM goes through
+    ``radlab.data.dicom.read_dicom`` (rescale, VOI LUT or window, MONOCHROME1 inversion).
     """
     path = Path(path)
     if path.suffix.lower() not in _RASTER_SUFFIXES and is_dicom(path):
         return read_dicom(path)
+    if path.suffix.lower() == ".png" and _is_16bit_colour_png(path):
+        raise OSError(f"{path}: 16-bit colour PNG: Pillow reads it as 8 bits; convert it to 16-bit grayscale")
     try:
         with Image.open(path) as img:
-            array = np.asarray(img)
+            array = np.asarray(img.convert("L") if img.mode in _TO_GRAY_MODES else img)
     except (OSError, ValueError) as err:
         raise OSError(f"{path}: cannot read image ({err})") from err
-    if array.ndim == 3:
-        array = array[..., :3].mean(axis=-1)
-    if array.dtype == np.uint8:
-        return array.astype(np.float32) / 255.0
-    array = array.astype(np.float32)
+    eight_bit = array.dtype == np.uint8
+    array = _gray(array).astype(np.float32)
+    if eight_bit:
+        return array / 255.0
     lo, hi = float(array.min()), float(array.max())
     return (array - lo) / (hi - lo) if hi > lo else np.zeros_like(array)
+
+
+def _gray(array: np.ndarray) -> np.ndarray:
+    """[H, W] or [H, W, C] -> [H, W]: channel 0 of gray+alpha, the mean of R, G, B of colour (alpha dropped)."""
+    if array.ndim == 2:
+        return array
+    if array.shape[-1] == 2:
+        return array[..., 0]
+    return array[..., :3].mean(axis=-1)
+
+
+def _is_16bit_colour_png(path: Path) -> bool:
+    """True for a PNG whose IHDR declares 16-bit samples and a colour type other than grayscale (0)."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(26)
+    except OSError:
+        return False  # Image.open reports it
+    is_png = len(head) == 26 and head[:8] == _PNG_SIGNATURE and head[12:16] == b"IHDR"
+    return is_png and head[24] == 16 and head[25] != 0
 
 
 def resize_pad(image: np.ndarray, size: int) -> np.ndarray:
