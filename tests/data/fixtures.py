@@ -129,7 +129,8 @@ def build_chexpert(root: Path) -> Path:
     head = "Path,Sex,Age,Frontal/Lateral,AP/PA," + ",".join(CHEXPERT_LABELS) + "\n"
     train = ["CheXpert-v1.0-small/train/patient00001/study1/view1_frontal.jpg,Female,68,Frontal,AP,1.0,,,,,,,,,0.0,,,,1.0",
              "CheXpert-v1.0-small/train/patient00002/study2/view1_frontal.jpg,Female,87,Frontal,AP,,,-1.0,1.0,,-1.0,-1.0,,-1.0,,-1.0,,1.0,",
-             "CheXpert-v1.0-small/train/patient00002/study2/view2_lateral.jpg,Female,87,Lateral,,,,-1.0,1.0,,-1.0,-1.0,,-1.0,,-1.0,,1.0,"]
+             "CheXpert-v1.0-small/train/patient00002/study2/view2_lateral.jpg,Female,87,Lateral,,,,-1.0,1.0,,-1.0,-1.0,,-1.0,,-1.0,,1.0,",
+             "CheXpert-v1.0-small/train/patient00003/study1/view1_frontal.jpg,Male,0,Frontal,PA,1.0,,,,,,,,,,,,,"]  # age 0: unknown
     valid = ["CheXpert-v1.0-small/valid/patient64541/study1/view1_frontal.jpg,Male,73,Frontal,AP,"
              "0.0,1.0,1.0,1.0,0.0,0.0,0.0,0.0,0.0,0.0,0.0,0.0,0.0,0.0"]
     root.mkdir(parents=True, exist_ok=True)
@@ -178,9 +179,10 @@ def build_mimic(root: Path, with_patients: bool = True) -> Path:
         zf.writestr("files/p10/p10000764/s57375967.txt", "FINDINGS: Heart size is mildly enlarged. "
                                                         "IMPRESSION: Possible cardiomegaly.")
     if with_patients:
-        csv(root / "patients.csv.gz", pd.DataFrame({"subject_id": [10000032, 10000764], "gender": ["F", "M"],
-                                                    "anchor_age": [52, 76], "anchor_year": [2180, 2178],
-                                                    "anchor_year_group": ["2014 - 2016"] * 2, "dod": ["", ""]}),
+        csv(root / "patients.csv.gz", pd.DataFrame({"subject_id": [10000032, 10000764, 10000898],
+                                                    "gender": ["F", "M", "F"], "anchor_age": [52, 76, 91],
+                                                    "anchor_year": [2180, 2178, 2177],
+                                                    "anchor_year_group": ["2014 - 2016"] * 3, "dod": [""] * 3}),
             compress=True)
     for i, (su, st, d, _, _) in enumerate(images):
         jpeg(root / "files" / f"p{su[:2]}" / f"p{su}" / f"s{st}" / f"{d}.jpg", image(20 + i))
@@ -321,7 +323,10 @@ def build_openi(root: Path) -> Path:
     reports = [(1, "The heart is normal in size. No pneumothorax.", "Normal chest x-XXXX.", ["normal"],
                 ["CXR1_1_IM-0001-3001", "CXR1_1_IM-0001-4001"]),
                (2, "Borderline cardiomegaly. Right upper lobe nodule.", "Nodule.",
-                ["Cardiomegaly/borderline", "Nodule/lung/upper lobe/right"], ["CXR2_IM-0652-1001"])]
+                ["Cardiomegaly/borderline", "Nodule/lung/upper lobe/right"], ["CXR2_IM-0652-1001"]),
+               (3, "XXXX XXXX", "", ["No Indexing"], ["CXR3_IM-1384-1001"]),
+               (4, "Heart size normal.", "No acute disease.", ["Technical Quality of Image Unsatisfactory "],
+                ["CXR4_IM-2050-1001"])]
     folder = root / "ecgen-radiology"
     folder.mkdir(parents=True, exist_ok=True)
     for uid, findings, impression, mesh, images in reports:
@@ -357,7 +362,12 @@ def build_covid(root: Path) -> Path:
 
 def build_montgomery(root: Path) -> Path:
     readings = {"MCUCXR_0001_0": "Patient's Sex: F \nPatient's Age: 027Y\nnormal \n",
-                "MCUCXR_0104_1": "Patient's Sex: M\nPatient's Age: 047Y\nright upper lobe cavitary tuberculosis\n"}
+                "MCUCXR_0104_1": "Patient's Sex: M\nPatient's Age: 047Y\nright upper lobe cavitary tuberculosis\n",
+                "MCUCXR_0113_1": "Patient's Sex: F \nPatient's Age: 084Y\nleft upper lobe TB, on Rx\n",
+                "MCUCXR_0117_1": "Patient's Sex: F \nPatient's Age: 085Y\n"
+                                 "stable CXR since 6M; off Rx since 6M (same pt as MCUCXR_0113_1)\n",
+                "MCUCXR_0162_1": "Patient's Sex: M \nPatient's Age: 049Y\nright upper lobe TB\n",
+                "MCUCXR_0166_1": "Patient's Sex: M \nPatient's Age: 049Y\nNO REPORT (same pt as MCUCXR_0162_1)\n"}
     for i, (stem, text) in enumerate(readings.items()):
         png(root / "CXR_png" / f"{stem}.png", image(90 + i))
         (root / "ClinicalReadings").mkdir(parents=True, exist_ok=True)
@@ -371,7 +381,9 @@ def build_montgomery(root: Path) -> Path:
 
 def build_shenzhen(root: Path) -> Path:
     readings = {"CHNCXR_0001_0": "male 45yrs\nnormal\n", "CHNCXR_0327_1": "femal 32yrs\nPTB in the left upper field\n",
-                "CHNCXR_0400_1": "male  16month\n\nbilateral PTB\n"}
+                "CHNCXR_0400_1": "male  16month\n\nbilateral PTB\n", "CHNCXR_0002_0": "female24yrs\nnormal\n",
+                "CHNCXR_0003_0": "male35yrs\nnormal\n", "CHNCXR_0330_1": "male , 29yrs  \t\nbilateral secondary PTB\n",
+                "CHNCXR_0331_1": "female 35yrs\nright PTB\n", "CHNCXR_0332_1": "male 42\nleft PTB\n"}
     for i, (stem, text) in enumerate(readings.items()):
         png(root / "CXR_png" / f"{stem}.png", image(95 + i))
         (root / "ClinicalReadings").mkdir(parents=True, exist_ok=True)

@@ -95,7 +95,7 @@ def test_agreement_with_iu_xray_mesh_tags(data_root):
     if not folder.is_dir():
         pytest.skip("iu_xray_reports is not in the bundled data folder")
     result = agreement(IUXraySource().load(folder)).set_index("finding")
-    assert result.loc["cardiomegaly", "reports"] > 3800
+    assert result.loc["cardiomegaly", "reports"] > 3700  # 98 reports not MeSH-indexed are unlabelled, so not compared
     for name, floor in FLOORS.items():  # measured 0.94, 0.88, 0.91, 0.94, 0.85 (docs/report_labeller.md)
         assert result.loc[name, "f1"] >= floor, (name, result.loc[name].to_dict())
     assert isinstance(result, pd.DataFrame)

@@ -16,7 +16,9 @@ def test_chexpert_keeps_uncertain_masks_blanks_and_all_views(tmp_path):
     assert first["label_pneumothorax"] == 0 and np.isnan(first["label_cardiomegaly"])
     assert (first["sex"], first["age"], first["view"], first["split"]) == ("F", 68.0, "AP", "train")
     assert frame.loc["chexpert_valid_patient64541_study1_view1_frontal", "split"] == "val"
-    assert frame["patient_id"].nunique() == 3
+    assert frame["patient_id"].nunique() == 4
+    unknown_age = frame.loc["chexpert_train_patient00003_study1_view1_frontal"]
+    assert np.isnan(unknown_age["age"]) and unknown_age["sex"] == "M"  # Age 0: CheXpert's code for unknown
 
 
 def test_chexpert_bad_label_value_is_named(tmp_path):

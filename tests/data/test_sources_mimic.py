@@ -18,6 +18,7 @@ def test_mimic_split_views_reports_labels_and_ages(tmp_path):
     assert val["split"] == "val" and val["label_cardiomegaly"] == -1 and val["age"] == 78.0  # 76 + (2180 - 2178)
     other = frame.loc["mimic_6ad03ed1-97ee17ee-9cf8b320-f7011003-cd93b42d"]
     assert other["view"] == "" and other["split"] == "test" and np.isnan(other["label_pleural_effusion"])
+    assert other["sex"] == "F" and np.isnan(other["age"])  # anchor_age 91 is MIMIC-IV's top code for over 89
 
 
 def test_mimic_negbio_labels_and_no_patients_file(tmp_path):

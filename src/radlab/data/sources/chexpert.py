@@ -3,7 +3,8 @@
 ROOT is the ``CheXpert-v1.0[-small]`` folder with ``train.csv`` and ``valid.csv``; their ``Path`` column
 starts with that folder's name (``CheXpert-v1.0-small/train/patient00001/study1/view1_frontal.jpg``), which
 is stripped so paths resolve against ROOT. Label cells: 1 positive, 0 negative, -1 uncertain (kept), blank
-not mentioned (NaN, never negative). train.csv -> split train, valid.csv -> val. All views are kept.
+not mentioned (NaN, never negative). Age 0 is CheXpert's code for unknown (NaN). train.csv -> split train,
+valid.csv -> val. All views are kept.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path, PurePosixPath
 from radlab.data.records import RecordTable
 from radlab.data.sources.base import SOURCES, Source
 from radlab.data.sources.common import (
+    NAN,
     age_years,
     bad_row,
     chexpert_value,
@@ -41,6 +43,7 @@ LABEL_MAP: dict[str, str] = {
 }
 SPLIT_FILES = {"train.csv": "train", "valid.csv": "val"}
 TOP_FOLDERS = {"train", "valid", "test"}
+UNKNOWN_AGE = 0  # CheXpert's Age for unknown (torchxrayvision reads it as missing too)
 
 
 def chexpert_view(frontal_lateral: str, ap_pa: object) -> str:
@@ -74,7 +77,8 @@ class CheXpertSource(Source):
                     "id": f"chexpert_{parts[0]}_{parts[1]}_{parts[2]}_{PurePosixPath(parts[3]).stem}",
                     "image_path": str(PurePosixPath(*parts)), "source": self.name, "patient_id": patient,
                     "study_id": f"{patient}_{parts[2]}", "view": chexpert_view(r["Frontal/Lateral"], r["AP/PA"]),
-                    "split": split, "sex": sex_code(r["Sex"]), "age": age_years(r["Age"]),
+                    "split": split, "sex": sex_code(r["Sex"]),
+                    "age": NAN if r["Age"] == UNKNOWN_AGE else age_years(r["Age"]),
                     **harmonise(natives, LABEL_MAP),
                 })
         return finish(records, root, str(root))

@@ -1,8 +1,10 @@
 """IU X-ray (Indiana University / OpenI) in its two-CSV form: indiana_reports.csv + indiana_projections.csv.
 
-MeSH tags are expert-coded for every report, so a finding without a tag is read as negative (0), and the
-"normal" tag sets no_finding. A "borderline" qualifier such as ``Cardiomegaly/borderline``
-is read as uncertain (-1). Images, when present, are expected at ``images/images_normalized/<filename>``.
+MeSH tags are expert-coded for every indexed report, so a finding without a tag is read as negative (0), and
+the "normal" tag sets no_finding. A report that was not indexed (no terms, or only "No Indexing" /
+"Technical Quality of Image Unsatisfactory") is unlabelled: every finding NaN. A "borderline" qualifier such
+as ``Cardiomegaly/borderline`` is read as uncertain (-1). Images, when present, are expected at
+``images/images_normalized/<filename>``.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import pandas as pd
 
 from radlab.data.records import RecordTable, label_column
 from radlab.data.sources.base import SOURCES, Source
+from radlab.data.sources.common import NAN
 from radlab.data.taxonomy import (
     FINDING_NAMES,
     NEGATIVE,
@@ -65,14 +68,18 @@ QUALIFIED_MAP: dict[tuple[str, str], str] = {
     ("Mediastinum", "enlarged"): "enlarged_cardiomediastinum",
 }
 UNCERTAIN_QUALIFIERS = {"borderline"}
+NOT_INDEXED = {"No Indexing", "Technical Quality of Image Unsatisfactory"}  # terms that say nothing of findings
 _TAGGED = set(MESH_MAP.values()) | set(QUALIFIED_MAP.values())
 LABELLED = sorted(_TAGGED | {p for name in _TAGGED for p in ancestors(name)} | {"no_finding"})
 PROJECTION_VIEW = {"Frontal": "FRONTAL", "Lateral": "LAT"}
 
 
 def mesh_labels(mesh: str) -> dict[str, float]:
-    """Canonical labels from one report's MeSH string, e.g. "Cardiomegaly/borderline;Opacity/lung/base"."""
+    """Canonical labels from one report's MeSH string, e.g. "Cardiomegaly/borderline;Opacity/lung/base";
+    all NaN when the report was not indexed (no terms, or only ``NOT_INDEXED`` ones)."""
     terms = [t.strip() for t in str(mesh).split(";") if t.strip()]
+    if all(t.split("/")[0].strip() in NOT_INDEXED for t in terms):
+        return {name: NAN for name in LABELLED}
     labels = {name: NEGATIVE for name in LABELLED}
     labels["no_finding"] = POSITIVE if terms == ["normal"] else NEGATIVE
     for term in terms:

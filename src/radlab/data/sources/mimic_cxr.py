@@ -3,9 +3,10 @@
 ROOT holds ``files/pXX/pSUBJECT/sSTUDY/DICOM_ID.jpg`` and ``mimic-cxr-2.0.0-{split,metadata,chexpert,negbio}
 .csv.gz``; reports come from ``mimic-cxr-reports.zip`` (or its extracted ``mimic-cxr-reports/`` folder) in
 ROOT. Sex and age come from MIMIC-IV's ``patients.csv.gz`` when ROOT (or ``patients=``) has it: age at the
-study is anchor_age + (study year - anchor_year), in MIMIC's shifted calendar. Labels are per study, from
-the CheXpert labeler file (``labeler="negbio"`` picks the NegBio file); blank = not mentioned (NaN),
--1 = uncertain. The official split maps train/validate/test to train/val/test. All views are kept.
+study is anchor_age + (study year - anchor_year), in MIMIC's shifted calendar; NaN when anchor_age is the
+top code 91 (over 89). Labels are per study, from the CheXpert labeler file (``labeler="negbio"`` picks the
+NegBio file); blank = not mentioned (NaN), -1 = uncertain. The official split maps train/validate/test to
+train/val/test. All views are kept.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ LABEL_MAP: dict[str, str] = CHEXPERT_LABEL_MAP  # same 14 observations, same col
 PREFIX = "mimic-cxr-2.0.0-"
 SPLITS = {"train": "train", "validate": "val", "test": "test"}
 LABELERS = ("chexpert", "negbio")
+TOP_CODED_AGE = 91  # MIMIC-IV top-codes anchor_age: every patient over 89 gets 91, so the real age is unknown
 
 
 def read_reports(root: Path) -> dict[int, str]:
@@ -58,11 +60,11 @@ def read_reports(root: Path) -> dict[int, str]:
 
 
 def read_patients(path: Path | None) -> dict[int, tuple[str, float, float]]:
-    """subject_id -> (sex, anchor_age, anchor_year) from MIMIC-IV patients.csv(.gz)."""
+    """subject_id -> (sex, anchor_age, anchor_year) from MIMIC-IV patients.csv(.gz); a top-coded age is NaN."""
     if path is None or not path.exists():
         return {}
     frame = read_table(path, ["subject_id", "gender", "anchor_age", "anchor_year"])
-    return {int(s): (sex_code(g), float(a), float(y)) for s, g, a, y in
+    return {int(s): (sex_code(g), float(a) if a < TOP_CODED_AGE else NAN, float(y)) for s, g, a, y in
             frame[["subject_id", "gender", "anchor_age", "anchor_year"]].itertuples(index=False)}
 
 

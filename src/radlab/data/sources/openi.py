@@ -4,7 +4,9 @@ ROOT holds ``ecgen-radiology/<n>.xml`` (from NLMCXR_reports.tgz) and, optionally
 NLMCXR_png.tgz in ``NLMCXR_png/`` (or ``images/``), named by each ``parentImage`` id (``CXR1_1_IM-0001-3001.png``).
 Report sections are the ``AbstractText`` elements (FINDINGS, IMPRESSION, ...); labels come from the
 ``<MeSH><major>`` terms through the IU X-ray MeSH mapping (``iu_xray.mesh_labels``: expert-coded, so an
-untagged finding is negative). The XML does not say which image is frontal or lateral, so ``view`` is ''.
+untagged finding is negative; a report tagged only "No Indexing" or "Technical Quality of Image
+Unsatisfactory" is unlabelled, all NaN). The XML does not say which image is frontal or lateral, so ``view``
+is ''.
 Patients use the IU X-ray ids (``iu<IUXRId>``), so overlap with the two-CSV IU X-ray form is visible to
 the audit.
 """

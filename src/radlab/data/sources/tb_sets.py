@@ -5,7 +5,10 @@ Montgomery ROOT (``MontgomerySet``): ``CXR_png/MCUCXR_0001_0.png``, ``ClinicalRe
 Shenzhen ROOT (``ChinaSet_AllFiles``): ``CXR_png/CHNCXR_0001_0.png``, ``ClinicalReadings/CHNCXR_0001_0.txt``
 ("male 45yrs" or variants, then the reading) and, when the separately released lung masks are placed in
 ``mask/``, ``CHNCXR_0001_0_mask.png``. The file name's last digit is the label: 1 tuberculosis, 0 normal
-(tuberculosis 0, no_finding 1). The reading becomes the report's impression. One image per patient; PA.
+(tuberculosis 0, no_finding 1). The reading becomes the report's impression; "NO REPORT" leaves it empty. PA.
+Patients: one per image number, except that a Montgomery reading noting "(same pt as MCUCXR_0162_1)" puts
+its image with that image's patient (the note is dropped from the text), so patient-level splits keep them
+together. Each image is its own study.
 
 Masks: Montgomery ships left and right lungs separately (``mask_lung_left``, ``mask_lung_right``); its
 ``mask_lungs`` (their union) is a derived file, written only with ``mask_dir`` (``radlab data import``
@@ -27,8 +30,10 @@ from radlab.data.sources.common import NAN, SourceFormatError, age_years, finish
 LABEL_MAP: dict[str, str] = {"1": "tuberculosis", "0": "no_finding"}  # file-name suffix -> finding
 _NAME = re.compile(r"^(?P<prefix>MCUCXR|CHNCXR)_(?P<number>\d+)_(?P<label>[01])$")
 _MONTGOMERY = re.compile(r"Patient'?s\s+Sex:\s*(?P<sex>\w*)\s*\n\s*Patient'?s\s+Age:\s*(?P<age>\w*)", re.I)
-_SHENZHEN = re.compile(r"^\s*(?P<sex>fem\w*|male)\s*,?\s*(?P<age>\d+)\s*(?P<unit>yrs?|years?|months?|days?)?",
-                       re.I)
+_SHENZHEN = re.compile(r"^\s*(?P<sex>fem[a-z]*|male)\s*,?\s*(?P<age>\d+)\s*(?P<unit>yrs?|years?|months?|days?)?",
+                       re.I)  # "female24yrs", "male , 29yrs", "femal 32yrs", "male 42", "male 16month"
+_SAME_PATIENT = re.compile(r"\(?\s*same\s+pt\s+as\s+MCUCXR_(?P<number>\d+)(?:_[01])?\s*\)?", re.I)
+_NO_REPORT = re.compile(r"\W*no\s+report\W*", re.I)
 
 
 def reading(path: Path, pattern: re.Pattern[str]) -> tuple[str, float, str]:
@@ -47,6 +52,14 @@ def reading(path: Path, pattern: re.Pattern[str]) -> tuple[str, float, str]:
     return sex_code(sex), age_years(age), " ".join(text[match.end():].split())
 
 
+def same_patient(text: str) -> tuple[str | None, str]:
+    """(image number of the patient a "(same pt as MCUCXR_0162_1)" note names, or None; the reading without
+    the note, '' when only "NO REPORT" is left)."""
+    match = _SAME_PATIENT.search(text)
+    rest = " ".join(_SAME_PATIENT.sub(" ", text).split())
+    return (match.group("number") if match else None), ("" if _NO_REPORT.fullmatch(rest) else rest)
+
+
 class _TBSource(Source):
     prefix = ""
     readings_pattern: re.Pattern[str] = _SHENZHEN
@@ -61,10 +74,11 @@ class _TBSource(Source):
             if match is None:
                 raise SourceFormatError(f"{image}: expected a name like {self.prefix}_0001_0.png")
             sex, age, text = reading(root / "ClinicalReadings" / f"{image.stem}.txt", self.readings_pattern)
-            patient = f"{self.name}_{match.group('number')}"
+            same, text = same_patient(text)
             records.append({
                 "id": f"{self.name}_{image.stem}", "image_path": f"CXR_png/{image.name}", "source": self.name,
-                "patient_id": patient, "study_id": patient, "view": "PA", "sex": sex, "age": age,
+                "patient_id": f"{self.name}_{same or match.group('number')}",
+                "study_id": f"{self.name}_{match.group('number')}", "view": "PA", "sex": sex, "age": age,
                 "impression": text, "report": f"IMPRESSION: {text}" if text else "",
                 **harmonise({match.group("label"): 1.0}, LABEL_MAP, default=0.0),
                 **self.masks(root, image.stem),
