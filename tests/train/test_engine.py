@@ -171,3 +171,32 @@ def test_redirected_training_writes_progress_lines(tmp_path: Path, phantom16: Pa
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith(f"{cfg.name}: ")]
     assert [line.split(",")[0] for line in lines] == [f"{cfg.name}: {k}/3" for k in (1, 2, 3)]
     assert all("loss " in line for line in lines)
+
+
+def test_sources_that_reencode_the_same_images_get_an_image_audit(tmp_path: Path, phantom16: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from data import fixtures as fx
+    from radlab.data.audit import share_images
+    from radlab.train import engine
+
+    assert share_images("nih", "rsna_pneumonia") and share_images("rsna_pneumonia", "siim")
+    assert not share_images("nih", "nih") and not share_images("nih", "chexpert")
+    calls: list[bool] = []
+
+    class Audited(Exception):
+        pass
+
+    def spy(train_table, evals, force=False, images=False):
+        calls.append(images)
+        raise Audited
+
+    monkeypatch.setattr(engine, "refuse_overlap", spy)
+    rsna = fx.build_rsna(tmp_path / "rsna")
+    for source, expected in (("nih", True), ("phantom", False)):
+        data = fx.build_nih(tmp_path / "nih") if source == "nih" else phantom16
+        cfg = _config("supervised", data, tmp_path / source, "optim.steps=1",
+                      f"data.sources=[{{source: {source}, path: {data}}}]",
+                      f"data.eval_sources=[{{source: rsna_pneumonia, path: {rsna}}}]")
+        with pytest.raises(Audited):
+            pretrain(cfg, progress=False)
+        assert calls[-1] is expected

@@ -151,6 +151,17 @@ def exclude(pretrain: RecordTable, report: AuditReport) -> RecordTable:
     return pretrain.subset(~pretrain.frame["patient_id"].isin(flagged).to_numpy())
 
 
+def share_images(a: str, b: str) -> bool:
+    """Whether two different sources can hold the same images under unrelated ids (``Source.image_origin``),
+    so that only an image audit reveals their overlap."""
+    from radlab.data.sources import SOURCES
+
+    def origin(name: str) -> str:
+        return (SOURCES.get(name).image_origin or name) if name in SOURCES else name
+
+    return a != b and origin(a) == origin(b)
+
+
 def refuse_overlap(pretrain: RecordTable, evals: Mapping[str, RecordTable], force: bool = False,
                    images: bool = False, threshold: int = DEFAULT_THRESHOLD, workers: int = 0) -> AuditReport:
     """Raise LeakageError when pre-training data shares patients (or, with ``images``, duplicate images) with

@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from radlab.data.audit import refuse_overlap
+from radlab.data.audit import refuse_overlap, share_images
 from radlab.data.dataset import Collator, RecordDataset, train_augment
 from radlab.data.loading import load_tables
 from radlab.data.records import RecordTable
@@ -180,12 +180,15 @@ class Trainer:
         self.started = time.time()
 
     def _refuse_evaluation_patients(self, train_table: RecordTable, data_root: str | None) -> None:
-        """Pre-training on patients of a declared evaluation set is refused unless forced."""
+        """Pre-training on patients of a declared evaluation set is refused unless forced; where a training
+        and an evaluation source re-encode the same images under unrelated ids (NIH and RSNA/SIIM), their
+        images are audited too."""
         data = self.cfg.data
         if data.eval_sources:
             evals = {f"{s.source}:{s.path}": load_tables([(s.source, s.path)], data.split_fractions,
                                                          data.split_seed, data_root) for s in data.eval_sources}
-            refuse_overlap(train_table, evals, force=data.allow_eval_overlap)
+            images = any(share_images(t.source, e.source) for t in data.sources for e in data.eval_sources)
+            refuse_overlap(train_table, evals, force=data.allow_eval_overlap, images=images)
 
     def _tokenizer(self, table: RecordTable) -> PreTrainedTokenizerBase:
         """WordPiece built once (rank 0) and saved to ``<out>/tokenizer``; every rank and every resumed session

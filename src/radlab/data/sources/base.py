@@ -21,6 +21,9 @@ class Source:
     # the official split is by question and shares images between train and test (VQA-RAD); it is kept as
     # the benchmark defines it, outside the patient-level checks, with a logged count of shared images.
     split_unit: str = "patient"
+    # The source whose images this set re-encodes under its own ids (RSNA Pneumonia and SIIM-ACR: NIH
+    # ChestX-ray14). Patient ids cannot reveal overlap between such sets; an image audit can.
+    image_origin: str = ""
 
     def load(self, root: Path) -> RecordTable:  # pragma: no cover
         raise NotImplementedError

@@ -58,6 +58,7 @@ def decode_rle(code: str, rows: int, columns: int) -> np.ndarray:
 @SOURCES.register("siim", "SIIM-ACR Pneumothorax: DICOM, relative-RLE masks decoded to PNG with mask_dir")
 class SIIMSource(Source):
     name = "siim"
+    image_origin = "nih"
     label_map = LABEL_MAP
 
     def __init__(self, mask_dir: str | Path | None = None) -> None:
