@@ -18,7 +18,7 @@ from radlab.data.cache import (
     write_webdataset_shards,
 )
 from radlab.data.dataset import RecordDataset
-from radlab.data.images import read_image, resize_pad
+from radlab.data.images import fit_square, read_image, resize_pad
 from radlab.models.towers import Preprocess
 
 
@@ -66,6 +66,11 @@ def test_dataset_reads_from_cache_in_workers(table, tmp_path):
     assert batch["image"].shape == (12, 1, 32, 32)
     with pytest.raises(StaleCache):
         RecordDataset(table, Preprocess(image_size=64), cache=cache)
+    with pytest.raises(ValueError, match="holds padded squares"):
+        RecordDataset(table, Preprocess(image_size=32, fit="crop"), cache=cache)
+    cropped = RecordDataset(table, Preprocess(image_size=24, mean=0.0, std=1.0, fit="crop", resize=32))
+    np.testing.assert_allclose(cropped[5]["image"][0].numpy(),
+                               fit_square(read_image(table.image_path(5)), 24, "crop", 32), atol=1e-6)
 
 
 def test_webdataset_shards_round_trip(table, tmp_path):

@@ -78,3 +78,27 @@ def test_unreadable_image_names_the_file(tmp_path):
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 10)
     with pytest.raises(OSError, match=r"broken\.png: cannot read image"):
         read_image(tmp_path / "broken.png")
+
+
+def test_towers_geometry_pads_or_crops_then_centre_crops():
+    from radlab.data.images import fit_square
+
+    wide = np.tile(np.linspace(0, 1, 200, dtype=np.float32), (100, 1))  # value = column position
+    padded = fit_square(wide, 50)
+    assert padded.shape == (50, 50) and (padded[:12] == 0).all() and padded[25, 0] < 0.02 and padded[25, -1] > 0.98
+    cropped = fit_square(wide, 50, fit="crop")
+    assert cropped.shape == (50, 50) and (cropped > 0).all()
+    assert cropped[25, 0] == pytest.approx(0.25, abs=0.02) and cropped[25, -1] == pytest.approx(0.75, abs=0.02)
+    inner = fit_square(wide, 40, fit="crop", resize=50)  # BioViL-style: shorter side to 50, centre 40
+    np.testing.assert_array_equal(inner, cropped[5:45, 5:45])
+
+
+def test_preprocess_geometry_is_checked_and_described():
+    from radlab.models.towers import Preprocess
+
+    with pytest.raises(ValueError, match="fit"):
+        Preprocess(fit="squash")
+    with pytest.raises(ValueError, match="at least image_size"):
+        Preprocess(image_size=480, resize=256)
+    assert Preprocess(image_size=480, fit="crop", resize=512).geometry() == (
+        "shorter side resized and centre-cropped to a square of 512 px, then centre-cropped to 480 px")

@@ -33,7 +33,7 @@ def test_biovil_matches_hi_ml_forward(tmp_path: Path) -> None:
     path, state = make_biovil_file(tmp_path)
     encoder = load_encoder(f"biovil:{tmp_path}")
     p = encoder.preprocess
-    assert (p.image_size, p.mean, p.std, p.channels) == (480, 0.0, 1.0, 3)
+    assert (p.image_size, p.mean, p.std, p.channels, p.fit, p.resize) == (480, 0.0, 1.0, 3, "crop", 512)
     images = torch.rand(2, 1, 64, 64)
     with torch.no_grad():
         out = encoder.image_output(p.normalise(images))

@@ -41,7 +41,7 @@ def test_gloria_matches_gloria_forward(tmp_path: Path, monkeypatch: pytest.Monke
     path, parts = make_gloria_dir(tmp_path, monkeypatch)
     encoder = load_encoder(f"gloria:{path}")
     p = encoder.preprocess
-    assert (p.image_size, p.mean, p.std, p.channels) == (224, 0.5, 0.5, 3)
+    assert (p.image_size, p.mean, p.std, p.channels, p.fit, p.resize) == (224, 0.5, 0.5, 3, "pad", 256)
     assert encoder.text_tower.last_n_layers == 2 and encoder.text_tower.word_num == 20
     images = torch.rand(2, 1, 64, 64)
     trunk = parts["trunk"].eval()

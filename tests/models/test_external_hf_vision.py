@@ -23,6 +23,7 @@ def rad_dino_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_rad_dino_matches_transformers(rad_dino_dir: Path) -> None:
     encoder = load_encoder(f"rad-dino:{rad_dino_dir}")
     assert encoder.preprocess.image_size == 56 and encoder.preprocess.channels == 3
+    assert encoder.preprocess.fit == "crop"  # RAD-DINO's processor: shortest edge, centre crop
     assert encoder.preprocess.mean == pytest.approx(RAD_DINO_MEAN) and encoder.preprocess.std == pytest.approx(RAD_DINO_STD)
     reference = AutoModel.from_pretrained(rad_dino_dir).eval()
     images = torch.rand(2, 1, 56, 56)
@@ -56,10 +57,13 @@ def test_vit_with_imagenet_statistics_is_normalised_per_channel(tmp_path: Path) 
 
 
 def test_processor_settings_reads_size_crop_and_statistics(rad_dino_dir: Path, tmp_path: Path) -> None:
-    assert processor_settings(str(rad_dino_dir)) == (56, [RAD_DINO_MEAN] * 3, [RAD_DINO_STD] * 3)
+    assert processor_settings(str(rad_dino_dir)) == (56, "crop", None, [RAD_DINO_MEAN] * 3, [RAD_DINO_STD] * 3)
     (tmp_path / "preprocessor_config.json").write_text(json.dumps({"do_normalize": False, "size": 40}))
-    assert processor_settings(str(tmp_path)) == (40, [0.0] * 3, [1.0] * 3)
+    assert processor_settings(str(tmp_path)) == (40, "pad", None, [0.0] * 3, [1.0] * 3)
     assert processor_settings(str(tmp_path / "missing"), 64)[0] == 64
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(  # a CLIP-style processor: 256 then crop 224
+        {"size": {"shortest_edge": 256}, "do_center_crop": True, "crop_size": {"height": 224, "width": 224}}))
+    assert processor_settings(str(tmp_path))[:3] == (224, "crop", 256)
 
 
 def test_hf_vision_image_tower_for_continued_pretraining(rad_dino_dir: Path) -> None:

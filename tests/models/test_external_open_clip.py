@@ -23,6 +23,7 @@ def test_hub_layout_matches_open_clip(tmp_path: Path, variant: str) -> None:
     encoder = load_encoder(f"{'biomedclip' if variant == 'biomedclip' else 'open_clip'}:{root}")
     size = encoder.preprocess.image_size
     assert size == (160 if variant == "biomedclip" else 32) and encoder.preprocess.channels == 3
+    assert encoder.preprocess.fit == "crop"  # open_clip's default resize_mode "shortest": resize, centre crop
     images = torch.rand(2, 1, size, size)
     if variant == "biomedclip":
         tokenizer = open_clip.tokenizer.HFTokenizer(str(root), context_length=24)
@@ -58,6 +59,7 @@ def test_chexzero_matches_open_clip(tmp_path: Path) -> None:
     path, reference = make_chexzero_file(tmp_path)
     encoder = load_encoder(f"chexzero:{path}")
     assert encoder.preprocess.image_size == 32 and encoder.preprocess.channels == 3
+    assert encoder.preprocess.fit == "pad"  # CheXzero pads to a square
     assert encoder.preprocess.mean == pytest.approx(CHEXZERO_MEAN) and encoder.preprocess.std == pytest.approx(CHEXZERO_STD)
     images = torch.rand(2, 1, 32, 32)
     tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=77)

@@ -39,7 +39,7 @@ def test_densenet_matches_xrv(tmp_path: Path, densenet: nn.Module, form: str) ->
     path = tmp_path / "densenet.pt"
     torch.save(densenet.state_dict() if form == "state_dict" else densenet, path)
     encoder = load_encoder(f"xrv:{path}")
-    assert (encoder.preprocess.image_size, encoder.preprocess.channels) == (224, 1)
+    assert (encoder.preprocess.image_size, encoder.preprocess.channels, encoder.preprocess.fit) == (224, 1, "crop")
     images = torch.rand(2, 1, 64, 64)
     x = encoder.preprocess.normalise(images)
     torch.testing.assert_close(x, _xrv_input(images), atol=1e-3, rtol=0)

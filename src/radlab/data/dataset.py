@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
-from radlab.data.images import read_image, resize_pad
+from radlab.data.images import fit_square, read_image
 from radlab.data.records import RecordTable
 from radlab.models.towers import Preprocess
 
@@ -31,7 +31,7 @@ def train_augment(image_size: int) -> ImageTransform:
 
 
 class RecordDataset(Dataset):
-    """Images in [0, 1] resized and padded to ``preprocess.image_size``, optionally augmented, then
+    """Images in [0, 1] brought to the tower's geometry (``preprocess``), optionally augmented, then
     normalised; with the record's labels (NaN = not annotated) and report text."""
 
     def __init__(self, table: RecordTable, preprocess: Preprocess, label_names: Sequence[str] = (),
@@ -48,6 +48,9 @@ class RecordDataset(Dataset):
         self.transform = transform
         self.cache = cache
         if cache is not None:  # a pre-resized uint8 cache (radlab.data.cache); refused when stale
+            if (preprocess.fit, preprocess.resize) != ("pad", None):
+                raise ValueError(f"the image cache holds padded squares; this tower's geometry is "
+                                 f"{preprocess.geometry()}: run without the cache")
             cache.validate(table, preprocess.image_size)
             self.cache_rows = [cache.rows[r] for r in table.frame["id"]]
 
@@ -58,7 +61,8 @@ class RecordDataset(Dataset):
         """The stored image as [1, S, S] in [0, 1], before augmentation and normalisation."""
         if self.cache is not None:
             return torch.from_numpy(self.cache[self.cache_rows[i]].astype(np.float32) / 255.0).unsqueeze(0)
-        array = resize_pad(read_image(self.table.image_path(i)), self.preprocess.image_size)
+        p = self.preprocess
+        array = fit_square(read_image(self.table.image_path(i)), p.image_size, p.fit, p.resize)
         return torch.from_numpy(array).unsqueeze(0)
 
     def __getitem__(self, i: int) -> dict:

@@ -66,6 +66,30 @@ def _is_16bit_colour_png(path: Path) -> bool:
     return is_png and head[24] == 16 and head[25] != 0
 
 
+def fit_square(image: np.ndarray, size: int, fit: str = "pad", resize: int | None = None) -> np.ndarray:
+    """A tower's input geometry (``Preprocess``): ``fit`` the image to a ``resize`` square ("pad": longer side,
+    zero padding; "crop": shorter side, centre crop), then centre-crop to ``size``."""
+    side = resize or size
+    square = resize_pad(image, side) if fit == "pad" else resize_crop(image, side)
+    return center_crop(square, size)
+
+
+def resize_crop(image: np.ndarray, size: int) -> np.ndarray:
+    """Resize the shorter side to ``size`` keeping the aspect ratio, then centre-crop a square."""
+    h, w = image.shape
+    scale = size / min(h, w)
+    nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
+    resized = np.asarray(Image.fromarray(image.astype(np.float32), mode="F").resize((nw, nh), Image.BILINEAR))
+    return center_crop(resized, size)
+
+
+def center_crop(image: np.ndarray, size: int) -> np.ndarray:
+    """The central ``size`` x ``size`` window of an image at least that large (a writable copy)."""
+    h, w = image.shape
+    top, left = (h - size) // 2, (w - size) // 2
+    return image[top:top + size, left:left + size].copy()
+
+
 def resize_pad(image: np.ndarray, size: int) -> np.ndarray:
     """Resize the longer side to ``size`` keeping the aspect ratio, then pad to a square with zeros."""
     h, w = image.shape

@@ -9,20 +9,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from radlab.data.images import read_image, resize_pad
+from radlab.data.images import fit_square, read_image
 from radlab.data.records import MASK_PREFIX
 from radlab.evaluation.context import TASKS, EvalContext, TaskSkipped, single_thread
 from radlab.evaluation.metrics import dice_iou
 
 
-def load_masks(ctx: EvalContext, rows: np.ndarray, structures: list[str], size: int) -> np.ndarray:
-    """[N, S, size, size] float masks resized like the images; NaN where a record has no mask."""
-    out = np.full((len(rows), len(structures), size, size), np.nan, dtype=np.float32)
+def load_masks(ctx: EvalContext, rows: np.ndarray, structures: list[str]) -> np.ndarray:
+    """[N, S, size, size] float masks in the images' geometry (``Preprocess``); NaN where a record has no mask."""
+    p = ctx.encoder.preprocess
+    out = np.full((len(rows), len(structures), p.image_size, p.image_size), np.nan, dtype=np.float32)
     for n, i in enumerate(rows):
         for s, name in enumerate(structures):
             path = ctx.table.mask_path(int(i), name)
             if path is not None and path.exists():
-                out[n, s] = resize_pad(read_image(path), size) > 0.5
+                out[n, s] = fit_square(read_image(path), p.image_size, p.fit, p.resize) > 0.5
     return out
 
 
@@ -89,7 +90,7 @@ def segmentation(ctx: EvalContext) -> dict:
     x = {s: token_grid(ctx, s) for s in ("train", "test")}
     mean, std = x["train"].mean((0, 2, 3), keepdim=True), x["train"].std((0, 2, 3), keepdim=True) + 1e-6
     x = {s: (v - mean) / std for s, v in x.items()}
-    masks = {s: torch.from_numpy(load_masks(ctx, ctx.rows(s), structures, size)) for s in x}
+    masks = {s: torch.from_numpy(load_masks(ctx, ctx.rows(s), structures)) for s in x}
     kind = ctx.option("decoder", "linear")
     train_size = int(ctx.option("train_size", 4 * max(x["train"].shape[-2:])))
     model = train_decoder(x["train"], masks["train"], kind, int(ctx.option("steps", 300)), ctx.seed,

@@ -28,6 +28,7 @@ from torch import nn
 from radlab import __version__
 from radlab.models.encoder import RadEncoder
 from radlab.models.image_towers import TimmImageTower
+from radlab.models.towers import Preprocess
 
 HEADS_FILE = "heads.safetensors"
 
@@ -119,8 +120,8 @@ def model_card(meta: dict, train_config: dict | None, results: dict | None, name
              f"Radiograph encoder exported by radlab {__version__}.",
              "## Image tower", f"- architecture: `{meta['image']['architecture']}` ({meta['image']['library']}), "
              f"folder `image/`",
-             f"- input: {p['channels']} channel(s), {p['image_size']} x {p['image_size']} px (the radiograph resized "
-             f"on its longer side and zero-padded to a square), pixels in [0, 1] normalised with mean {p['mean']:.6g}, "
+             f"- input: {p['channels']} channel(s), {p['image_size']} x {p['image_size']} px (the radiograph's "
+             f"{Preprocess(**p).geometry()}), pixels in [0, 1] normalised with mean {p['mean']:.6g}, "
              f"std {p['std']:.6g}",
              f"- joint embedding: {meta['embed_dim']}-d (projection weights in `{HEADS_FILE}`)",
              "```python\n" + _usage(meta) + "\n```"]

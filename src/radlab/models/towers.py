@@ -19,14 +19,38 @@ class TowerOutput:
     grid: tuple[int, int] | None = None
 
 
+FITS = ("pad", "crop")
+
+
 @dataclass(frozen=True)
 class Preprocess:
-    """How images are fed to a tower: square size, channels, and intensity mean/std on [0, 1] pixels."""
+    """How images are fed to a tower: square size, geometry, channels, and intensity mean/std on [0, 1] pixels.
+
+    Geometry (``radlab.data.images.fit_square``): ``fit`` the radiograph to a ``resize`` square ("pad": longer
+    side, zero padding, keeps the whole image; "crop": shorter side, centre crop, as most public image
+    processors do), then centre-crop to ``image_size`` (``resize`` None = ``image_size``, no second crop).
+    External encoders set what their reference preprocessing does (BioViL: crop 512 -> 480)."""
 
     image_size: int = 128
     mean: float = 0.5
     std: float = 0.25
     channels: int = 1
+    fit: str = "pad"
+    resize: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.fit not in FITS:
+            raise ValueError(f"Preprocess.fit must be one of {FITS}, got {self.fit!r}")
+        if self.resize is not None and self.resize < self.image_size:
+            raise ValueError(f"Preprocess.resize ({self.resize}) must be at least image_size ({self.image_size})")
+
+    def geometry(self) -> str:
+        """The geometry in words (model cards, logs)."""
+        fitted = ("longer side resized and zero-padded to a square" if self.fit == "pad"
+                  else "shorter side resized and centre-cropped to a square")
+        side = self.resize or self.image_size
+        crop = f", then centre-cropped to {self.image_size} px" if side != self.image_size else ""
+        return f"{fitted} of {side} px{crop}"
 
     def normalise(self, images01: torch.Tensor) -> torch.Tensor:
         """[B, 1, H, W] in [0, 1] -> normalised [B, channels, H, W]."""

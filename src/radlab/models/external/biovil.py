@@ -26,6 +26,7 @@ from radlab.models.external.common import ChannelAdapter, feature_map_output, fi
 from radlab.models.towers import TowerOutput
 
 BIOVIL_SIZE = 480
+BIOVIL_RESIZE = 512  # hi-ml: shorter side to 512, centre crop 480
 BIOVIL_FILE = "biovil_image_resnet50_proj_size_128.pt"
 
 
@@ -95,7 +96,7 @@ def load_biovil(path: str) -> RadEncoder:
     tower = BioVilTower(image_model.encoder.encoder, adapter)
     projector = image_model.projector
     out_dim = projector.model[3].out_channels
-    return BioVilEncoder(tower, None, out_dim, adapter.preprocess(BIOVIL_SIZE), image_proj=projector).eval()
+    return BioVilEncoder(tower, None, out_dim, adapter.preprocess(BIOVIL_SIZE, "crop", BIOVIL_RESIZE), image_proj=projector).eval()
 
 
 ENCODERS.register("biovil", "BioViL image encoder: hi-ml ResNet-50 + projector state dict (.pt)")(load_biovil)

@@ -160,9 +160,11 @@ class ChannelAdapter(nn.Module):
             x = x[:, :1].expand(-1, self.channels, -1, -1)
         return x if self.identity else x * self.scale + self.shift
 
-    def preprocess(self, image_size: int) -> Preprocess:
-        """The radlab ``Preprocess`` whose output this adapter expects (3 identical channels)."""
-        return Preprocess(image_size=image_size, mean=self.input_mean, std=self.input_std, channels=self.channels)
+    def preprocess(self, image_size: int, fit: str = "pad", resize: int | None = None) -> Preprocess:
+        """The radlab ``Preprocess`` whose output this adapter expects (3 identical channels), in the
+        model's reference geometry."""
+        return Preprocess(image_size=image_size, mean=self.input_mean, std=self.input_std, channels=self.channels,
+                          fit=fit, resize=resize)
 
 
 class MatrixProjection(nn.Module):

@@ -9,7 +9,8 @@ removed), ``gloria.img_encoder.global_embedder.*`` (Linear 2048->768), ``gloria.
 Text needs Bio_ClinicalBERT's tokenizer (and optionally its config): from ``DIR/text/`` beside the checkpoint,
 else the ``bert_type`` hub id (works offline only when cached); without one the encoder is image-only.
 
-Behaviour reproduced from GLoRIA: images are 3 identical channels normalised with mean 0.5 / std 0.5, upsampled
+Behaviour reproduced from GLoRIA: images are resized on the longer side and zero-padded to 256 px, centre-cropped
+to 224 px (``build_transformation``), 3 identical channels normalised with mean 0.5 / std 0.5, upsampled
 to 299 px inside the encoder; the global image embedding is ``global_embedder`` on the pooled 2048-d
 features; a report is lower-cased and reduced to its words, tokenised padded to ``word_num`` (97), and its
 sentence embedding is the sum over the last 4 BERT layers of the token embeddings from [CLS] to [SEP],
@@ -49,7 +50,7 @@ from radlab.models.towers import TowerOutput
 log = logging.getLogger(__name__)
 DEFAULTS = {"model.text.bert_type": "emilyalsentzer/Bio_ClinicalBERT", "model.text.last_n_layers": 4,
             "model.text.aggregate_method": "sum", "data.text.word_num": 97}
-GLORIA_SIZE, GLORIA_INNER_SIZE = 224, 299
+GLORIA_SIZE, GLORIA_RESIZE, GLORIA_INNER_SIZE = 224, 256, 299
 
 
 def config_value(config: Any, dotted: str) -> Any:
@@ -153,7 +154,7 @@ def load_gloria(path: str) -> RadEncoder:
     adapter = ChannelAdapter([0.5] * 3, [0.5] * 3)
     tower = GloriaImageTower(image.model, adapter)
     text = _text_tower(file.parent, strip_prefix(state, "text_encoder.model."), hparams)
-    return RadEncoder(tower, text, image.global_embedder.out_features, adapter.preprocess(GLORIA_SIZE),
+    return RadEncoder(tower, text, image.global_embedder.out_features, adapter.preprocess(GLORIA_SIZE, "pad", GLORIA_RESIZE),
                       image_proj=image.global_embedder,
                       text_proj=nn.Identity() if text is not None else None).eval()
 

@@ -2,9 +2,9 @@
 ``transformers.AutoModel``, with the preprocessing their ``preprocessor_config.json`` declares.
 
 RAD-DINO's processor resizes the shortest edge to 518 px and centre-crops 518 px, then normalises with
-mean 0.5307 / std 0.2583 on each (identical) RGB channel. radlab's dataset resizes the longer edge and pads
-to a square instead: for square inputs both give the same 518 px image; for non-square ones radlab keeps the
-whole radiograph rather than cropping its edges. A grayscale image enters as three identical channels
+mean 0.5307 / std 0.2583 on each (identical) RGB channel; radlab reads that geometry from the config
+(``Preprocess(fit="crop")``), so a non-square radiograph loses its edges as it does for RAD-DINO itself. A
+grayscale image enters as three identical channels
 (``Preprocess.channels = 3``, normalised with the channel-average mean/std); a ``ChannelAdapter`` then applies
 the model's exact per-channel statistics, so models with ImageNet RGB statistics are handled exactly too.
 
@@ -17,7 +17,7 @@ from __future__ import annotations
 import inspect
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -34,21 +34,36 @@ RAD_DINO_HUB_ID = "microsoft/rad-dino"
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
-def processor_settings(path: str, config_image_size: int | None = None) -> tuple[int, list[float], list[float]]:
-    """(square input size, per-channel mean, per-channel std) from a preprocessor config; the model's own
-    image size and ImageNet statistics when there is none."""
+class ProcessorSettings(NamedTuple):
+    """What a preprocessor config asks for, in radlab's terms (``Preprocess``)."""
+
+    image_size: int
+    fit: str
+    resize: int | None
+    mean: list[float]
+    std: list[float]
+
+
+def processor_settings(path: str, config_image_size: int | None = None) -> ProcessorSettings:
+    """Input geometry and per-channel statistics from a preprocessor config: a shortest-edge resize with a
+    centre crop becomes ``fit="crop"``; a fixed-size resize (which stretches) is read as padding, which keeps
+    the radiograph's proportions. The model's own image size and ImageNet statistics when there is none."""
     try:
         cfg, _ = ImageProcessingMixin.get_image_processor_dict(path)
     except (OSError, ValueError):
         cfg = {}
-    size = _side(cfg.get("crop_size")) if cfg.get("do_center_crop", bool(cfg.get("crop_size"))) else None
-    size = size or _side(cfg.get("size")) or config_image_size or 224
+    crop = _side(cfg.get("crop_size")) if cfg.get("do_center_crop", bool(cfg.get("crop_size"))) else None
+    resize = _side(cfg.get("size"))
+    shortest = isinstance(cfg.get("size"), dict) and "shortest_edge" in cfg["size"]
+    size = crop or resize or config_image_size or 224
+    fit = "crop" if shortest else "pad"
+    resize = resize if shortest and resize is not None and resize > size else None
     if not cfg.get("do_normalize", True):
-        return size, [0.0] * 3, [1.0] * 3
+        return ProcessorSettings(size, fit, resize, [0.0] * 3, [1.0] * 3)
     mean, std = cfg.get("image_mean", IMAGENET_MEAN), cfg.get("image_std", IMAGENET_STD)
     mean = [float(mean)] * 3 if isinstance(mean, int | float) else [float(m) for m in mean]
     std = [float(std)] * 3 if isinstance(std, int | float) else [float(s) for s in std]
-    return size, mean, std
+    return ProcessorSettings(size, fit, resize, mean, std)
 
 
 def _side(value: Any) -> int | None:
@@ -99,9 +114,9 @@ def build_hf_vision(path: str, input_mean: float | None = None,
                     input_std: float | None = None) -> tuple[HFVisionTower, Preprocess]:
     """The tower and its Preprocess from a local folder (or a hub id, for users with internet)."""
     model = AutoModel.from_pretrained(path).eval()
-    size, mean, std = processor_settings(path, getattr(model.config, "image_size", None))
-    adapter = ChannelAdapter(mean, std, input_mean, input_std)
-    return HFVisionTower(model, adapter), adapter.preprocess(size)
+    settings = processor_settings(path, getattr(model.config, "image_size", None))
+    adapter = ChannelAdapter(settings.mean, settings.std, input_mean, input_std)
+    return HFVisionTower(model, adapter), adapter.preprocess(settings.image_size, settings.fit, settings.resize)
 
 
 def load_hf_vision(path: str) -> RadEncoder:

@@ -9,7 +9,8 @@
   architecture is read from the tensor shapes; preprocessing is CheXzero's (224 px, mean 101.48761/255,
   std 83.43944/255 on every channel).
 
-Image features are the pooled tower output *before* the CLIP projection; ``encode_image`` /
+Geometry follows open_clip's ``resize_mode`` (BiomedCLIP: shorter side to 224, centre crop); CheXzero pads, as its
+preprocessing does. Image features are the pooled tower output *before* the CLIP projection; ``encode_image`` /
 ``encode_text`` apply the model's own projections, so they equal open_clip's ``encode_image`` /
 ``encode_text`` (normalised).
 """
@@ -156,7 +157,8 @@ class OpenClipTextTower(nn.Module):
         return TowerOutput(pooled, x, mask)
 
 
-def wrap_open_clip(model: nn.Module, tokenizer: Any, mean: Any, std: Any, image_size: int) -> RadEncoder:
+def wrap_open_clip(model: nn.Module, tokenizer: Any, mean: Any, std: Any, image_size: int,
+                   fit: str = "pad") -> RadEncoder:
     """A RadEncoder sharing an open_clip model's weights, with its projections as ``image_proj``/``text_proj``."""
     model = model.float().eval()
     mean = [float(mean)] * 3 if isinstance(mean, int | float) else [float(m) for m in mean]
@@ -166,7 +168,7 @@ def wrap_open_clip(model: nn.Module, tokenizer: Any, mean: Any, std: Any, image_
     text = OpenClipTextTower(model, tokenizer)
     image_proj, text_proj = image.take_projection(), text.take_projection()
     embed_dim = _output_dim(image_proj, image.embed_dim)
-    return RadEncoder(image, text, embed_dim, adapter.preprocess(image_size), image_proj=image_proj,
+    return RadEncoder(image, text, embed_dim, adapter.preprocess(image_size, fit), image_proj=image_proj,
                       text_proj=text_proj).eval()
 
 
@@ -197,7 +199,8 @@ def load_open_clip_dir(path: str) -> RadEncoder:
         name = path if path.startswith("hf-hub:") else f"hf-hub:{path}"
         model, _, _ = open_clip.create_model_and_transforms(name)
         cfg = open_clip.get_model_preprocess_cfg(model)
-        return wrap_open_clip(model, open_clip.get_tokenizer(name), cfg["mean"], cfg["std"], _size(cfg["size"]))
+        return wrap_open_clip(model, open_clip.get_tokenizer(name), cfg["mean"], cfg["std"], _size(cfg["size"]),
+                              _fit(cfg))
     config = json.loads((root / "open_clip_config.json").read_text())
     text_cfg = copy.deepcopy(config["model_cfg"].get("text_cfg", {}))
     overrides: dict[str, Any] = {}
@@ -212,7 +215,7 @@ def load_open_clip_dir(path: str) -> RadEncoder:
                       f"tower put its config.json (and tokenizer) in {root / 'text'}") from err
     tokenizer = _tokenizer(root, text_cfg, local_text)
     cfg = open_clip.get_model_preprocess_cfg(model)
-    return wrap_open_clip(model, tokenizer, cfg["mean"], cfg["std"], _size(cfg["size"]))
+    return wrap_open_clip(model, tokenizer, cfg["mean"], cfg["std"], _size(cfg["size"]), _fit(cfg))
 
 
 def _tokenizer(root: Path, text_cfg: dict, local_text: str | None) -> Any:
@@ -227,6 +230,12 @@ def _tokenizer(root: Path, text_cfg: dict, local_text: str | None) -> Any:
 
 def _size(size: Any) -> int:
     return int(size if isinstance(size, int | float) else size[0])
+
+
+def _fit(cfg: dict) -> str:
+    """open_clip's ``resize_mode``: "shortest" (its default: resize, centre crop) crops; "longest" pads, and
+    so does "squash", whose stretching radlab does not reproduce (padding keeps the proportions)."""
+    return "crop" if cfg.get("resize_mode", "shortest") == "shortest" else "pad"
 
 
 def load_chexzero(path: str) -> RadEncoder:

@@ -13,8 +13,8 @@
 A torchxrayvision weights *name* (e.g. ``xrv:densenet121-res224-all``) is handed to torchxrayvision, which
 reads its cache in ``~/.torchxrayvision`` (or downloads, for users with internet).
 
-Input: one channel scaled to [-1024, 1024] (xrv's ``normalize(img, maxval)``), i.e. mean 0.5 and std
-1/2048 on [0, 1] pixels. Pooled features are xrv's ``features2`` (ReLU + global average pool of the last
+Input: the central square (xrv's ``XRayCenterCrop``) resized to the model's size, one channel scaled to
+[-1024, 1024] (xrv's ``normalize(img, maxval)``), i.e. mean 0.5 and std 1/2048 on [0, 1] pixels. Pooled features are xrv's ``features2`` (ReLU + global average pool of the last
 feature map, 1024-d for DenseNet-121) or the ResNet's pooled ``features`` (2048-d); tokens are that map.
 """
 
@@ -135,7 +135,7 @@ def load_xrv(path: str) -> RadEncoder:
     """An image-only encoder: ``encode_image`` is the normalised pooled feature (no projection)."""
     tower, size = load_xrv_tower(path)
     channels = tower.model.features.conv0.in_channels if tower.kind == "densenet" else tower.model.conv1.in_channels
-    preprocess = Preprocess(image_size=size, mean=XRV_MEAN, std=XRV_STD, channels=channels)
+    preprocess = Preprocess(image_size=size, mean=XRV_MEAN, std=XRV_STD, channels=channels, fit="crop")
     return RadEncoder(tower, None, tower.embed_dim, preprocess, image_proj=nn.Identity()).eval()
 
 
