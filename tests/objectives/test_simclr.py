@@ -20,6 +20,16 @@ def test_nt_xent_matches_lightly(temperature: float) -> None:
     torch.testing.assert_close(nt_xent(z1, z2, temperature), expected, rtol=1e-5, atol=1e-6)
 
 
+def test_nt_xent_is_the_papers_formula() -> None:
+    """l(k) = -log exp(s_k,pair(k)/tau) / sum_{m != k} exp(s_km/tau), averaged over the 2N views (float64 kept;
+    the global-batch gather is checked against one process in tests/train/test_distributed.py)."""
+    z1, z2 = torch.randn(5, 7, dtype=torch.float64), torch.randn(5, 7, dtype=torch.float64)
+    z = torch.nn.functional.normalize(torch.cat([z1, z2]), dim=-1)
+    sim = z @ z.T / 0.3
+    terms = [-sim[k, (k + 5) % 10] + torch.logsumexp(sim[k, [m for m in range(10) if m != k]], 0) for k in range(10)]
+    torch.testing.assert_close(nt_xent(z1, z2, 0.3), torch.stack(terms).mean(), rtol=0, atol=1e-12)
+
+
 def test_nt_xent_is_low_for_matched_views() -> None:
     z = torch.randn(16, 32)
     assert nt_xent(z, z + 0.01 * torch.randn_like(z), 0.1) < nt_xent(z, torch.randn(16, 32), 0.1)

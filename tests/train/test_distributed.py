@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 
 from radlab.objectives.clip import clip_loss
 from radlab.objectives.medclip import medclip_loss
+from radlab.objectives.simclr import nt_xent
 from radlab.objectives.unicl import unicl_loss
 from radlab.train.state import latest_state, load_state
 
@@ -91,6 +92,42 @@ def test_two_processes_equal_one_process_with_the_global_batch(tmp_path: Path) -
         single = torch.cat([loss.detach().flatten()] + [params[k].grad.flatten() for k in sorted(params)])
         for r in range(2):
             assert torch.allclose(ranks[r][f"{name}/{split}"], single, atol=1e-6, rtol=0), (name, split, r)
+
+
+def _simclr_loss(data: dict, p: dict, rows: slice) -> torch.Tensor:
+    """NT-Xent between two "views" (the image and text inputs) through one shared projection, as in SimCLR."""
+    return nt_xent(data["x_image"][rows] @ p["w_image"], data["x_text"][rows] @ p["w_image"], 0.2)
+
+
+def _simclr_worker(rank: int, world: int, port: int, out: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    results = {}
+    for split, (sizes, _) in SPLITS.items():
+        data, params = _setup()
+        loss = _simclr_loss(data, params, _rows(sizes, rank))
+        loss.backward()
+        values = [loss.detach(), params["w_image"].grad]
+        for v in values:  # what DDP does: average over ranks
+            dist.all_reduce(v)
+            v /= world
+        results[split] = torch.cat([v.flatten() for v in values])
+    torch.save(results, Path(out) / f"rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_simclr_two_processes_equal_one_process_with_the_global_batch(tmp_path: Path) -> None:
+    """NT-Xent negatives come from the global batch: 2N-2 per view, not 2B_local-2 (SimCLR's cross-replica
+    concat), for equal and uneven per-rank rows."""
+    mp.start_processes(_simclr_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, start_method="fork")
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    for split in SPLITS:
+        data, params = _setup()
+        loss = _simclr_loss(data, params, slice(0, N))
+        loss.backward()
+        single = torch.cat([loss.detach().flatten(), params["w_image"].grad.flatten()])
+        for r in range(2):
+            assert torch.allclose(ranks[r][split], single, atol=1e-6, rtol=0), (split, r)
 
 
 def _engine_worker(rank: int, world: int, port: int, overrides: list[str], config: str = "supervised") -> None:
@@ -215,3 +252,16 @@ def test_dinov2_two_ranks_match_one_rank(tmp_path: Path, phantom_dir: Path, stra
     centers = [k for k in states[0] if k.endswith("dino_loss.center")]
     assert centers and all(torch.allclose(states[0][k], states[1][k], atol=1e-4) for k in centers)
     assert float(states[0][centers[0]].abs().sum()) > 0
+
+
+def test_batch_norm_is_synchronised_across_gpus_only() -> None:
+    from radlab.objectives.simclr import SimCLRObjective
+    from radlab.train.distributed import DistEnv, sync_batch_norm
+
+    def batch_norms(env: DistEnv) -> set[type]:
+        module = sync_batch_norm(SimCLRObjective(image_dim=16, proj_dim=4, hidden_dim=8), env)
+        return {type(m) for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)}
+
+    assert batch_norms(DistEnv(0, 2, 0, torch.device("cpu"))) == {torch.nn.BatchNorm1d}  # gloo: per-rank BN
+    assert batch_norms(DistEnv(0, 2, 0, torch.device("cuda"))) == {torch.nn.SyncBatchNorm}  # no GPU needed
+    assert batch_norms(DistEnv(0, 1, 0, torch.device("cuda"))) == {torch.nn.BatchNorm1d}

@@ -42,6 +42,14 @@ def init_distributed(device: str = "auto") -> DistEnv:
     return DistEnv(rank, world, local_rank, target)
 
 
+def sync_batch_norm(module: torch.nn.Module, env: DistEnv) -> torch.nn.Module:
+    """Batch norm over the global batch on several GPUs (SimCLR's global BN; a 2-GPU run then normalises as
+    one process does). PyTorch's SyncBatchNorm runs on GPUs only, so CPU (gloo) runs keep per-rank BN."""
+    if env.world_size > 1 and env.device.type == "cuda":
+        return torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    return module
+
+
 def shutdown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()

@@ -148,7 +148,7 @@ class Trainer:
         for param in self.objective.unused_parameters(self.model):
             param.requires_grad_(False)
         torch.manual_seed(cfg.seed + env.rank)
-        self.module = TrainModule(self.model, self.objective).to(env.device)
+        self.module = distrib.sync_batch_norm(TrainModule(self.model, self.objective), env).to(env.device)
         self.wrapped: nn.Module = self.module
         self.sharded = env.world_size > 1 and cfg.runtime.strategy == "fsdp"
         if self.sharded:
