@@ -13,7 +13,7 @@ that needs full unpickling is refused. Tensors are named as DINOv2's ``DINOHead`
 
     dino_head.mlp.{0,2,4}.weight / .bias     Linear layers of the MLP (GELU between)
     dino_head.mlp.weight / .bias             the MLP when it is a single Linear layer (nlayers=1)
-    dino_head.mlp.{1,4}.*                    BatchNorm1d after each hidden Linear (use_bn=True; Linears at 0,3,6)
+    dino_head.mlp.{1,4}.*                    BatchNorm1d after each hidden Linear (use_bn; Linears at 0,3,6)
     dino_head.last_layer.weight_g            [K, 1]   weight-norm magnitude of the prototype layer
     dino_head.last_layer.weight_v            [K, d]   weight-norm direction (K prototypes, bottleneck d)
     ibot_head.*                              the same, when iBOT has a separate head
@@ -51,7 +51,7 @@ def head_file(path: str | Path) -> Path | None:
 
 
 def _read_tensors(file: Path) -> dict[str, torch.Tensor]:
-    """The tensors of a safetensors file or of a DINOv2 ``.pth`` checkpoint (``model``/``teacher`` unwrapped)."""
+    """The tensors of a safetensors file or a DINOv2 ``.pth`` checkpoint (``model``/``teacher`` unwrapped)."""
     if file.suffix == ".safetensors":
         return load_file(str(file))
     try:
@@ -74,7 +74,8 @@ def load_head_state(path: str | Path) -> dict[str, dict[str, torch.Tensor]]:
     in radlab's ``DINOHead`` layout."""
     file = head_file(path)
     if file is None:
-        raise FileNotFoundError(f"no {HEAD_FILE} at {path}")
+        raise FileNotFoundError(f"no head file at {path} (a folder with {HEAD_FILE}, or a .safetensors/.pth "
+                                f"file)")
     flat = _read_tensors(file)
     for prefix in ("teacher.", "student."):
         if any(k.startswith(prefix) for k in flat):
@@ -104,7 +105,7 @@ def load_head_state(path: str | Path) -> dict[str, dict[str, torch.Tensor]]:
 
 def head_shape(state: dict[str, torch.Tensor]) -> dict[str, int | bool]:
     """The DINOHead arguments a state dict was made with: in_dim, hidden_dim, bottleneck_dim, n_prototypes,
-    n_layers, use_bn, bias. Linear layers are the 2-D ``mlp.<i>.weight`` tensors (BatchNorm weights are 1-D)."""
+    n_layers, use_bn, bias. Linear layers are the 2-D ``mlp.<i>.weight`` tensors (BatchNorm ones are 1-D)."""
     linears = sorted(int(k.split(".")[1]) for k, v in state.items()
                      if k.startswith("mlp.") and k.endswith(".weight") and v.ndim == 2)
     if not linears:
@@ -113,9 +114,10 @@ def head_shape(state: dict[str, torch.Tensor]) -> dict[str, int | bool]:
         raise ValueError("no last_layer.weight_v (prototype layer)")
     use_bn = any(k.endswith(".running_mean") for k in state)
     step = 3 if use_bn else 2
-    if linears != list(range(0, step * len(linears), step)):
-        raise ValueError(f"Linear layers at mlp.{linears}, expected every {step}th index "
-                         f"({'Linear, BatchNorm1d, GELU' if use_bn else 'Linear, GELU'})")
+    expected = list(range(0, step * len(linears), step))
+    if linears != expected:
+        raise ValueError(f"Linear layers at mlp indices {linears}, expected {expected} "
+                         f"({'Linear, BatchNorm1d, GELU' if use_bn else 'Linear, GELU'} repeated)")
     first, last = state[f"mlp.{linears[0]}.weight"], state[f"mlp.{linears[-1]}.weight"]
     hidden = first.shape[0] if len(linears) > 1 else last.shape[0]
     return {"in_dim": first.shape[1], "hidden_dim": hidden, "bottleneck_dim": last.shape[0],

@@ -45,20 +45,27 @@ class WeightNormLinear(nn.Module):
 
 
 class DINOHead(nn.Module):
-    """MLP (GELU) -> L2 normalisation -> weight-normalised prototypes (Caron et al., 2021; DINOv2's head)."""
+    """MLP (GELU) -> L2 normalisation -> weight-normalised prototypes (Caron et al., 2021; DINOv2's head).
+
+    ``use_bn`` puts a BatchNorm1d after each hidden Linear layer and ``bias=False`` drops the MLP biases, as
+    DINOv2's ``use_bn``/``mlp_bias`` do; the layers sit at DINOv2's ``mlp.<i>`` indices (a single Linear
+    layer is ``mlp.0``)."""
 
     def __init__(self, in_dim: int, n_prototypes: int, hidden_dim: int = 1024, bottleneck_dim: int = 256,
-                 n_layers: int = 3) -> None:
+                 n_layers: int = 3, use_bn: bool = False, bias: bool = True) -> None:
         super().__init__()
         dims = [in_dim] + [hidden_dim] * (n_layers - 1) + [bottleneck_dim]
         layers: list[nn.Module] = []
         for i, (a, b) in enumerate(zip(dims[:-1], dims[1:], strict=True)):
-            layers += [nn.Linear(a, b)] + ([nn.GELU()] if i < n_layers - 1 else [])
+            layers.append(nn.Linear(a, b, bias=bias))
+            if i < n_layers - 1:
+                layers += ([nn.BatchNorm1d(b)] if use_bn else []) + [nn.GELU()]
         self.mlp = nn.Sequential(*layers)
         for layer in self.mlp:
             if isinstance(layer, nn.Linear):
                 nn.init.trunc_normal_(layer.weight, std=0.02)
-                nn.init.zeros_(layer.bias)
+                if layer.bias is not None:
+                    nn.init.zeros_(layer.bias)
         self.last_layer = WeightNormLinear(bottleneck_dim, n_prototypes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
