@@ -111,7 +111,7 @@ def test_dlilp_matches_hand_computed_case() -> None:
     known = ~np.isnan(y)
     target = np.nan_to_num(y)
     bce = np.log1p(np.exp(-label_logits)) * target + np.log1p(np.exp(label_logits)) * (1 - target)
-    expected_bce = bce[known].mean()
+    expected_bce = np.mean([bce[i, known[i]].mean() for i in range(3)])  # per sample, then over samples
     assert abs(float(terms["clip"]) - clip) < 1e-10
     assert abs(float(terms["bce"]) - expected_bce) < 1e-10
     assert abs(float(terms["loss"].detach()) - (0.5 * clip + expected_bce)) < 1e-10
@@ -134,3 +134,17 @@ def test_medclip_targets_and_unpaired_batches() -> None:
     got = medclip_loss(image, text, y_image, y_text, ids_image, ids_text, torch.tensor(scale, dtype=torch.float64),
                        tau)
     assert abs(float(got) - 0.5 * (i2t + t2i)) < 1e-10
+
+
+def test_temperature_gradient_stays_live_at_the_bound_and_a_step_clamps_it() -> None:
+    from radlab.models.encoder import LabelHead
+    from radlab.objectives.clip import LogitScale
+
+    scale = LogitScale(init_temperature=1 / 120)  # past the bound of 100
+    scale().backward()
+    assert scale.log_scale.grad.item() == pytest.approx(120.0)  # d exp(t)/dt, not 0 as with a forward clamp
+    scale.clamp_scale_()
+    assert scale().item() == pytest.approx(100.0)
+    head = LabelHead(["a", "b"], 4, init_temperature=2.0)  # below 1: clamped up to exp(0)
+    head.clamp_scale_()
+    assert head.logit_scale.exp().item() == pytest.approx(1.0)

@@ -200,3 +200,12 @@ def test_sources_that_reencode_the_same_images_get_an_image_audit(tmp_path: Path
         with pytest.raises(Audited):
             pretrain(cfg, progress=False)
         assert calls[-1] is expected
+
+
+def test_each_step_clamps_learned_temperatures(tmp_path: Path, phantom16: Path) -> None:
+    from radlab.models import load_encoder
+
+    cfg = _config("supervised", phantom16, tmp_path, "optim.steps=1", "optim.batch_size=8",
+                  "objective.kwargs={uncertain: ignore, init_temperature: 0.005}")  # scale 200 > 100
+    head = load_encoder(pretrain(cfg, progress=False)).label_head
+    assert head.logit_scale.exp().item() == pytest.approx(100.0, rel=1e-5)

@@ -5,6 +5,8 @@ sees one interface whatever supervised the weights.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -13,10 +15,25 @@ from radlab.models.text_towers import HFTextTower
 from radlab.models.towers import Preprocess, TowerOutput
 
 
-class LabelHead(nn.Module):
+class ClampedScale:
+    """A module with a learnable log inverse temperature t, used as exp(t) without a clamp in forward (so its
+    gradient stays live at the bound); the engine calls ``clamp_scale_`` after every optimiser step to keep
+    exp(t) in [1, ``max_scale``], open_clip's rule."""
+
+    max_scale: float = 100.0
+
+    def scale_parameter(self) -> nn.Parameter:  # pragma: no cover
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def clamp_scale_(self) -> None:
+        self.scale_parameter().clamp_(0.0, math.log(self.max_scale))
+
+
+class LabelHead(nn.Module, ClampedScale):
     """Learnable class prototypes in the joint space with a learnable temperature.
 
-    logits = exp(t) * normalise(z) · normalise(p_k); ``logit_scale`` is stored as a log.
+    logits = exp(t) * normalise(z) · normalise(p_k); ``logit_scale`` is stored as a log (``ClampedScale``).
     """
 
     def __init__(self, class_names: list[str], dim: int, init_temperature: float = 0.07) -> None:
@@ -25,8 +42,11 @@ class LabelHead(nn.Module):
         self.prototypes = nn.Parameter(torch.randn(len(class_names), dim) * dim**-0.5)
         self.logit_scale = nn.Parameter(torch.tensor([1.0 / init_temperature]).log())  # 1-d: FSDP shards it
 
+    def scale_parameter(self) -> nn.Parameter:
+        return self.logit_scale
+
     def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
-        scale = self.logit_scale.exp().clamp(max=100.0)[0]
+        scale = self.logit_scale.exp()[0]
         return scale * F.normalize(embeddings, dim=-1) @ F.normalize(self.prototypes, dim=-1).T
 
 

@@ -10,20 +10,25 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from radlab.models.encoder import ClampedScale
 from radlab.objectives.base import OBJECTIVES, Objective
 from radlab.train.distributed import gather_with_grad, global_mean
 
 
-class LogitScale(nn.Module):
-    """A learnable inverse temperature s = exp(t), initialised to 1/τ0 and clamped at ``max_scale``."""
+class LogitScale(nn.Module, ClampedScale):
+    """A learnable inverse temperature s = exp(t), initialised to 1/τ0; t is clamped into [0, log ``max_scale``]
+    after every optimiser step (``ClampedScale``), not in forward."""
 
     def __init__(self, init_temperature: float = 0.07, max_scale: float = 100.0) -> None:
         super().__init__()
         self.log_scale = nn.Parameter(torch.tensor([math.log(1.0 / init_temperature)]))  # 1-d: FSDP shards it
         self.max_scale = max_scale
 
+    def scale_parameter(self) -> nn.Parameter:
+        return self.log_scale
+
     def forward(self) -> torch.Tensor:
-        return self.log_scale.exp().clamp(max=self.max_scale)[0]
+        return self.log_scale.exp()[0]
 
 
 def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

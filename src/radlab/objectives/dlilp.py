@@ -20,10 +20,13 @@ class DLILPObjective(Objective):
     Two projections of the image tower's pooled feature h_i: the text head (the encoder's ``image_proj``,
     giving u_i, aligned with the report embeddings v_i) and a label head (this objective's ``label_proj``,
     giving z_i) scored against learnable class prototypes p_k. Each has its own temperature: s_t (CLIP,
-    learnable, 1/0.07, clamped at 100) and s_l (``LabelHead``'s, learnable). With m_ik = 1 only where sample
+    learnable, 1/0.07, kept within [1, 100]) and s_l (``LabelHead``'s, learnable). With m_ik = 1 only where sample
     i's source annotates class k:
 
-        L = λ · CLIP(u, v; s_t) + sum_ik m_ik BCE(s_l cos(z_i, p_k), y_ik) / sum_ik m_ik
+        L = λ · CLIP(u, v; s_t) + 1/|I| sum_{i in I} sum_k m_ik BCE(s_l cos(z_i, p_k), y_ik) / sum_k m_ik
+
+    with I the samples with any annotated class (``masked_bce``) and λ = 0.1 (the reference code's
+    ``lambda_dlilp``).
 
     CLIP (see ``clip_loss``) runs over the global batch's samples that have report text. With
     ``prompts=True``, samples without a report (label-only datasets) join the CLIP term with a templated
@@ -34,7 +37,7 @@ class DLILPObjective(Objective):
     requires_text = True
     requires_labels = True
 
-    def __init__(self, class_names: list[str], embed_dim: int, image_dim: int, weight: float = 1.0,
+    def __init__(self, class_names: list[str], embed_dim: int, image_dim: int, weight: float = 0.1,
                  init_temperature: float = 0.07, label_temperature: float = 0.07, max_scale: float = 100.0,
                  prompts: bool = False, uncertain: str = "ignore") -> None:
         super().__init__()

@@ -8,16 +8,22 @@ from torch import nn
 
 from radlab.models.encoder import LabelHead
 from radlab.objectives.base import OBJECTIVES, Objective
+from radlab.train.distributed import global_count, global_mean
 
 UNCERTAIN_POLICIES = ("ignore", "positive", "negative")
 
 
 def masked_bce(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Binary cross-entropy averaged over the (sample, class) pairs the sources annotate."""
+    """Binary cross-entropy averaged over each sample's annotated classes, then over the global batch's samples
+    that have any (as DLILP's reference code does), so a source that annotates many classes weighs no more per
+    image than one that annotates few. Under DDP, W ranks train as one process with the whole batch."""
     weights = mask.to(logits.dtype)
     targets = torch.nan_to_num(labels, nan=0.0).clamp(0, 1)
     per_item = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
-    return (per_item * weights).sum() / weights.sum().clamp_min(1.0)
+    annotated = weights.sum(1)
+    labelled = annotated > 0
+    per_sample = (per_item * weights).sum(1)[labelled] / annotated[labelled]
+    return global_mean(per_sample, global_count(int(labelled.sum()), logits.device))
 
 
 def resolve_uncertain(labels: torch.Tensor, mask: torch.Tensor, policy: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -38,10 +44,11 @@ class SupervisedObjective(Objective):
 
     With projected image embedding z_i, learnable prototypes p_k and temperature s = exp(t):
 
-        logit_ik = s · cos(z_i, p_k);   L = sum_{ik} m_ik BCE(logit_ik, y_ik) / sum_{ik} m_ik
+        logit_ik = s · cos(z_i, p_k);   L = 1/|I| sum_{i in I} sum_k m_ik BCE(logit_ik, y_ik) / sum_k m_ik
 
-    where m_ik = 1 only when the source of sample i annotates class k, so datasets with different label
-    sets merge without reading "not annotated" as negative.
+    where m_ik = 1 only when the source of sample i annotates class k and I are the samples with any
+    annotated class, so datasets with different label sets merge without reading "not annotated" as
+    negative, and each image weighs the same whatever its source annotates (the reference code's mean).
     """
 
     requires_labels = True

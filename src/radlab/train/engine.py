@@ -36,7 +36,7 @@ from radlab.data.loading import load_tables
 from radlab.data.records import RecordTable
 from radlab.models.build import build_encoder
 from radlab.models.checkpoint import save_encoder
-from radlab.models.encoder import RadEncoder
+from radlab.models.encoder import ClampedScale, RadEncoder
 from radlab.models.text_towers import builds_own_tokenizer
 from radlab.models.tokenizer import train_wordpiece
 from radlab.objectives import OBJECTIVES, Objective
@@ -331,6 +331,9 @@ class Trainer:
             sums["weight_decay"] = torch.tensor(cosine_weight_decay(
                 self.optimizer, self.step, self.cfg.optim.steps, self.cfg.optim.weight_decay,
                 self.cfg.optim.weight_decay_end))
+        for module in self.module.modules():
+            if isinstance(module, ClampedScale):
+                module.clamp_scale_()
         self.objective.after_step(self.model, self.step, self.cfg.optim.steps)
         if self.ema is not None:
             self.ema.update(self.module)
