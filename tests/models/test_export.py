@@ -9,12 +9,12 @@ import pytest
 import timm
 import torch
 from external_checkpoints import make_rad_dino_dir
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from transformers import AutoModel, AutoTokenizer
 
 from radlab.models import load_encoder
 from radlab.models.build import ModelConfig, TowerConfig, build_encoder
-from radlab.models.checkpoint import save_encoder
+from radlab.models.checkpoint import WEIGHTS_FILE, load_encoder_checkpoint, save_encoder
 from radlab.models.encoder import LabelHead
 from radlab.models.export import HEADS_FILE, export_checkpoint, export_encoder
 from radlab.models.tokenizer import train_wordpiece
@@ -64,7 +64,14 @@ def test_text_tower_export_loads_with_transformers(tmp_path: Path, encoder) -> N
         theirs = model(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]).last_hidden_state[:, 0]
         ours = encoder.text_output(encoder.text_tower.tokenize(TEXTS)).pooled
     torch.testing.assert_close(theirs, ours, atol=1e-5, rtol=1e-5)
-    assert "## Text tower" in (out / "README.md").read_text()
+    card = (out / "README.md").read_text()
+    assert "## Text tower" in card
+    assert tokenizer.model_max_length == encoder.text_tower.max_length  # truncation=True truncates there
+    snippet = card.split("## Text tower")[1].split("```python\n")[1].split("```")[0]
+    scope = {"texts": TEXTS}
+    with torch.no_grad():
+        exec(snippet.replace('"text"', repr(str(out / "text"))), scope)  # the card's code, as a user runs it
+    torch.testing.assert_close(scope["features"], ours, atol=1e-5, rtol=1e-5)
 
 
 def test_hf_vision_tower_export_loads_with_automodel(tmp_path: Path) -> None:
@@ -102,3 +109,24 @@ def test_export_command(tmp_path: Path, encoder) -> None:
     result = CliRunner().invoke(app, ["export", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "hf")])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "hf" / "image" / "model.safetensors").is_file() and (tmp_path / "hf" / "README.md").is_file()
+
+
+def test_checkpoints_load_offline_and_from_earlier_versions(tmp_path: Path, encoder) -> None:
+    """Every weight comes from model.safetensors: the tower's starting-weights file is not needed again, and
+    an earlier layout (0-d label-head scale, a BERT pooler) still loads."""
+
+    start = tmp_path / "start.safetensors"
+    timm_model = timm.create_model("vit_tiny_patch16_224", num_classes=0, in_chans=1, img_size=32, depth=2)
+    save_file(timm_model.state_dict(), str(start))
+    spec = {"name": "vit_tiny_patch16_224", "kwargs": {"depth": 2, "checkpoint_path": str(start)}}
+    folder = save_encoder(encoder, tmp_path / "ckpt", spec)
+    start.unlink()
+    state = load_file(str(folder / WEIGHTS_FILE))
+    state["label_head.logit_scale"] = state["label_head.logit_scale"].reshape(())
+    state["text_tower.model.pooler.dense.weight"] = torch.zeros(32, 32)
+    save_file(state, str(folder / WEIGHTS_FILE))
+    loaded = load_encoder_checkpoint(folder)
+    images = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.image_features(images), encoder.image_features(images))
+    torch.testing.assert_close(loaded.label_head.logit_scale, encoder.label_head.logit_scale)

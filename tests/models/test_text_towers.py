@@ -107,3 +107,14 @@ def test_pretrained_towers_bring_their_own_vocabulary():
 
     assert all(builds_own_tokenizer(n) for n in ("minilm", "cxr_bert", "hf"))
     assert not builds_own_tokenizer("bert_small")
+
+
+def test_pretrained_towers_drop_the_unused_pooler_and_load_in_float32(tmp_path: Path, tokenizer) -> None:
+    """An unused pooler would make DDP fail (find_unused_parameters is off); a bf16 folder must not give a
+    bf16 tower beside float32 projections."""
+    reference = _save_bert_folder(tmp_path, tokenizer)
+    reference.to(torch.bfloat16).save_pretrained(tmp_path)
+    tower = TEXT_TOWERS.build("pubmedbert", path=str(tmp_path))
+    assert tower.model.pooler is None and {p.dtype for p in tower.parameters()} == {torch.float32}
+    tower(**tower.tokenize(TEXTS)).pooled.sum().backward()
+    assert all(p.grad is not None for p in tower.parameters())

@@ -14,7 +14,7 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer
 
 from radlab import __version__
 from radlab.models.encoder import LabelHead, RadEncoder
-from radlab.models.image_towers import IMAGE_TOWERS
+from radlab.models.image_towers import IMAGE_TOWERS, INITIAL_WEIGHTS
 from radlab.models.text_towers import HFTextTower
 from radlab.models.towers import Preprocess
 
@@ -54,7 +54,19 @@ def save_encoder(model: RadEncoder, directory: Path | str, image_tower_spec: dic
     return directory
 
 
+def upgrade_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Weights of earlier radlab versions in today's layout: a 0-d label-head ``logit_scale`` becomes [1]
+    (1-d so FSDP can shard it), and an unused BERT pooler head (radlab pools the hidden states) is dropped."""
+    state = {k: v for k, v in state.items() if ".pooler." not in k}
+    scale = state.get("label_head.logit_scale")
+    if scale is not None and scale.ndim == 0:
+        state["label_head.logit_scale"] = scale.reshape(1)
+    return state
+
+
 def load_encoder_checkpoint(directory: Path | str) -> RadEncoder:
+    """Rebuild an encoder from its folder. Every weight comes from ``model.safetensors``: the tower's
+    initial-weight options (``INITIAL_WEIGHTS``) are not followed, so the folder loads offline."""
     directory = Path(directory)
     spec_path = directory / SPEC_FILE
     if not spec_path.exists():
@@ -62,14 +74,13 @@ def load_encoder_checkpoint(directory: Path | str) -> RadEncoder:
     spec = json.loads(spec_path.read_text())
     preprocess = Preprocess(**spec["preprocess"])
     tower = spec["image_tower"]
-    image = IMAGE_TOWERS.build(tower["name"], image_size=preprocess.image_size, **tower.get("kwargs", {}))
-    state = load_file(str(directory / WEIGHTS_FILE))
+    kwargs = {k: v for k, v in tower.get("kwargs", {}).items() if k not in INITIAL_WEIGHTS}  # all in the file
+    image = IMAGE_TOWERS.build(tower["name"], image_size=preprocess.image_size, **kwargs)
+    state = upgrade_state(load_file(str(directory / WEIGHTS_FILE)))
     text = None
     if spec["text_tower"] is not None:
         text_dir = directory / TEXT_DIR
         hf_model = AutoModel.from_config(AutoConfig.from_pretrained(text_dir))
-        if getattr(hf_model, "pooler", None) is not None and not any(".pooler." in k for k in state):
-            hf_model.pooler = None  # trained without HF's pooler head (radlab pools itself)
         text = HFTextTower(hf_model, AutoTokenizer.from_pretrained(text_dir), **spec["text_tower"])
     head = LabelHead(spec["label_head"]["class_names"], spec["embed_dim"]) if spec["label_head"] else None
     model = RadEncoder(image, text, spec["embed_dim"], preprocess, head)

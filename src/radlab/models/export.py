@@ -102,6 +102,19 @@ def _usage(meta: dict) -> str:
     return "from radlab.models import load_encoder  # this tower needs radlab"
 
 
+def _text_usage(pooling: str) -> str:
+    pooled = ("hidden[:, 0]  # the [CLS] token; not pooler_output (no pooler head was trained)" if pooling == "cls"
+              else "(hidden * mask).sum(1) / mask.sum(1)  # masked mean over real tokens")
+    return "\n".join([
+        "from transformers import AutoModel, AutoTokenizer",
+        'tokenizer = AutoTokenizer.from_pretrained("text")',
+        'model = AutoModel.from_pretrained("text", add_pooling_layer=False).eval()',
+        'tokens = tokenizer(texts, padding=True, truncation=True, return_tensors="pt")',
+        "hidden = model(**tokens).last_hidden_state",
+        'mask = tokens["attention_mask"].unsqueeze(-1)',
+        f"features = {pooled}"])
+
+
 def _results_table(results: dict) -> str:
     rows = ["| task | macro AUC | seconds |", "|---|---|---|"]
     for task, metrics in results.get("tasks", {}).items():
@@ -127,7 +140,8 @@ def model_card(meta: dict, train_config: dict | None, results: dict | None, name
              "```python\n" + _usage(meta) + "\n```"]
     if meta["text"]:
         parts += ["## Text tower", f"- `{meta['text']['architecture']}` in `text/` (AutoModel + AutoTokenizer), "
-                                   f"{meta['text']['pooling']} pooling, up to {meta['text']['max_length']} tokens"]
+                                   f"{meta['text']['pooling']} pooling, up to {meta['text']['max_length']} tokens",
+                  "```python\n" + _text_usage(meta["text"]["pooling"]) + "\n```"]
     if meta["label_names"]:
         parts += ["## Label head", "Class prototypes for: " + ", ".join(meta["label_names"])]
     if results:

@@ -45,6 +45,9 @@ class TimmImageTower(nn.Module):
         return TowerOutput(pooled, patches, grid=(side, patches.shape[1] // max(side, 1)))
 
 
+INITIAL_WEIGHTS = ("pretrained", "checkpoint_path")  # tower options that only choose the starting weights
+
+
 def _is_vit(name: str) -> bool:
     return name.startswith(("vit_", "deit", "eva", "vit"))
 

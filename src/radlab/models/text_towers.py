@@ -24,14 +24,18 @@ BERT_FAMILY = {
 
 
 class HFTextTower(nn.Module):
-    """A Hugging Face encoder with its tokenizer. ``pooling`` is "cls" or "mean" (masked mean)."""
+    """A Hugging Face encoder with its tokenizer. ``pooling`` is "cls" or "mean" (masked mean) over the last
+    hidden state, so a BERT pooler head is dropped (its weights would go unused, which DDP refuses), and the
+    weights are float32 whatever dtype the folder was saved in (autocast handles mixed precision)."""
 
     def __init__(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, pooling: str = "cls",
                  max_length: int = 128) -> None:
         super().__init__()
         if pooling not in ("cls", "mean"):
             raise ValueError(f"pooling must be 'cls' or 'mean', got {pooling!r}")
-        self.model = model
+        if getattr(model, "pooler", None) is not None:
+            model.pooler = None
+        self.model = model.float()
         self.tokenizer = tokenizer
         self.pooling = pooling
         self.max_length = max_length
@@ -52,7 +56,9 @@ class HFTextTower(nn.Module):
         return TowerOutput(pooled, hidden, mask)
 
     def save(self, directory: Path) -> None:
+        """A Hugging Face folder whose tokenizer truncates at this tower's ``max_length``."""
         self.model.save_pretrained(directory)
+        self.tokenizer.model_max_length = self.max_length
         self.tokenizer.save_pretrained(directory)
 
 

@@ -113,7 +113,7 @@ class HFVisionTower(nn.Module):
 def build_hf_vision(path: str, input_mean: float | None = None,
                     input_std: float | None = None) -> tuple[HFVisionTower, Preprocess]:
     """The tower and its Preprocess from a local folder (or a hub id, for users with internet)."""
-    model = AutoModel.from_pretrained(path).eval()
+    model = AutoModel.from_pretrained(path).float().eval()
     settings = processor_settings(path, getattr(model.config, "image_size", None))
     adapter = ChannelAdapter(settings.mean, settings.std, input_mean, input_std)
     return HFVisionTower(model, adapter), adapter.preprocess(settings.image_size, settings.fit, settings.resize)
