@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 from radlab.data.records import RecordTable
@@ -220,3 +221,36 @@ def test_every_shot_and_fraction_averages_the_same_findings(tiny_encoder: RadEnc
     assert unfit > 0 and 0.0 <= tiny <= 1.0  # a 1% sample misses some findings; they count as chance
     full, none = kshot.fraction_macro_auc(ctx, x, y, columns, 1.0, seed=0)
     assert none == 0 and full > 0.5
+
+
+def test_finetune_ignores_unannotated_labels(tiny_encoder: RadEncoder, split_table: RecordTable,
+                                             labels: list[str]) -> None:
+    """CheXpert/MIMIC leave labels blank (NaN): they must drop out of the loss, not turn it into NaN."""
+    frame = split_table.frame.copy()
+    train = np.flatnonzero((frame["split"] == "train").to_numpy())
+    frame.loc[frame.index[train[::3]], f"label_{labels[0]}"] = np.nan
+    table = RecordTable(frame, split_table.root)
+    out = evaluate(tiny_encoder, table, ["finetune"], labels, n_boot=10, options={"finetune": {"steps": 3}})
+    ft = out["tasks"]["finetune"]
+    assert np.isfinite([ft["train_loss_first"], ft["train_loss_last"], ft["macro_auc"]]).all()
+
+
+def test_segmentation_reads_0_1_masks_and_scores_the_empty_prediction(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from radlab.evaluation.metrics import dice_iou
+    from radlab.evaluation.segmentation import load_masks
+    from radlab.models.towers import Preprocess
+
+    mask = np.zeros((16, 16), np.uint8)
+    mask[4:12, 4:12] = 1  # a 0/1 PNG, as many tools write them
+    Image.fromarray(mask).save(tmp_path / "m.png")
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(tmp_path / "empty.png")
+    records = [{"id": f"r{k}", "image_path": "m.png", "source": "s", "patient_id": f"p{k}", "mask_heart": name}
+               for k, name in enumerate(["m.png", "empty.png"])]
+    ctx = SimpleNamespace(table=RecordTable.from_records(records, tmp_path),
+                          encoder=SimpleNamespace(preprocess=Preprocess(image_size=16)))
+    masks = load_masks(ctx, np.arange(2), ["heart"])  # type: ignore[arg-type]
+    assert masks[0, 0].sum() == 64 and masks[1, 0].sum() == 0
+    dice, _ = dice_iou(masks[:, 0], np.zeros_like(masks[:, 0]))
+    assert list(dice) == [0.0, 1.0]  # what all_zero_dice averages: predicting nothing is right on empty masks

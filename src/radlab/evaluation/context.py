@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -19,6 +19,7 @@ from radlab.registry import Registry
 
 TASKS: Registry = Registry("evaluation task")
 SPLITS = ("train", "val", "test")
+T = TypeVar("T", np.ndarray, torch.Tensor)
 
 
 class TaskSkipped(RuntimeError):
@@ -99,6 +100,12 @@ def evaluable_labels(table: RecordTable, names: list[str]) -> list[str]:
     test = table.split("test")
     values = test.labels(names)
     return [n for k, n in enumerate(names) if (values[:, k] == 1).any() and (values[:, k] == 0).any()]
+
+
+def nonzero(std: T) -> T:
+    """Standard deviations (numpy or torch) with the near-zero ones of features constant in train read as 1, as
+    scikit-learn's StandardScaler does, so a feature that varies only at test time is not blown up."""
+    return std + (std < 1e-8) * (1 - std)
 
 
 @contextmanager

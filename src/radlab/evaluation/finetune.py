@@ -61,11 +61,11 @@ def finetune(ctx: EvalContext) -> dict:
     losses = []
     for batch in batches(loader, steps):
         labels = batch["labels"].to(device)
-        mask = batch["label_mask"].to(device) & (labels >= 0)
+        mask = batch["label_mask"].to(device) & (labels >= 0)  # annotated (not NaN) and certain
         logits = model(batch["image"].to(device))
-        loss = F.binary_cross_entropy_with_logits(logits, labels.clamp(min=0), pos_weight=pos_weight,
+        loss = F.binary_cross_entropy_with_logits(logits, torch.where(mask, labels, 0.0), pos_weight=pos_weight,
                                                   reduction="none")
-        loss = (loss * mask).sum() / mask.sum().clamp_min(1)
+        loss = torch.where(mask, loss, 0.0).sum() / mask.sum().clamp_min(1)
         optim.zero_grad()
         loss.backward()
         optim.step()

@@ -16,12 +16,15 @@ RECALL_KS = (1, 5, 10, 50)
 def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
     """Area under the ROC curve via the Mann-Whitney U statistic (ties count one half); NaN if one class.
 
-    Labels must be 0/1: unannotated (NaN) and uncertain (-1) entries are the caller's to drop."""
+    Labels must be 0/1: unannotated (NaN) and uncertain (-1) entries are the caller's to drop; scores must
+    be finite."""
     labels = np.asarray(labels)
     if not np.isin(labels, (0, 1)).all():
         raise ValueError("roc_auc takes 0/1 labels; drop unannotated (NaN) and uncertain (-1) entries first")
     labels = labels.astype(bool)
     scores = np.asarray(scores, dtype=np.float64)
+    if not np.isfinite(scores).all():
+        raise ValueError("roc_auc got non-finite scores (a diverged model?); they have no order")
     n_pos, n_neg = int(labels.sum()), int((~labels).sum())
     if n_pos == 0 or n_neg == 0:
         return float("nan")

@@ -3,6 +3,7 @@ its patient-bootstrap interval per encoder and task) and a bar plot with error b
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -38,8 +39,15 @@ def headline_rows(runs: list[dict]) -> list[dict]:
             ci = metrics.get(f"{key}_ci") or {}
             rows.append({"encoder": run.get("encoder") or run.get("encoder_hash", "?"), "task": task, "metric": key,
                          "value": metrics[key], "low": ci.get("ci_low"), "high": ci.get("ci_high"),
-                         "data_hash": run.get("data_hash", ""), "code_version": run.get("code_version", "")})
+                         "data_hash": run.get("data_hash", ""), "labels": label_set(run.get("labels", [])),
+                         "seed": run.get("seed", ""), "code_version": run.get("code_version", "")})
     return rows
+
+
+def label_set(names: list[str]) -> str:
+    """A label set as its size and a short hash, so rows averaging different findings look different."""
+    digest = hashlib.sha256(",".join(sorted(names)).encode()).hexdigest()[:6]
+    return f"{len(names)} ({digest})"
 
 
 def render(store: Path | str, out_dir: Path | str | None = None) -> Path:
@@ -53,12 +61,17 @@ def render(store: Path | str, out_dir: Path | str | None = None) -> Path:
     out = Path(out_dir) if out_dir else store.parent
     out.mkdir(parents=True, exist_ok=True)
     rows = headline_rows(read_runs(store))
-    lines = ["# radlab evaluation results", "", "Intervals: 95% percentile bootstrap over patients.", "",
-             "| encoder | task | metric | value | 95% CI | data | code |", "|---|---|---|---|---|---|---|"]
+    lines = ["# radlab evaluation results", "", "Intervals: 95% percentile bootstrap over patients."]
+    settings = {(r["data_hash"], r["labels"]) for r in rows}
+    if len(settings) > 1:
+        lines.append(f"Warning: these rows come from {len(settings)} different (data, label set) pairs; compare "
+                     "only rows that share both.")
+    lines += ["", "| encoder | task | metric | value | 95% CI | data | labels | seed | code |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ci = f"[{r['low']:.3f}, {r['high']:.3f}]" if r["low"] is not None and r["high"] is not None else "-"
         lines.append(f"| {r['encoder']} | {r['task']} | {r['metric']} | {r['value']:.3f} | {ci} | "
-                     f"{r['data_hash']} | {r['code_version']} |")
+                     f"{r['data_hash']} | {r['labels']} | {r['seed']} | {r['code_version']} |")
     figure = out / f"{store.stem}.png"
     fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * len(rows) + 2), 3.5))
     if rows:

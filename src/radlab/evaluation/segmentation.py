@@ -11,7 +11,7 @@ from torch import nn
 
 from radlab.data.images import fit_square, read_image
 from radlab.data.records import MASK_PREFIX
-from radlab.evaluation.context import TASKS, EvalContext, TaskSkipped, single_thread
+from radlab.evaluation.context import TASKS, EvalContext, TaskSkipped, nonzero, single_thread
 from radlab.evaluation.metrics import dice_iou
 
 
@@ -23,7 +23,8 @@ def load_masks(ctx: EvalContext, rows: np.ndarray, structures: list[str]) -> np.
         for s, name in enumerate(structures):
             path = ctx.table.mask_path(int(i), name)
             if path is not None and path.exists():
-                out[n, s] = fit_square(read_image(path), p.image_size, p.fit, p.resize) > 0.5
+                binary = (read_image(path) > 0).astype(np.float32)  # 0/1 and 0/255 masks alike
+                out[n, s] = fit_square(binary, p.image_size, p.fit, p.resize) > 0.5
     return out
 
 
@@ -88,7 +89,7 @@ def segmentation(ctx: EvalContext) -> dict:
     ctx.require_images(("train", "test"))
     size = ctx.encoder.preprocess.image_size
     x = {s: token_grid(ctx, s) for s in ("train", "test")}
-    mean, std = x["train"].mean((0, 2, 3), keepdim=True), x["train"].std((0, 2, 3), keepdim=True) + 1e-6
+    mean, std = x["train"].mean((0, 2, 3), keepdim=True), nonzero(x["train"].std((0, 2, 3), keepdim=True))
     x = {s: (v - mean) / std for s, v in x.items()}
     masks = {s: torch.from_numpy(load_masks(ctx, ctx.rows(s), structures)) for s in x}
     kind = ctx.option("decoder", "linear")
@@ -108,12 +109,13 @@ def segmentation(ctx: EvalContext) -> dict:
             continue
         dice, iou = dice_iou(truth[known], predicted[known, s])
         base, _ = dice_iou(truth[known], np.broadcast_to(mean_mask[s], truth[known].shape))
+        empty, _ = dice_iou(truth[known], np.zeros_like(truth[known]))  # Dice 1 on every empty truth mask
         patients = test_patients[known]
         out["structures"][name] = {
             "dice": float(dice.mean()), "iou": float(iou.mean()), "n_test": int(known.sum()),
             "dice_ci": ctx.interval(f"dice_{name}", lambda i, d=dice: float(d[i].mean()), patients),
             "iou_ci": ctx.interval(f"iou_{name}", lambda i, v=iou: float(v[i].mean()), patients),
-            "mean_mask_dice": float(base.mean()), "all_zero_dice": 0.0}
+            "mean_mask_dice": float(base.mean()), "all_zero_dice": float(empty.mean())}
     if not out["structures"]:
         raise TaskSkipped("no test record has a mask")
     out["mean_dice"] = float(np.mean([v["dice"] for v in out["structures"].values()]))

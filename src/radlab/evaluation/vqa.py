@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from radlab.evaluation.context import TASKS, EvalContext, TaskSkipped, single_thread
+from radlab.evaluation.context import TASKS, EvalContext, TaskSkipped, nonzero, single_thread
 from radlab.evaluation.metrics import accuracy, tokenize_text
 
 
@@ -75,7 +75,7 @@ def vqa(ctx: EvalContext) -> dict:
     vocab = {a: i for i, a in enumerate(sorted(set(answers["train"])))}
     y = {s: np.array([vocab.get(a, -1) for a in v]) for s, v in answers.items()}
     img = {s: image_features(ctx, r) for s, r in rows.items()}
-    mean, std = img["train"].mean(0), img["train"].std(0) + 1e-6
+    mean, std = img["train"].mean(0), nonzero(img["train"].std(0))
     img = {s: ((v - mean) / std).astype(np.float32) for s, v in img.items()}
     if ctx.encoder.has_text:
         q = {s: ctx.text_features(v) for s, v in questions.items()}
@@ -83,7 +83,7 @@ def vqa(ctx: EvalContext) -> dict:
     else:
         q = {s: bag_of_words(questions["train"], v) for s, v in questions.items()}
         question_encoding = "bag_of_words"
-    q_mean, q_std = q["train"].mean(0), q["train"].std(0) + 1e-6
+    q_mean, q_std = q["train"].mean(0), nonzero(q["train"].std(0))
     q = {s: ((v - q_mean) / q_std).astype(np.float32) for s, v in q.items()}
     steps = int(ctx.option("steps", 500))
     fused = train_head(np.concatenate([img["train"], q["train"]], 1), y["train"], len(vocab), steps, ctx.seed)
