@@ -4,6 +4,7 @@ against hand-computed cases (BLEU, ROUGE-L, R@K)."""
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -105,3 +106,17 @@ def test_zero_shot_scores_keep_their_order_where_a_softmax_saturates(monkeypatch
     ctx = SimpleNamespace(image_features=lambda split, kind: images)
     binary, _ = zero_shot.prompt_scores(ctx, ["cardiomegaly"], "names")  # type: ignore[arg-type]
     assert len(np.unique(binary[:, 0])) == 7 and (np.diff(binary[:, 0]) < 0).all()
+
+
+@pytest.mark.parametrize("mode", ["names", "ensemble", "descriptions"])
+def test_negative_prompts_never_restate_the_positive(mode: str) -> None:
+    from radlab.data.taxonomy import FINDING_NAMES
+    from radlab.evaluation.prompts import prompts
+
+    for name in FINDING_NAMES:
+        positive, negative = prompts(name, mode, seed=3)
+        assert positive and len(positive) == len(negative)
+        assert not any("no no " in text.lower() for text in negative)
+    positive, negative = prompts("no_finding", mode, seed=3)  # itself a negation: normal vs abnormal study
+    assert all("abnormal" in t.lower() or "active disease" in t.lower() for t in negative)
+    assert not any(re.search(r"\b(no acute|normal chest|no finding)", t.lower()) for t in negative)
