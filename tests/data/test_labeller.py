@@ -8,7 +8,7 @@ import pytest
 from radlab.data.labeller import add_report_labels, agreement, label_report, label_sentence
 from radlab.data.prompts import add_prompts, compose_prompts, prompt_from_labels, record_rng, table_prompts
 from radlab.data.records import RecordTable
-from radlab.data.sources.iu_xray import IUXraySource
+from radlab.data.sources.iu_xray import IUXraySource, full_report
 from radlab.data.taxonomy import FINDING_NAMES, propagate_to_parents
 
 
@@ -29,6 +29,19 @@ from radlab.data.taxonomy import FINDING_NAMES, propagate_to_parents
     ("The heart is not enlarged.", {"cardiomegaly": 0}),
     ("Small pericardial effusion.", {}),
     ("Right PICC line tip in the SVC.", {"support_devices": 1}),
+    ("Three noncalcified nodules.", {"nodule": 1}),  # "non"/"un" words mention nothing
+    ("Stable, nonenlarged cardiomediastinal silhouette.", {}),
+    ("Mild nonconsolidating airspace disease.", {"lung_opacity": 1}),
+    ("Levoscoliosis, small hydropneumothorax.", {"scoliosis": 1, "pneumothorax": 1}),  # other prefixes still match
+    ("No significant interval change in the left pleural effusion.", {"pleural_effusion": 1}),
+    ("There is a 9 mm nodule, not seen on prior exams.", {"nodule": 1}),
+    ("Please note that fractures may not be demonstrated.", {}),  # hypothetical: no label
+    ("Evaluation for pneumothorax is limited.", {}),
+    ("CT recommended to rule out malignancy.", {}),
+    ("Recommend CT for evaluation of this nodule.", {"nodule": 1}),
+    ("Cannot exclude a small left pleural effusion or subtle pneumothorax.", {"pleural_effusion": -1, "pneumothorax": -1}),
+    ("Pneumothorax is unlikely.", {"pneumothorax": 0}),
+    ("Atelectasis, less likely pneumonia.", {"atelectasis": 1, "pneumonia": 0}),
 ])
 def test_sentence_negation_and_uncertainty(sentence, expected):
     assert label_sentence(sentence) == expected
@@ -47,6 +60,8 @@ def test_report_combines_sentences_and_sets_parents_and_no_finding():
     normal = label_report("INDICATION: rule out pneumonia. FINDINGS: No pneumothorax. IMPRESSION: Normal chest.")
     assert normal.labels["no_finding"] == 1 and math.isnan(normal.labels["pneumonia"])  # indication not read
     assert all(math.isnan(v) for v in label_report("").labels.values())
+    unpunctuated = label_report(full_report("No focal infiltrates", "Emphysema.")).labels  # IU uid 1759
+    assert unpunctuated["emphysema"] == 1 and unpunctuated["infiltration"] == 0
 
 
 def test_report_labels_fill_only_unannotated_cells(tmp_path):

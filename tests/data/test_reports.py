@@ -14,9 +14,16 @@ def test_inline_headings_synonyms_and_repeats():
     sections = parse_sections(text)
     assert sections == {"text": "Preliminary read.", "indication": "cough.", "findings": "clear lungs.",
                         "impression": "normal. no change."}
-    assert labelled_text(text) == "clear lungs. normal. no change."
+    assert labelled_text(text) == "clear lungs.\n\nnormal. no change."
     assert labelled_text("INDICATION: evaluate for pneumonia. COMPARISON: none. Lungs clear.") == ""
     assert labelled_text("Heart normal. No effusion.") == "Heart normal. No effusion."
+
+
+def test_capitalised_heading_needs_no_sentence_end_before_it():
+    text = "FINDINGS: No focal infiltrates IMPRESSION: Emphysema."
+    assert parse_sections(text) == {"findings": "No focal infiltrates", "impression": "Emphysema."}
+    assert split_sentences(labelled_text(text)) == ["No focal infiltrates", "Emphysema."]
+    assert parse_sections("Findings: as in prior findings: stable.") == {"findings": "as in prior findings: stable."}
 
 
 def test_sentences_respect_abbreviations_decimals_and_lists():

@@ -1,15 +1,18 @@
 """A rule-based finding extractor for chest X-ray reports, in the NegEx / CheXpert-labeler style.
 
-Per sentence, every mention of a canonical finding (``MENTIONS``) is classified by the cues around it in
-its clause: uncertainty phrases that contain a negation word ("cannot exclude") first -> -1; then
-negation ("no", "without", "free of", "negative for", "resolved", ...) -> 0; then uncertainty
-("possible", "may", "suggest", ...) -> -1; else 1. Phrases that state a finding is normal
-("heart size is normal") give 0 (``NORMAL``). Negation cues reach ``NEGATION_WINDOW`` words forward (lists
-such as "no consolidation, effusion or pneumothorax"), uncertainty cues ``UNCERTAIN_WINDOW``, post-cues
-``POST_WINDOW`` words back, never across a clause break ("but", "however", ";", "there is", ...). Report labels
-combine sentences as positive > uncertain > negative, NaN for findings never mentioned; positives and
-uncertains propagate to parents; no_finding is 1 when no finding but support devices is positive or
-uncertain (the CheXpert rule), else 0.
+Per sentence, every mention of a canonical finding (``MENTIONS``; not inside a "non"/"un" word such as
+"noncalcified") is classified by the cues around it in its clause: a hypothetical ("evaluate for", "rule out",
+"may not be demonstrated") gives no label; uncertainty phrases that contain a negation word ("cannot
+exclude") -> -1; then negation ("no", "without", "free of", "negative for", "resolved", "unlikely", ...) -> 0;
+then uncertainty ("possible", "may", "suggest", ...) -> -1; else 1. Phrases that only look like a cue ("no
+interval change in", "not seen on prior") block the cues they overlap (``PSEUDO_NEGATION``). Phrases that
+state a finding is normal ("heart size is normal") give 0 (``NORMAL``). Negation-like cues (hypothetical,
+negated uncertainty, negation) reach ``NEGATION_WINDOW`` words forward (lists such as "no consolidation,
+effusion or pneumothorax"), uncertainty cues ``UNCERTAIN_WINDOW``, post-cues ``POST_WINDOW`` words back,
+never across a clause break ("but", "however", ";", "there is", ...). Report labels combine sentences as
+positive > uncertain > negative, NaN for findings never mentioned; positives and uncertains propagate to
+parents; no_finding is 1 when no finding but support devices is positive or uncertain (the CheXpert rule),
+else 0.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from radlab.data.sources.common import NAN, combine
 from radlab.data.taxonomy import FINDING_NAMES, NEGATIVE, POSITIVE, UNCERTAIN, propagate_to_parents
 
 _N = r"(?:\w+ ){0,2}"  # up to two filler words
+_NOT_PREFIXED = r"(?<!non)(?<!non-)(?<!un)"  # "noncalcified", "non-enlarged", "uncalcified" mention nothing
 MENTIONS: dict[str, tuple[str, ...]] = {
     "enlarged_cardiomediastinum": (
         r"widen\w* (?:of )?(?:the )?(?:superior )?mediastin\w*", r"(?:enlarged|widened|prominent) (?:cardio)?mediastin\w*",
@@ -42,7 +46,7 @@ MENTIONS: dict[str, tuple[str, ...]] = {
     "lung_opacity": (r"opaci\w*", r"densit(?:y|ies)", r"air ?space (?:disease|opacit\w*|process)", r"\bhazy\b"),
     "lung_lesion": (r"(?:lung|pulmonary|parenchymal|cavitary|focal|spiculated) lesions?", r"neoplasm\w*",
                     r"tumou?rs?\b", r"carcinoma", r"malignan\w*", r"metasta\w*", r"\bcancer"),
-    "nodule": (r"(?<!calcified )(?<!granulomatous )nodul(?:e|es|ar|arity)\b",),
+    "nodule": (rf"(?<!{_NOT_PREFIXED}calcified )(?<!granulomatous )nodul(?:e|es|ar|arity)\b",),
     "mass": (r"\bmass(?:es|-like)?\b",),
     "lung_cavity": (r"cavit(?:y|ies|ary|ation)",),
     "lung_cyst": (r"(?:lung|pulmonary|parenchymal) cysts?", r"\bbullae?\b", r"\bbullous"),
@@ -93,13 +97,18 @@ NORMAL: dict[str, tuple[str, ...]] = {
 UNCERTAIN_NEGATED = (r"can ?not (?:be )?(?:entirely |completely |definitely )?(?:excluded|exclude|ruled out|rule out)",
                      r"not (?:be )?(?:entirely |completely |definitely )?(?:excluded|ruled out)",
                      r"difficult to (?:completely |entirely )?exclude", r"could not exclude")
-PSEUDO_NEGATION = (r"no (?:significant |interval |appreciable )?(?:change|increase|decrease|worsening)",
-                   r"without (?:significant |interval )?change", r"not (?:significantly )?(?:changed|increased)",
-                   r"not only", r"no longer (?:require|need)")
+HYPOTHETICAL_PRE = (r"evaluat\w* for", r"evaluat\w* of (?!the |this |these |that |those )", r"rule[- ]?out",
+                    r"\bto exclude")
+HYPOTHETICAL_POST = (r"may not be (?:demonstrated|detected|seen|visible)",)
+_MODIFIERS = r"(?:(?:significant|interval|appreciable) ){0,2}"
+PSEUDO_NEGATION = (rf"no {_MODIFIERS}(?:change|increase|decrease|worsening)", rf"without {_MODIFIERS}change",
+                   r"not (?:significantly )?(?:changed|increased)", r"not only", r"no longer (?:require|need)",
+                   r"not (?:seen|present|visualized|identified) (?:on|in) (?:the )?(?:prior|previous)")
 NEGATION_PRE = (r"\bno\b", r"\bnot\b", r"\bwithout\b", r"free of", r"negative for", r"absence of", r"\babsent\b",
                 r"resolution of", r"resolved", r"clear of", r"rather than", r"\bnor\b", r"\bneither\b",
-                r"removal of")
+                r"removal of", r"\bunlikely\b", r"less likely")
 NEGATION_POST = (r"(?:is|are|was|were|has|have been)? ?(?:not seen|not identified|not present|not visualized|absent)",
+                 r"(?:is|are|was|were) (?:unlikely|less likely|not likely)",
                  r"(?:has|have)? ?(?:resolved|cleared|been removed|removed)", r"no longer (?:seen|visible|present|evident)",
                  r"is gone")
 UNCERTAIN_PRE = (r"possib\w*", r"\bmay\b", r"\bmight\b", r"\bcould\b", r"suggest\w*", r"suspicio\w*", r"suspect\w*",
@@ -119,9 +128,10 @@ def _compile(patterns: tuple[str, ...]) -> re.Pattern[str]:
     return re.compile("|".join(f"(?:{p})" for p in patterns))
 
 
-_MENTION_RE = {name: _compile(p) for name, p in MENTIONS.items()}
+_MENTION_RE = {name: _compile(tuple(f"{_NOT_PREFIXED}(?:{q})" for q in p)) for name, p in MENTIONS.items()}
 _NORMAL_RE = {name: _compile(p) for name, p in NORMAL.items()}
 _CUES = {kind: _compile(p) for kind, p in {
+    "hypothetical_pre": HYPOTHETICAL_PRE, "hypothetical_post": HYPOTHETICAL_POST,
     "uncertain_negated": UNCERTAIN_NEGATED, "pseudo": PSEUDO_NEGATION, "negation_pre": NEGATION_PRE,
     "negation_post": NEGATION_POST, "uncertain_pre": UNCERTAIN_PRE, "uncertain_post": UNCERTAIN_POST}.items()}
 _TERMINATOR_RE = _compile(TERMINATORS)
@@ -143,8 +153,9 @@ def _words(text: str) -> int:
 def _cue_spans(sentence: str) -> dict[str, list[tuple[int, int]]]:
     spans = {kind: [m.span() for m in regex.finditer(sentence)] for kind, regex in _CUES.items()}
     blocked = spans["uncertain_negated"] + spans["pseudo"]
-    for kind in ("negation_pre", "negation_post", "uncertain_pre", "uncertain_post"):
-        spans[kind] = [s for s in spans[kind] if not any(b[0] <= s[0] < b[1] for b in blocked)]
+    for kind in ("hypothetical_pre", "hypothetical_post", "negation_pre", "negation_post", "uncertain_pre",
+                 "uncertain_post"):
+        spans[kind] = [s for s in spans[kind] if not any(b[0] < s[1] and s[0] < b[1] for b in blocked)]
     return spans
 
 
@@ -156,7 +167,9 @@ def _classify(sentence: str, start: int, end: int, spans: dict[str, list[tuple[i
     def after(kind: str) -> bool:
         return any(a >= end and b <= clause[1] and _words(sentence[end:a]) <= POST_WINDOW for a, b in spans[kind])
 
-    if before("uncertain_negated") or after("uncertain_negated"):
+    if before("hypothetical_pre", NEGATION_WINDOW) or after("hypothetical_post"):
+        return NAN
+    if before("uncertain_negated", NEGATION_WINDOW) or after("uncertain_negated"):
         return UNCERTAIN
     if before("negation_pre", NEGATION_WINDOW) or after("negation_post"):
         return NEGATIVE
@@ -166,18 +179,19 @@ def _classify(sentence: str, start: int, end: int, spans: dict[str, list[tuple[i
 
 
 def label_sentence(sentence: str) -> dict[str, float]:
-    """Findings mentioned in one sentence -> 1 / 0 / -1."""
+    """Findings mentioned in one sentence -> 1 / 0 / -1 (hypothetical mentions only: absent)."""
     text = sentence.lower()
     breaks = [0] + [m.start() for m in _TERMINATOR_RE.finditer(text)] + [len(text)]
     clauses = list(zip(breaks[:-1], breaks[1:], strict=True))
     spans = _cue_spans(text)
     out: dict[str, float] = {}
     for name, regex in _MENTION_RE.items():
-        for m in regex.finditer(text):
-            clause = next(c for c in clauses if c[0] <= m.start() < c[1])
-            out[name] = combine([out.get(name, NAN), _classify(text, m.start(), m.end(), spans, clause)])
+        values = [_classify(text, m.start(), m.end(), spans, next(c for c in clauses if c[0] <= m.start() < c[1]))
+                  for m in regex.finditer(text)]
         if name in _NORMAL_RE and _NORMAL_RE[name].search(text):
-            out[name] = combine([out.get(name, NAN), NEGATIVE])
+            values.append(NEGATIVE)
+        if not np.isnan(value := combine(values)):
+            out[name] = value
     return out
 
 

@@ -1,8 +1,8 @@
 """Radiology report text: section parsing (FINDINGS, IMPRESSION, ...) and sentence splitting.
 
-Headings are recognised at a line start or after a sentence end, in any case, followed by a colon
-("FINDINGS:", "Impression:"); synonyms map to one name (CONCLUSION -> impression, HISTORY -> indication).
-Text before the first heading is the ``text`` section.
+Headings are recognised followed by a colon: in any case at a line start or after a sentence end
+("Impression:"), in capitals also after a space ("No focal infiltrates IMPRESSION: Emphysema."). Synonyms map
+to one name (CONCLUSION -> impression, HISTORY -> indication). Text before the first heading is ``text``.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ SECTION_NAMES: dict[str, str] = {
 }
 CONTEXT_SECTIONS = {"indication", "comparison", "technique", "examination", "notification"}
 _HEADING = re.compile(
-    r"(?:^|(?<=[.;:!?\n]))[ \t]*(?P<name>"
+    r"(?:^|(?<=[.;:!?\n])|(?<=\s)(?=(?-i:[A-Z][A-Z ]*:)))[ \t]*(?P<name>"
     + "|".join(sorted((re.escape(n) for n in SECTION_NAMES), key=len, reverse=True))
     + r")[ \t]*:", re.IGNORECASE | re.MULTILINE)
 _ABBREVIATIONS = {"dr", "mr", "mrs", "ms", "vs", "e.g", "i.e", "approx", "st", "fig", "resp", "etc", "a.m", "p.m"}
@@ -49,12 +49,13 @@ def parse_sections(text: str) -> dict[str, str]:
 
 def labelled_text(text: str) -> str:
     """The part of a report a labeller should read: findings and impression when present, else every
-    section except context ones (indication, comparison, technique, examination)."""
+    section except context ones (indication, comparison, technique, examination); sections are joined by a
+    blank line, so one that lacks final punctuation still ends its sentence."""
     sections = parse_sections(text)
     core = [sections[s] for s in ("findings", "impression") if s in sections]
     if not core:
         core = [body for name, body in sections.items() if name not in CONTEXT_SECTIONS]
-    return " ".join(core)
+    return "\n\n".join(core)
 
 
 def split_sentences(text: str) -> list[str]:
