@@ -26,3 +26,9 @@ def test_manifest_errors_name_the_row(tmp_path):
     (root / "bad.jsonl").write_text('{"image_path": "img/a.png", "patient_id": "p1"}\n{"image_path": \n')
     with pytest.raises(SourceFormatError, match=r"bad.jsonl: line 2: not valid JSON"):
         ManifestSource().load(root / "bad.jsonl")
+
+
+def test_text_only_records_get_row_ids(tmp_path):
+    (tmp_path / "manifest.csv").write_text("image_path,patient_id,report\n,p1,No effusion.\n,p2,Cardiomegaly.\n")
+    frame = ManifestSource().load(tmp_path).frame
+    assert frame["id"].tolist() == ["row1", "row2"] and frame["image_path"].tolist() == ["", ""]

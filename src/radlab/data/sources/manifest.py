@@ -2,10 +2,11 @@
 
 ROOT is the manifest file, or a folder holding ``manifest.csv`` or ``manifest.jsonl``; relative paths
 resolve against the manifest's folder. Required: ``image_path`` (empty for a text-only record) and
-``patient_id``. Optional: every other core column (``id`` defaults to the image path, ``source`` to
-"manifest"), ``label_<finding>`` columns in the canonical taxonomy (1, 0, -1, empty = not annotated),
-``mask_<structure>`` paths, and any extra column, kept as is. Values are validated, not guessed: a view
-of "lateral" is an error naming the row, not a silent ''. Patient ids are taken as given.
+``patient_id``. Optional: every other core column (``id`` defaults to the image path, or ``row<N>`` for a
+text-only record; ``source`` to "manifest"), ``label_<finding>`` columns in the canonical taxonomy (1, 0,
+-1, empty = not annotated), ``mask_<structure>`` paths, and any extra column, kept as is. Values are
+validated, not guessed: a view of "lateral" is an error naming the row, not a silent ''. Patient ids are
+taken as given; a manifest merged with other sources needs ids of its own (e.g. a site prefix).
 """
 
 from __future__ import annotations
@@ -60,8 +61,8 @@ class ManifestSource(Source):
         frame["image_path"] = frame["image_path"].fillna("").astype(str)
         for row in frame.index[frame["patient_id"].fillna("").astype(str).str.strip() == ""]:
             raise bad_row(path, int(row), "empty patient_id")
-        if "id" not in frame:
-            frame["id"] = frame["image_path"]
+        if "id" not in frame:  # the image path, or the row for a text-only record
+            frame["id"] = [path_ or f"row{n + 1}" for n, path_ in enumerate(frame["image_path"])]
         if "source" not in frame:
             frame["source"] = self.name
         for column in [c for c in frame.columns if c.startswith("label_")]:
