@@ -116,3 +116,24 @@ def test_hf_vision_tower_checkpoint_round_trip(rad_dino_dir: Path, tmp_path: Pat
     images = torch.randn(1, 1, 56, 56)
     with torch.no_grad():
         torch.testing.assert_close(reloaded.encode_image(images), model.encode_image(images))
+
+
+def test_continued_rad_dino_checkpoint_loads_without_the_original_folder(tmp_path: Path) -> None:
+    """A checkpoint of continued RAD-DINO training carries the tower's config: moving or deleting the RAD-DINO
+    folder it started from must not break loading it."""
+    import shutil
+
+    from radlab.models.build import ModelConfig, TowerConfig, build_encoder
+    from radlab.models.checkpoint import load_encoder_checkpoint, save_encoder
+
+    start = make_rad_dino_dir(tmp_path / "rad-dino")
+    tower = TowerConfig(name="hf_vision", kwargs={"path": str(start)})
+    encoder = build_encoder(ModelConfig(image_tower=tower, text_tower=None, image_size=56, embed_dim=16)).eval()
+    with torch.no_grad():
+        encoder.image_tower.model.embeddings.cls_token.add_(0.5)  # "trained": differs from the start folder
+    folder = save_encoder(encoder, tmp_path / "ckpt", tower.model_dump())
+    shutil.rmtree(start)
+    loaded = load_encoder_checkpoint(folder)
+    images = torch.rand(2, 1, 56, 56)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.image_features(images), encoder.image_features(images))

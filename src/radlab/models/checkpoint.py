@@ -1,5 +1,6 @@
 """radlab encoder checkpoints: a folder with ``encoder.json`` (how to rebuild), ``model.safetensors``
-(weights) and ``text_tower/`` (text config + tokenizer). Nothing is unpickled when loading."""
+(weights), ``text_tower/`` (text config + tokenizer) and, for towers built from a Hugging Face folder,
+``image_tower/`` (its config). Nothing is unpickled when loading, and nothing outside the folder is read."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from radlab.models.towers import Preprocess
 SPEC_FILE = "encoder.json"
 WEIGHTS_FILE = "model.safetensors"
 TEXT_DIR = "text_tower"
+IMAGE_DIR = "image_tower"  # towers built from a folder (hf_vision): their config, so loading needs no other copy
 
 
 def save_encoder(model: RadEncoder, directory: Path | str, image_tower_spec: dict, extra: dict | None = None,
@@ -41,6 +43,8 @@ def save_encoder(model: RadEncoder, directory: Path | str, image_tower_spec: dic
         "label_head": {"class_names": model.label_head.class_names} if model.label_head is not None else None,
         **(extra or {}),
     }
+    if hasattr(model.image_tower, "save_architecture"):
+        model.image_tower.save_architecture(tmp / IMAGE_DIR)
     if model.text_tower is not None:
         spec["text_tower"] = {"pooling": model.text_tower.pooling, "max_length": model.text_tower.max_length}
         model.text_tower.model.config.save_pretrained(tmp / TEXT_DIR)
@@ -75,6 +79,8 @@ def load_encoder_checkpoint(directory: Path | str) -> RadEncoder:
     preprocess = Preprocess(**spec["preprocess"])
     tower = spec["image_tower"]
     kwargs = {k: v for k, v in tower.get("kwargs", {}).items() if k not in INITIAL_WEIGHTS}  # all in the file
+    if (directory / IMAGE_DIR).is_dir():
+        kwargs["path"] = str(directory / IMAGE_DIR)
     image = IMAGE_TOWERS.build(tower["name"], image_size=preprocess.image_size, **kwargs)
     state = upgrade_state(load_file(str(directory / WEIGHTS_FILE)))
     text = None

@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 
 import torch
 from torch import nn
-from transformers import AutoModel
+from transformers import AutoConfig, AutoModel
 from transformers.image_processing_utils import ImageProcessingMixin
 
 from radlab.models import ENCODERS
@@ -99,8 +99,14 @@ class HFVisionTower(nn.Module):
 
     def save_pretrained(self, directory: str | Path) -> None:
         """The backbone as a Hugging Face model folder, with a preprocessor config for its input statistics."""
-        directory = Path(directory)
         self.model.save_pretrained(directory)
+        self.save_architecture(directory)
+
+    def save_architecture(self, directory: str | Path) -> None:
+        """What rebuilds this tower without weights (a radlab checkpoint holds them): the model's config.json
+        and a preprocessor config with its per-channel statistics."""
+        directory = Path(directory)
+        self.model.config.save_pretrained(directory)
         size = int(getattr(self.model.config, "image_size", 224))
         mean, std = self.adapter.mean, self.adapter.std
         (directory / "preprocessor_config.json").write_text(json.dumps({
@@ -112,8 +118,13 @@ class HFVisionTower(nn.Module):
 
 def build_hf_vision(path: str, input_mean: float | None = None,
                     input_std: float | None = None) -> tuple[HFVisionTower, Preprocess]:
-    """The tower and its Preprocess from a local folder (or a hub id, for users with internet)."""
-    model = AutoModel.from_pretrained(path).float().eval()
+    """The tower and its Preprocess from a local folder (or a hub id, for users with internet); a folder with
+    a config but no weights (``save_architecture``) builds the architecture with random weights."""
+    folder = Path(path)
+    if folder.is_dir() and not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")):
+        model = AutoModel.from_config(AutoConfig.from_pretrained(folder)).float().eval()
+    else:
+        model = AutoModel.from_pretrained(path).float().eval()
     settings = processor_settings(path, getattr(model.config, "image_size", None))
     adapter = ChannelAdapter(settings.mean, settings.std, input_mean, input_std)
     return HFVisionTower(model, adapter), adapter.preprocess(settings.image_size, settings.fit, settings.resize)
