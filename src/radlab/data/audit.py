@@ -154,10 +154,10 @@ def exclude(pretrain: RecordTable, report: AuditReport) -> RecordTable:
 def share_images(a: str, b: str) -> bool:
     """Whether two different sources can hold the same images under unrelated ids (``Source.image_origin``),
     so that only an image audit reveals their overlap."""
-    from radlab.data.sources import SOURCES
+    from radlab.data.sources.base import Source
 
     def origin(name: str) -> str:
-        return (SOURCES.get(name).image_origin or name) if name in SOURCES else name
+        return Source.trait(name, "image_origin") or name
 
     return a != b and origin(a) == origin(b)
 

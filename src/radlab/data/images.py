@@ -78,9 +78,7 @@ def resize_crop(image: np.ndarray, size: int) -> np.ndarray:
     """Resize the shorter side to ``size`` keeping the aspect ratio, then centre-crop a square."""
     h, w = image.shape
     scale = size / min(h, w)
-    nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
-    resized = np.asarray(Image.fromarray(image.astype(np.float32), mode="F").resize((nw, nh), Image.BILINEAR))
-    return center_crop(resized, size)
+    return center_crop(_resize(image, max(size, round(h * scale)), max(size, round(w * scale))), size)
 
 
 def center_crop(image: np.ndarray, size: int) -> np.ndarray:
@@ -90,12 +88,17 @@ def center_crop(image: np.ndarray, size: int) -> np.ndarray:
     return image[top:top + size, left:left + size].copy()
 
 
+def _resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Bilinear resize of a float image (Pillow's 32-bit float mode, no 8-bit rounding)."""
+    return np.asarray(Image.fromarray(image.astype(np.float32), mode="F").resize((width, height), Image.BILINEAR))
+
+
 def resize_pad(image: np.ndarray, size: int) -> np.ndarray:
     """Resize the longer side to ``size`` keeping the aspect ratio, then pad to a square with zeros."""
     h, w = image.shape
     scale = size / max(h, w)
     nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-    resized = np.asarray(Image.fromarray(image.astype(np.float32), mode="F").resize((nw, nh), Image.BILINEAR))
+    resized = _resize(image, nh, nw)
     out = np.zeros((size, size), dtype=np.float32)
     top, left = (size - nh) // 2, (size - nw) // 2
     out[top:top + nh, left:left + nw] = resized

@@ -47,10 +47,10 @@ def assign_splits(table: RecordTable, fractions: dict[str, float] | None = None,
 def _by_question(frame: pd.DataFrame) -> np.ndarray:
     """Rows of sources whose official split is by question (``Source.split_unit``); logs how many of their
     images the official split puts in several splits, as the benchmark defines it."""
-    from radlab.data.sources import SOURCES
+    from radlab.data.sources.base import Source
 
-    units = {name: SOURCES.get(name).split_unit for name in frame["source"].unique() if name in SOURCES}
-    rows = frame["source"].map(units).fillna("patient").to_numpy() == "question"
+    units = {name: Source.trait(name, "split_unit") for name in frame["source"].unique()}
+    rows = frame["source"].map(units).to_numpy() == "question"
     shared = int((frame[rows].groupby("patient_id")["split"].nunique() > 1).sum()) if rows.any() else 0
     if shared:
         log.warning("%d images of question-level official splits (%s) have questions in several splits; kept "

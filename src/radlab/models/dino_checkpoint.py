@@ -2,7 +2,7 @@
 
 A checkpoint folder is what ``transformers`` writes for a ``Dinov2Model`` (``config.json`` +
 ``model.safetensors``), as RAD-DINO ships; the backbone is loaded as a radlab image tower through
-``radlab.models.load_encoder("rad-dino:DIR")`` (or ``"hf:DIR"``), whichever external loader is registered.
+``radlab.models.load_encoder("rad-dino:DIR")`` (or ``"hf-vision:DIR"``).
 
 Starting DINO from a pretrained backbone with freshly initialised heads is a known cause of collapse, so the
 DINO/iBOT heads are loaded too: from ``dino_head.safetensors`` (``HEAD_FILE``) in the folder, or from a head

@@ -149,6 +149,7 @@ class Trainer:
             param.requires_grad_(False)
         torch.manual_seed(cfg.seed + env.rank)
         self.module = distrib.sync_batch_norm(TrainModule(self.model, self.objective), env).to(env.device)
+        self.scales = [m for m in self.module.modules() if isinstance(m, ClampedScale)]
         self.wrapped: nn.Module = self.module
         self.sharded = env.world_size > 1 and cfg.runtime.strategy == "fsdp"
         if self.sharded:
@@ -331,9 +332,8 @@ class Trainer:
             sums["weight_decay"] = torch.tensor(cosine_weight_decay(
                 self.optimizer, self.step, self.cfg.optim.steps, self.cfg.optim.weight_decay,
                 self.cfg.optim.weight_decay_end))
-        for module in self.module.modules():
-            if isinstance(module, ClampedScale):
-                module.clamp_scale_()
+        for scale in self.scales:
+            scale.clamp_scale_()
         self.objective.after_step(self.model, self.step, self.cfg.optim.steps)
         if self.ema is not None:
             self.ema.update(self.module)

@@ -25,6 +25,12 @@ class Source:
     # ChestX-ray14). Patient ids cannot reveal overlap between such sets; an image audit can.
     image_origin: str = ""
 
+    @staticmethod
+    def trait(name: str, attribute: str) -> str:
+        """A registered source's ``split_unit``/``image_origin``; the defaults for names no source registers
+        (a manifest's own ``source`` values)."""
+        return getattr(SOURCES.get(name) if name in SOURCES else Source, attribute)
+
     def load(self, root: Path) -> RecordTable:  # pragma: no cover
         raise NotImplementedError
 
