@@ -47,6 +47,27 @@ def test_sentence_negation_and_uncertainty(sentence, expected):
     assert label_sentence(sentence) == expected
 
 
+@pytest.mark.parametrize("sentence,expected", [
+    # a post-mention cue belongs to the nearest mention before it, not to an earlier one with its own cue
+    ("Pneumothorax is not seen, effusion cannot be excluded.", {"pneumothorax": 0, "pleural_effusion": -1}),
+    ("No pneumothorax, effusion cannot be excluded.", {"pneumothorax": 0, "pleural_effusion": -1}),
+    ("No pneumothorax; effusion cannot be excluded.", {"pneumothorax": 0, "pleural_effusion": -1}),
+    ("No pneumothorax, small left effusion not excluded.", {"pneumothorax": 0, "pleural_effusion": -1}),
+    ("Pneumothorax has resolved, effusion cannot be excluded.", {"pneumothorax": 0, "pleural_effusion": -1}),
+    ("No pneumothorax, effusion may not be seen.", {"pneumothorax": 0}),
+    ("Possible pneumonia, effusion is not seen.", {"pneumonia": -1, "pleural_effusion": 0}),
+    # controls: a lone cue, a pre-mention list, and bare list items sharing one post-mention cue
+    ("Effusion cannot be excluded.", {"pleural_effusion": -1}),
+    ("Pneumothorax is not excluded.", {"pneumothorax": -1}),
+    ("No pneumothorax or effusion.", {"pneumothorax": 0, "pleural_effusion": 0}),
+    ("Atelectasis, infiltrate or edema cannot be excluded.", {"atelectasis": -1, "infiltration": -1, "edema": -1}),
+    ("Upper lobe airspace disease or pulmonary nodule is not entirely excluded.", {"lung_opacity": -1, "nodule": -1}),
+    ("Endotracheal tube and NG tube have been removed.", {"support_devices": 0}),
+])
+def test_post_cue_applies_to_the_nearest_mention(sentence, expected):
+    assert label_sentence(sentence) == expected
+
+
 def test_report_combines_sentences_and_sets_parents_and_no_finding():
     result = label_report("FINDINGS: Possible small effusion. Small left effusion. Right upper lobe nodule. "
                           "IMPRESSION: Pneumonia cannot be excluded.")

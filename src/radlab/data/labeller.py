@@ -9,7 +9,9 @@ interval change in", "not seen on prior") block the cues they overlap (``PSEUDO_
 state a finding is normal ("heart size is normal") give 0 (``NORMAL``). Negation-like cues (hypothetical,
 negated uncertainty, negation) reach ``NEGATION_WINDOW`` words forward (lists such as "no consolidation,
 effusion or pneumothorax"), uncertainty cues ``UNCERTAIN_WINDOW``, post-cues ``POST_WINDOW`` words back,
-never across a clause break ("but", "however", ";", "there is", ...). Report labels combine sentences as
+never across a clause break ("but", "however", ";", "there is", ...); a post-cue stops at another cue, and
+at another mention unless the earlier one has no cue of its own ("atelectasis or effusion cannot be excluded"
+vs "no pneumothorax, effusion cannot be excluded"). Report labels combine sentences as
 positive > uncertain > negative, NaN for findings never mentioned; positives and uncertains propagate to
 parents; no_finding is 1 when no finding but support devices is positive or uncertain (the CheXpert rule),
 else 0.
@@ -160,12 +162,20 @@ def _cue_spans(sentence: str) -> dict[str, list[tuple[int, int]]]:
 
 
 def _classify(sentence: str, start: int, end: int, spans: dict[str, list[tuple[int, int]]],
-              clause: tuple[int, int]) -> float:
+              clause: tuple[int, int], cues: list[tuple[int, int]], mentions: list[tuple[int, int]]) -> float:
     def before(kind: str, window: int = UNCERTAIN_WINDOW) -> bool:
         return any(clause[0] <= a and b <= end and _words(sentence[b:start]) <= window for a, b in spans[kind])
 
+    # A post-cue reaches back only to the nearest mentions: never past another cue, and past another mention
+    # only to a bare list item ("atelectasis or effusion cannot be excluded"), not to one with a cue of its
+    # own ("no pneumothorax, effusion cannot be excluded").
+    own_cue = before("uncertain_pre") or any(before(kind, NEGATION_WINDOW)
+                                             for kind in ("hypothetical_pre", "uncertain_negated", "negation_pre"))
+    stops = cues + mentions if own_cue else cues
+
     def after(kind: str) -> bool:
-        return any(a >= end and b <= clause[1] and _words(sentence[end:a]) <= POST_WINDOW for a, b in spans[kind])
+        return any(a >= end and b <= clause[1] and _words(sentence[end:a]) <= POST_WINDOW
+                   and not any(end <= x and y <= a for x, y in stops) for a, b in spans[kind])
 
     if before("hypothetical_pre", NEGATION_WINDOW) or after("hypothetical_post"):
         return NAN
@@ -184,10 +194,13 @@ def label_sentence(sentence: str) -> dict[str, float]:
     breaks = [0] + [m.start() for m in _TERMINATOR_RE.finditer(text)] + [len(text)]
     clauses = list(zip(breaks[:-1], breaks[1:], strict=True))
     spans = _cue_spans(text)
+    cues = [span for kind, found in spans.items() if kind != "pseudo" for span in found]
+    mentions = {name: [m.span() for m in regex.finditer(text)] for name, regex in _MENTION_RE.items()}
+    every_mention = [span for found in mentions.values() for span in found]
     out: dict[str, float] = {}
-    for name, regex in _MENTION_RE.items():
-        values = [_classify(text, m.start(), m.end(), spans, next(c for c in clauses if c[0] <= m.start() < c[1]))
-                  for m in regex.finditer(text)]
+    for name, found in mentions.items():
+        values = [_classify(text, a, b, spans, next(c for c in clauses if c[0] <= a < c[1]), cues, every_mention)
+                  for a, b in found]
         if name in _NORMAL_RE and _NORMAL_RE[name].search(text):
             values.append(NEGATIVE)
         if not np.isnan(value := combine(values)):
