@@ -1,4 +1,5 @@
 import numpy as np
+import pandas as pd
 import pytest
 
 from data import fixtures as fx
@@ -29,3 +30,45 @@ def test_padchest_broken_label_list_is_named(tmp_path):
     path.write_text(path.read_text().replace("['normal']", "['normal'"))
     with pytest.raises(SourceFormatError, match=r"data row 1: Labels=.*is not a list literal"):
         PadChestSource().load(root)
+
+
+def _with_extra_rows(root, labels_cells):
+    """The fixture plus one row per Labels cell, copied from the fixture's first row (native layout)."""
+    path = root / "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv"
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    rows = []
+    for i, cell in enumerate(labels_cells):
+        row = frame.iloc[0].copy()
+        row["ImageID"], row["StudyID"], row["Labels"] = f"9990{i}_extra.png", f"x{i}", cell
+        fx.png(root / row["ImageDir"] / row["ImageID"], fx.image(60 + i, dtype=np.uint16))
+        rows.append(row)
+    frame = pd.concat([frame, pd.DataFrame(rows)], ignore_index=True)
+    frame.rename(columns={"Unnamed: 0": ""}).to_csv(path, index=False)  # the provider's unnamed index column
+    return root
+
+
+def test_padchest_exclude_alone_is_not_annotated_and_counted(tmp_path, caplog):
+    # 'exclude' is the authors' report-level "nothing to annotate / do not use" mark, never a negative reading
+    root = _with_extra_rows(fx.build_padchest(tmp_path), ["['exclude']"])
+    with caplog.at_level("INFO", logger="radlab.data.sources.padchest"):
+        table = PadChestSource().load(root)
+    assert len(table.frame) == 4  # kept (images and report stay usable), but with no labels
+    assert np.isnan(table.labels()[3]).all()
+    assert "1 'exclude'" in caplog.text and "2 of 4 rows" in caplog.text  # plus the fixture's NaN row
+
+
+def test_padchest_suboptimal_study_is_a_quality_remark_not_a_finding(tmp_path):
+    root = _with_extra_rows(fx.build_padchest(tmp_path), ["['suboptimal study', 'cardiomegaly']",
+                                                          "['suboptimal study']"])
+    frame = PadChestSource().load(root).frame
+    with_finding, alone = frame.iloc[3], frame.iloc[4]
+    assert with_finding["label_cardiomegaly"] == 1 and with_finding["label_enlarged_cardiomediastinum"] == 1
+    assert with_finding["label_no_finding"] == 0 and with_finding["label_pleural_effusion"] == 0
+    # alone: the list names no finding (negatives stand), but 'normal' is not confirmed either
+    assert np.isnan(alone["label_no_finding"])
+    assert alone["label_cardiomegaly"] == 0 and alone["label_pleural_effusion"] == 0
+
+
+def test_padchest_empty_label_list_is_not_annotated(tmp_path):
+    table = PadChestSource().load(_with_extra_rows(fx.build_padchest(tmp_path), ["[]"]))
+    assert np.isnan(table.labels()[3]).all()

@@ -4,18 +4,28 @@ ROOT holds ``PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv`` (or ``.csv.g
 ``0/ ... 54/`` (the extracted zips; ``ImageDir`` names the folder) of 16-bit PNGs. ``Labels`` is a Python
 list literal of 174 lower-case findings, annotated exhaustively (by physicians or their trained model,
 ``MethodLabel``), so a mapped finding the list lacks is negative; "normal" sets no_finding. Rows whose
-``Labels`` is empty are not annotated (all NaN). Age = study year - birth year. The report is preprocessed
-Spanish, kept in ``report_es`` rather than ``report`` (the English text column).
+``Labels`` is empty (blank or ``[]``) are not annotated (all NaN). Age = study year - birth year. The report is
+preprocessed Spanish, kept in ``report_es`` rather than ``report`` (the English text column).
+
+Two entries are not findings (``MARKERS``). Their meaning comes from the dataset authors' label trees and
+report-level aggregation (github.com/auriml/Rx-thorax-automatic-captioning: manual_review/trees_code.txt,
+util.py ``unique_labels``, README "Search Instructions"; Bustos et al., Med. Image Anal. 2020): "exclude" is a
+single-label tree, dropped from any report with other labels, and in ``Labels`` it means the report gives
+nothing to annotate and the image should be excluded, so such rows are kept but not annotated (all NaN,
+counted in the log). "suboptimal study" (UMLS C2828075, suboptimal image reason) is a quality remark beside
+the findings: the other entries are read as usual; alone, no finding is listed (negatives stand) but
+no_finding is NaN, because the aggregation drops "normal" from every report with another label.
 """
 
 from __future__ import annotations
 
 import ast
+import logging
 from pathlib import Path
 
 import pandas as pd
 
-from radlab.data.records import RecordTable
+from radlab.data.records import RecordTable, label_column
 from radlab.data.sources.base import SOURCES, Source
 from radlab.data.sources.common import (
     NAN,
@@ -27,6 +37,8 @@ from radlab.data.sources.common import (
     sex_code,
     view_code,
 )
+
+log = logging.getLogger(__name__)
 
 _DEVICES = ("NSG tube", "endotracheal tube", "tracheostomy tube", "central venous catheter",
             "central venous catheter via jugular vein", "central venous catheter via subclavian vein",
@@ -77,6 +89,12 @@ LABEL_MAP: dict[str, str] = {
     "scoliosis": "scoliosis",
     **{device: "support_devices" for device in _DEVICES},
 }
+EXCLUDE, SUBOPTIMAL = "exclude", "suboptimal study"
+# Labels entries that are remarks, not findings (module docstring: what they mean and where that comes from).
+MARKERS: dict[str, str] = {
+    EXCLUDE: "alone: row not annotated (all labels NaN, counted in the log); beside findings: ignored",
+    SUBOPTIMAL: "ignored beside findings; alone: findings negative, no_finding NaN (normal not confirmed)",
+}
 CSV_NAMES = ("PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv",
              "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv.gz")
 COLUMNS = ["ImageID", "ImageDir", "StudyDate_DICOM", "StudyID", "PatientID", "PatientBirth", "PatientSex_DICOM",
@@ -84,7 +102,7 @@ COLUMNS = ["ImageID", "ImageDir", "StudyDate_DICOM", "StudyID", "PatientID", "Pa
 
 
 def parse_labels(value: object, path: Path, row: int) -> list[str] | None:
-    """The Labels cell as a list of findings; None when the cell is empty (row not annotated)."""
+    """The Labels cell as a list of entries; None when the cell or the list is empty (row not annotated)."""
     if value is None or (isinstance(value, float) and pd.isna(value)) or not str(value).strip():
         return None
     try:
@@ -93,7 +111,18 @@ def parse_labels(value: object, path: Path, row: int) -> list[str] | None:
         raise bad_row(path, row, f"Labels={str(value)[:60]!r} is not a list literal ({err})") from err
     if not isinstance(labels, list | tuple):
         raise bad_row(path, row, f"Labels={str(value)[:60]!r} is not a list")
-    return [str(label).strip() for label in labels if str(label).strip()]
+    return [str(label).strip() for label in labels if str(label).strip()] or None
+
+
+def row_labels(labels: list[str] | None) -> dict[str, float] | None:
+    """One row's harmonised labels; None when the row is not annotated (empty list, or "exclude" alone)."""
+    findings = [label for label in labels or [] if label not in MARKERS]
+    if not findings and SUBOPTIMAL not in (labels or []):
+        return None
+    values = harmonise(dict.fromkeys(findings, 1.0), LABEL_MAP, default=0.0)
+    if not findings:  # "suboptimal study" alone: no finding listed, but "normal" may have been dropped
+        values[label_column("no_finding")] = NAN
+    return values
 
 
 @SOURCES.register("padchest", "PadChest: labels CSV with 174-finding lists, exhaustive; 16-bit PNG")
@@ -106,10 +135,13 @@ class PadChestSource(Source):
         path = next((root / n for n in CSV_NAMES if (root / n).exists()), root / CSV_NAMES[0])
         frame = read_table(self.require(path), COLUMNS, low_memory=False, dtype={"PatientID": str, "StudyID": str})
         unannotated = harmonise({}, LABEL_MAP)
-        records = []
+        records, excluded, empty = [], 0, 0
         for row, r in enumerate(frame[COLUMNS].itertuples(index=False)):
             image, folder, date, study, patient, birth, sex, projection, report, cell = r
             labels = parse_labels(cell, path, row)
+            values = row_labels(labels)
+            excluded += values is None and labels is not None
+            empty += labels is None
             if pd.isna(folder) or not str(image).endswith(".png"):
                 raise bad_row(path, row, f"ImageID={image!r} / ImageDir={folder!r} do not name a PNG")
             year = int(str(int(date))[:4]) if not pd.isna(date) else None
@@ -119,6 +151,9 @@ class PadChestSource(Source):
                 "view": view_code(projection), "sex": sex_code(sex),
                 "age": age_years(year - birth) if year is not None and not pd.isna(birth) else NAN,
                 "report_es": "" if pd.isna(report) else " ".join(str(report).split()),
-                **(unannotated if labels is None else harmonise(dict.fromkeys(labels, 1.0), LABEL_MAP, default=0.0)),
+                **(unannotated if values is None else values),
             })
+        if excluded or empty:
+            log.info("padchest: %d of %d rows not annotated (%d 'exclude', %d empty Labels); kept with all labels NaN",
+                     excluded + empty, len(records), excluded, empty)
         return finish(records, root, str(path))
