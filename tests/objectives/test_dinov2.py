@@ -4,6 +4,7 @@ phantoms (the trained tower's probe beats the same tower at random init on held-
 from __future__ import annotations
 
 import json
+import logging
 import math
 import random
 from pathlib import Path
@@ -91,6 +92,18 @@ def test_teacher_is_frozen_ema_and_schedules_follow_dinov2() -> None:
     assert float(objective.teacher_temp) == pytest.approx(0.04 + 0.03 * 1 / 3)
     objective.after_step(model, 10, 10)
     assert float(objective.momentum) == pytest.approx(1.0) and float(objective.teacher_temp) == pytest.approx(0.07)
+
+
+def test_dinov2_warns_when_its_teacher_is_flat(caplog: pytest.LogCaptureFixture) -> None:
+    model = tiny_model()
+    flat = DINOv2Objective(model, n_local=2, local_size=16, teacher_temp=50.0, warmup_teacher_temp=50.0,
+                           **TINY_HEADS).train()
+    with caplog.at_level(logging.WARNING, logger="radlab.objectives.collapse"):
+        for step in range(1, 4):
+            flat(model, multi_crop_batch(flat))
+            flat.after_step(model, step, 3)
+    warnings = [r.getMessage() for r in caplog.records if "collapse" in r.getMessage()]
+    assert len(warnings) == 1 and "uniform collapse" in warnings[0]
 
 
 def test_eval_mode_leaves_centers_alone_and_attach_exports_teacher() -> None:

@@ -26,6 +26,7 @@ from radlab.data.augment import MultiCrop, local_crop_size
 from radlab.models.dino_checkpoint import head_shape, load_head_state
 from radlab.models.vit_masking import hf_dinov2, masked_forward, patch_grid
 from radlab.objectives.base import OBJECTIVES, Objective
+from radlab.objectives.collapse import CollapseWatch
 from radlab.objectives.dino_losses import DINOLoss, IBOTPatchLoss, effective_rank, koleo_loss, mean_entropy
 from radlab.train import distributed as distrib
 
@@ -115,11 +116,13 @@ class DINOv2Objective(Objective):
     (a copy of the image tower and heads, ``requires_grad=False``). ``init_heads`` names a checkpoint folder
     or head file (``radlab.models.dino_checkpoint``) whose heads replace the fresh ones, for continued
     pre-training. ``norm_last_layer`` keeps the prototype norms g fixed (DINO's stable choice; training g can
-    flatten the student's outputs into uniform collapse on short, homogeneous runs). ``attach`` exports the teacher's backbone into the encoder (``export="teacher"``, as DINOv2
-    and RAD-DINO release) when training ends. Extra terms are collapse monitors: ``teacher_entropy`` (mean
-    per-sample entropy of the teacher targets; -> 0 on one-hot collapse), ``teacher_usage_entropy`` (entropy
-    of their batch mean; -> 0 when one prototype takes all) and ``feature_rank`` (effective rank of the
-    teacher class tokens; -> 1 on collapse).
+    flatten the student's outputs into uniform collapse on short, homogeneous runs). ``attach`` exports the
+    teacher's backbone into the encoder (``export="teacher"``, as DINOv2 and RAD-DINO release) when training
+    ends. Extra terms are collapse monitors: ``teacher_entropy`` (mean per-sample entropy of the teacher
+    targets; -> log K on uniform collapse), ``teacher_usage_entropy`` (entropy of their batch mean; -> 0 when
+    one prototype takes all; close to ``teacher_entropy`` whenever the targets ignore the image) and
+    ``feature_rank`` (effective rank of the teacher class tokens; -> 1 on collapse). A ``CollapseWatch``
+    (``radlab.objectives.collapse``) warns once when the first two stay collapsed.
     """
 
     tower_only = True
@@ -157,8 +160,9 @@ class DINOv2Objective(Objective):
         self.teacher = nn.ModuleDict({"image_tower": copy.deepcopy(model.image_tower),
                                       **copy.deepcopy(heads)}).requires_grad_(False)
         self.mask_token = nn.Parameter(torch.zeros(dim)) if hf_dinov2(model.image_tower) is None else None
-        self.dino_loss = DINOLoss(heads["dino_head"].last_layer.weight_v.shape[0], student_temp, center_momentum,
-                                  centering)
+        dino_k = heads["dino_head"].last_layer.weight_v.shape[0]
+        self.dino_loss = DINOLoss(dino_k, student_temp, center_momentum, centering)
+        self.watch = CollapseWatch(dino_k)
         ibot_k = self.heads["ibot_head" if "ibot_head" in heads else "dino_head"].last_layer.weight_v.shape[0]
         self.ibot_loss = IBOTPatchLoss(ibot_k, student_temp, center_momentum, centering)
         self.weights = {"dino": dino_weight, "ibot": ibot_weight, "koleo": koleo_weight}
@@ -243,9 +247,11 @@ class DINOv2Objective(Objective):
             ibot = self.ibot_loss(s_ibot, t_ibot, mask, temp, update=update)
             loss = loss + self.weights["ibot"] * ibot
             terms["ibot"] = ibot.detach()
-        terms.update(teacher_entropy=mean_entropy(targets), teacher_usage_entropy=mean_entropy(targets.mean(0)),
-                     feature_rank=effective_rank(t_cls), teacher_temp=self.teacher_temp.detach().clone(),
-                     momentum=self.momentum.detach().clone())
+        entropy, usage = mean_entropy(targets), mean_entropy(targets.mean(0))
+        if update:
+            self.watch.observe(float(entropy), float(usage))
+        terms.update(teacher_entropy=entropy, teacher_usage_entropy=usage, feature_rank=effective_rank(t_cls),
+                     teacher_temp=self.teacher_temp.detach().clone(), momentum=self.momentum.detach().clone())
         return {"loss": loss, **terms}
 
     @torch.no_grad()
@@ -266,6 +272,8 @@ class DINOv2Objective(Objective):
         warm_steps = warm * total_steps
         self.teacher_temp.fill_(end if step >= warm_steps else start + (end - start) * step / warm_steps)
         self.steps_done.fill_(step)
+        if distrib.rank() == 0:
+            self.watch.check(step, total_steps)
 
     def attach(self, model: nn.Module) -> None:
         """Export the teacher backbone (the better model, which DINOv2 and RAD-DINO release) into the encoder.
