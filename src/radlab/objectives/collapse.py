@@ -52,6 +52,6 @@ class CollapseWatch:
         message = (f"step {step}: {self.name} teacher targets show {kind} collapse ({value} nats, log K = "
                    f"{self.log_k:.2f}, averaged over ~{round(1 / (1 - self.decay))} steps); they no longer tell "
                    f"images apart. {advice}, or check that the augmented views of one image are closer than "
-                   "different images are")
+                   "different images are (docs/training.md, 'DINOv2 on a CPU budget')")
         log.warning(message)
         return message
