@@ -1,0 +1,177 @@
+"""Cost of one pre-training step per objective, under identical conditions, with ratios to a reference objective.
+
+    python benchmarks/objective_throughput.py [--objectives supervised clip dinov2 ...] [--steps 20]
+        [--batch-size 32] [--size 128] [--n 256] [--device cpu|cuda] [--threads N]
+        [--out runs/bench_objectives] [--reference supervised]
+
+Each objective runs ``pretrain`` from ``configs/<objective>.yaml`` with the same overrides (``--n`` phantoms
+drawn once with ``radlab.data.phantoms.synthesize``, seed 0; ``optim.steps``, ``optim.batch_size``,
+``model.image_size``; no training states; lr warm-up and the logging interval a quarter of the steps) in a
+fresh spawned process, so peak memory is per objective: peak RSS is ``getrusage(RUSAGE_SELF).ru_maxrss`` of
+that process (in-process data loading, ``num_workers: 0`` in every config; torch and model included), on
+CUDA also ``torch.cuda.max_memory_allocated``. Step times are timed here, not read from metrics.jsonl:
+``Trainer.train_step`` is wrapped in the child (data loading and augmentation included, CUDA synchronised
+after each step), the first logged interval (a quarter of the steps) is dropped as start-up and the median
+of the rest is kept (robust to a busy neighbour on a shared machine). "images/s" counts source images per
+optimiser step (batch size / median s per step), whatever an objective does with them:
+DINOv2 encodes 2 global + N local crops per image and runs an EMA teacher, SimCLR encodes 2 views, MAE
+encodes only the visible patches, the image-text objectives also run the BERT text tower.
+
+Measured (2 shared CPU cores, another benchmark running; torch default threads = 2; ViT-Tiny; ``--steps 10
+--n 128 --size 64 --batch-size 16``, all objectives, 8 timed steps each):
+
+    objective   per image                               images/s  x supervised  s/step  peak RSS MiB  x supervised
+    supervised  1 view                                     129.3          1.00   0.124         1,067          1.00
+    clip        1 view + text tower                         44.7          0.35   0.358         1,290          1.21
+    convirt     1 view + text tower                         45.5          0.35   0.351         1,286          1.20
+    unicl       1 view + text tower                         36.0          0.28   0.445         1,278          1.20
+    dlilp       1 view + text tower                         45.4          0.35   0.353         1,282          1.20
+    medclip     1 view + text tower                         45.1          0.35   0.355         1,286          1.21
+    dinov2      2 global + 4 local crops, EMA teacher       43.6          0.34   0.367         1,172          1.10
+    simclr      2 views                                     65.4          0.51   0.245         1,119          1.05
+    mae         25% of patches + decoder                   162.5          1.26   0.098         1,060          0.99
+
+At the defaults for five objectives (``--objectives supervised clip simclr mae dinov2``: ``--steps 20
+--batch-size 32 --size 128 --n 256``, 15 timed steps each; same machine, torch default threads = 2):
+
+    objective   per image                               images/s  x supervised  s/step  peak RSS MiB  x supervised
+    supervised  1 view                                      44.3          1.00   0.722         1,390          1.00
+    clip        1 view + text tower                         25.9          0.58   1.236         1,811          1.30
+    simclr      2 views                                     23.7          0.53   1.353         1,752          1.26
+    mae         25% of patches + decoder                    75.1          1.69   0.426         1,184          0.85
+    dinov2      2 global + 4 local crops, EMA teacher       14.8          0.33   2.165         2,015          1.45
+
+Peak RSS includes the ~890 MiB a process holds after importing radlab's engine (torch, timm,
+transformers). A repeat of the small run moved single objectives by up to 25% (the neighbour's load), so
+ratios within 0.8-1.25 are noise there. A first attempt with the neighbour at full load ran the first four
+objectives 10-50x slower: rerun when a table looks odd. The CUDA path (``--device cuda``) is not run yet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import resource
+import statistics
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from radlab.bench.timing import Measurement
+from radlab.data.phantoms import synthesize
+from radlab.objectives import OBJECTIVES
+from radlab.train.config import TrainConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+OBJECTIVE_NAMES = ["supervised", "clip", "convirt", "unicl", "dlilp", "medclip", "dinov2", "simclr", "mae"]
+
+
+def run_objective(config: Path, overrides: list[str], skip: int, threads: int | None) -> dict[str, float]:
+    """In a fresh process: pretrain, timing each optimiser step; the median s/step after the first ``skip``
+    steps, this process's peak memory (MiB) and its torch threads."""
+    from radlab.train import engine
+
+    if threads:
+        torch.set_num_threads(threads)
+
+    times: list[float] = []
+    step = engine.Trainer.train_step
+
+    def timed(self: engine.Trainer, batches: object) -> dict[str, torch.Tensor]:
+        start = time.perf_counter()
+        terms = step(self, batches)
+        if self.env.device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+        return terms
+
+    engine.Trainer.train_step = timed  # this process only
+    cfg = TrainConfig.from_file(config, overrides)
+    engine.pretrain(cfg, progress=False)
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)
+    cuda = torch.cuda.max_memory_allocated() / 2**20 if cfg.runtime.device == "cuda" else float("nan")
+    return {"seconds_per_step": statistics.median(times[skip:]), "rss_mib": rss, "cuda_mib": cuda,
+            "threads": torch.get_num_threads()}
+
+
+def workload(cfg: TrainConfig) -> str:
+    """What one source image costs the objective, from its config (and the objective's defaults)."""
+    cls = OBJECTIVES.get(cfg.objective.name)
+    kwargs = {k: p.default for k, p in inspect.signature(cls).parameters.items()} | cfg.objective.kwargs
+    if cfg.objective.name == "dinov2":
+        return f"2 global + {kwargs['n_local']} local crops, EMA teacher"
+    if cfg.objective.name == "simclr":
+        return "2 views"
+    if cfg.objective.name == "mae":
+        return f"{1 - kwargs['mask_ratio']:.0%} of patches + decoder"
+    return "1 view + text tower" if cls.requires_text else "1 view"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--objectives", nargs="+", default=OBJECTIVE_NAMES, choices=OBJECTIVE_NAMES)
+    parser.add_argument("--steps", type=int, default=20, help="optimiser steps per objective (>= 2)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--size", type=int, default=128, help="phantom and model image side")
+    parser.add_argument("--n", type=int, default=256, help="phantom images to draw")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench_objectives")
+    parser.add_argument("--reference", default="supervised", help="objective the ratios are relative to")
+    args = parser.parse_args()
+    if args.reference not in args.objectives:
+        parser.error(f"--reference {args.reference} is not among --objectives")
+    if args.steps < 2:
+        parser.error("--steps must be at least 2 (the first quarter is start-up)")
+    device = "cuda" if args.device == "cuda" and torch.cuda.is_available() else "cpu"
+    if device != args.device:
+        print("CUDA is not available: running on CPU")
+
+    phantoms = (args.out / f"phantoms_{args.n}_{args.size}").resolve()
+    if not (phantoms / "records.parquet").exists():
+        synthesize(phantoms, n=args.n, size=args.size, seed=0, progress=True)
+    skip = max(1, args.steps // 4)
+    common = [f"data.sources=[{{source: phantom, path: '{phantoms}'}}]", f"optim.steps={args.steps}",
+              f"optim.batch_size={args.batch_size}", f"model.image_size={args.size}", f"optim.log_every={skip}",
+              f"optim.warmup_steps={skip}", "checkpoint.every=0", f"runtime.device={device}"]
+
+    rates: dict[str, Measurement] = {}
+    results: dict[str, dict[str, float]] = {}
+    notes: dict[str, str] = {}
+    spawn = get_context("spawn")
+    for name in args.objectives:
+        config = ROOT / "configs" / f"{name}.yaml"
+        overrides = [f"out={args.out / name}", *common]
+        notes[name] = workload(TrainConfig.from_file(config, overrides))
+        print(f"{name}: {args.steps} steps ...", flush=True)
+        with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
+            results[name] = pool.submit(run_objective, config, overrides, skip, args.threads).result()
+        rates[name] = Measurement(name, args.batch_size, results[name]["seconds_per_step"])
+
+    ref_rate, ref_mem = rates[args.reference].rate, results[args.reference]
+    timed = args.steps - skip
+    table = Table(title=f"{device}, batch {args.batch_size}, {args.size} px, {timed} timed steps after {skip} "
+                        f"start-up steps ({int(ref_mem['threads'])} torch threads)",
+                  caption="images/s = batch size / median s per step (data loading included)")
+    columns = ["objective", "per image", "images/s", f"x {args.reference}", "s/step", "peak RSS MiB",
+               f"x {args.reference}"] + (["CUDA peak MiB", f"x {args.reference}"] if device == "cuda" else [])
+    for col in columns:
+        table.add_column(col, justify="left" if col in ("objective", "per image") else "right")
+    for name, rate in rates.items():
+        mem = results[name]
+        row = [name, notes[name], f"{rate.rate:,.1f}", f"{rate.rate / ref_rate:.2f}",
+               f"{rate.seconds:.3f}", f"{mem['rss_mib']:,.0f}", f"{mem['rss_mib'] / ref_mem['rss_mib']:.2f}"]
+        if device == "cuda":
+            row += [f"{mem['cuda_mib']:,.0f}", f"{mem['cuda_mib'] / ref_mem['cuda_mib']:.2f}"]
+        table.add_row(*row)
+    Console(width=140).print(table)
+
+
+if __name__ == "__main__":
+    main()
