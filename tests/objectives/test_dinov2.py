@@ -19,12 +19,15 @@ from radlab.data.splits import DEFAULT_FRACTIONS
 from radlab.evaluation.runner import evaluate
 from radlab.models import load_encoder
 from radlab.models.build import build_encoder
+from radlab.models.dino_checkpoint import HEAD_FILE, load_head_state
 from radlab.models.encoder import RadEncoder
+from radlab.models.export import export_checkpoint
 from radlab.models.image_towers import IMAGE_TOWERS
 from radlab.models.vit_masking import masked_forward
 from radlab.objectives.dinov2 import DINOv2Objective, batch_masks, block_mask
 from radlab.train.config import TrainConfig
 from radlab.train.engine import pretrain, seed_everything, training_labels
+from radlab.train.state import latest_state, load_state
 
 TINY_TOWER = {"patch_size": 8, "depth": 2, "embed_dim": 48, "num_heads": 3}
 TINY_HEADS = {"n_prototypes": 64, "hidden_dim": 64, "bottleneck_dim": 32}
@@ -161,6 +164,39 @@ def tiny_config(phantom_dir: Path, out: Path, steps: int) -> TrainConfig:
         "optim": {"steps": steps, "batch_size": 32, "lr": 1e-3, "warmup_steps": 5, "weight_decay": 0.04,
                   "layer_decay": 0.9, "log_every": 5, "grad_clip": 3.0},
         "runtime": {"device": "cpu"}})
+
+
+def test_checkpoint_files_hold_the_heads_of_the_exported_backbone() -> None:
+    objective = DINOv2Objective(tiny_model(), export="student", ibot_separate_head=True, **TINY_HEADS)
+    for param in objective.teacher.parameters():
+        param.data.add_(1.0)  # teacher and student heads now differ
+    (name, heads), = objective.checkpoint_files(objective.state_dict()).items()
+    assert name == HEAD_FILE
+    expected = {f"{head}.{k}": v for head in ("dino_head", "ibot_head")
+                for k, v in objective.heads[head].state_dict().items()}
+    assert heads.keys() == expected.keys() and all(torch.equal(heads[k], expected[k]) for k in expected)
+
+
+def test_a_run_continues_from_its_own_checkpoint_with_its_teacher_heads(phantom_dir: Path, tmp_path: Path) -> None:
+    cfg = tiny_config(phantom_dir, tmp_path / "run", steps=4)
+    cfg.checkpoint.every = 4
+    folder = pretrain(cfg, progress=False)
+    assert (folder / HEAD_FILE).is_file()
+    teacher = load_state(latest_state(tmp_path / "run"))["objective"]
+    saved = load_head_state(folder)["dino_head"]
+    assert all(torch.equal(v, teacher[f"teacher.dino_head.{k}"]) for k, v in saved.items())
+    fresh = DINOv2Objective(tiny_model(), **TINY_HEADS).heads["dino_head"].state_dict()
+    assert not torch.equal(saved["mlp.0.weight"], fresh["mlp.0.weight"]), "the heads were trained"
+    continued = DINOv2Objective(tiny_model(), init_heads=str(folder), **TINY_HEADS)
+    for heads in (continued.heads, continued.teacher):
+        assert all(torch.equal(v, saved[k]) for k, v in heads["dino_head"].state_dict().items())
+    # the backbone, as docs/training.md says: export, then start the tower from the exported timm weights
+    export_checkpoint(folder, tmp_path / "export")
+    weights = str(tmp_path / "export" / "image" / "model.safetensors")
+    tower = cfg.model.image_tower.model_copy(update={"kwargs": {**TINY_TOWER, "checkpoint_path": weights}})
+    started = build_encoder(cfg.model.model_copy(update={"image_tower": tower})).image_tower.state_dict()
+    exported = load_encoder(folder).image_tower.state_dict()
+    assert started.keys() == exported.keys() and all(torch.equal(started[k], exported[k]) for k in exported)
 
 
 @pytest.mark.slow

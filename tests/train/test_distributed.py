@@ -14,6 +14,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
+from radlab.models.dino_checkpoint import HEAD_FILE
 from radlab.objectives.clip import clip_loss
 from radlab.objectives.medclip import medclip_loss
 from radlab.objectives.simclr import nt_xent
@@ -252,6 +253,10 @@ def test_dinov2_two_ranks_match_one_rank(tmp_path: Path, phantom_dir: Path, stra
     centers = [k for k in states[0] if k.endswith("dino_loss.center")]
     assert centers and all(torch.allclose(states[0][k], states[1][k], atol=1e-4) for k in centers)
     assert float(states[0][centers[0]].abs().sum()) > 0
+    heads = [load_file(str(tmp_path / run / "checkpoint" / HEAD_FILE)) for run in ("one", "two")]
+    assert heads[0].keys() == heads[1].keys() and any(k.startswith("dino_head.") for k in heads[0])
+    assert all(torch.allclose(heads[0][k], heads[1][k], atol=1e-4) for k in heads[0])
+    assert all(torch.equal(heads[1][k], states[1][f"teacher.{k}"]) for k in heads[1])  # gathered from the shards
 
 
 def test_batch_norm_is_synchronised_across_gpus_only() -> None:

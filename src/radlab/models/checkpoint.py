@@ -26,11 +26,13 @@ IMAGE_DIR = "image_tower"  # towers built from a folder (hf_vision): their confi
 
 
 def save_encoder(model: RadEncoder, directory: Path | str, image_tower_spec: dict, extra: dict | None = None,
-                 weights: dict[str, torch.Tensor] | None = None) -> Path:
+                 weights: dict[str, torch.Tensor] | None = None,
+                 files: dict[str, dict[str, torch.Tensor]] | None = None) -> Path:
     """Write the checkpoint folder atomically (a temp folder renamed into place).
 
     ``image_tower_spec`` is {"name": registry name, "kwargs": {...}} so the tower can be rebuilt;
-    ``weights`` replaces ``model.state_dict()`` (a gathered state of a sharded model)."""
+    ``weights`` replaces ``model.state_dict()`` (a gathered state of a sharded model); ``files`` adds
+    safetensors files by name (an objective's heads, ``Objective.checkpoint_files``)."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
@@ -51,6 +53,8 @@ def save_encoder(model: RadEncoder, directory: Path | str, image_tower_spec: dic
         model.text_tower.tokenizer.save_pretrained(tmp / TEXT_DIR)
     state = {k: v.detach().contiguous().cpu() for k, v in (weights or model.state_dict()).items()}
     save_file(state, str(tmp / WEIGHTS_FILE))
+    for name, tensors in (files or {}).items():
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / name))
     (tmp / SPEC_FILE).write_text(json.dumps(spec, indent=2))
     if directory.exists():
         shutil.rmtree(directory)

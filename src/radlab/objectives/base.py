@@ -31,6 +31,11 @@ class Objective(nn.Module):
     def attach(self, model: nn.Module) -> None:
         """Give the encoder what evaluation needs from this objective (e.g. class prototypes)."""
 
+    def checkpoint_files(self, state: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+        """Safetensors files (name -> tensors) this objective adds to the final checkpoint folder, taken from
+        its full ``state_dict`` (gathered when sharded): e.g. DINO heads, so a later run can start from them."""
+        return {}
+
     def train_transform(self, image_size: int) -> Callable[[torch.Tensor], torch.Tensor | list[torch.Tensor]] | None:
         """Objective-specific augmentation of a [1, H, W] image in [0, 1]; None keeps the engine's default.
         Returning a list of views (multi-crop) makes ``batch["image"]`` a list of stacked views."""

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from radlab.data.augment import MultiCrop, local_crop_size
-from radlab.models.dino_checkpoint import head_shape, load_head_state
+from radlab.models.dino_checkpoint import HEAD_FILE, head_shape, load_head_state
 from radlab.models.vit_masking import hf_dinov2, masked_forward, patch_grid
 from radlab.objectives.base import OBJECTIVES, Objective
 from radlab.objectives.collapse import CollapseWatch
@@ -274,6 +274,14 @@ class DINOv2Objective(Objective):
         self.steps_done.fill_(step)
         if distrib.rank() == 0:
             self.watch.check(step, total_steps)
+
+    def checkpoint_files(self, state: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+        """The heads that match the exported backbone (teacher or student) as ``HEAD_FILE``, in DINOv2's names
+        (``dino_head.*``, ``ibot_head.*``), so ``init_heads=<checkpoint folder>`` continues with them."""
+        prefix = "teacher." if self.export == "teacher" else "heads."
+        heads = {k.removeprefix(prefix): v for k, v in state.items()
+                 if k.startswith(prefix) and k.removeprefix(prefix).split(".")[0] in self.heads}
+        return {HEAD_FILE: heads}
 
     def attach(self, model: nn.Module) -> None:
         """Export the teacher backbone (the better model, which DINOv2 and RAD-DINO release) into the encoder.

@@ -423,13 +423,16 @@ class Trainer:
             self.ema.copy_to(self.module)
         self.objective.attach(self.model)
         directory = self.out / "checkpoint"
-        weights = None
+        weights, objective_state = None, None
         if self.sharded:
-            weights = {k[len("model."):]: v for k, v in sharding.full_model_state(self.module).items()
-                       if k.startswith("model.")}
+            full = sharding.full_model_state(self.module)
+            weights = {k.removeprefix("model."): v for k, v in full.items() if k.startswith("model.")}
+            objective_state = {k.removeprefix("objective."): v for k, v in full.items() if k.startswith("objective.")}
         if self.env.is_main:
             tower = {"name": self.cfg.model.image_tower.name, "kwargs": self.cfg.model.image_tower.kwargs}
-            save_encoder(self.model.eval(), directory, tower, {"train_config": self.cfg.model_dump()}, weights)
+            files = self.objective.checkpoint_files(objective_state or self.objective.state_dict())
+            save_encoder(self.model.eval(), directory, tower, {"train_config": self.cfg.model_dump()}, weights,
+                         files)
         distrib.barrier()
         return directory
 
