@@ -192,6 +192,8 @@ def test_a_run_continues_from_its_own_checkpoint_with_its_teacher_heads(phantom_
         assert all(torch.equal(v, saved[k]) for k, v in heads["dino_head"].state_dict().items())
     # the backbone, as docs/training.md says: export, then start the tower from the exported timm weights
     export_checkpoint(folder, tmp_path / "export")
+    exported_heads = load_head_state(tmp_path / "export")["dino_head"]
+    assert all(torch.equal(v, saved[k]) for k, v in exported_heads.items())
     weights = str(tmp_path / "export" / "image" / "model.safetensors")
     tower = cfg.model.image_tower.model_copy(update={"kwargs": {**TINY_TOWER, "checkpoint_path": weights}})
     started = build_encoder(cfg.model.model_copy(update={"image_tower": tower})).image_tower.state_dict()

@@ -10,12 +10,15 @@
                     any other tower as ``model.safetensors`` + ``tower.json``.
     out/text/       the text tower via ``save_pretrained`` (AutoModel + AutoTokenizer), when there is one.
     out/heads.safetensors   the joint-space projections (and label head) — radlab-specific.
+    out/dino_head.safetensors  a DINOv2 run's DINO/iBOT heads, copied from the checkpoint, so
+                    ``objective.kwargs.init_heads=out`` continues pre-training with them.
     out/README.md   a model card: preprocessing, loading code, training config and evaluation results.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +29,7 @@ from timm.models import save_for_hf
 from torch import nn
 
 from radlab import __version__
+from radlab.models.dino_checkpoint import HEAD_FILE
 from radlab.models.encoder import RadEncoder
 from radlab.models.image_towers import TimmImageTower
 from radlab.models.towers import Preprocess
@@ -85,8 +89,11 @@ def export_checkpoint(checkpoint: Path | str, out: Path | str, results: Path | s
     checkpoint = Path(checkpoint)
     spec = json.loads((checkpoint / SPEC_FILE).read_text())
     metrics = json.loads(Path(results).read_text()) if results else None
-    return export_encoder(load_encoder_checkpoint(checkpoint), out, spec.get("train_config"), metrics,
-                          name=checkpoint.parent.name if checkpoint.name == "checkpoint" else checkpoint.name)
+    out = export_encoder(load_encoder_checkpoint(checkpoint), out, spec.get("train_config"), metrics,
+                         name=checkpoint.parent.name if checkpoint.name == "checkpoint" else checkpoint.name)
+    if (checkpoint / HEAD_FILE).is_file():
+        shutil.copyfile(checkpoint / HEAD_FILE, out / HEAD_FILE)
+    return out
 
 
 def _usage(meta: dict) -> str:
