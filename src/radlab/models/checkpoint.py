@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -51,15 +52,18 @@ def save_encoder(model: RadEncoder, directory: Path | str, image_tower_spec: dic
         spec["text_tower"] = {"pooling": model.text_tower.pooling, "max_length": model.text_tower.max_length}
         model.text_tower.model.config.save_pretrained(tmp / TEXT_DIR)
         model.text_tower.tokenizer.save_pretrained(tmp / TEXT_DIR)
-    state = {k: v.detach().contiguous().cpu() for k, v in (weights or model.state_dict()).items()}
-    save_file(state, str(tmp / WEIGHTS_FILE))
-    for name, tensors in (files or {}).items():
+    for name, tensors in {WEIGHTS_FILE: weights or model.state_dict(), **(files or {})}.items():
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / name))
     (tmp / SPEC_FILE).write_text(json.dumps(spec, indent=2))
     if directory.exists():
         shutil.rmtree(directory)
     tmp.replace(directory)
     return directory
+
+
+def strip_prefix(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """Keys under ``prefix`` with it removed."""
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
 
 def upgrade_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

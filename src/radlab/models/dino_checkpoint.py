@@ -36,6 +36,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from radlab.models.checkpoint import strip_prefix
+
 HEAD_FILE = "dino_head.safetensors"
 HEAD_NAMES = ("dino_head", "ibot_head")
 _PARAMETRIZED = {"last_layer.parametrizations.weight.original0": "last_layer.weight_g",
@@ -79,7 +81,7 @@ def load_head_state(path: str | Path) -> dict[str, dict[str, torch.Tensor]]:
     flat = _read_tensors(file)
     for prefix in ("teacher.", "student."):
         if any(k.startswith(prefix) for k in flat):
-            flat = {k.removeprefix(prefix): v for k, v in flat.items() if k.startswith(prefix)}
+            flat = strip_prefix(flat, prefix)
             break
     heads: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in flat.items():

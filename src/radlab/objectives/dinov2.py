@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from radlab.data.augment import MultiCrop, local_crop_size
+from radlab.models.checkpoint import strip_prefix
 from radlab.models.dino_checkpoint import HEAD_FILE, head_shape, load_head_state
 from radlab.models.vit_masking import hf_dinov2, masked_forward, patch_grid
 from radlab.objectives.base import OBJECTIVES, Objective
@@ -278,10 +279,8 @@ class DINOv2Objective(Objective):
     def checkpoint_files(self, state: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
         """The heads that match the exported backbone (teacher or student) as ``HEAD_FILE``, in DINOv2's names
         (``dino_head.*``, ``ibot_head.*``), so ``init_heads=<checkpoint folder>`` continues with them."""
-        prefix = "teacher." if self.export == "teacher" else "heads."
-        heads = {k.removeprefix(prefix): v for k, v in state.items()
-                 if k.startswith(prefix) and k.removeprefix(prefix).split(".")[0] in self.heads}
-        return {HEAD_FILE: heads}
+        exported = strip_prefix(state, "teacher." if self.export == "teacher" else "heads.")
+        return {HEAD_FILE: {k: v for k, v in exported.items() if k.split(".")[0] in self.heads}}
 
     def attach(self, model: nn.Module) -> None:
         """Export the teacher backbone (the better model, which DINOv2 and RAD-DINO release) into the encoder.

@@ -35,7 +35,7 @@ from radlab.data.dataset import Collator, RecordDataset, train_augment
 from radlab.data.loading import load_tables
 from radlab.data.records import RecordTable
 from radlab.models.build import build_encoder
-from radlab.models.checkpoint import save_encoder
+from radlab.models.checkpoint import save_encoder, strip_prefix
 from radlab.models.encoder import ClampedScale, RadEncoder
 from radlab.models.text_towers import builds_own_tokenizer
 from radlab.models.tokenizer import train_wordpiece
@@ -426,8 +426,7 @@ class Trainer:
         weights, objective_state = None, None
         if self.sharded:
             full = sharding.full_model_state(self.module)
-            weights = {k.removeprefix("model."): v for k, v in full.items() if k.startswith("model.")}
-            objective_state = {k.removeprefix("objective."): v for k, v in full.items() if k.startswith("objective.")}
+            weights, objective_state = strip_prefix(full, "model."), strip_prefix(full, "objective.")
         if self.env.is_main:
             tower = {"name": self.cfg.model.image_tower.name, "kwargs": self.cfg.model.image_tower.kwargs}
             files = self.objective.checkpoint_files(objective_state or self.objective.state_dict())

@@ -118,11 +118,6 @@ def load_state_dict_file(path: str | Path, *keys: str) -> dict[str, torch.Tensor
     return state_dict_of(obj)
 
 
-def strip_prefix(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    """Keys under ``prefix`` with it removed."""
-    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-
-
 def find_file(root: Path, names: Sequence[str], patterns: Sequence[str] = ()) -> Path:
     """``root`` itself when it is a file, else the first of ``names`` (or glob ``patterns``) inside it."""
     if root.is_file():

@@ -31,6 +31,7 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from radlab.models import ENCODERS
+from radlab.models.checkpoint import strip_prefix
 from radlab.models.encoder import RadEncoder
 from radlab.models.external.common import (
     ChannelAdapter,
@@ -42,7 +43,6 @@ from radlab.models.external.common import (
     load_tokenizer,
     safe_load,
     state_dict_of,
-    strip_prefix,
     text_dir,
 )
 from radlab.models.towers import TowerOutput

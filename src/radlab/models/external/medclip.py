@@ -31,6 +31,7 @@ from torchvision.models.resnet import Bottleneck, ResNet
 from transformers import SwinConfig
 
 from radlab.models import ENCODERS
+from radlab.models.checkpoint import strip_prefix
 from radlab.models.encoder import RadEncoder
 from radlab.models.external.common import (
     ChannelAdapter,
@@ -41,7 +42,6 @@ from radlab.models.external.common import (
     hf_model_from_state_dict,
     load_state_dict_file,
     load_tokenizer,
-    strip_prefix,
     text_dir,
 )
 from radlab.models.towers import TowerOutput
