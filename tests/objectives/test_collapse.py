@@ -20,7 +20,7 @@ def run(watch: CollapseWatch, entropy: float, usage: float, steps: int = 100) ->
 
 
 def test_uniform_collapse_warns_once_after_the_start() -> None:
-    issued = run(CollapseWatch(64, after=0.2), entropy=0.97 * LOG_K, usage=0.99 * LOG_K)
+    issued = run(CollapseWatch(64), entropy=0.97 * LOG_K, usage=0.99 * LOG_K)
     assert [step for step, _ in issued] == [20]
     assert "uniform collapse" in issued[0][1] and "lower the teacher temperature" in issued[0][1]
 
@@ -32,7 +32,7 @@ def test_one_hot_collapse_warns() -> None:
 
 def test_healthy_targets_and_short_spikes_do_not_warn() -> None:
     assert run(CollapseWatch(64), entropy=1.5, usage=3.8) == []
-    watch = CollapseWatch(64, span=50)
+    watch = CollapseWatch(64)
     for _ in range(100):
         watch.observe(1.5, 3.8)
     for _ in range(5):  # a few flat batches move a 50-step average only a little
