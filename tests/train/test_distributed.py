@@ -183,6 +183,22 @@ def test_fsdp_resume_continues_exactly(tmp_path: Path, phantom_dir: Path) -> Non
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_fsdp_early_stopping_exports_the_best_step(tmp_path: Path, phantom_dir: Path) -> None:
+    """Only the first validation improves (huge min_delta): the sharded run gathers step 1's weights as its
+    best snapshot and scatters them back before export."""
+    common = ["optim.steps=3", "optim.batch_size=16", "optim.warmup_steps=1", "model.image_size=32",
+              "model.image_tower.kwargs={depth: 2}", f"data.sources=[{{source: phantom, path: {phantom_dir}}}]",
+              "data.split_fractions={train: 0.7, val: 0.3}", "runtime.device=cpu", "runtime.strategy=fsdp",
+              "checkpoint={every: 1, keep_last: 3}", f"out={tmp_path}",
+              "early_stopping={metric: bce, every: 1, patience: 5, min_delta: 1.0e+9, max_batches: 1}"]
+    mp.start_processes(_engine_worker, args=(2, _free_port(), common), nprocs=2, start_method="fork")
+    exported = load_file(str(tmp_path / "checkpoint" / "model.safetensors"))
+    first, last = (load_state(tmp_path / "state" / f"step_0000000{s}.pt")["model"] for s in (1, 3))
+    tower = [k for k in first if k.startswith("image_tower.")]
+    assert all(torch.equal(exported[k], first[k]) for k in tower)
+    assert not all(torch.equal(exported[k], last[k]) for k in tower)
+
+
 def test_fsdp_shards_every_transformer_block() -> None:
     from radlab.models.build import ModelConfig, TowerConfig, build_encoder
     from radlab.models.tokenizer import train_wordpiece

@@ -86,14 +86,47 @@ def test_time_budget_stops_with_a_resumable_state(tmp_path: Path, phantom16: Pat
     assert (tmp_path / "tb").is_dir()
 
 
+def _exported_matches_state(checkpoint: Path, state: dict) -> bool:
+    """The exported encoder holds the state's tower weights and its objective's class prototypes."""
+    exported = load_file(str(checkpoint / "model.safetensors"))
+    tower = {k: v for k, v in state["model"].items() if k.startswith("image_tower.")}
+    prototypes = state["objective"]["head.prototypes"]
+    return all(torch.equal(exported[k], v) for k, v in tower.items()) and \
+        torch.equal(exported["label_head.prototypes"], prototypes)
+
+
 def test_early_stopping_on_a_validation_term(tmp_path: Path, phantom_dir: Path) -> None:
-    cfg = _config("supervised", phantom_dir, tmp_path, "optim.steps=50", "optim.batch_size=8",
-                  "data.split_fractions={train: 0.8, val: 0.2}",
-                  "early_stopping={metric: bce, every: 1, patience: 1, min_delta: 1.0e+9, max_batches: 1}")
-    pretrain(cfg, progress=False)
-    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    """min_delta so large that only the first evaluation improves: patience 1 stops at step 2, and the exported
+    encoder is step 1's (the best), not step 2's; with restore_best=false it is step 2's."""
+    stopping = "early_stopping={metric: bce, every: 1, patience: 1, min_delta: 1.0e+9, max_batches: 1%s}"
+    extra = ["optim.steps=50", "optim.batch_size=8", "data.split_fractions={train: 0.8, val: 0.2}",
+             "checkpoint={every: 1, keep_last: 5}"]
+    best = pretrain(_config("supervised", phantom_dir, tmp_path / "a", *extra, stopping % ""), progress=False)
+    records = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "val_bce" in r] == [1, 2]
-    assert load_state(latest_state(tmp_path))["step"] == 2
+    states = {p.name: load_state(p) for p in state_paths(tmp_path / "a")}
+    assert sorted(states) == ["step_00000001.pt", "step_00000002.pt"]
+    assert _exported_matches_state(best, states["step_00000001.pt"])
+    assert not _exported_matches_state(best, states["step_00000002.pt"])
+    assert json.loads((best / "encoder.json").read_text())["step"] == 1
+    last = pretrain(_config("supervised", phantom_dir, tmp_path / "b", *extra, stopping % ", restore_best: false"),
+                    progress=False)
+    assert _exported_matches_state(last, load_state(latest_state(tmp_path / "b")))
+
+
+def test_resumed_run_exports_the_best_step_seen_before_the_interruption(tmp_path: Path, phantom_dir: Path) -> None:
+    extra = ["optim.steps=3", "optim.batch_size=8", "data.split_fractions={train: 0.8, val: 0.2}",
+             "checkpoint={every: 1, keep_last: 5}",
+             "early_stopping={metric: bce, every: 1, patience: 5, min_delta: 1.0e+9, max_batches: 1}"]
+    pretrain(_config("supervised", phantom_dir, tmp_path / "a", *extra), progress=False)
+    first = load_state(tmp_path / "a" / "state" / "step_00000001.pt")
+    resumed_out = tmp_path / "b" / "state"
+    resumed_out.mkdir(parents=True)
+    second = tmp_path / "a" / "state" / "step_00000002.pt"
+    (resumed_out / second.name).write_bytes(second.read_bytes())
+    resumed = pretrain(_config("supervised", phantom_dir, tmp_path / "b", *extra, "resume=true"), progress=False)
+    assert load_state(latest_state(tmp_path / "b"))["step"] == 3
+    assert _exported_matches_state(resumed, first)
 
 
 def test_parameter_groups_layer_decay_and_no_decay() -> None:

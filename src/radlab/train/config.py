@@ -80,7 +80,8 @@ class CheckpointConfig(BaseModel):
 
 class EarlyStoppingConfig(BaseModel):
     """Every ``every`` steps, average the objective's term ``metric`` over the validation split; stop after
-    ``patience`` evaluations without an improvement of at least ``min_delta``."""
+    ``patience`` evaluations without an improvement of at least ``min_delta``. With ``restore_best`` the
+    exported encoder is the one of the best validation step (else the last step's)."""
 
     model_config = ConfigDict(extra="forbid")
     metric: str = "loss"
@@ -89,6 +90,7 @@ class EarlyStoppingConfig(BaseModel):
     patience: int = 3
     min_delta: float = 0.0
     max_batches: int | None = None
+    restore_best: bool = True
 
 
 class RuntimeConfig(BaseModel):

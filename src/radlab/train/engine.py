@@ -14,7 +14,6 @@ import contextlib
 import inspect
 import json
 import logging
-import math
 import random
 import time
 from collections.abc import Iterator
@@ -43,7 +42,8 @@ from radlab.objectives import OBJECTIVES, Objective
 from radlab.progress import CONSOLE, ProgressLines
 from radlab.train import distributed as distrib
 from radlab.train import sharding
-from radlab.train.config import EarlyStoppingConfig, TrainConfig
+from radlab.train.config import TrainConfig
+from radlab.train.early_stopping import EarlyStopper
 from radlab.train.ema import ModelEMA
 from radlab.train.loader import Position, RankedBatchSampler, SeededDataset, stream
 from radlab.train.optim import cosine_weight_decay, cosine_with_warmup, param_groups
@@ -102,27 +102,6 @@ def to_device(batch: object, device: torch.device) -> object:
     if isinstance(batch, list) and batch and isinstance(batch[0], torch.Tensor):
         return [to_device(v, device) for v in batch]
     return batch
-
-
-class EarlyStopper:
-    """Tracks the best validation value; ``update`` returns True when patience has run out."""
-
-    def __init__(self, cfg: EarlyStoppingConfig) -> None:
-        self.cfg = cfg
-        self.best = math.inf if cfg.mode == "min" else -math.inf
-        self.bad = 0
-
-    def update(self, value: float) -> bool:
-        better = value < self.best - self.cfg.min_delta if self.cfg.mode == "min" else \
-            value > self.best + self.cfg.min_delta
-        self.best, self.bad = (value, 0) if better else (self.best, self.bad + 1)
-        return self.bad >= self.cfg.patience
-
-    def state_dict(self) -> dict:
-        return {"best": self.best, "bad": self.bad}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.best, self.bad = float(state["best"]), int(state["bad"])
 
 
 class Trainer:
@@ -256,24 +235,38 @@ class Trainer:
 
     def _model_states(self) -> tuple[dict, dict, dict]:
         """Model, objective and optimiser states; gathered in full when sharded (a collective)."""
-        if not self.sharded:
-            return self.model.state_dict(), self.objective.state_dict(), self.optimizer.state_dict()
-        full = sharding.full_model_state(self.module)
-        split = {p: {k[len(p) + 1:]: v for k, v in full.items() if k.startswith(p + ".")}
-                 for p in ("model", "objective")}
-        return split["model"], split["objective"], sharding.full_optimizer_state(self.module, self.optimizer)
+        weights = self._weights()
+        optimizer = sharding.full_optimizer_state(self.module, self.optimizer) if self.sharded else \
+            self.optimizer.state_dict()
+        return weights["model"], weights["objective"], optimizer
+
+    def _weights(self, every_rank: bool = False) -> dict:
+        """Model and objective states and the EMA's; when sharded, gathered in full (a collective) on rank 0,
+        or with ``every_rank`` on every rank."""
+        if self.sharded:
+            full = sharding.full_model_state(self.module, every_rank)
+            weights = {p: strip_prefix(full, p + ".") for p in ("model", "objective")}
+        else:
+            weights = {"model": self.model.state_dict(), "objective": self.objective.state_dict()}
+        return {**weights, "ema": self.ema.state_dict() if self.ema else None}
+
+    def _load_weights(self, weights: dict) -> None:
+        if self.sharded:
+            sharding.load_full_model_state(
+                self.module, {f"{p}.{k}": v for p in ("model", "objective") for k, v in weights[p].items()})
+        else:
+            self.model.load_state_dict(weights["model"])
+            self.objective.load_state_dict(weights["objective"])
+        if self.ema is not None and weights["ema"] is not None:
+            self.ema.load_state_dict(weights["ema"])
 
     def load_state_dict(self, state: dict) -> None:
+        self._load_weights(state)
         if self.sharded:
-            full = {f"{p}.{k}": v for p in ("model", "objective") for k, v in state[p].items()}
-            sharding.load_full_state(self.module, self.optimizer, full, state["optimizer"])
+            sharding.load_full_optimizer_state(self.module, self.optimizer, state["optimizer"])
         else:
-            self.model.load_state_dict(state["model"])
-            self.objective.load_state_dict(state["objective"])
             self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        if self.ema is not None and state["ema"] is not None:
-            self.ema.load_state_dict(state["ema"])
         if self.stopper is not None and state["early_stopping"] is not None:
             self.stopper.load_state_dict(state["early_stopping"])
         self.step, self.elapsed_before = int(state["step"]), float(state["elapsed"])
@@ -394,7 +387,8 @@ class Trainer:
                     values = self.validate()
                     self._log({"step": self.step, **{f"val_{k}": v for k, v in values.items()}}, "val", writer,
                               metrics)
-                    if self.stopper.update(values[cfg.early_stopping.metric]):
+                    if self.stopper.update(values[cfg.early_stopping.metric], self.step,
+                                           lambda: self._weights(every_rank=True)):
                         stop, reason = True, "early_stopping"
                 over = cfg.max_minutes is not None and self.elapsed() > 60 * cfg.max_minutes
                 if distrib.any_rank(over, self.env.device) and not stop:
@@ -419,6 +413,14 @@ class Trainer:
                 writer.add_scalar(f"{prefix}/{key.removeprefix('val_')}", value, record["step"])
 
     def save_encoder(self) -> Path:
+        """Export the encoder (the best validation step's under early stopping with ``restore_best``);
+        call once training ends: it may load other weights into the module."""
+        exported = self.step
+        if self.stopper is not None and self.stopper.snapshot is not None and self.stopper.best_step != self.step:
+            exported = self.stopper.best_step
+            log.info("exporting the encoder of step %d (best validation %s %.4g), not of the last step %d",
+                     exported, self.cfg.early_stopping.metric, self.stopper.best, self.step)
+            self._load_weights(self.stopper.snapshot)
         if self.ema is not None:
             self.ema.copy_to(self.module)
         self.objective.attach(self.model)
@@ -430,8 +432,8 @@ class Trainer:
         if self.env.is_main:
             tower = {"name": self.cfg.model.image_tower.name, "kwargs": self.cfg.model.image_tower.kwargs}
             files = self.objective.checkpoint_files(objective_state or self.objective.state_dict())
-            save_encoder(self.model.eval(), directory, tower, {"train_config": self.cfg.model_dump()}, weights,
-                         files)
+            save_encoder(self.model.eval(), directory, tower,
+                         {"train_config": self.cfg.model_dump(), "step": exported}, weights, files)
         distrib.barrier()
         return directory
 

@@ -40,17 +40,22 @@ def shard(module: nn.Module) -> nn.Module:
     return module
 
 
-def full_model_state(module: nn.Module) -> dict[str, torch.Tensor]:
-    """Gathered, CPU state dict of a sharded module (a collective: every rank must call it)."""
-    return get_model_state_dict(module, options=FULL)
+def full_model_state(module: nn.Module, every_rank: bool = False) -> dict[str, torch.Tensor]:
+    """Gathered state dict of a sharded module (a collective: every rank must call it): on rank 0 only, in
+    CPU memory, or with ``every_rank`` on every rank, on the module's device."""
+    return get_model_state_dict(module, options=StateDictOptions(full_state_dict=True) if every_rank else FULL)
 
 
 def full_optimizer_state(module: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
     return get_optimizer_state_dict(module, optimizer, options=FULL)
 
 
-def load_full_state(module: nn.Module, optimizer: torch.optim.Optimizer, model_state: dict,
-                    optimizer_state: dict) -> None:
-    """Scatter full state dicts (read on every rank) back into the shards."""
+def load_full_model_state(module: nn.Module, model_state: dict) -> None:
+    """Scatter a full model state dict (held by every rank) back into the shards. The root is resharded first:
+    after a forward pass without backward (validation) its parameters are still gathered."""
+    module.reshard()
     set_model_state_dict(module, model_state, options=StateDictOptions(full_state_dict=True))
+
+
+def load_full_optimizer_state(module: nn.Module, optimizer: torch.optim.Optimizer, optimizer_state: dict) -> None:
     set_optimizer_state_dict(module, optimizer, optimizer_state, options=StateDictOptions(full_state_dict=True))
