@@ -68,6 +68,29 @@ def test_post_cue_applies_to_the_nearest_mention(sentence, expected):
     assert label_sentence(sentence) == expected
 
 
+@pytest.mark.parametrize("sentence,expected", [
+    # a mention's own post-cue beats a list head reaching over a comma and an earlier mention ...
+    ("No pneumothorax, effusion is possible.", {"pneumothorax": 0, "pleural_effusion": -1}),
+    ("No pneumothorax, effusion is likely.", {"pneumothorax": 0, "pleural_effusion": -1}),
+    ("No pneumothorax, effusion or atelectasis is possible.",
+     {"pneumothorax": 0, "pleural_effusion": -1, "atelectasis": -1}),
+    ("Evaluate for pneumonia, effusion is not seen.", {"pleural_effusion": 0}),
+    # ... and the cue words inside an earlier mention's post-cue ("is not seen", "cannot be excluded")
+    ("Effusion is not seen, pneumothorax or atelectasis cannot be excluded.",
+     {"pleural_effusion": 0, "pneumothorax": -1, "atelectasis": -1}),
+    ("Effusion is not seen, pneumothorax is possible.", {"pleural_effusion": 0, "pneumothorax": -1}),
+    ("Pneumonia cannot be excluded, effusion is not seen.", {"pneumonia": -1, "pleural_effusion": 0}),
+    # controls: a list head still covers plain items and a list sharing its post-cue
+    ("No consolidation, effusion or pneumothorax.", {"consolidation": 0, "pleural_effusion": 0, "pneumothorax": 0}),
+    ("No effusion or pneumothorax is seen.", {"pleural_effusion": 0, "pneumothorax": 0}),
+    ("No effusion or pneumothorax is suspected.", {"pleural_effusion": 0, "pneumothorax": 0}),
+    ("No nodular opacity is suspected.", {"nodule": 0, "lung_opacity": 0}),
+    ("Possible pneumonia, effusion or atelectasis.", {"pneumonia": -1, "pleural_effusion": -1, "atelectasis": -1}),
+])
+def test_own_post_cue_beats_a_foreign_pre_cue(sentence, expected):
+    assert label_sentence(sentence) == expected
+
+
 def test_report_combines_sentences_and_sets_parents_and_no_finding():
     result = label_report("FINDINGS: Possible small effusion. Small left effusion. Right upper lobe nodule. "
                           "IMPRESSION: Pneumonia cannot be excluded.")

@@ -69,6 +69,17 @@ def test_padchest_suboptimal_study_is_a_quality_remark_not_a_finding(tmp_path):
     assert alone["label_cardiomegaly"] == 0 and alone["label_pleural_effusion"] == 0
 
 
+def test_padchest_support_devices_alone_are_no_finding(tmp_path):
+    # PadChest drops 'normal' beside any other label; the CheXpert rule reads devices-only rows as no finding
+    cells = ["['pacemaker']", "['NSG tube', 'central venous catheter']", "['suboptimal study', 'endotracheal tube']",
+             "['pacemaker', 'cardiomegaly']", "['chest drain tube', 'chronic changes']"]
+    frame = PadChestSource().load(_with_extra_rows(fx.build_padchest(tmp_path), cells)).frame.iloc[3:]
+    assert frame["label_support_devices"].tolist() == [1, 1, 1, 1, 1]
+    assert frame["label_no_finding"].tolist() == [1, 1, 1, 0, 0]  # any other entry, mapped or not: 0
+    assert frame["label_cardiomegaly"].tolist() == [0, 0, 0, 1, 0]
+    assert (frame["label_pleural_effusion"] == 0).all()
+
+
 def test_padchest_empty_label_list_is_not_annotated(tmp_path):
     table = PadChestSource().load(_with_extra_rows(fx.build_padchest(tmp_path), ["[]"]))
     assert np.isnan(table.labels()[3]).all()

@@ -10,17 +10,22 @@ state a finding is normal ("heart size is normal") give 0 (``NORMAL``). Negation
 negated uncertainty, negation) reach ``NEGATION_WINDOW`` words forward (lists such as "no consolidation,
 effusion or pneumothorax"), uncertainty cues ``UNCERTAIN_WINDOW``, post-cues ``POST_WINDOW`` words back,
 never across a clause break ("but", "however", ";", "there is", ...); a post-cue stops at another cue, and
-at another mention unless the earlier one has no cue of its own ("atelectasis or effusion cannot be excluded"
-vs "no pneumothorax, effusion cannot be excluded"). Report labels combine sentences as
-positive > uncertain > negative, NaN for findings never mentioned; positives and uncertains propagate to
-parents; no_finding is 1 when no finding but support devices is positive or uncertain (the CheXpert rule),
-else 0.
+at another mention unless the earlier one has no own cue ("atelectasis or effusion cannot be excluded"
+vs "no pneumothorax, effusion cannot be excluded"). A pre-cue is foreign to a mention when it reaches over a
+comma and an earlier mention (a list head: "no pneumothorax, effusion") or lies inside an earlier mention's
+post-cue (the "not" of "effusion is not seen, pneumothorax"); foreign pre-cues count only for mentions without
+a post-cue of their own, so "no pneumothorax, effusion is possible" gives 0 / -1 while "no consolidation,
+effusion or pneumothorax" and "no pneumothorax or effusion is suspected" give 0 throughout. Report labels
+combine sentences as positive > uncertain > negative, NaN for findings never mentioned; positives and
+uncertains propagate to parents; no_finding is 1 when no finding but support devices is positive or
+uncertain (the CheXpert rule), else 0.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
@@ -124,6 +129,8 @@ TERMINATORS = (r"\bbut\b", r"\bhowever\b", r"\balthough\b", r"\bthough\b", r"\be
                r"\bthere (?:is|are)\b", r"\band (?:the|there|a|an)\b")
 NEGATION_WINDOW, UNCERTAIN_WINDOW, POST_WINDOW = 12, 6, 4
 NOT_FINDINGS = {"no_finding", "support_devices"}
+PRE_KINDS = ("hypothetical_pre", "uncertain_negated", "negation_pre", "uncertain_pre")
+POST_KINDS = ("hypothetical_post", "uncertain_negated", "negation_post", "uncertain_post")
 
 
 def _compile(patterns: tuple[str, ...]) -> re.Pattern[str]:
@@ -161,29 +168,67 @@ def _cue_spans(sentence: str) -> dict[str, list[tuple[int, int]]]:
     return spans
 
 
-def _classify(sentence: str, start: int, end: int, spans: dict[str, list[tuple[int, int]]],
-              clause: tuple[int, int], cues: list[tuple[int, int]], mentions: list[tuple[int, int]]) -> float:
-    def before(kind: str, window: int = UNCERTAIN_WINDOW) -> bool:
-        return any(clause[0] <= a and b <= end and _words(sentence[b:start]) <= window for a, b in spans[kind])
+def _inside(lo: int, hi: int, spans: list[tuple[int, int]]) -> bool:
+    return any(lo <= a and b <= hi for a, b in spans)
 
+
+@dataclass(frozen=True)
+class _Sentence:
+    """One lower-cased sentence: its cue spans by kind, clauses, and all cue and mention spans."""
+
+    text: str
+    spans: dict[str, list[tuple[int, int]]]
+    clauses: list[tuple[int, int]]
+    cues: list[tuple[int, int]]
+    mentions: list[tuple[int, int]]
+
+    def clause(self, position: int) -> tuple[int, int]:
+        return next(c for c in self.clauses if c[0] <= position < c[1])
+
+    @cached_property
+    def served(self) -> list[tuple[int, int]]:
+        """Post-cues that apply to a mention before them ("effusion is not seen")."""
+        return [cue for kind in POST_KINDS for cue in self.spans[kind] if any(
+            self.clause(cue[0])[0] <= a and b <= cue[0] and _words(self.text[b:cue[0]]) <= POST_WINDOW
+            and not _inside(b, cue[0], self.cues) for a, b in self.mentions)]
+
+
+def _classify(s: _Sentence, start: int, end: int) -> float:
+    clause = s.clause(start)
+
+    def reaching(kind: str) -> list[tuple[int, int]]:
+        window = UNCERTAIN_WINDOW if kind == "uncertain_pre" else NEGATION_WINDOW
+        return [(a, b) for a, b in s.spans[kind]
+                if clause[0] <= a and b <= end and _words(s.text[b:start]) <= window]
+
+    def own(cue: tuple[int, int]) -> bool:
+        # Foreign: part of an earlier mention's post-cue ("effusion is not seen, ..."), or a list head reaching
+        # over a comma and another mention ("no pneumothorax, effusion ...").
+        listed = "," in s.text[cue[1]:start] and _inside(cue[1], start, s.mentions)
+        return not listed and not any(a < cue[1] and cue[0] < b for a, b in s.served)
+
+    pre = {kind: reaching(kind) for kind in PRE_KINDS}
     # A post-cue reaches back only to the nearest mentions: never past another cue, and past another mention
     # only to a bare list item ("atelectasis or effusion cannot be excluded"), not to one with a cue of its
     # own ("no pneumothorax, effusion cannot be excluded").
-    own_cue = before("uncertain_pre") or any(before(kind, NEGATION_WINDOW)
-                                             for kind in ("hypothetical_pre", "uncertain_negated", "negation_pre"))
-    stops = cues + mentions if own_cue else cues
+    stops = s.cues + s.mentions if any(own(cue) for found in pre.values() for cue in found) else s.cues
 
     def after(kind: str) -> bool:
-        return any(a >= end and b <= clause[1] and _words(sentence[end:a]) <= POST_WINDOW
-                   and not any(end <= x and y <= a for x, y in stops) for a, b in spans[kind])
+        return any(a >= end and b <= clause[1] and _words(s.text[end:a]) <= POST_WINDOW
+                   and not _inside(end, a, stops) for a, b in s.spans[kind])
 
-    if before("hypothetical_pre", NEGATION_WINDOW) or after("hypothetical_post"):
+    post = {kind: after(kind) for kind in POST_KINDS}
+
+    def before(kind: str) -> bool:  # a mention's own post-cue beats foreign pre-cues
+        return any(own(cue) or not any(post.values()) for cue in pre[kind])
+
+    if before("hypothetical_pre") or post["hypothetical_post"]:
         return NAN
-    if before("uncertain_negated", NEGATION_WINDOW) or after("uncertain_negated"):
+    if before("uncertain_negated") or post["uncertain_negated"]:
         return UNCERTAIN
-    if before("negation_pre", NEGATION_WINDOW) or after("negation_post"):
+    if before("negation_pre") or post["negation_post"]:
         return NEGATIVE
-    if before("uncertain_pre") or after("uncertain_post"):
+    if before("uncertain_pre") or post["uncertain_post"]:
         return UNCERTAIN
     return POSITIVE
 
@@ -192,15 +237,14 @@ def label_sentence(sentence: str) -> dict[str, float]:
     """Findings mentioned in one sentence -> 1 / 0 / -1 (hypothetical mentions only: absent)."""
     text = sentence.lower()
     breaks = [0] + [m.start() for m in _TERMINATOR_RE.finditer(text)] + [len(text)]
-    clauses = list(zip(breaks[:-1], breaks[1:], strict=True))
     spans = _cue_spans(text)
-    cues = [span for kind, found in spans.items() if kind != "pseudo" for span in found]
     mentions = {name: [m.span() for m in regex.finditer(text)] for name, regex in _MENTION_RE.items()}
-    every_mention = [span for found in mentions.values() for span in found]
+    context = _Sentence(text, spans, list(zip(breaks[:-1], breaks[1:], strict=True)),
+                        [span for kind, found in spans.items() if kind != "pseudo" for span in found],
+                        [span for found in mentions.values() for span in found])
     out: dict[str, float] = {}
     for name, found in mentions.items():
-        values = [_classify(text, a, b, spans, next(c for c in clauses if c[0] <= a < c[1]), cues, every_mention)
-                  for a, b in found]
+        values = [_classify(context, a, b) for a, b in found]
         if name in _NORMAL_RE and _NORMAL_RE[name].search(text):
             values.append(NEGATIVE)
         if not np.isnan(value := combine(values)):

@@ -3,7 +3,10 @@
 ROOT holds ``PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv`` (or ``.csv.gz``) and the image folders
 ``0/ ... 54/`` (the extracted zips; ``ImageDir`` names the folder) of 16-bit PNGs. ``Labels`` is a Python
 list literal of 174 lower-case findings, annotated exhaustively (by physicians or their trained model,
-``MethodLabel``), so a mapped finding the list lacks is negative; "normal" sets no_finding. Rows whose
+``MethodLabel``), so a mapped finding the list lacks is negative; "normal" sets no_finding. The authors'
+aggregation drops "normal" from every report with another label, so a list of support devices only
+(``DEVICES``, with or without "suboptimal study") gives no_finding 1, as the CheXpert rule radlab uses
+elsewhere does (no finding but support devices); any other entry gives no_finding 0. Rows whose
 ``Labels`` is empty (blank or ``[]``) are not annotated (all NaN). Age = study year - birth year. The report is
 preprocessed Spanish, kept in ``report_es`` rather than ``report`` (the English text column).
 
@@ -40,13 +43,14 @@ from radlab.data.sources.common import (
 
 log = logging.getLogger(__name__)
 
-_DEVICES = ("NSG tube", "endotracheal tube", "tracheostomy tube", "central venous catheter",
-            "central venous catheter via jugular vein", "central venous catheter via subclavian vein",
-            "central venous catheter via umbilical vein", "reservoir central venous catheter", "catheter",
-            "pacemaker", "dual chamber device", "single chamber device", "electrical device", "chest drain tube",
-            "ventriculoperitoneal drain tube", "gastrostomy tube", "nephrostomy tube", "double J stent",
-            "artificial heart valve", "artificial mitral heart valve", "artificial aortic heart valve",
-            "aortic endoprosthesis")
+# -> support_devices; a list of these alone (no other finding) -> no_finding 1, the CheXpert rule
+DEVICES = ("NSG tube", "endotracheal tube", "tracheostomy tube", "central venous catheter",
+           "central venous catheter via jugular vein", "central venous catheter via subclavian vein",
+           "central venous catheter via umbilical vein", "reservoir central venous catheter", "catheter",
+           "pacemaker", "dual chamber device", "single chamber device", "electrical device", "chest drain tube",
+           "ventriculoperitoneal drain tube", "gastrostomy tube", "nephrostomy tube", "double J stent",
+           "artificial heart valve", "artificial mitral heart valve", "artificial aortic heart valve",
+           "aortic endoprosthesis")
 LABEL_MAP: dict[str, str] = {
     "normal": "no_finding",
     "cardiomegaly": "cardiomegaly",
@@ -87,13 +91,14 @@ LABEL_MAP: dict[str, str] = {
     "clavicle fracture": "fracture", "humeral fracture": "fracture", "vertebral fracture": "fracture",
     "hiatal hernia": "hernia",
     "scoliosis": "scoliosis",
-    **{device: "support_devices" for device in _DEVICES},
+    **{device: "support_devices" for device in DEVICES},
 }
 EXCLUDE, SUBOPTIMAL = "exclude", "suboptimal study"
 # Labels entries that are remarks, not findings (module docstring: what they mean and where that comes from).
 MARKERS: dict[str, str] = {
     EXCLUDE: "alone: row not annotated (all labels NaN, counted in the log); beside findings: ignored",
-    SUBOPTIMAL: "ignored beside findings; alone: findings negative, no_finding NaN (normal not confirmed)",
+    SUBOPTIMAL: "ignored beside findings (devices only: no_finding 1); alone: findings negative, no_finding NaN "
+                "(normal not confirmed)",
 }
 CSV_NAMES = ("PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv",
              "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv.gz")
@@ -115,13 +120,17 @@ def parse_labels(value: object, path: Path, row: int) -> list[str] | None:
 
 
 def row_labels(labels: list[str] | None) -> dict[str, float] | None:
-    """One row's harmonised labels; None when the row is not annotated (empty list, or "exclude" alone)."""
+    """One row's harmonised labels; None when the row is not annotated (empty list, or "exclude" alone).
+
+    Support devices alone give no_finding 1 (the CheXpert rule; PadChest drops "normal" beside them)."""
     findings = [label for label in labels or [] if label not in MARKERS]
     if not findings and SUBOPTIMAL not in (labels or []):
         return None
     values = harmonise(dict.fromkeys(findings, 1.0), LABEL_MAP, default=0.0)
     if not findings:  # "suboptimal study" alone: no finding listed, but "normal" may have been dropped
         values[label_column("no_finding")] = NAN
+    elif all(label in DEVICES for label in findings):
+        values[label_column("no_finding")] = 1.0
     return values
 
 
