@@ -4,6 +4,7 @@ numpy versions of their equations, MedCLIP's soft targets and unpaired batches."
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +13,11 @@ import torch.nn.functional as F
 from open_clip.loss import ClipLoss
 from torch import nn
 
+from radlab.models.build import ModelConfig, TowerConfig, build_encoder
+from radlab.models.checkpoint import load_encoder_checkpoint, save_encoder
+from radlab.models.tokenizer import train_wordpiece
 from radlab.objectives.clip import clip_loss
+from radlab.objectives.convirt import ConVIRTObjective
 from radlab.objectives.dlilp import DLILPObjective
 from radlab.objectives.medclip import medclip_loss, semantic_targets
 from radlab.objectives.unicl import unicl_loss, unicl_targets
@@ -45,6 +50,32 @@ def test_convirt_weighting_is_lambda_image_to_text() -> None:
     t2i = -np.diag(_log_softmax(logits.T))
     expected = np.mean(0.75 * i2t + 0.25 * t2i)
     assert abs(float(clip_loss(image, text, torch.tensor(10.0, dtype=torch.float64), 0.75)) - expected) < 1e-10
+
+
+def test_convirt_trains_the_encoders_mlp_projection_which_checkpoints_keep(tmp_path: Path) -> None:
+    """The loss is computed on the encoder's own g(h) = W2 ReLU(W1 h), so zero-shot after a checkpoint round
+    trip reads the trained space; a linear projection is refused."""
+    torch.manual_seed(0)
+    texts = ["small left pleural effusion", "no acute process", "cardiomegaly", "right pneumothorax"]
+    cfg = ModelConfig(image_tower=TowerConfig(name="vit_tiny_patch16_224", kwargs={"depth": 1}),
+                      text_tower=TowerConfig(name="bert_small", kwargs={"hidden_size": 32, "layers": 1, "heads": 2}),
+                      image_size=32, embed_dim=16, projection="mlp")
+    model = build_encoder(cfg, train_wordpiece(texts * 5, vocab_size=120))
+    objective = ConVIRTObjective(model)
+    assert not list(objective.parameters())
+    batch = {"image": torch.randn(4, 1, 32, 32), "has_text": torch.tensor([True, True, True, False]),
+             "tokens": model.text_tower.tokenize(texts)}
+    objective(model, batch)["loss"].backward()
+    assert isinstance(model.image_proj, nn.Sequential) and isinstance(model.image_proj[1], nn.ReLU)
+    assert all(p.grad is not None for proj in (model.image_proj, model.text_proj) for p in proj.parameters())
+    folder = save_encoder(model, tmp_path / "ckpt", {"name": "vit_tiny_patch16_224", "kwargs": {"depth": 1}})
+    loaded = load_encoder_checkpoint(folder)
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.encode_image(batch["image"]), model.encode_image(batch["image"]))
+        torch.testing.assert_close(loaded.encode_text(texts), model.encode_text(texts))
+    with pytest.raises(ValueError, match="projection=mlp"):
+        ConVIRTObjective(build_encoder(cfg.model_copy(update={"projection": "linear", "text_tower": None})))
 
 
 def test_unicl_matches_hand_computed_case() -> None:

@@ -78,7 +78,7 @@ def test_objectives_train_on_real_reports_and_labels(method: str, iu_train: Reco
     model = build_encoder(ModelConfig(image_tower=TowerConfig(name="vit_tiny_patch16_224", kwargs={"depth": 1}),
                                       text_tower=TowerConfig(name="bert_small", kwargs={
                                           "pooling": "mean", "layers": 1, "hidden_size": 64, "heads": 2,
-                                          "max_length": 96}), image_size=32),
+                                          "max_length": 96}), image_size=32, projection=cfg.model.projection),
                           train_wordpiece(iu_train.texts()[:2000], 1000))
     objective = build_objective(cfg, names, model)
     batch = _batch(iu_train, names, np.arange(16), model.text_tower.tokenize)

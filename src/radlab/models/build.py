@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 from transformers import PreTrainedTokenizerBase
@@ -22,11 +22,14 @@ class TowerConfig(BaseModel):
 
 
 class ModelConfig(BaseModel):
+    """``projection``: how the towers map into the ``embed_dim`` joint space (``models.encoder.projection``)."""
+
     model_config = ConfigDict(extra="forbid")
     image_tower: TowerConfig = TowerConfig(name="vit_tiny_patch16_224")
     text_tower: TowerConfig | None = TowerConfig(name="bert_small")
     image_size: int = 128
     embed_dim: int = 128
+    projection: Literal["linear", "mlp"] = "linear"
     mean: float = 0.5
     std: float = 0.25
 
@@ -44,4 +47,4 @@ def build_encoder(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase | None = 
             kwargs["tokenizer"] = tokenizer
         text = TEXT_TOWERS.build(cfg.text_tower.name, **kwargs)
     preprocess = Preprocess(image_size=cfg.image_size, mean=cfg.mean, std=cfg.std)
-    return RadEncoder(image, text, cfg.embed_dim, preprocess)
+    return RadEncoder(image, text, cfg.embed_dim, preprocess, projection_kind=cfg.projection)

@@ -41,6 +41,7 @@ def save_encoder(model: RadEncoder, directory: Path | str, image_tower_spec: dic
         "radlab_version": __version__,
         "image_tower": image_tower_spec,
         "embed_dim": model.embed_dim,
+        "projection": model.projection_kind,
         "preprocess": vars(model.preprocess),
         "text_tower": None,
         "label_head": {"class_names": model.label_head.class_names} if model.label_head is not None else None,
@@ -97,6 +98,7 @@ def load_encoder_checkpoint(directory: Path | str) -> RadEncoder:
         hf_model = AutoModel.from_config(AutoConfig.from_pretrained(text_dir))
         text = HFTextTower(hf_model, AutoTokenizer.from_pretrained(text_dir), **spec["text_tower"])
     head = LabelHead(spec["label_head"]["class_names"], spec["embed_dim"]) if spec["label_head"] else None
-    model = RadEncoder(image, text, spec["embed_dim"], preprocess, head)
+    model = RadEncoder(image, text, spec["embed_dim"], preprocess, head,
+                       projection_kind=spec.get("projection", "linear"))
     model.load_state_dict(state)
     return model.eval()

@@ -50,8 +50,22 @@ class LabelHead(nn.Module, ClampedScale):
         return scale * F.normalize(embeddings, dim=-1) @ F.normalize(self.prototypes, dim=-1).T
 
 
+PROJECTIONS = ("linear", "mlp")
+
+
+def projection(dim_in: int, dim_out: int, kind: str) -> nn.Module:
+    """A tower's projection into the joint space: "linear" (bias-free, CLIP) or "mlp" (Linear, ReLU, Linear:
+    ConVIRT's non-linear g(h) = W2 ReLU(W1 h))."""
+    if kind == "linear":
+        return nn.Linear(dim_in, dim_out, bias=False)
+    if kind == "mlp":
+        return nn.Sequential(nn.Linear(dim_in, dim_out), nn.ReLU(), nn.Linear(dim_out, dim_out))
+    raise ValueError(f"unknown projection {kind!r}; choose one of {PROJECTIONS}")
+
+
 class RadEncoder(nn.Module):
-    """Image tower (+ text tower) with linear projections to an ``embed_dim`` joint space.
+    """Image tower (+ text tower) with projections (``projection``: linear or MLP) to an ``embed_dim`` joint
+    space.
 
     - ``image_features``: pooled tower features before projection (what frozen probes read).
     - ``encode_image`` / ``encode_text``: projected, L2-normalised joint embeddings (zero-shot, retrieval).
@@ -60,18 +74,20 @@ class RadEncoder(nn.Module):
 
     def __init__(self, image_tower: nn.Module, text_tower: HFTextTower | nn.Module | None = None,
                  embed_dim: int = 128, preprocess: Preprocess | None = None, label_head: LabelHead | None = None,
-                 image_proj: nn.Module | None = None, text_proj: nn.Module | None = None) -> None:
-        """``image_proj`` / ``text_proj`` default to new bias-free Linear layers; external encoders pass their
-        own trained projections (e.g. a CLIP projection matrix, or Identity for image-only models)."""
+                 image_proj: nn.Module | None = None, text_proj: nn.Module | None = None,
+                 projection_kind: str = "linear") -> None:
+        """``image_proj`` / ``text_proj`` default to new ``projection_kind`` projections; external encoders pass
+        their own trained projections (e.g. a CLIP projection matrix, or Identity for image-only models)."""
         super().__init__()
         self.image_tower = image_tower
         self.text_tower = text_tower
         self.embed_dim = embed_dim
         self.preprocess = preprocess or Preprocess()
-        self.image_proj = image_proj if image_proj is not None else nn.Linear(image_tower.embed_dim, embed_dim,
-                                                                              bias=False)
+        self.projection_kind = projection_kind
+        self.image_proj = image_proj if image_proj is not None else projection(image_tower.embed_dim, embed_dim,
+                                                                                projection_kind)
         if text_proj is None and text_tower is not None:
-            text_proj = nn.Linear(text_tower.embed_dim, embed_dim, bias=False)
+            text_proj = projection(text_tower.embed_dim, embed_dim, projection_kind)
         self.text_proj = text_proj
         self.label_head = label_head
 

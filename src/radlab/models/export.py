@@ -75,7 +75,8 @@ def export_encoder(model: RadEncoder, out: Path | str, train_config: dict | None
              **_tensors(model.label_head, "label_head")}
     if heads:
         save_file(heads, str(out / HEADS_FILE))
-    meta = {"embed_dim": model.embed_dim, "preprocess": vars(model.preprocess), "image": image, "text": text,
+    meta = {"embed_dim": model.embed_dim, "projection": model.projection_kind, "preprocess": vars(model.preprocess),
+            "image": image, "text": text,
             "label_names": model.label_head.class_names if model.label_head is not None else None}
     (out / "radlab_export.json").write_text(json.dumps(meta, indent=2))
     (out / "README.md").write_text(model_card(meta, train_config, results, name or out.name))
@@ -143,7 +144,7 @@ def model_card(meta: dict, train_config: dict | None, results: dict | None, name
              f"- input: {p['channels']} channel(s), {p['image_size']} x {p['image_size']} px (the radiograph's "
              f"{Preprocess(**p).geometry()}), pixels in [0, 1] normalised with mean {p['mean']:.6g}, "
              f"std {p['std']:.6g}",
-             f"- joint embedding: {meta['embed_dim']}-d (projection weights in `{HEADS_FILE}`)",
+             f"- joint embedding: {meta['embed_dim']}-d ({meta['projection']} projection, weights in `{HEADS_FILE}`)",
              "```python\n" + _usage(meta) + "\n```"]
     if meta["text"]:
         parts += ["## Text tower", f"- `{meta['text']['architecture']}` in `text/` (AutoModel + AutoTokenizer), "
