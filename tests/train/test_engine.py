@@ -242,3 +242,44 @@ def test_each_step_clamps_learned_temperatures(tmp_path: Path, phantom16: Path) 
                   "objective.kwargs={uncertain: ignore, init_temperature: 0.005}")  # scale 200 > 100
     head = load_encoder(pretrain(cfg, progress=False)).label_head
     assert head.logit_scale.exp().item() == pytest.approx(100.0, rel=1e-5)
+
+
+def _tensors(folder: Path, name: str = "model.safetensors") -> dict[str, torch.Tensor]:
+    return load_file(str(folder / name))
+
+
+def test_init_from_starts_a_run_on_a_checkpoints_encoder_and_objective(tmp_path: Path, phantom16: Path) -> None:
+    """CLIP trained, then continued with lr 0: the new run exports the same towers, projections, tokenizer and
+    learned temperature. A supervised run from the CLIP checkpoint takes its image tower and starts its head
+    fresh; a CLIP run from that (image-only) checkpoint starts a fresh text tower."""
+    first = pretrain(_config("clip", phantom16, tmp_path / "clip", "optim.steps=3", "optim.batch_size=8"),
+                     progress=False)
+    frozen = ["optim.steps=1", "optim.batch_size=8", "optim.lr=0", f"init_from={first}"]
+    again = pretrain(_config("clip", phantom16, tmp_path / "again", *frozen), progress=False)
+    a, b = _tensors(first), _tensors(again)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert torch.equal(_tensors(first, "objective.safetensors")["logit_scale.log_scale"],
+                       _tensors(again, "objective.safetensors")["logit_scale.log_scale"])
+    vocab = [json.loads(p.read_text())["model"]["vocab"] for p in (tmp_path / "again" / "tokenizer" / "tokenizer.json",
+                                                                   first / "text_tower" / "tokenizer.json")]
+    assert vocab[0] == vocab[1]
+    labels = pretrain(_config("supervised", phantom16, tmp_path / "labels", *frozen), progress=False)
+    c = _tensors(labels)
+    assert all(torch.equal(a[k], c[k]) for k in a if k.startswith(("image_tower.", "image_proj.")))
+    assert not any(k.startswith("text_") for k in c) and "label_head.prototypes" in c
+    text_later = pretrain(_config("clip", phantom16, tmp_path / "text", *frozen[:3], f"init_from={labels}"),
+                          progress=False)
+    d = _tensors(text_later)
+    assert all(torch.equal(c[k], d[k]) for k in c if k.startswith("image_tower.")) and "text_proj.weight" in d
+
+
+def test_init_from_refuses_a_checkpoint_that_does_not_fit(tmp_path: Path, phantom16: Path) -> None:
+    first = pretrain(_config("supervised", phantom16, tmp_path / "a", "optim.steps=1", "optim.batch_size=8"),
+                     progress=False)
+    deeper = _config("supervised", phantom16, tmp_path / "b", "optim.steps=1", "optim.batch_size=8",
+                     "model.image_tower.kwargs={depth: 2}", f"init_from={first}")
+    with pytest.raises(ValueError, match="model.safetensors does not fit"):
+        pretrain(deeper, progress=False)
+    with pytest.raises(FileNotFoundError, match="not a radlab checkpoint"):
+        pretrain(_config("supervised", phantom16, tmp_path / "c", "optim.steps=1", f"init_from={tmp_path}"),
+                 progress=False)

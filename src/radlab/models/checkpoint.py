@@ -1,6 +1,6 @@
 """radlab encoder checkpoints: a folder with ``encoder.json`` (how to rebuild), ``model.safetensors``
-(weights), ``text_tower/`` (text config + tokenizer) and, for towers built from a Hugging Face folder,
-``image_tower/`` (its config). Nothing is unpickled when loading, and nothing outside the folder is read."""
+(weights), ``text_tower/`` (text config + tokenizer), for towers built from a Hugging Face folder
+``image_tower/`` (its config), and from training runs ``objective.safetensors`` (the objective's state). Nothing is unpickled when loading, and nothing outside the folder is read."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from radlab.models.towers import Preprocess
 
 SPEC_FILE = "encoder.json"
 WEIGHTS_FILE = "model.safetensors"
+OBJECTIVE_FILE = "objective.safetensors"  # the training objective's state, for ``init_from``
 TEXT_DIR = "text_tower"
 IMAGE_DIR = "image_tower"  # towers built from a folder (hf_vision): their config, so loading needs no other copy
 
@@ -54,7 +55,8 @@ def save_encoder(model: RadEncoder, directory: Path | str, image_tower_spec: dic
         model.text_tower.model.config.save_pretrained(tmp / TEXT_DIR)
         model.text_tower.tokenizer.save_pretrained(tmp / TEXT_DIR)
     for name, tensors in {WEIGHTS_FILE: weights or model.state_dict(), **(files or {})}.items():
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / name))
+        save_file({k: v.detach().cpu().clone(memory_format=torch.contiguous_format)
+                   for k, v in tensors.items()}, str(tmp / name))  # contiguous, no shared storage
     (tmp / SPEC_FILE).write_text(json.dumps(spec, indent=2))
     if directory.exists():
         shutil.rmtree(directory)

@@ -120,6 +120,7 @@ class TrainConfig(BaseModel):
     early_stopping: EarlyStoppingConfig | None = None
     max_minutes: float | None = None
     resume: bool = False
+    init_from: str | None = None  # a radlab checkpoint folder to start from (train/initial_weights.py)
 
     @classmethod
     def from_file(cls, path: Path | str, overrides: list[str] | None = None) -> TrainConfig:

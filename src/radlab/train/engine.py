@@ -34,7 +34,7 @@ from radlab.data.dataset import Collator, RecordDataset, train_augment
 from radlab.data.loading import load_tables
 from radlab.data.records import RecordTable
 from radlab.models.build import build_encoder
-from radlab.models.checkpoint import save_encoder, strip_prefix
+from radlab.models.checkpoint import OBJECTIVE_FILE, save_encoder, strip_prefix
 from radlab.models.encoder import ClampedScale, RadEncoder
 from radlab.models.text_towers import builds_own_tokenizer
 from radlab.models.tokenizer import train_wordpiece
@@ -45,6 +45,7 @@ from radlab.train import sharding
 from radlab.train.config import TrainConfig
 from radlab.train.early_stopping import EarlyStopper
 from radlab.train.ema import ModelEMA
+from radlab.train.initial_weights import checkpoint_tokenizer_dir, load_encoder_weights, load_objective_state
 from radlab.train.loader import Position, RankedBatchSampler, SeededDataset, stream
 from radlab.train.optim import cosine_weight_decay, cosine_with_warmup, param_groups
 from radlab.train.state import latest_state, load_state, rng_state, save_state, set_rng_state
@@ -123,7 +124,11 @@ class Trainer:
             tokenizer = self._tokenizer(train_table)
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         self.model = build_encoder(model_cfg, tokenizer)
+        if cfg.init_from:  # before the objective: EMA teachers copy the loaded tower
+            load_encoder_weights(self.model, cfg.init_from)
         self.objective = build_objective(cfg, self.class_names, self.model)
+        if cfg.init_from:
+            load_objective_state(self.objective, cfg.objective.name, cfg.init_from)
         for param in self.objective.unused_parameters(self.model):
             param.requires_grad_(False)
         torch.manual_seed(cfg.seed + env.rank)
@@ -171,12 +176,16 @@ class Trainer:
             refuse_overlap(train_table, evals, force=data.allow_eval_overlap, images=images)
 
     def _tokenizer(self, table: RecordTable) -> PreTrainedTokenizerBase:
-        """WordPiece built once (rank 0) and saved to ``<out>/tokenizer``; every rank and every resumed session
-        loads that copy, so the vocabulary cannot drift if the training reports change between sessions."""
+        """WordPiece built once (rank 0), or the ``init_from`` checkpoint's, saved to ``<out>/tokenizer``; every
+        rank and every resumed session loads that copy, so the vocabulary cannot drift if the training reports
+        change between sessions."""
         folder = self.out / "tokenizer"
         if not (self.cfg.resume and folder.is_dir()):
             if self.env.is_main:
-                train_wordpiece(table.texts(), self.cfg.data.vocab_size).save_pretrained(folder)
+                start = checkpoint_tokenizer_dir(self.cfg.init_from) if self.cfg.init_from else None
+                tokenizer = AutoTokenizer.from_pretrained(start) if start else \
+                    train_wordpiece(table.texts(), self.cfg.data.vocab_size)
+                tokenizer.save_pretrained(folder)
             distrib.barrier()
         return AutoTokenizer.from_pretrained(folder)
 
@@ -431,7 +440,8 @@ class Trainer:
             weights, objective_state = strip_prefix(full, "model."), strip_prefix(full, "objective.")
         if self.env.is_main:
             tower = {"name": self.cfg.model.image_tower.name, "kwargs": self.cfg.model.image_tower.kwargs}
-            files = self.objective.checkpoint_files(objective_state or self.objective.state_dict())
+            objective_state = objective_state or self.objective.state_dict()
+            files = {OBJECTIVE_FILE: objective_state, **self.objective.checkpoint_files(objective_state)}
             save_encoder(self.model.eval(), directory, tower,
                          {"train_config": self.cfg.model_dump(), "step": exported}, weights, files)
         distrib.barrier()
