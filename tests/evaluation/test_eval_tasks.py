@@ -131,6 +131,7 @@ def test_report_generation_scores(results: dict) -> None:
 def test_finetune_runs_and_reports_auc(results: dict) -> None:
     ft = results["tasks"]["finetune"]
     assert ft["steps"] == 3 and 0 <= ft["macro_auc"] <= 1
+    assert ft["best_step"] == ft["steps_run"] == 3 and ft["selection"] == "best validation macro AUC"
 
 
 def test_feature_cache_on_disk(tiny_encoder: RadEncoder, split_table: RecordTable, labels: list[str],
