@@ -141,6 +141,19 @@ def build_chexpert(root: Path) -> Path:
     return root
 
 
+def build_chexpert_test(root: Path) -> Path:
+    """The CheXpert test set as CheXlocalize ships it: ``test_labels.csv`` (Path relative to ROOT, the 14
+    observations as 0/1, no demographics or view columns) beside ``test/patientN/studyN/viewK_*.jpg``."""
+    rows = ["test/patient64741/study1/view1_frontal.jpg,0,1,1,1,0,0,0,0,0,0,0,0,0,1",
+            "test/patient64741/study1/view2_lateral.jpg,0,1,1,1,0,0,0,0,0,0,0,0,0,1",
+            "test/patient64750/study1/view1_frontal.jpg,1,0,0,0,0,0,0,0,0,0,0,0,0,0"]
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "test_labels.csv").write_text("Path," + ",".join(CHEXPERT_LABELS) + "\n" + "\n".join(rows) + "\n")
+    for i, line in enumerate(rows):
+        jpeg(root / line.split(",")[0], image(30 + i))
+    return root
+
+
 MIMIC_REPORT = """                                 FINAL REPORT
  EXAMINATION:  CHEST (PA AND LAT)
 
@@ -239,6 +252,42 @@ def build_vindr(root: Path) -> Path:
           photometric="MONOCHROME1", sex="M", age="062Y")
     dicom(root / "train" / "00053190460d56c53cc3e57321387478.dicom", image(41, dtype=np.uint16), sex="F", age="")
     dicom(root / "test" / "002a34c58c5b758217ed1f584ccbcfe9.dicom", image(42, dtype=np.uint16), sex="O", age="033Y")
+    return root
+
+
+VINDR_KAGGLE_CLASSES = ["Aortic enlargement", "Atelectasis", "Calcification", "Cardiomegaly", "Consolidation", "ILD",
+                        "Infiltration", "Lung Opacity", "Nodule/Mass", "Other lesion", "Pleural effusion",
+                        "Pleural thickening", "Pneumothorax", "Pulmonary fibrosis", "No finding"]
+
+
+def build_vindr_kaggle(root: Path) -> Path:
+    """VinDr-CXR as the Kaggle VinBigData competition ships it: train.csv, one row per box and radiologist."""
+    def box(image_id: str, reader: str, name: str, x0: float = np.nan, y0: float = np.nan, x1: float = np.nan,
+            y1: float = np.nan) -> dict:
+        return {"image_id": image_id, "class_name": name, "class_id": VINDR_KAGGLE_CLASSES.index(name),
+                "rad_id": reader, "x_min": x0, "y_min": y0, "x_max": x1, "y_max": y1}
+    sick, normal, split = ("9a5094b2563a1ef3ff50dc5c7ff71345", "50a418190bc3fb1ef1633bf9678929b3",
+                           "051132a778e61a86eb147c7c6f564dfe")
+    csv(root / "train.csv", pd.DataFrame([
+        box(normal, "R11", "No finding"),
+        box(sick, "R10", "Cardiomegaly", 691, 1375, 1653, 1831),
+        box(split, "R10", "Aortic enlargement", 1264, 743, 1611, 1019),
+        box(sick, "R9", "Pleural effusion", 1789, 1729, 1875, 1992),
+        box(sick, "R9", "Cardiomegaly", 692, 1375, 1657, 1799),
+        box(sick, "R9", "Other lesion", 1789, 1729, 1875, 1992),
+        box(normal, "R7", "No finding"),
+        box(sick, "R8", "Cardiomegaly", 689, 1313, 1666, 1763),
+        box(sick, "R10", "Aortic enlargement", 1264, 743, 1611, 1019),
+        box(split, "R8", "Aortic enlargement", 1262, 740, 1610, 1020),
+        box(split, "R9", "No finding"),
+        box(normal, "R10", "No finding")]))
+    csv(root / "sample_submission.csv", pd.DataFrame({"image_id": ["002a34c58c5b758217ed1f584ccbcfe9"],
+                                                      "PredictionString": ["14 1 0 0 1 1"]}))
+    dicom(root / "train" / f"{sick}.dicom", image(43, dtype=np.uint16), photometric="MONOCHROME1", sex="M",
+          age="062Y")
+    dicom(root / "train" / f"{normal}.dicom", image(44, dtype=np.uint16), sex="F", age="")
+    dicom(root / "train" / f"{split}.dicom", image(45, dtype=np.uint16), sex="O", age="047Y")
+    dicom(root / "test" / "002a34c58c5b758217ed1f584ccbcfe9.dicom", image(46, dtype=np.uint16))
     return root
 
 

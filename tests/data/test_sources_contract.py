@@ -16,12 +16,14 @@ CASES = {
     "covid_ieee": fx.build_covid, "montgomery": fx.build_montgomery, "shenzhen": fx.build_shenzhen,
     "manifest": fx.build_manifest,
 }
+LAYOUTS = {"vindr_kaggle": ("vindr", fx.build_vindr_kaggle), "chexpert_test": ("chexpert", fx.build_chexpert_test)}
 PREFIXES = {"openi": "iu", "covid_ieee": "covid_", "rsna_pneumonia": "rsna_", "manifest": "p"}
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
-def test_adapter_meets_the_record_contract(name, tmp_path):
-    table = SOURCES.build(name).load(CASES[name](tmp_path / name))
+@pytest.mark.parametrize("case", sorted(CASES) + sorted(LAYOUTS))
+def test_adapter_meets_the_record_contract(case, tmp_path):
+    name, build = LAYOUTS.get(case, (case, CASES.get(case)))
+    table = SOURCES.build(name).load(build(tmp_path / case))
     frame = table.frame
     assert len(frame) >= 2 and (frame["source"] == SOURCES.get(name).name).all()
     assert frame["patient_id"].str.startswith(PREFIXES.get(name, f"{name.split('_')[0]}_")).all()
