@@ -345,6 +345,23 @@ def build_siim(root: Path) -> Path:
     return root
 
 
+SIIM_STAGE1_TEST = "1.2.276.0.7230010.3.1.4.9"
+SIIM_STAGE2_TEST = "ID_0011fe81e"
+
+
+def build_siim_stage2(root: Path) -> Path:
+    """SIIM-ACR as the stage 2 release: stage_2_train.csv (plain header, the same relative code) holds train-rle.csv's
+    rows and labels the stage-1 test image too; stage_2_images/ holds the unlabelled stage-2 test set, flat."""
+    build_siim(root)
+    stage1 = pd.read_csv(root / "train-rle.csv", dtype=str, skipinitialspace=True).rename(columns=str.strip)
+    (root / "train-rle.csv").unlink()
+    test_row = pd.DataFrame({"ImageId": [SIIM_STAGE1_TEST], "EncodedPixels": [relative_rle(siim_mask())]})
+    csv(root / "stage_2_train.csv", pd.concat([stage1, test_row]))
+    dicom(root / "stage_2_images" / f"{SIIM_STAGE2_TEST}.dcm", image(70), syntax="jpeg",
+          patient_id="0b7c5a8e-5f4e-4c8e-9d1a-2f3b4c5d6e7f", sex="F", age="57")
+    return root
+
+
 OPENI_XML = """<?xml version="1.0" encoding="utf-8"?>
 <eCitation>
    <meta type="rr"/>

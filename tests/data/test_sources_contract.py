@@ -16,7 +16,8 @@ CASES = {
     "covid_ieee": fx.build_covid, "montgomery": fx.build_montgomery, "shenzhen": fx.build_shenzhen,
     "manifest": fx.build_manifest,
 }
-LAYOUTS = {"vindr_kaggle": ("vindr", fx.build_vindr_kaggle), "chexpert_test": ("chexpert", fx.build_chexpert_test)}
+LAYOUTS = {"vindr_kaggle": ("vindr", fx.build_vindr_kaggle), "chexpert_test": ("chexpert", fx.build_chexpert_test),
+           "siim_stage2": ("siim", fx.build_siim_stage2)}
 PREFIXES = {"openi": "iu", "covid_ieee": "covid_", "rsna_pneumonia": "rsna_", "manifest": "p"}
 
 

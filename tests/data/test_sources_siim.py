@@ -1,3 +1,5 @@
+import re
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -35,3 +37,61 @@ def test_relative_rle_round_trip_and_errors():
     np.testing.assert_array_equal(decode_rle(fx.relative_rle(mask), 24, 20), mask)
     with pytest.raises(ValueError, match="leaves the 24x20 image"):
         decode_rle("470 20", 24, 20)
+
+
+def test_relative_rle_hand_made_case():
+    expected = np.zeros((24, 20), dtype=np.uint8)
+    expected[2:6, 2:4] = 255  # column-major index col * 24 + row: runs 50-53 and, 20 after their end, 74-77
+    np.testing.assert_array_equal(decode_rle("50 4 20 4", 24, 20), expected)
+    with pytest.raises(ValueError, match="odd number"):
+        decode_rle("50 4 20", 24, 20)
+
+
+def test_siim_stage2_labels_splits_and_masks(tmp_path):
+    root = fx.build_siim_stage2(tmp_path / "siim")
+    assert not (root / "train-rle.csv").exists()
+    table = SIIMSource(mask_dir=tmp_path / "masks").load(root)
+    frame = table.frame.set_index("id")
+    stage1_test, stage2_test = f"siim_{fx.SIIM_STAGE1_TEST}", f"siim_{fx.SIIM_STAGE2_TEST}"
+    assert frame.loc[[NEGATIVE, POSITIVE, stage1_test], "label_pneumothorax"].tolist() == [0, 1, 1]
+    assert (frame.loc[[NEGATIVE, POSITIVE, stage1_test], "split"] == "train").all()  # stage 2 labels stage-1 test
+    assert frame.loc[stage2_test, "split"] == "test" and np.isnan(frame.loc[stage2_test, "label_pneumothorax"])
+    assert frame.loc[stage2_test, "image_path"] == f"stage_2_images/{fx.SIIM_STAGE2_TEST}.dcm"
+    assert frame.loc[stage2_test, "study_id"] == stage2_test and frame.loc[stage2_test, "mask_pneumothorax"] == ""
+    assert frame.loc[POSITIVE, "study_id"] == "siim_1.2.276.0.7230010.3.1.2.1"
+    for record in (POSITIVE, stage1_test):
+        np.testing.assert_array_equal(np.asarray(Image.open(frame.loc[record, "mask_pneumothorax"])), fx.siim_mask())
+    assert not np.asarray(Image.open(frame.loc[NEGATIVE, "mask_pneumothorax"])).any()
+
+
+def test_siim_stage2_masks_decode_a_hand_encoded_file(tmp_path):
+    root = fx.build_siim_stage2(tmp_path / "siim")
+    positive, negative = POSITIVE.removeprefix("siim_"), NEGATIVE.removeprefix("siim_")
+    (root / "stage_2_train.csv").write_text(f"ImageId,EncodedPixels\n{negative},-1\n{positive},50 4 20 4\n"
+                                            f"{positive},300 3\n{fx.SIIM_STAGE1_TEST},-1\n")
+    frame = SIIMSource(mask_dir=tmp_path / "masks").load(root).frame.set_index("id")
+    expected = np.zeros((24, 20), dtype=np.uint8)
+    expected[2:6, 2:4] = 255  # first row: indices 50-53 (column 2) and 74-77 (column 3), rows 2-5
+    expected[12:15, 12] = 255  # second row of the same image: indices 300-302 = column 12, rows 12-14
+    np.testing.assert_array_equal(np.asarray(Image.open(frame.loc[POSITIVE, "mask_pneumothorax"])), expected)
+    assert frame.loc[f"siim_{fx.SIIM_STAGE1_TEST}", "label_pneumothorax"] == 0
+    assert frame.loc[POSITIVE, "label_pneumothorax"] == 1 and frame.loc[NEGATIVE, "label_pneumothorax"] == 0
+
+
+def test_siim_stage2_is_read_when_both_label_files_are_there(tmp_path):
+    root = fx.build_siim_stage2(tmp_path / "siim")
+    (root / "train-rle.csv").write_text(f"ImageId, EncodedPixels\n{NEGATIVE.removeprefix('siim_')}, -1\n")
+    frame = SIIMSource().load(root).frame.set_index("id")
+    assert frame["label_pneumothorax"].notna().sum() == 3 and frame.loc[POSITIVE, "label_pneumothorax"] == 1
+
+
+def test_siim_layout_errors(tmp_path):
+    (tmp_path / "empty").mkdir()
+    expected = re.escape(str(tmp_path / "empty")) + " holds neither SIIM-ACR release: .*train-rle.csv.*stage_2_train.csv"
+    with pytest.raises(FileNotFoundError, match=expected):
+        SIIMSource().load(tmp_path / "empty")
+    root = fx.build_siim_stage2(tmp_path / "siim")
+    for path in (root / "dicom-images-test").rglob("*.dcm"):
+        path.unlink()
+    with pytest.raises(FileNotFoundError, match="1 images of stage_2_train.csv are missing under .*dicom-images-test"):
+        SIIMSource().load(root)

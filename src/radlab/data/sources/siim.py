@@ -1,26 +1,41 @@
-"""SIIM-ACR Pneumothorax Segmentation (stage 1 release) in its layout.
+"""SIIM-ACR Pneumothorax Segmentation in its stage 1 or stage 2 release, told apart by their label files.
 
-ROOT holds ``train-rle.csv`` (``ImageId``, `` EncodedPixels`` - the provider's header has the leading space)
-and the DICOMs as ``dicom-images-train/<study>/<series>/<ImageId>.dcm`` (and ``dicom-images-test/``, no
-labels). ``EncodedPixels`` is the competition's relative run-length code over the column-major pixel order
-("offset length" pairs, each offset counted from the end of the previous run); "-1" means no pneumothorax;
-several rows for one image are several regions. Label: pneumothorax (1 when any region).
+Stage 1: ROOT holds ``train-rle.csv`` (``ImageId``, `` EncodedPixels`` - the provider's header has the leading
+space), the labelled DICOMs as ``dicom-images-train/<study>/<series>/<ImageId>.dcm`` (split train) and the
+unlabelled ``dicom-images-test/`` (split test).
 
-Masks are derived files, so they are written only where the caller says: ``SIIMSource(mask_dir=...)``
-decodes every labelled image's mask (empty for negatives) to ``mask_dir/<ImageId>.png`` (0/255, the
-DICOM's size) and fills ``mask_pneumothorax``; ``radlab data import siim ROOT --out DIR`` passes
-``DIR/masks``. Without ``mask_dir`` the table has labels only and nothing is written. Sex, age, view and
-the (pseudonymised) Patient ID come from the DICOM headers.
+Stage 2 (the release Kaggle ships now): ROOT holds ``stage_2_train.csv`` (``ImageId,EncodedPixels``), the same
+two DICOM folders and the unlabelled stage-2 test set as flat ``stage_2_images/<ImageId>.dcm`` (``ID_...``
+ids, split test; a flat file names no study, so its study id is its image id). stage_2_train.csv labels the
+stage-1 train and test images, so both DICOM folders are split train. ROOT holding both label files is read as
+stage 2.
+
+Both releases use one code: ``EncodedPixels`` is the competition's relative run-length code over the
+column-major pixel order ("offset length" pairs, each offset counted from the end of the previous run; not the
+absolute 1-based start code of other competitions); "-1" means no pneumothorax; several rows for one image are
+several regions. Learned from earhian/SIIM-ACR-Pneumothorax-Segmentation-5th (dataSet/reader.py decodes
+stage_2_train.csv with the relative ``rle2mask`` of utils/utils.py; stage-1 train and test DICOMs beside it)
+and lucaslmrs/fed_multi_task_breast_cancer (src/dataset/SIIM_ACR_preprocessing.py: train-rle.csv's rows are a
+subset of stage_2_train.csv, which labels 12,047 stage-1 train and test images). Label: pneumothorax (1 when
+any region).
+
+Masks are derived files, so they are written only where the caller says: ``SIIMSource(mask_dir=...)`` decodes
+every labelled image's mask (empty for negatives) to ``mask_dir/<ImageId>.png`` (0/255, the DICOM's size) and
+fills ``mask_pneumothorax``; ``radlab data import siim ROOT --out DIR`` passes ``DIR/masks``. Without
+``mask_dir`` the table has labels only and nothing is written. Sex, age, view and the (pseudonymised) Patient
+ID come from the DICOM headers.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from radlab.data.dicom import read_header
+from radlab.data.dicom import DicomHeader, read_header
 from radlab.data.records import RecordTable
 from radlab.data.sources.base import SOURCES, Source
 from radlab.data.sources.common import (
@@ -35,12 +50,35 @@ from radlab.data.sources.common import (
 )
 
 LABEL_MAP: dict[str, str] = {"Pneumothorax": "pneumothorax"}
-RLE_FILE = "train-rle.csv"
-FOLDERS = {"dicom-images-train": "train", "dicom-images-test": "test"}
+
+
+@dataclass(frozen=True)
+class Release:
+    """One release's files: its label file, the DICOM folders that file labels (split train) and the
+    unlabelled test folder (split test)."""
+
+    labels: str
+    labelled: tuple[str, ...]
+    test: str
+
+
+STAGE_1 = Release("train-rle.csv", ("dicom-images-train",), "dicom-images-test")
+STAGE_2 = Release("stage_2_train.csv", ("dicom-images-train", "dicom-images-test"), "stage_2_images")
+
+
+def release(root: Path) -> Release:
+    """The release in ROOT, by its label file (stage 2 first); a clear error naming both layouts otherwise."""
+    for candidate in (STAGE_2, STAGE_1):
+        if (root / candidate.labels).is_file():
+            return candidate
+    raise FileNotFoundError(
+        f"{root} holds neither SIIM-ACR release: stage 1 needs {STAGE_1.labels} with dicom-images-train/ "
+        f"(and dicom-images-test/); stage 2 needs {STAGE_2.labels} with dicom-images-train/ and "
+        f"dicom-images-test/ (and stage_2_images/)")
 
 
 def decode_rle(code: str, rows: int, columns: int) -> np.ndarray:
-    """The competition's relative RLE -> uint8 mask [rows, columns] with 255 inside."""
+    """The competition's relative RLE (both releases) -> uint8 mask [rows, columns] with 255 inside."""
     values = [int(v) for v in code.split()]
     if len(values) % 2:
         raise ValueError("odd number of values")
@@ -55,7 +93,47 @@ def decode_rle(code: str, rows: int, columns: int) -> np.ndarray:
     return flat.reshape(columns, rows).T
 
 
-@SOURCES.register("siim", "SIIM-ACR Pneumothorax: DICOM, relative-RLE masks decoded to PNG with mask_dir")
+def read_codes(path: Path) -> dict[str, list[str]]:
+    """ImageId -> its EncodedPixels rows ("-1" or run lengths) from a release's label file."""
+    frame = read_table(path, ["ImageId"], dtype=str, skipinitialspace=True)
+    column = next((c for c in frame.columns if c.strip() == "EncodedPixels"), None)
+    if column is None:
+        raise SourceFormatError(f"{path}: missing column 'EncodedPixels'")
+    codes: dict[str, list[str]] = {}
+    for row, (image_id, code) in enumerate(frame[["ImageId", column]].itertuples(index=False)):
+        code = str(code).strip()
+        if code != "-1" and not all(v.isdigit() for v in code.split()):
+            raise bad_row(path, row, f"EncodedPixels {code[:40]!r} is neither -1 nor run lengths")
+        codes.setdefault(image_id, []).append(code)
+    return codes
+
+
+def find_images(folder: Path) -> dict[str, Path]:
+    """ImageId -> DICOM file under ``folder`` (nested or flat); empty when the folder is absent."""
+    return {p.stem: p for p in folder.rglob("*.dcm")} if folder.is_dir() else {}
+
+
+def labelled_images(root: Path, layout: Release, codes: dict[str, list[str]]) -> dict[str, Path]:
+    """The DICOM of every image the label file lists; an error when the layout's folders lack some."""
+    images: dict[str, Path] = {}
+    for folder in layout.labelled:
+        images.update(find_images(Source.require(root / folder)))
+    missing = sorted(set(codes) - set(images))
+    if missing:
+        folders = " and ".join(str(root / f) for f in layout.labelled)
+        raise FileNotFoundError(f"{len(missing)} images of {layout.labels} are missing under {folders}, "
+                                f"e.g. {missing[0]}.dcm")
+    return {image_id: images[image_id] for image_id in sorted(codes)}
+
+
+def study_of(path: Path, root: Path) -> str:
+    """The study folder of ``<folder>/<study>/<series>/<ImageId>.dcm``; the image id in a flat folder."""
+    parts = path.relative_to(root).parts
+    return parts[1] if len(parts) == 4 else path.stem
+
+
+@SOURCES.register("siim", "SIIM-ACR Pneumothorax (stage 1 or 2 release): DICOM, relative-RLE masks decoded "
+                          "to PNG with mask_dir")
 class SIIMSource(Source):
     name = "siim"
     image_origin = "nih"
@@ -66,46 +144,33 @@ class SIIMSource(Source):
 
     def load(self, root: Path) -> RecordTable:
         root = Path(root)
-        rle_path = self.require(root / RLE_FILE)
-        frame = read_table(rle_path, ["ImageId"], dtype=str, skipinitialspace=True)
-        column = next((c for c in frame.columns if c.strip() == "EncodedPixels"), None)
-        if column is None:
-            raise SourceFormatError(f"{rle_path}: missing column 'EncodedPixels'")
-        codes: dict[str, list[str]] = {}
-        for row, (image_id, code) in enumerate(frame[["ImageId", column]].itertuples(index=False)):
-            code = str(code).strip()
-            if code != "-1" and not all(v.isdigit() for v in code.split()):
-                raise bad_row(rle_path, row, f"EncodedPixels {code[:40]!r} is neither -1 nor run lengths")
-            codes.setdefault(image_id, []).append(code)
-        self.require(root / "dicom-images-train")
+        layout = release(root)
+        rle_path = root / layout.labels
+        codes = read_codes(rle_path)
+        train = labelled_images(root, layout, codes)
         if self.mask_dir is not None:
             self.mask_dir.mkdir(parents=True, exist_ok=True)
-        records = []
-        for folder, split in FOLDERS.items():
-            images = {p.stem: p for p in (root / folder).rglob("*.dcm")} if (root / folder).is_dir() else {}
-            if split == "train":
-                missing = sorted(set(codes) - set(images))
-                if missing:
-                    raise FileNotFoundError(f"{len(missing)} images of {RLE_FILE} are missing under "
-                                            f"{root / folder}, e.g. {missing[0]}.dcm")
-            for image_id in sorted(images):
-                if split == "train" and image_id not in codes:
-                    continue
-                header = read_header(images[image_id])
-                record = {
-                    "id": f"siim_{image_id}", "image_path": str(images[image_id].relative_to(root)),
-                    "source": self.name, "patient_id": f"siim_{header.patient_key or image_id}",
-                    "study_id": f"siim_{images[image_id].parent.parent.name}", "view": view_code(header.view_position),
-                    "split": split, "sex": sex_code(header.sex), "age": age_years(header.age),
-                }
-                if split == "train":
-                    positive = any(c != "-1" for c in codes[image_id])
-                    record.update(harmonise({"Pneumothorax": float(positive)}, LABEL_MAP))
-                    if self.mask_dir is not None:
-                        record["mask_pneumothorax"] = str(self._write_mask(image_id, codes[image_id], header.rows,
-                                                                           header.columns, rle_path))
-                records.append(record)
+        records = [self._labelled(root, path, codes[image_id], rle_path) for image_id, path in train.items()]
+        test = find_images(root / layout.test)
+        records += [self._record(root, path, "test", read_header(path)) for _, path in sorted(test.items())]
         return finish(records, root, str(rle_path))
+
+    def _record(self, root: Path, path: Path, split: str, header: DicomHeader) -> dict[str, Any]:
+        return {
+            "id": f"siim_{path.stem}", "image_path": str(path.relative_to(root)), "source": self.name,
+            "patient_id": f"siim_{header.patient_key or path.stem}",
+            "study_id": f"siim_{study_of(path, root)}", "view": view_code(header.view_position),
+            "split": split, "sex": sex_code(header.sex), "age": age_years(header.age),
+        }
+
+    def _labelled(self, root: Path, path: Path, codes: list[str], rle_path: Path) -> dict[str, Any]:
+        header = read_header(path)
+        record = self._record(root, path, "train", header)
+        record.update(harmonise({"Pneumothorax": float(any(c != "-1" for c in codes))}, LABEL_MAP))
+        if self.mask_dir is not None:
+            record["mask_pneumothorax"] = str(self._write_mask(path.stem, codes, header.rows, header.columns,
+                                                               rle_path))
+        return record
 
     def _write_mask(self, image_id: str, codes: list[str], rows: int, columns: int, rle_path: Path) -> Path:
         assert self.mask_dir is not None
