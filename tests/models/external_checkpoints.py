@@ -13,9 +13,17 @@ import pytest
 import torch
 from torch import nn
 from torchvision.models.resnet import Bottleneck, ResNet
-from transformers import BertConfig, BertModel, Dinov2Config, Dinov2Model, SwinConfig, SwinModel
+from transformers import (
+    BertConfig,
+    BertForMaskedLM,
+    BertModel,
+    Dinov2Config,
+    Dinov2Model,
+    SwinConfig,
+    SwinModel,
+)
 
-from radlab.models.tokenizer import train_wordpiece
+from radlab.models.tokenizer import SPECIAL_TOKENS, build_vocab, train_wordpiece
 
 RAD_DINO_MEAN, RAD_DINO_STD = 0.5307, 0.2583
 
@@ -121,6 +129,51 @@ def make_biovil_file(root: Path, joint: int = 8) -> tuple[Path, dict[str, torch.
     path = root / "biovil_image_resnet50_proj_size_128.pt"
     torch.save(state, path)
     return path, state
+
+
+CXR_BERT_AUTO_MAP = {"AutoConfig": "configuration_cxrbert.CXRBertConfig", "AutoModel": "modeling_cxrbert.CXRBertModel"}
+
+
+def _cxr_bert_tokenizer_files(root: Path) -> list[str]:
+    """microsoft/BiomedVLP-CXR-BERT-specialized's tokenizer files: vocab.txt, special_tokens_map.json and a
+    tokenizer_config.json naming the custom ``CXRBertTokenizer`` (which only transformers' remote code resolves)."""
+    vocab = build_vocab(REPORTS * 5, vocab_size=160)
+    (root / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    special = dict(zip(("pad_token", "unk_token", "cls_token", "sep_token", "mask_token"), SPECIAL_TOKENS, strict=True))
+    (root / "special_tokens_map.json").write_text(json.dumps(special))
+    (root / "tokenizer_config.json").write_text(json.dumps({
+        "do_lower_case": True, "do_basic_tokenize": True, "never_split": None, **special,
+        "tokenize_chinese_chars": True, "strip_accents": None, "tokenizer_file": None,
+        "tokenizer_class": "CXRBertTokenizer", "auto_map": {"AutoTokenizer": ["configuration_cxrbert.CXRBertTokenizer",
+                                                                              None]}}))
+    return vocab
+
+
+def make_cxr_bert_dir(root: Path, projection_size: int = 8) -> tuple[Path, dict]:
+    """A tiny CXR-BERT-specialized folder in the hub layout: config.json (``model_type: cxr-bert``,
+    ``projection_size``, ``auto_map`` to the custom code), pytorch_model.bin with ``CXRBertModel``'s keys
+    (``bert.*`` incl. the ``position_ids`` buffer older transformers saved, the masked-LM head ``cls.predictions.*``,
+    ``cls_projection_head.{dense_to_hidden,LayerNorm,dense_to_output}.*``) and the tokenizer files."""
+    root.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    vocab = _cxr_bert_tokenizer_files(root)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64, hidden_dropout_prob=0.25,
+                        attention_probs_dropout_prob=0.25, pad_token_id=0)
+    mlm = BertForMaskedLM(config).eval()
+    head = {"dense_to_hidden": nn.Linear(32, projection_size), "LayerNorm": nn.LayerNorm(projection_size, eps=1e-12),
+            "dense_to_output": nn.Linear(projection_size, projection_size)}
+    state = dict(mlm.state_dict())
+    state["bert.embeddings.position_ids"] = torch.arange(64).unsqueeze(0)
+    state.update({f"cls_projection_head.{name}.{k}": v for name, layer in head.items()
+                  for k, v in layer.state_dict().items()})
+    with torch.no_grad():
+        state = {k: v + 0.05 * torch.randn_like(v) if v.is_floating_point() else v for k, v in state.items()}
+    torch.save(state, root / "pytorch_model.bin")
+    (root / "config.json").write_text(json.dumps({**config.to_dict(), "architectures": ["CXRBertModel"],
+                                                  "auto_map": CXR_BERT_AUTO_MAP, "model_type": "cxr-bert",
+                                                  "projection_size": projection_size}))
+    return root, {"state": state, "config": config, "vocab": vocab}
 
 
 def _fake_omegaconf(monkeypatch: pytest.MonkeyPatch) -> tuple[type, type]:
