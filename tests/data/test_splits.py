@@ -6,7 +6,7 @@ from radlab.data.records import RecordTable
 from radlab.data.sources.covid_ieee import CovidIEEESource
 from radlab.data.sources.mimic_cxr import MIMICCXRSource
 from radlab.data.sources.nih import NIHSource
-from radlab.data.splits import assign_splits, check_patient_disjoint
+from radlab.data.splits import assign_splits, check_patient_disjoint, patient_subset
 
 
 def test_official_splits_survive_merging_and_the_rest_split_by_patient(tmp_path):
@@ -72,3 +72,19 @@ def test_question_level_official_splits_are_kept_and_counted(tmp_path, caplog):
     assert "1 images of question-level official splits (vqa_rad)" in caplog.text
     with pytest.raises(ValueError, match="1 patients appear in several splits"):
         check_patient_disjoint(RecordTable.from_records(shared_image, tmp_path))
+
+
+def test_patient_subsets_are_nested_patient_level_and_seeded(tmp_path):
+    records = [{"id": f"r{i}", "image_path": f"{i}.png", "source": "s", "patient_id": f"p{i % 50}"}
+               for i in range(200)]
+    table = RecordTable.from_records(records, tmp_path)
+    patients = {f: set(patient_subset(table, f, seed=3).frame["patient_id"]) for f in (0.02, 0.1, 0.5, 1.0)}
+    assert [len(p) for p in patients.values()] == [1, 5, 25, 50]
+    assert patients[0.02] <= patients[0.1] <= patients[0.5] <= patients[1.0]
+    half = patient_subset(table, 0.5, seed=3).frame
+    assert len(half) == 4 * 25 and (half.groupby("patient_id").size() == 4).all()  # every image of a patient
+    assert set(patient_subset(table, 0.5, seed=4).frame["patient_id"]) != patients[0.5]
+    shuffled = RecordTable(table.frame.sample(frac=1.0, random_state=0).reset_index(drop=True), table.root)
+    assert set(patient_subset(shuffled, 0.5, seed=3).frame["patient_id"]) == patients[0.5]
+    with pytest.raises(ValueError, match="fraction"):
+        patient_subset(table, 0.0, seed=0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 import shutil
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from radlab.data.records import RecordTable
 from radlab.models.build import ModelConfig, TowerConfig, build_encoder
 from radlab.train.config import TrainConfig
 from radlab.train.engine import pretrain
@@ -283,3 +285,13 @@ def test_init_from_refuses_a_checkpoint_that_does_not_fit(tmp_path: Path, phanto
     with pytest.raises(FileNotFoundError, match="not a radlab checkpoint"):
         pretrain(_config("supervised", phantom16, tmp_path / "c", "optim.steps=1", f"init_from={tmp_path}"),
                  progress=False)
+
+
+def test_train_subset_pretrains_on_a_fraction_of_the_training_patients(tmp_path: Path, phantom_dir: Path,
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    cfg = _config("supervised", phantom_dir, tmp_path, "optim.steps=1", "optim.batch_size=8",
+                  "data.train_subset={fraction: 0.1, seed: 1}")
+    with caplog.at_level("INFO", logger="radlab.train.engine"):
+        pretrain(cfg, progress=False)
+    patients = RecordTable.read(phantom_dir).frame["patient_id"].nunique()
+    assert f"pre-training on {math.ceil(0.1 * patients)} of {patients} training patients" in caplog.text

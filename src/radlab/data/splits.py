@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 
 import numpy as np
 import pandas as pd
@@ -14,10 +15,22 @@ DEFAULT_FRACTIONS = {"train": 0.7, "val": 0.1, "test": 0.2}
 log = logging.getLogger(__name__)
 
 
-def patient_uniform(patient_ids: list[str], seed: int) -> np.ndarray:
+def patient_uniform(patient_ids: list[str], seed: int | str) -> np.ndarray:
     """A stable number in [0, 1) per patient, from a hash of (seed, patient id); no global RNG state."""
     digests = [hashlib.sha256(f"{seed}:{pid}".encode()).digest()[:8] for pid in patient_ids]
     return np.array([int.from_bytes(d, "big") / 2**64 for d in digests])
+
+
+def patient_subset(table: RecordTable, fraction: float, seed: int) -> RecordTable:
+    """The records of a seeded ``fraction`` of the table's patients (at least one), all images of each. Patients
+    are ranked by a hash of (seed, id) independent of the split draw, so with one seed a smaller fraction is a
+    subset of a larger one (1% within 10% within 100%), as low-data sweeps need."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"a patient subset fraction must be in (0, 1], got {fraction}")
+    patients = np.array(sorted(table.frame["patient_id"].unique()))
+    order = np.argsort(patient_uniform(patients.tolist(), f"subset-{seed}"), kind="stable")
+    keep = set(patients[order[: max(1, math.ceil(fraction * len(patients)))]])
+    return table.subset(np.flatnonzero(table.frame["patient_id"].isin(keep).to_numpy()))
 
 
 def assign_splits(table: RecordTable, fractions: dict[str, float] | None = None, seed: int = 0,

@@ -26,6 +26,15 @@ class DataSource(BaseModel):
     path: str
 
 
+class SubsetConfig(BaseModel):
+    """Pre-train on a seeded, patient-level ``fraction`` of the training split (low-data regimes); with one
+    seed, smaller fractions are subsets of larger ones (``data.splits.patient_subset``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    fraction: float = Field(gt=0, le=1)
+    seed: int = 0
+
+
 class DataConfig(BaseModel):
     """``eval_sources``: evaluation sets whose patients must not be pre-trained on (checked at start-up;
     ``allow_eval_overlap`` forces the run with a logged warning)."""
@@ -37,6 +46,7 @@ class DataConfig(BaseModel):
     labels: list[str] | None = None
     split_seed: int = 0
     split_fractions: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_FRACTIONS))
+    train_subset: SubsetConfig | None = None
     vocab_size: int = 4000
 
 

@@ -33,6 +33,7 @@ from radlab.data.audit import refuse_overlap, share_images
 from radlab.data.dataset import Collator, RecordDataset, train_augment
 from radlab.data.loading import load_tables
 from radlab.data.records import RecordTable
+from radlab.data.splits import patient_subset
 from radlab.models.build import build_encoder
 from radlab.models.checkpoint import OBJECTIVE_FILE, save_encoder, strip_prefix
 from radlab.models.encoder import ClampedScale, RadEncoder
@@ -114,7 +115,7 @@ class Trainer:
         seed_everything(cfg.seed + env.rank)
         table = load_tables([(s.source, s.path) for s in cfg.data.sources], cfg.data.split_fractions,
                             cfg.data.split_seed, data_root)
-        train_table = table.split("train")
+        train_table = self._train_subset(table.split("train"))
         self._refuse_evaluation_patients(train_table, data_root)
         self.class_names = training_labels(train_table, cfg.data.labels)
         objective_cls = OBJECTIVES.get(cfg.objective.name)
@@ -163,6 +164,16 @@ class Trainer:
         self.step = 0
         self.elapsed_before = 0.0
         self.started = time.time()
+
+    def _train_subset(self, table: RecordTable) -> RecordTable:
+        subset = self.cfg.data.train_subset
+        if subset is None:
+            return table
+        chosen = patient_subset(table, subset.fraction, subset.seed)
+        log.info("pre-training on %d of %d training patients (%d of %d images; fraction %g, seed %d)",
+                 chosen.frame["patient_id"].nunique(), table.frame["patient_id"].nunique(), len(chosen), len(table),
+                 subset.fraction, subset.seed)
+        return chosen
 
     def _refuse_evaluation_patients(self, train_table: RecordTable, data_root: str | None) -> None:
         """Pre-training on patients of a declared evaluation set is refused unless forced; where a training
