@@ -238,6 +238,6 @@ def load_tokenizer(candidates: Sequence[str | Path | None]) -> PreTrainedTokeniz
             continue
         try:
             return AutoTokenizer.from_pretrained(str(candidate), local_files_only=True)
-        except (OSError, ValueError) as err:
-            log.info("no tokenizer from %s (%s)", candidate, err)
+        except (OSError, ValueError) as err:  # a folder that is there but does not load deserves a warning
+            (log.warning if Path(candidate).is_dir() else log.info)("no tokenizer from %s (%s)", candidate, err)
     return None
