@@ -21,14 +21,17 @@ from typer.testing import CliRunner
 
 from radlab.cli import app
 
+XRV_NIH_FILE = "nih-densenet121-d121-tw-lr001-rot45-tr15-sc15-seed0-best.pt"
+
 
 def _xrv_file(root: Path) -> Path:
     xrv = pytest.importorskip("torchxrayvision")
     import torch
 
     model = xrv.models.DenseNet(weights=None, growth_rate=8, block_config=(1, 1, 1, 1), num_init_features=16)
-    torch.save(model.state_dict(), root / "densenet.pt")
-    return root / "densenet.pt"
+    path = root / XRV_NIH_FILE  # xrv's cache name: its classifier labels are known, so it answers zero-shot
+    torch.save(model.state_dict(), path)
+    return path
 
 
 def _build(fmt: str, root: Path, monkeypatch: pytest.MonkeyPatch) -> str:
@@ -55,7 +58,7 @@ def _build(fmt: str, root: Path, monkeypatch: pytest.MonkeyPatch) -> str:
 
 
 FORMATS = {"rad-dino": ["linear_probe"], "open_clip": ["zero_shot", "linear_probe"], "biomedclip": ["zero_shot"],
-           "chexzero": ["zero_shot"], "xrv": ["linear_probe"], "biovil": ["linear_probe"],
+           "chexzero": ["zero_shot"], "xrv": ["linear_probe", "zero_shot"], "biovil": ["linear_probe"],
            "gloria": ["zero_shot"], "medclip": ["zero_shot"]}
 
 

@@ -51,6 +51,26 @@ def test_densenet_matches_xrv(tmp_path: Path, densenet: nn.Module, form: str) ->
     assert not encoder.has_text and encoder.embed_dim == theirs.shape[1]
 
 
+def test_classifier_is_the_label_head_when_its_labels_are_known(tmp_path: Path, densenet: nn.Module) -> None:
+    """Saved under xrv's cache name, the NIH classifier's 14 trained outputs become the label head (the 4
+    outputs named "" dropped), scoring pooled features exactly as xrv's classifier does; other names: no head."""
+    named = tmp_path / "nih-densenet121-d121-tw-lr001-rot45-tr15-sc15-seed0-best.pt"
+    torch.save(densenet.state_dict(), named)
+    head = load_encoder(f"xrv:{named}").label_head
+    labels = xrv.models.model_urls["densenet121-res224-nih"]["labels"]
+    kept = [i for i, label in enumerate(labels) if label]
+    assert len(kept) == 14 and head.reads == "pooled"
+    assert head.class_names[:3] == ["atelectasis", "consolidation", "infiltration"]
+    assert head.class_names[labels.index("Effusion")] == "pleural_effusion"
+    images = torch.rand(3, 1, 64, 64)
+    with torch.no_grad():
+        features = densenet.features2(_xrv_input(images))
+        torch.testing.assert_close(head(features), densenet.classifier(features)[:, kept])
+    other = tmp_path / "mine.pt"
+    torch.save(densenet.state_dict(), other)
+    assert load_encoder(f"xrv:{other}").label_head is None
+
+
 def test_legacy_pickled_module_is_refused_with_advice(tmp_path: Path, densenet: nn.Module) -> None:
     path = tmp_path / "old.pt"
     torch.save(densenet, path, _use_new_zipfile_serialization=False)

@@ -49,8 +49,8 @@ def prompt_scores(ctx: EvalContext, names: list[str], mode: str) -> tuple[np.nda
 @torch.no_grad()
 def prototype_logits(ctx: EvalContext) -> np.ndarray:
     head = ctx.encoder.label_head
-    images = torch.from_numpy(ctx.image_features("test", kind="embedding"))
-    return head(images.to(head.prototypes.device)).cpu().numpy()
+    images = torch.from_numpy(ctx.image_features("test", kind=head.reads))
+    return head(images.to(next(head.parameters()).device)).cpu().numpy()
 
 
 def derived_from_seen(name: str, seen: list[str]) -> tuple[list[str], str] | None:

@@ -34,7 +34,10 @@ class LabelHead(nn.Module, ClampedScale):
     """Learnable class prototypes in the joint space with a learnable temperature.
 
     logits = exp(t) * normalise(z) · normalise(p_k); ``logit_scale`` is stored as a log (``ClampedScale``).
+    It reads the joint embedding z (``reads``), as evaluation's zero-shot feeds it.
     """
+
+    reads = "embedding"
 
     def __init__(self, class_names: list[str], dim: int, init_temperature: float = 0.07) -> None:
         super().__init__()
@@ -48,6 +51,23 @@ class LabelHead(nn.Module, ClampedScale):
     def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
         scale = self.logit_scale.exp()[0]
         return scale * F.normalize(embeddings, dim=-1) @ F.normalize(self.prototypes, dim=-1).T
+
+
+class ClassifierHead(nn.Module):
+    """A supervised model's own linear classifier (logits = W h + b) on the pooled tower features h (``reads``):
+    how an external classifier (torchxrayvision) answers zero-shot for the findings it was trained on."""
+
+    reads = "pooled"
+
+    def __init__(self, class_names: list[str], linear: nn.Linear) -> None:
+        super().__init__()
+        if linear.out_features != len(class_names):
+            raise ValueError(f"{len(class_names)} class names for {linear.out_features} classifier outputs")
+        self.class_names = list(class_names)
+        self.linear = linear
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.linear(features)
 
 
 PROJECTIONS = ("linear", "mlp")
@@ -73,7 +93,8 @@ class RadEncoder(nn.Module):
     """
 
     def __init__(self, image_tower: nn.Module, text_tower: HFTextTower | nn.Module | None = None,
-                 embed_dim: int = 128, preprocess: Preprocess | None = None, label_head: LabelHead | None = None,
+                 embed_dim: int = 128, preprocess: Preprocess | None = None,
+                 label_head: LabelHead | ClassifierHead | None = None,
                  image_proj: nn.Module | None = None, text_proj: nn.Module | None = None,
                  projection_kind: str = "linear") -> None:
         """``image_proj`` / ``text_proj`` default to new ``projection_kind`` projections; external encoders pass

@@ -13,6 +13,12 @@
 A torchxrayvision weights *name* (e.g. ``xrv:densenet121-res224-all``) is handed to torchxrayvision, which
 reads its cache in ``~/.torchxrayvision`` (or downloads, for users with internet).
 
+The classifier answers zero-shot as the encoder's label head (``ClassifierHead``, logits before xrv's sigmoid
+and ``op_norm``, which do not change AUC) for the findings it was trained on. Their names come from
+torchxrayvision's ``model_urls[name]["labels"]``: for a weights name directly, for a local file by its file name
+(as torchxrayvision's cache keeps it, the basename of ``weights_url``); outputs named "" (not trained by that
+model) are dropped. A file under another name loads without a head (logged).
+
 Input: the central square (xrv's ``XRayCenterCrop``) resized to the model's size, one channel scaled to
 [-1024, 1024] (xrv's ``normalize(img, maxval)``), i.e. mean 0.5 and std 1/2048 on [0, 1] pixels. Pooled features are xrv's ``features2`` (ReLU + global average pool of the last
 feature map, 1024-d for DenseNet-121) or the ResNet's pooled ``features`` (2048-d); tokens are that map.
@@ -20,6 +26,7 @@ feature map, 1024-d for DenseNet-121) or the ResNet's pooled ``features`` (2048-
 
 from __future__ import annotations
 
+import logging
 import pickle
 import re
 from pathlib import Path
@@ -30,11 +37,13 @@ from torch import nn
 from torchvision.models.resnet import Bottleneck, ResNet
 
 from radlab.models import ENCODERS
-from radlab.models.encoder import RadEncoder
+from radlab.models.encoder import ClassifierHead, RadEncoder
 from radlab.models.external.common import feature_map_output, find_file, load_state_dict_file
 from radlab.models.towers import Preprocess, TowerOutput
 
+log = logging.getLogger(__name__)
 XRV_MEAN, XRV_STD = 0.5, 0.5 / 1024.0
+WEIGHT_PATTERNS = ("*.safetensors", "*.pt", "*.pth", "*.bin")
 DENSENET_SIZE, RESNET_SIZE = 224, 512
 _LEGACY_HINT = (
     "{file}: torch cannot read this pickled model without running its code (pre-1.6 file format). Convert it "
@@ -97,6 +106,45 @@ def build_resnet(state: dict[str, torch.Tensor]) -> nn.Module:
     return model.eval()
 
 
+# torchxrayvision's pathology names -> radlab's canonical findings
+PATHOLOGY_MAP: dict[str, str] = {
+    "Atelectasis": "atelectasis", "Consolidation": "consolidation", "Infiltration": "infiltration",
+    "Pneumothorax": "pneumothorax", "Edema": "edema", "Emphysema": "emphysema", "Fibrosis": "fibrosis",
+    "Effusion": "pleural_effusion", "Pneumonia": "pneumonia", "Pleural_Thickening": "pleural_thickening",
+    "Cardiomegaly": "cardiomegaly", "Nodule": "nodule", "Mass": "mass", "Hernia": "hernia",
+    "Lung Lesion": "lung_lesion", "Fracture": "fracture", "Lung Opacity": "lung_opacity",
+    "Enlarged Cardiomediastinum": "enlarged_cardiomediastinum",
+}
+
+
+def xrv_labels(path_or_name: str) -> list[str] | None:
+    """The classifier's output names for an xrv weights name, or for a file named as xrv's cache names it."""
+    try:
+        import torchxrayvision as xrv
+    except ImportError:
+        return None
+    urls = xrv.models.model_urls
+    if path_or_name in urls:
+        return list(urls[path_or_name]["labels"])
+    name = Path(path_or_name).name
+    return next((list(u["labels"]) for u in urls.values() if u["weights_url"].rsplit("/", 1)[-1] == name), None)
+
+
+def classifier_head(linear: nn.Linear, labels: list[str], origin: str) -> ClassifierHead:
+    """The trained outputs of the classifier (named, and known to radlab's taxonomy) as a label head."""
+    if len(labels) != linear.out_features:
+        raise ValueError(f"{origin}: {len(labels)} torchxrayvision labels for {linear.out_features} classifier outputs")
+    keep = [i for i, label in enumerate(labels) if label]
+    unknown = [labels[i] for i in keep if labels[i] not in PATHOLOGY_MAP]
+    if unknown:
+        raise ValueError(f"{origin}: torchxrayvision labels {unknown} have no radlab finding in PATHOLOGY_MAP")
+    rows = nn.Linear(linear.in_features, len(keep))
+    with torch.no_grad():
+        rows.weight.copy_(linear.weight[keep])
+        rows.bias.copy_(linear.bias[keep])
+    return ClassifierHead([PATHOLOGY_MAP[labels[i]] for i in keep], rows)
+
+
 def _from_weights_name(name: str) -> tuple[XRVTower, int]:
     import torchxrayvision as xrv
 
@@ -117,7 +165,7 @@ def load_xrv_tower(path: str) -> tuple[XRVTower, int]:
         if path in xrv.models.model_urls:
             return _from_weights_name(path)
         raise FileNotFoundError(f"{path} is neither a file nor a torchxrayvision weights name")
-    file = find_file(local, (), ("*.safetensors", "*.pt", "*.pth", "*.bin"))
+    file = find_file(local, (), WEIGHT_PATTERNS)
     try:
         state = load_state_dict_file(file, "state_dict", "model_state_dict")
     except pickle.UnpicklingError as err:
@@ -132,11 +180,21 @@ def load_xrv_tower(path: str) -> tuple[XRVTower, int]:
 
 
 def load_xrv(path: str) -> RadEncoder:
-    """An image-only encoder: ``encode_image`` is the normalised pooled feature (no projection)."""
+    """An image-only encoder: ``encode_image`` is the normalised pooled feature (no projection); the classifier
+    is its label head when its output names are known (module docstring)."""
     tower, size = load_xrv_tower(path)
     channels = tower.model.features.conv0.in_channels if tower.kind == "densenet" else tower.model.conv1.in_channels
     preprocess = Preprocess(image_size=size, mean=XRV_MEAN, std=XRV_STD, channels=channels, fit="crop")
-    return RadEncoder(tower, None, tower.embed_dim, preprocess, image_proj=nn.Identity()).eval()
+    local = Path(path).expanduser()
+    origin = str(find_file(local, (), WEIGHT_PATTERNS)) if local.exists() else path
+    labels = xrv_labels(origin)
+    head = None
+    if labels is None:
+        log.info("%s: classifier output names unknown (not a torchxrayvision weights name or cached file name); "
+                 "no label head", origin)
+    else:
+        head = classifier_head(tower.model.classifier if tower.kind == "densenet" else tower.model.fc, labels, origin)
+    return RadEncoder(tower, None, tower.embed_dim, preprocess, head, image_proj=nn.Identity()).eval()
 
 
 ENCODERS.register("xrv", "torchxrayvision DenseNet/ResNet weights file (or an xrv weights name)")(load_xrv)
