@@ -21,6 +21,7 @@ from radlab.evaluation import TASKS
 from radlab.evaluation.context import EvalContext
 from radlab.evaluation.runner import evaluate, write_json
 from radlab.evaluation.zero_shot import derived_from_seen
+from radlab.models.checkpoint import load_encoder_checkpoint, save_encoder
 from radlab.models.encoder import LabelHead, RadEncoder
 from radlab.train.engine import training_labels
 
@@ -70,6 +71,20 @@ def test_zero_shot_modes_and_seen_vs_unseen(results: dict) -> None:
     assert set(names["seen_classes"]) | set(names["unseen_classes"]) == set(names["auc"])
     assert "cardiomegaly" in names["seen_classes"] and "edema" in names["unseen_classes"]
     assert names["single_label"]["n"] > 0
+
+
+def test_zero_shot_takes_seen_classes_from_a_radlab_checkpoint(tiny_encoder: RadEncoder, split_table: RecordTable,
+                                                              labels: list[str], tmp_path: Path) -> None:
+    """A checkpoint records the findings its training data annotated; zero-shot splits seen/unseen by them."""
+    encoder = copy.deepcopy(tiny_encoder)
+    encoder.seen_classes = ["cardiomegaly", "pleural_effusion"]
+    spec = {"name": "vit_tiny_patch16_224", "kwargs": {"patch_size": 8, "depth": 2}}
+    loaded = load_encoder_checkpoint(save_encoder(encoder, tmp_path / "checkpoint", spec))
+    assert loaded.seen_classes == ["cardiomegaly", "pleural_effusion"]
+    zs = evaluate(loaded, split_table, ["zero_shot"], labels, n_boot=10,
+                  options={"zero_shot": {"modes": ["names"]}})["tasks"]["zero_shot"]
+    assert zs["seen_classes"] == ["cardiomegaly", "pleural_effusion"]
+    assert "edema" in zs["modes"]["names"]["unseen_classes"]
 
 
 def test_zero_shot_through_prototypes_with_unseen_defined_from_seen(tiny_encoder: RadEncoder,

@@ -14,7 +14,9 @@ import torch
 from safetensors.torch import load_file
 
 from radlab.data.records import RecordTable
+from radlab.data.taxonomy import FINDING_NAMES
 from radlab.models.build import ModelConfig, TowerConfig, build_encoder
+from radlab.models.checkpoint import load_encoder_checkpoint
 from radlab.train.config import TrainConfig
 from radlab.train.engine import pretrain
 from radlab.train.loader import Position, RankedBatchSampler
@@ -295,3 +297,6 @@ def test_train_subset_pretrains_on_a_fraction_of_the_training_patients(tmp_path:
         pretrain(cfg, progress=False)
     patients = RecordTable.read(phantom_dir).frame["patient_id"].nunique()
     assert f"pre-training on {math.ceil(0.1 * patients)} of {patients} training patients" in caplog.text
+    seen = load_encoder_checkpoint(tmp_path / "checkpoint").seen_classes  # what the subset's labels annotate
+    assert seen and set(seen) <= set(FINDING_NAMES) and "label_head.prototypes" in _tensors(tmp_path / "checkpoint")
+    assert seen == json.loads((tmp_path / "checkpoint" / "encoder.json").read_text())["label_head"]["class_names"]

@@ -103,9 +103,13 @@ def summarise(labels: np.ndarray, scores: np.ndarray, names: list[str], seen: se
 
 
 def seen_classes(ctx: EvalContext) -> set[str] | None:
+    """The classes seen in pre-training: as given, else those a radlab checkpoint's training data annotated,
+    else the label head's classes; None when unknown (no seen/unseen split is reported)."""
     given = ctx.option_list("seen_classes", None)
     if given:
         return set(given)
+    if ctx.encoder.seen_classes is not None:
+        return set(ctx.encoder.seen_classes)
     head = ctx.encoder.label_head
     return set(head.class_names) if head is not None else None
 

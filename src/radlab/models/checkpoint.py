@@ -46,6 +46,7 @@ def save_encoder(model: RadEncoder, directory: Path | str, image_tower_spec: dic
         "preprocess": vars(model.preprocess),
         "text_tower": None,
         "label_head": {"class_names": model.label_head.class_names} if model.label_head is not None else None,
+        "seen_classes": model.seen_classes,
         **(extra or {}),
     }
     if hasattr(model.image_tower, "save_architecture"):
@@ -103,4 +104,5 @@ def load_encoder_checkpoint(directory: Path | str) -> RadEncoder:
     model = RadEncoder(image, text, spec["embed_dim"], preprocess, head,
                        projection_kind=spec.get("projection", "linear"))
     model.load_state_dict(state)
+    model.seen_classes = spec.get("seen_classes")
     return model.eval()

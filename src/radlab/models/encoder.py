@@ -90,6 +90,8 @@ class RadEncoder(nn.Module):
     - ``image_features``: pooled tower features before projection (what frozen probes read).
     - ``encode_image`` / ``encode_text``: projected, L2-normalised joint embeddings (zero-shot, retrieval).
     - ``label_head``: class prototypes when the encoder was trained with label supervision.
+    - ``seen_classes``: the findings its pre-training data annotated (radlab checkpoints), for zero-shot's
+      seen-versus-unseen protocol; None when unknown.
     """
 
     def __init__(self, image_tower: nn.Module, text_tower: HFTextTower | nn.Module | None = None,
@@ -111,6 +113,7 @@ class RadEncoder(nn.Module):
             text_proj = projection(text_tower.embed_dim, embed_dim, projection_kind)
         self.text_proj = text_proj
         self.label_head = label_head
+        self.seen_classes: list[str] | None = None
 
     @property
     def has_text(self) -> bool:

@@ -444,6 +444,7 @@ class Trainer:
         if self.ema is not None:
             self.ema.copy_to(self.module)
         self.objective.attach(self.model)
+        self.model.seen_classes = list(self.class_names)
         directory = self.out / "checkpoint"
         weights, objective_state = None, None
         if self.sharded:
