@@ -20,7 +20,7 @@ from radlab.data.records import RecordTable
 from radlab.evaluation import TASKS
 from radlab.evaluation.context import EvalContext
 from radlab.evaluation.runner import evaluate, write_json
-from radlab.evaluation.zero_shot import derived_from_seen
+from radlab.evaluation.zero_shot import EXCLUSIVE_CLASSES, derived_from_seen, exclusive_sample
 from radlab.models.checkpoint import load_encoder_checkpoint, save_encoder
 from radlab.models.encoder import LabelHead, RadEncoder
 from radlab.train.engine import training_labels
@@ -71,6 +71,24 @@ def test_zero_shot_modes_and_seen_vs_unseen(results: dict) -> None:
     assert set(names["seen_classes"]) | set(names["unseen_classes"]) == set(names["auc"])
     assert "cardiomegaly" in names["seen_classes"] and "edema" in names["unseen_classes"]
     assert names["single_label"]["n"] > 0
+
+
+def test_exclusive_sample_takes_images_positive_for_exactly_one_class() -> None:
+    nan = np.nan
+    labels = np.array([[1, 0, 0], [1, 1, 0], [0, 1, 0], [1, 0, -1], [0, 0, 1], [1, 0, 0], [0, 1, nan], [1, 0, 0]])
+    rows, truth = exclusive_sample(labels, per_class=2, seed=0)
+    assert set(rows[truth == 0]) <= {0, 5, 7} and len(rows[truth == 0]) == 2  # capped at 2 of 3
+    assert rows[truth == 1].tolist() == [2] and rows[truth == 2].tolist() == [4]  # 1 (two), 3 (uncertain), 6 (nan)
+    again = exclusive_sample(labels, per_class=2, seed=0)
+    assert np.array_equal(rows, again[0]) and np.array_equal(truth, again[1])
+
+
+def test_zero_shot_reports_the_exclusive_5x200_style_accuracy(results: dict) -> None:
+    exclusive = results["tasks"]["zero_shot"]["exclusive"]
+    assert len(exclusive["classes"]) >= 2 and set(exclusive["classes"]) <= set(EXCLUSIVE_CLASSES)
+    assert sum(exclusive["n_per_class"]) == exclusive["n"] > 0 and max(exclusive["n_per_class"]) <= 200
+    ci = exclusive["accuracy_ci"]
+    assert ci["ci_low"] <= exclusive["accuracy"] <= ci["ci_high"] and exclusive["chance"] == 1 / len(exclusive["classes"])
 
 
 def test_zero_shot_takes_seen_classes_from_a_radlab_checkpoint(tiny_encoder: RadEncoder, split_table: RecordTable,
