@@ -448,8 +448,8 @@ class Trainer:
         directory = self.out / "checkpoint"
         weights, objective_state = None, None
         if self.sharded:
-            full = sharding.full_model_state(self.module)
-            weights, objective_state = strip_prefix(full, "model."), strip_prefix(full, "objective.")
+            gathered = self._weights()
+            weights, objective_state = gathered["model"], gathered["objective"]
         if self.env.is_main:
             tower = {"name": self.cfg.model.image_tower.name, "kwargs": self.cfg.model.image_tower.kwargs}
             objective_state = objective_state or self.objective.state_dict()
