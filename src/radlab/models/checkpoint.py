@@ -1,6 +1,7 @@
 """radlab encoder checkpoints: a folder with ``encoder.json`` (how to rebuild), ``model.safetensors``
 (weights), ``text_tower/`` (text config + tokenizer), for towers built from a Hugging Face folder
-``image_tower/`` (its config), and from training runs ``objective.safetensors`` (the objective's state). Nothing is unpickled when loading, and nothing outside the folder is read."""
+``image_tower/`` (its config), and from training runs ``objective.safetensors`` (the objective's state).
+Nothing is unpickled when loading, and nothing outside the folder is read."""
 
 from __future__ import annotations
 
@@ -80,14 +81,19 @@ def upgrade_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return state
 
 
+def read_spec(directory: Path | str) -> dict:
+    """A checkpoint folder's ``encoder.json``; a clear error when the folder is not a radlab checkpoint."""
+    path = Path(directory) / SPEC_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{directory} is not a radlab checkpoint (no {SPEC_FILE})")
+    return json.loads(path.read_text())
+
+
 def load_encoder_checkpoint(directory: Path | str) -> RadEncoder:
     """Rebuild an encoder from its folder. Every weight comes from ``model.safetensors``: the tower's
     initial-weight options (``INITIAL_WEIGHTS``) are not followed, so the folder loads offline."""
     directory = Path(directory)
-    spec_path = directory / SPEC_FILE
-    if not spec_path.exists():
-        raise FileNotFoundError(f"{directory} is not a radlab checkpoint (no {SPEC_FILE})")
-    spec = json.loads(spec_path.read_text())
+    spec = read_spec(directory)
     preprocess = Preprocess(**spec["preprocess"])
     tower = spec["image_tower"]
     kwargs = {k: v for k, v in tower.get("kwargs", {}).items() if k not in INITIAL_WEIGHTS}  # all in the file

@@ -85,10 +85,10 @@ def export_encoder(model: RadEncoder, out: Path | str, train_config: dict | None
 
 def export_checkpoint(checkpoint: Path | str, out: Path | str, results: Path | str | None = None) -> Path:
     """Export a radlab checkpoint folder; its ``train_config`` and an optional metrics JSON go in the card."""
-    from radlab.models.checkpoint import SPEC_FILE, load_encoder_checkpoint
+    from radlab.models.checkpoint import load_encoder_checkpoint, read_spec
 
     checkpoint = Path(checkpoint)
-    spec = json.loads((checkpoint / SPEC_FILE).read_text())
+    spec = read_spec(checkpoint)
     metrics = json.loads(Path(results).read_text()) if results else None
     out = export_encoder(load_encoder_checkpoint(checkpoint), out, spec.get("train_config"), metrics,
                          name=checkpoint.parent.name if checkpoint.name == "checkpoint" else checkpoint.name)

@@ -8,24 +8,16 @@ objective starts fresh. Optimiser, schedule and data position always start fresh
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 from safetensors.torch import load_file
 from torch import nn
 
-from radlab.models.checkpoint import OBJECTIVE_FILE, SPEC_FILE, TEXT_DIR, WEIGHTS_FILE, upgrade_state
+from radlab.models.checkpoint import OBJECTIVE_FILE, TEXT_DIR, WEIGHTS_FILE, read_spec, upgrade_state
 
 log = logging.getLogger(__name__)
 TEXT_KEYS = ("text_tower.", "text_proj.")
-
-
-def checkpoint_spec(folder: Path | str) -> dict:
-    path = Path(folder) / SPEC_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"init_from={folder} is not a radlab checkpoint folder (no {SPEC_FILE})")
-    return json.loads(path.read_text())
 
 
 def checkpoint_tokenizer_dir(folder: Path | str) -> Path | None:
@@ -39,7 +31,7 @@ def load_encoder_weights(model: nn.Module, folder: Path | str) -> None:
     skipped (while training, the objective owns them: ``load_objective_state``), and so is the text tower
     when this run's objective uses images only."""
     folder = Path(folder)
-    spec = checkpoint_spec(folder)
+    spec = read_spec(folder)
     skip = ("label_head.",) + (TEXT_KEYS if model.text_tower is None else ())
     state = {k: v for k, v in upgrade_state(load_file(str(folder / WEIGHTS_FILE))).items() if not k.startswith(skip)}
     try:
@@ -59,7 +51,7 @@ def load_objective_state(objective: nn.Module, name: str, folder: Path | str) ->
     """Load the objective's saved state when the checkpoint was trained with objective ``name``; returns
     whether it did."""
     folder = Path(folder)
-    trained = checkpoint_spec(folder).get("train_config", {}).get("objective", {}).get("name")
+    trained = read_spec(folder).get("train_config", {}).get("objective", {}).get("name")
     path = folder / OBJECTIVE_FILE
     if trained != name or not path.is_file():
         log.info("init_from %s: objective %s starts fresh (the checkpoint was trained with %s)", folder, name,
