@@ -24,6 +24,7 @@ from radlab.evaluation.linear_probe import auc_report, two_class
 from radlab.evaluation.metrics import macro_auc
 from radlab.models.towers import Preprocess
 from radlab.train.optim import cosine_with_warmup
+from radlab.train.state import cpu_copy
 
 WARMUP = 0.05  # fraction of ``steps`` with a linear learning-rate warm-up
 log = logging.getLogger(__name__)
@@ -59,10 +60,6 @@ def predict(model: Classifier, table: RecordTable, preprocess: Preprocess, batch
                for b in DataLoader(RecordDataset(table, preprocess), batch_size=batch_size, collate_fn=Collator())]
     model.train(training)
     return np.concatenate(out)
-
-
-def cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
 @TASKS.register("finetune", "end-to-end fine-tune of the image tower + linear head, best step on val; test AUC")
@@ -115,7 +112,7 @@ def finetune(ctx: EvalContext) -> dict:
             continue
         val_auc = macro_auc(y_val[:, cols], predict(model, val, preprocess, ctx.batch_size, device))
         if val_auc > best_auc:
-            best_auc, best_step, best_state, stale = val_auc, done, cpu_state(model), 0
+            best_auc, best_step, best_state, stale = val_auc, done, cpu_copy(model.state_dict()), 0
         else:
             stale += 1
             if stale >= patience:

@@ -5,20 +5,8 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-import torch
-
 from radlab.train.config import EarlyStoppingConfig
-
-
-def cpu_copy(tree: object) -> object:
-    """A detached CPU copy of the tensors in nested dicts/lists (other leaves are kept as they are)."""
-    if isinstance(tree, torch.Tensor):
-        return tree.detach().to("cpu", copy=True)
-    if isinstance(tree, dict):
-        return {k: cpu_copy(v) for k, v in tree.items()}
-    if isinstance(tree, list):
-        return [cpu_copy(v) for v in tree]
-    return tree
+from radlab.train.state import cpu_copy
 
 
 class EarlyStopper:

@@ -21,6 +21,17 @@ STATE_DIR = "state"
 _PATTERN = re.compile(r"^step_(\d{8})\.pt$")
 
 
+def cpu_copy(tree: object) -> object:
+    """A detached CPU copy of the tensors in nested dicts/lists (other leaves are kept as they are)."""
+    if isinstance(tree, torch.Tensor):
+        return tree.detach().to("cpu", copy=True)
+    if isinstance(tree, dict):
+        return {k: cpu_copy(v) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [cpu_copy(v) for v in tree]
+    return tree
+
+
 def state_paths(out: Path | str) -> list[Path]:
     """Saved states of a run, oldest first."""
     folder = Path(out) / STATE_DIR
