@@ -58,16 +58,30 @@ def _vit_cfg(size: int = 32) -> dict:
     return {"image_size": size, "layers": 1, "width": 32, "head_width": 16, "patch_size": 16}
 
 
+def _resnet_cfg(size: int = 64) -> dict:
+    """CLIP's ModifiedResNet (``layers`` a sequence), at a test width: 256 features, 4 heads, a 2x2 layer4 grid."""
+    return {"image_size": size, "layers": [1, 1, 1, 1], "width": 8}
+
+
+def _randomise_batch_norm(model: nn.Module) -> None:
+    """Non-trivial BatchNorm running statistics, so that eval-mode normalisation is exercised."""
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.1, 0.1)
+            module.running_var.uniform_(0.5, 1.5)
+
+
 def make_hub_dir(root: Path, variant: str) -> tuple[Path, torch.nn.Module]:
     """A tiny open_clip model in the hub layout (open_clip_config.json + open_clip_pytorch_model.bin).
 
-    ``builtin``: CLIP with its own text transformer; ``custom``: CustomTextCLIP with a TextTransformer;
+    ``builtin``: CLIP with its own text transformer; ``resnet``: the same with a ModifiedResNet (64 px);
+    ``custom``: CustomTextCLIP with a TextTransformer;
     ``biomedclip``: BiomedCLIP's structure (timm ViT trunk (timm's small test_vit) + linear proj, Hugging Face BERT text with CLS
     pooling and an MLP projection), its text config naming the hub id and the tiny BERT in ``text/``."""
     root.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     text_cfg: dict = {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}
-    vision_cfg = _vit_cfg()
+    vision_cfg = _resnet_cfg() if variant == "resnet" else _vit_cfg()
     model_cfg: dict = {"embed_dim": 16, "vision_cfg": vision_cfg, "text_cfg": text_cfg}
     if variant == "custom":
         model_cfg["custom_text"] = True
@@ -93,24 +107,31 @@ def make_hub_dir(root: Path, variant: str) -> tuple[Path, torch.nn.Module]:
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.02 * torch.randn_like(p))
+        _randomise_batch_norm(model)
     torch.save(model.state_dict(), root / "open_clip_pytorch_model.bin")
     preprocess = {"mean": list(OPENAI_MEAN), "std": list(OPENAI_STD)}
     (root / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg, "preprocess_cfg": preprocess}))
     return root, model
 
 
-def make_chexzero_file(root: Path, dtype: torch.dtype = torch.float32) -> tuple[Path, torch.nn.Module]:
-    """A tiny OpenAI-CLIP ViT (QuickGELU, 77-token context) state dict, saved as CheXzero saves its ``.pt``."""
+def make_chexzero_file(root: Path, dtype: torch.dtype = torch.float32,
+                       vision_tower: str = "vit") -> tuple[Path, torch.nn.Module]:
+    """A tiny OpenAI-CLIP state dict (QuickGELU, 77-token context), saved as CheXzero saves its ``.pt``;
+    ``vision_tower`` "vit" (32 px) or "resnet" (a ModifiedResNet, 64 px, as CLIP's RN50 with BatchNorm buffers)."""
     root.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(1)
-    vision = open_clip.model.CLIPVisionCfg(layers=1, width=64, patch_size=16, image_size=32)
+    if vision_tower == "resnet":
+        vision = open_clip.model.CLIPVisionCfg(**_resnet_cfg())
+    else:
+        vision = open_clip.model.CLIPVisionCfg(layers=1, width=64, patch_size=16, image_size=32)
     text = open_clip.model.CLIPTextCfg(context_length=77, vocab_size=49408, width=64, heads=1, layers=1)
     model = open_clip.model.CLIP(16, vision, text, quick_gelu=True).eval()
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.02 * torch.randn_like(p))
+        _randomise_batch_norm(model)
     path = root / "best_64_5e-05_original_22000_0.864.pt"
-    torch.save({k: v.to(dtype) for k, v in model.state_dict().items()}, path)
+    torch.save({k: v.to(dtype) if v.is_floating_point() else v for k, v in model.state_dict().items()}, path)
     return path, model
 
 

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import open_clip
 import pytest
 import torch
 from external_checkpoints import OPENAI_MEAN, OPENAI_STD, TEXTS, make_chexzero_file, make_hub_dir
+from open_clip.modified_resnet import ModifiedResNet
+from typer.testing import CliRunner
 
+from radlab.cli import app
 from radlab.models import load_encoder
 from radlab.models.external.open_clip_formats import CHEXZERO_MEAN, CHEXZERO_STD
 
@@ -72,6 +76,57 @@ def test_chexzero_matches_open_clip(tmp_path: Path) -> None:
     torch.testing.assert_close(ours_text, theirs_text, atol=1e-5, rtol=1e-5)
     assert pooled.shape == (2, 64)
     assert load_encoder(f"chexzero:{tmp_path}").embed_dim == 16
+
+
+def test_resnet_hub_layout_matches_open_clip(tmp_path: Path) -> None:
+    """A ModifiedResNet CLIP (RN50's structure): pooled = attention pool before ``c_proj``, image_proj = c_proj."""
+    root, reference = make_hub_dir(tmp_path / "rn", "resnet")
+    encoder = load_encoder(f"open_clip:{root}")
+    assert isinstance(encoder.image_tower.visual, ModifiedResNet)
+    assert encoder.preprocess.image_size == 64 and encoder.embed_dim == 16 and encoder.image_tower.embed_dim == 256
+    images = torch.rand(2, 1, 64, 64)
+    inputs = _rgb(images, OPENAI_MEAN, OPENAI_STD)
+    local, _, _ = open_clip.create_model_and_transforms(f"local-dir:{root}")
+    with torch.no_grad():
+        ours = encoder.encode_image(encoder.preprocess.normalise(images), normalize=False)
+        out = encoder.image_output(encoder.preprocess.normalise(images))
+        torch.testing.assert_close(ours, reference.encode_image(inputs), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(torch.nn.functional.normalize(ours, dim=-1),
+                                   local.eval().encode_image(inputs, normalize=True), atol=1e-5, rtol=1e-5)
+        tokenizer = open_clip.get_tokenizer(f"local-dir:{root}")
+        torch.testing.assert_close(encoder.encode_text(TEXTS), reference.encode_text(tokenizer(TEXTS), normalize=True),
+                                   atol=1e-5, rtol=1e-5)
+        layer4 = reference.visual.layer4(reference.visual.layer3(reference.visual.layer2(reference.visual.layer1(
+            reference.visual.stem(inputs)))))
+    assert out.pooled.shape == (2, 256) and out.tokens.shape == (2, 4, 256) and out.grid == (2, 2)
+    torch.testing.assert_close(out.tokens, layer4.flatten(2).transpose(1, 2), atol=1e-5, rtol=1e-5)
+
+
+def test_chexzero_resnet_matches_open_clip(tmp_path: Path) -> None:
+    """An OpenAI-format RN CLIP state dict (CheXzero trained on RN50, PubMedCLIP RN50) loads by tensor shapes."""
+    path, reference = make_chexzero_file(tmp_path, vision_tower="resnet")
+    encoder = load_encoder(f"chexzero:{path}")
+    assert isinstance(encoder.image_tower.visual, ModifiedResNet) and encoder.preprocess.image_size == 64
+    images = torch.rand(2, 1, 64, 64)
+    tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=77)
+    with torch.no_grad():
+        ours = encoder.encode_image(encoder.preprocess.normalise(images))
+        theirs = reference.encode_image((images.expand(-1, 3, -1, -1) - CHEXZERO_MEAN) / CHEXZERO_STD, normalize=True)
+        ours_text, theirs_text = encoder.encode_text(TEXTS), reference.encode_text(tokenizer(TEXTS), normalize=True)
+        out = encoder.image_output(encoder.preprocess.normalise(images))
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ours_text, theirs_text, atol=1e-5, rtol=1e-5)
+    assert out.pooled.shape == (2, 256) and out.tokens.shape == (2, 4, 256) and out.grid == (2, 2)
+
+
+def test_chexzero_resnet_zero_shot_end_to_end(phantom_dir: Path, tmp_path: Path) -> None:
+    path, _ = make_chexzero_file(tmp_path / "rn", vision_tower="resnet")
+    out = tmp_path / "metrics.json"
+    result = CliRunner().invoke(app, ["eval", "--encoder", f"chexzero:{path}", "--data", f"phantom:{phantom_dir}",
+                                      "--out", str(out), "--task", "zero_shot", "--bootstrap", "20", "--no-cache"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    auc = json.loads(out.read_text())["tasks"]["zero_shot"]["macro_auc"]
+    assert isinstance(auc, float) and 0.0 <= auc <= 1.0
 
 
 def test_chexzero_half_precision_file_loads_in_float32(tmp_path: Path) -> None:

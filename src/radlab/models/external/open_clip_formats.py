@@ -5,14 +5,22 @@
   a Hugging Face text tower (BiomedCLIP's PubMedBERT) offline, its config is taken from ``DIR/text/`` or
   ``DIR`` itself when they hold a ``config.json``; tokenizer files are read from ``DIR`` (open_clip's own
   rule), else ``DIR/text/``. A non-existent DIR is passed to open_clip as ``hf-hub:DIR``.
-- ``chexzero:FILE``: an OpenAI-CLIP state dict (CheXzero's ``best_64_*.pt``; or a folder holding one). The
-  architecture is read from the tensor shapes; preprocessing is CheXzero's (224 px, mean 101.48761/255,
+- ``chexzero:FILE``: an OpenAI-CLIP state dict, ViT or ResNet (CheXzero's ``best_64_*.pt``; or a folder holding
+  one). The architecture is read from the tensor shapes; preprocessing is CheXzero's (224 px, mean 101.48761/255,
   std 83.43944/255 on every channel).
 
 Geometry follows open_clip's ``resize_mode`` (BiomedCLIP: shorter side to 224, centre crop); CheXzero pads, as its
 preprocessing does. Image features are the pooled tower output *before* the CLIP projection; ``encode_image`` /
 ``encode_text`` apply the model's own projections, so they equal open_clip's ``encode_image`` /
 ``encode_text`` (normalised).
+
+CLIP's ResNets (open_clip's ``ModifiedResNet``: RN50, RN101, RN50x4, ...) have no separate image projection: their
+attention pool (the mean feature-map cell, as the query, attends over all cells) ends in ``c_proj``, which maps to
+the joint space. radlab splits the pool there, as it splits a ViT before ``proj``: ``pooled`` is the attention-pool
+output before ``c_proj`` (the ResNet width, 2048 for RN50), ``image_proj`` is ``c_proj``. ``c_proj`` is affine and
+applied after the attention, so ``encode_image`` is open_clip's; and the tower's pooled feature, its tokens (the
+layer4 feature map, ``grid`` its spatial size) and ``embed_dim`` all share one width, as every radlab tower's do
+(fine-tuning heads and objectives read ``embed_dim`` as the pooled width).
 """
 
 from __future__ import annotations
@@ -24,6 +32,8 @@ from typing import Any
 
 import open_clip
 import torch
+import torch.nn.functional as F
+from open_clip.modified_resnet import AttentionPool2d, ModifiedResNet
 from open_clip.transformer import text_global_pool
 from torch import nn
 
@@ -33,6 +43,7 @@ from radlab.models.external.common import (
     TOKENIZER_FILES,
     ChannelAdapter,
     MatrixProjection,
+    feature_map_output,
     find_file,
     load_state_dict_file,
 )
@@ -60,6 +71,8 @@ class OpenClipVisionTower(nn.Module):
                 raise NotImplementedError("open_clip timm towers with attention pooling are not supported")
             self.kind, self.embed_dim = "timm", visual.trunk.num_features
             self.prefix = getattr(visual.trunk, "num_prefix_tokens", 0)
+        elif isinstance(visual, ModifiedResNet):
+            self.kind, self.embed_dim = "resnet", visual.attnpool.k_proj.in_features
         else:
             raise NotImplementedError(f"open_clip visual tower {type(visual).__name__} is not supported")
 
@@ -68,6 +81,10 @@ class OpenClipVisionTower(nn.Module):
         if self.kind == "vit":
             proj, self.visual.proj = self.visual.proj, None
             return MatrixProjection(proj) if proj is not None else nn.Identity()
+        if self.kind == "resnet":
+            pool = self.visual.attnpool
+            proj, pool.c_proj = pool.c_proj, None
+            return proj
         head = self.visual.head
         self.visual.head = nn.Identity()
         if len(head) == 0:
@@ -81,15 +98,39 @@ class OpenClipVisionTower(nn.Module):
         if self.kind == "vit":
             pooled, tokens = self.visual(x)
             return TowerOutput(pooled, tokens, grid=(x.shape[-2] // self.patch, x.shape[-1] // self.patch))
+        if self.kind == "resnet":
+            features = _resnet_features(self.visual, x)
+            return feature_map_output(features, _attention_pool(self.visual.attnpool, features))
         trunk = self.visual.trunk
         features = trunk.forward_features(x)
         pooled = trunk.forward_head(features, pre_logits=True)
         if features.ndim == 4:
-            h, w = features.shape[-2:]
-            return TowerOutput(pooled, features.flatten(2).transpose(1, 2), grid=(h, w))
+            return feature_map_output(features, pooled)
         patches = features[:, self.prefix:]
         side = int(round(patches.shape[1] ** 0.5))
         return TowerOutput(pooled, patches, grid=(side, patches.shape[1] // max(side, 1)))
+
+
+def _resnet_features(resnet: ModifiedResNet, x: torch.Tensor) -> torch.Tensor:
+    """The layer4 feature map [B, C, H, W] of a ``ModifiedResNet``."""
+    x = resnet.stem(x)
+    for layer in (resnet.layer1, resnet.layer2, resnet.layer3, resnet.layer4):
+        x = layer(x)
+    return x
+
+
+def _attention_pool(pool: AttentionPool2d, features: torch.Tensor) -> torch.Tensor:
+    """``AttentionPool2d`` without its output projection ``c_proj``: the mean cell (plus the positional
+    embedding, as every cell) queries all cells and itself; heads concatenated, [B, C]."""
+    x = features.flatten(2).transpose(1, 2)
+    x = torch.cat([x.mean(1, keepdim=True), x], 1) + pool.positional_embedding.to(x.dtype)
+    batch, heads = x.shape[0], pool.num_heads
+
+    def split(t: torch.Tensor) -> torch.Tensor:
+        return t.view(batch, t.shape[1], heads, -1).transpose(1, 2)
+
+    out = F.scaled_dot_product_attention(split(pool.q_proj(x[:, :1])), split(pool.k_proj(x)), split(pool.v_proj(x)))
+    return out.transpose(1, 2).reshape(batch, -1)
 
 
 class OpenClipTextTower(nn.Module):
@@ -239,19 +280,22 @@ def _fit(cfg: dict) -> str:
 
 
 def load_chexzero(path: str) -> RadEncoder:
-    """CheXzero (an OpenAI-CLIP ViT state dict): architecture from tensor shapes, weights kept in float32."""
+    """CheXzero (an OpenAI-CLIP ViT or ResNet state dict): architecture from tensor shapes, weights kept in
+    float32."""
     file = find_file(Path(path).expanduser(), (), ("*.pt", "*.pth", "*.bin", "*.safetensors"))
     state = load_state_dict_file(file, "state_dict", "model")
     state = {k.removeprefix("module."): v for k, v in state.items()}
     model = open_clip.model.build_model_from_openai_state_dict(dict(state), quick_gelu=True, cast_dtype=None)
     model.float()
     extra = {"input_resolution", "context_length", "vocab_size"}
-    model.load_state_dict({k: v.float() for k, v in state.items() if k not in extra}, strict=True)
+    weights = {k: v.float() if v.is_floating_point() else v for k, v in state.items() if k not in extra}
+    model.load_state_dict(weights, strict=True)
     tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=model.context_length)
-    return wrap_open_clip(model, tokenizer, CHEXZERO_MEAN, CHEXZERO_STD, model.visual.image_size[0])
+    return wrap_open_clip(model, tokenizer, CHEXZERO_MEAN, CHEXZERO_STD, _size(model.visual.image_size))
 
 
 ENCODERS.register("open_clip", "an open_clip hub-layout folder (open_clip_config.json + weights)")(load_open_clip_dir)
 ENCODERS.register("biomedclip", "BiomedCLIP in open_clip's hub layout (offline: text config in DIR/text)")(
     load_open_clip_dir)
-ENCODERS.register("chexzero", "CheXzero: an OpenAI-CLIP ViT state dict (.pt), CheXzero preprocessing")(load_chexzero)
+ENCODERS.register("chexzero", "CheXzero: an OpenAI-CLIP ViT/ResNet state dict (.pt), CheXzero preprocessing")(
+    load_chexzero)
