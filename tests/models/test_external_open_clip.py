@@ -119,6 +119,20 @@ def test_chexzero_resnet_matches_open_clip(tmp_path: Path) -> None:
     assert out.pooled.shape == (2, 256) and out.tokens.shape == (2, 4, 256) and out.grid == (2, 2)
 
 
+def test_openai_clip_is_the_same_model_with_openai_preprocessing(tmp_path: Path) -> None:
+    """``openai_clip:`` reads the CheXzero file form but feeds the model OpenAI CLIP's per-channel statistics."""
+    path, reference = make_chexzero_file(tmp_path, vision_tower="resnet")
+    encoder = load_encoder(f"openai_clip:{path}")
+    assert encoder.preprocess.fit == "crop" and load_encoder(f"chexzero:{path}").preprocess.fit == "pad"
+    images = torch.rand(2, 1, 64, 64)
+    rgb = (images.expand(-1, 3, -1, -1) - torch.tensor(OPENAI_MEAN).view(1, 3, 1, 1)) / \
+        torch.tensor(OPENAI_STD).view(1, 3, 1, 1)
+    with torch.no_grad():
+        ours = encoder.encode_image(encoder.preprocess.normalise(images))
+        theirs = reference.encode_image(rgb, normalize=True)
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+
+
 def test_chexzero_resnet_zero_shot_end_to_end(phantom_dir: Path, tmp_path: Path) -> None:
     path, _ = make_chexzero_file(tmp_path / "rn", vision_tower="resnet")
     out = tmp_path / "metrics.json"

@@ -8,6 +8,8 @@
 - ``chexzero:FILE``: an OpenAI-CLIP state dict, ViT or ResNet (CheXzero's ``best_64_*.pt``; or a folder holding
   one). The architecture is read from the tensor shapes; preprocessing is CheXzero's (224 px, mean 101.48761/255,
   std 83.43944/255 on every channel).
+- ``openai_clip:FILE``: the same state-dict form for other OpenAI-format CLIPs (e.g. PubMedCLIP), with OpenAI
+  CLIP's preprocessing (RGB mean/std of ``open_clip.constants``, shorter side resized and centre-cropped).
 
 Geometry follows open_clip's ``resize_mode`` (BiomedCLIP: shorter side to 224, centre crop); CheXzero pads, as its
 preprocessing does. Image features are the pooled tower output *before* the CLIP projection; ``encode_image`` /
@@ -33,6 +35,7 @@ from typing import Any
 import open_clip
 import torch
 import torch.nn.functional as F
+from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from open_clip.modified_resnet import AttentionPool2d, ModifiedResNet
 from open_clip.transformer import text_global_pool
 from torch import nn
@@ -279,9 +282,9 @@ def _fit(cfg: dict) -> str:
     return "crop" if cfg.get("resize_mode", "shortest") == "shortest" else "pad"
 
 
-def load_chexzero(path: str) -> RadEncoder:
-    """CheXzero (an OpenAI-CLIP ViT or ResNet state dict): architecture from tensor shapes, weights kept in
-    float32."""
+def openai_state_model(path: str) -> nn.Module:
+    """An open_clip CLIP from an OpenAI-format state dict (ViT or ResNet; architecture from tensor shapes),
+    weights in float32."""
     file = find_file(Path(path).expanduser(), (), ("*.pt", "*.pth", "*.bin", "*.safetensors"))
     state = load_state_dict_file(file, "state_dict", "model")
     state = {k.removeprefix("module."): v for k, v in state.items()}
@@ -290,8 +293,23 @@ def load_chexzero(path: str) -> RadEncoder:
     extra = {"input_resolution", "context_length", "vocab_size"}
     weights = {k: v.float() if v.is_floating_point() else v for k, v in state.items() if k not in extra}
     model.load_state_dict(weights, strict=True)
+    return model
+
+
+def _wrap_openai(model: nn.Module, mean: Any, std: Any, fit: str) -> RadEncoder:
     tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=model.context_length)
-    return wrap_open_clip(model, tokenizer, CHEXZERO_MEAN, CHEXZERO_STD, _size(model.visual.image_size))
+    return wrap_open_clip(model, tokenizer, mean, std, _size(model.visual.image_size), fit)
+
+
+def load_chexzero(path: str) -> RadEncoder:
+    """CheXzero: its preprocessing (gray mean/std, padded to a square)."""
+    return _wrap_openai(openai_state_model(path), CHEXZERO_MEAN, CHEXZERO_STD, "pad")
+
+
+def load_openai_clip(path: str) -> RadEncoder:
+    """Any other OpenAI-format CLIP state dict (e.g. PubMedCLIP): OpenAI CLIP's preprocessing (its RGB
+    mean/std; shorter side resized, centre crop)."""
+    return _wrap_openai(openai_state_model(path), OPENAI_DATASET_MEAN, OPENAI_DATASET_STD, "crop")
 
 
 ENCODERS.register("open_clip", "an open_clip hub-layout folder (open_clip_config.json + weights)")(load_open_clip_dir)
@@ -299,3 +317,5 @@ ENCODERS.register("biomedclip", "BiomedCLIP in open_clip's hub layout (offline: 
     load_open_clip_dir)
 ENCODERS.register("chexzero", "CheXzero: an OpenAI-CLIP ViT/ResNet state dict (.pt), CheXzero preprocessing")(
     load_chexzero)
+ENCODERS.register("openai_clip", "an OpenAI-CLIP ViT/ResNet state dict (.pt), OpenAI CLIP preprocessing")(
+    load_openai_clip)
