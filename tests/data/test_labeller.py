@@ -80,6 +80,10 @@ def test_post_cue_applies_to_the_nearest_mention(sentence, expected):
      {"pleural_effusion": 0, "pneumothorax": -1, "atelectasis": -1}),
     ("Effusion is not seen, pneumothorax is possible.", {"pleural_effusion": 0, "pneumothorax": -1}),
     ("Pneumonia cannot be excluded, effusion is not seen.", {"pneumonia": -1, "pleural_effusion": 0}),
+    ("Effusion is not seen, small pneumothorax.", {"pleural_effusion": 0, "pneumothorax": 1}),
+    ("Tortuous aorta, cannot exclude ascending aortic aneurysm.", {"aortic_enlargement": -1}),
+    ("Left upper lobe opacities, cannot exclude mass lesions.", {"lung_opacity": -1, "mass": -1}),
+    ("Pneumonia is unlikely, new right effusion.", {"pneumonia": 0, "pleural_effusion": 1}),
     # controls: a list head still covers plain items and a list sharing its post-cue
     ("No consolidation, effusion or pneumothorax.", {"consolidation": 0, "pleural_effusion": 0, "pneumothorax": 0}),
     ("No effusion or pneumothorax is seen.", {"pleural_effusion": 0, "pneumothorax": 0}),

@@ -11,11 +11,12 @@ negated uncertainty, negation) reach ``NEGATION_WINDOW`` words forward (lists su
 effusion or pneumothorax"), uncertainty cues ``UNCERTAIN_WINDOW``, post-cues ``POST_WINDOW`` words back,
 never across a clause break ("but", "however", ";", "there is", ...); a post-cue stops at another cue, and
 at another mention unless the earlier one has no own cue ("atelectasis or effusion cannot be excluded"
-vs "no pneumothorax, effusion cannot be excluded"). A pre-cue is foreign to a mention when it reaches over a
-comma and an earlier mention (a list head: "no pneumothorax, effusion") or lies inside an earlier mention's
-post-cue (the "not" of "effusion is not seen, pneumothorax"); foreign pre-cues count only for mentions without
-a post-cue of their own, so "no pneumothorax, effusion is possible" gives 0 / -1 while "no consolidation,
-effusion or pneumothorax" and "no pneumothorax or effusion is suspected" give 0 throughout. Report labels
+vs "no pneumothorax, effusion cannot be excluded"). A pre-cue inside an earlier mention's post-cue does not
+reach forward over a comma (the "not" of "effusion is not seen, small pneumothorax"), though it still heads
+a mention right after it ("tortuous aorta, cannot exclude aortic aneurysm"). A pre-cue
+that reaches over a comma and an earlier mention (a list head: "no pneumothorax, effusion") counts only for
+mentions without a post-cue of their own, so "no pneumothorax, effusion is possible" gives 0 / -1 while "no
+consolidation, effusion or pneumothorax" and "no pneumothorax or effusion is suspected" give 0 throughout. Report labels
 combine sentences as positive > uncertain > negative, NaN for findings never mentioned; positives and
 uncertains propagate to parents; no_finding is 1 when no finding but support devices is positive or
 uncertain (the CheXpert rule), else 0.
@@ -201,17 +202,19 @@ def _classify(s: _Sentence, start: int, end: int) -> float:
         return [(a, b) for a, b in s.spans[kind]
                 if clause[0] <= a and b <= end and _words(s.text[b:start]) <= window]
 
-    def own(cue: tuple[int, int]) -> bool:
-        # Foreign: part of an earlier mention's post-cue ("effusion is not seen, ..."), or a list head reaching
-        # over a comma and another mention ("no pneumothorax, effusion ...").
-        listed = "," in s.text[cue[1]:start] and _inside(cue[1], start, s.mentions)
-        return not listed and not any(a < cue[1] and cue[0] < b for a, b in s.served)
+    def borrowed(cue: tuple[int, int]) -> bool:
+        # part of an earlier mention's post-cue and a comma away ("effusion is not seen, small pneumothorax"),
+        # not one that also heads this mention ("tortuous aorta, cannot exclude aortic aneurysm")
+        return "," in s.text[cue[1]:start] and any(a < cue[1] and cue[0] < b for a, b in s.served)
 
-    pre = {kind: reaching(kind) for kind in PRE_KINDS}
+    def listed(cue: tuple[int, int]) -> bool:  # a list head over a comma and a mention ("no pneumothorax, effusion")
+        return "," in s.text[cue[1]:start] and _inside(cue[1], start, s.mentions)
+
+    pre = {kind: [cue for cue in reaching(kind) if not borrowed(cue)] for kind in PRE_KINDS}
     # A post-cue reaches back only to the nearest mentions: never past another cue, and past another mention
     # only to a bare list item ("atelectasis or effusion cannot be excluded"), not to one with a cue of its
     # own ("no pneumothorax, effusion cannot be excluded").
-    stops = s.cues + s.mentions if any(own(cue) for found in pre.values() for cue in found) else s.cues
+    stops = s.cues + s.mentions if any(not listed(cue) for found in pre.values() for cue in found) else s.cues
 
     def after(kind: str) -> bool:
         return any(a >= end and b <= clause[1] and _words(s.text[end:a]) <= POST_WINDOW
@@ -219,8 +222,8 @@ def _classify(s: _Sentence, start: int, end: int) -> float:
 
     post = {kind: after(kind) for kind in POST_KINDS}
 
-    def before(kind: str) -> bool:  # a mention's own post-cue beats foreign pre-cues
-        return any(own(cue) or not any(post.values()) for cue in pre[kind])
+    def before(kind: str) -> bool:  # a mention's own post-cue beats a list head's pre-cue
+        return any(not listed(cue) or not any(post.values()) for cue in pre[kind])
 
     if before("hypothetical_pre") or post["hypothetical_post"]:
         return NAN
