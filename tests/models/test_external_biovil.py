@@ -3,7 +3,6 @@ reproduced for both towers, image-only without the text folder, zero-shot end to
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -14,9 +13,7 @@ from external_checkpoints import TEXTS, make_biovil_file, make_cxr_bert_dir
 from torch import nn
 from torchvision.models.resnet import Bottleneck, ResNet
 from transformers import BertModel
-from typer.testing import CliRunner
 
-from radlab.cli import app
 from radlab.models import load_encoder
 
 
@@ -145,16 +142,3 @@ def test_biovil_text_needs_weights_and_the_joint_size(tmp_path: Path) -> None:
     (folder / "pytorch_model.bin").unlink()
     with pytest.raises(FileNotFoundError, match=str(folder)):
         load_encoder(f"biovil:{tmp_path}")
-
-
-@pytest.mark.slow
-def test_biovil_zero_shot_end_to_end(phantom_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("radlab.models.external.biovil.BIOVIL_SIZE", 64)
-    folder, _ = make_cxr_bert_dir(tmp_path / "BiomedVLP-CXR-BERT-specialized")
-    path, _ = make_biovil_file(folder)
-    out = tmp_path / "metrics.json"
-    result = CliRunner().invoke(app, ["eval", "--encoder", f"biovil:{path}", "--data", f"phantom:{phantom_dir}",
-                                      "--out", str(out), "--task", "zero_shot", "--bootstrap", "20", "--no-cache"])
-    assert result.exit_code == 0, result.output + repr(result.exception)
-    auc = json.loads(out.read_text())["tasks"]["zero_shot"]["macro_auc"]
-    assert isinstance(auc, float) and 0.0 <= auc <= 1.0

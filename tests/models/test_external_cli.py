@@ -12,6 +12,7 @@ import pytest
 from external_checkpoints import (
     make_biovil_file,
     make_chexzero_file,
+    make_cxr_bert_dir,
     make_gloria_dir,
     make_hub_dir,
     make_medclip_dir,
@@ -40,14 +41,14 @@ def _build(fmt: str, root: Path, monkeypatch: pytest.MonkeyPatch) -> str:
         return str(make_rad_dino_dir(root))
     if fmt in ("open_clip", "biomedclip"):
         return str(make_hub_dir(root, "builtin" if fmt == "open_clip" else "biomedclip")[0])
-    if fmt == "chexzero":
-        return str(make_chexzero_file(root)[0])
+    if fmt in ("chexzero", "chexzero-resnet"):
+        return str(make_chexzero_file(root, vision_tower="resnet" if fmt == "chexzero-resnet" else "vit")[0])
     if fmt == "xrv":
         monkeypatch.setattr("radlab.models.external.xrv.DENSENET_SIZE", 64)
         return str(_xrv_file(root))
-    if fmt == "biovil":
+    if fmt == "biovil":  # beside CXR-BERT-specialized's files, as its hub repository keeps it
         monkeypatch.setattr("radlab.models.external.biovil.BIOVIL_SIZE", 64)
-        return str(make_biovil_file(root)[0])
+        return str(make_biovil_file(make_cxr_bert_dir(root / "BiomedVLP-CXR-BERT-specialized")[0])[0])
     if fmt == "gloria":
         path = make_gloria_dir(root, monkeypatch)[0]
         monkeypatch.setattr("radlab.models.external.gloria.GLORIA_SIZE", 64)
@@ -58,8 +59,8 @@ def _build(fmt: str, root: Path, monkeypatch: pytest.MonkeyPatch) -> str:
 
 
 FORMATS = {"rad-dino": ["linear_probe"], "open_clip": ["zero_shot", "linear_probe"], "biomedclip": ["zero_shot"],
-           "chexzero": ["zero_shot"], "xrv": ["linear_probe", "zero_shot"], "biovil": ["linear_probe"],
-           "gloria": ["zero_shot"], "medclip": ["zero_shot"]}
+           "chexzero": ["zero_shot"], "chexzero-resnet": ["zero_shot"], "xrv": ["linear_probe", "zero_shot"],
+           "biovil": ["linear_probe", "zero_shot"], "gloria": ["zero_shot"], "medclip": ["zero_shot"]}
 
 
 FAST = ("rad-dino", "open_clip", "chexzero")
@@ -69,15 +70,16 @@ FAST = ("rad-dino", "open_clip", "chexzero")
 def test_eval_external_encoder_end_to_end(phantom_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                           fmt: str) -> None:
     path = _build(fmt, tmp_path / fmt, monkeypatch)
+    encoder = f"{fmt.removesuffix('-resnet')}:{path}"
     out = tmp_path / "metrics.json"
-    args = ["eval", "--encoder", f"{fmt}:{path}", "--data", f"phantom:{phantom_dir}", "--out", str(out),
+    args = ["eval", "--encoder", encoder, "--data", f"phantom:{phantom_dir}", "--out", str(out),
             "--bootstrap", "20", "--no-cache"]
     for task in FORMATS[fmt]:
         args += ["--task", task]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output + repr(result.exception)
     metrics = json.loads(out.read_text())
-    assert metrics["encoder"] == f"{fmt}:{path}"
+    assert metrics["encoder"] == encoder
     for task in FORMATS[fmt]:
         auc = metrics["tasks"][task]["macro_auc"]
         assert isinstance(auc, float) and 0.0 <= auc <= 1.0
