@@ -35,6 +35,8 @@ from radlab.models.image_towers import TimmImageTower
 from radlab.models.towers import Preprocess
 
 HEADS_FILE = "heads.safetensors"
+PROJECTION_WORDS = {"linear": "bias-free linear projections `*_proj.weight`",
+                    "mlp": "MLP projections Linear, ReLU, Linear: `*_proj.0.*`, `*_proj.2.*`"}
 
 
 def _tensors(module: nn.Module | None, prefix: str) -> dict[str, torch.Tensor]:
@@ -144,7 +146,8 @@ def model_card(meta: dict, train_config: dict | None, results: dict | None, name
              f"- input: {p['channels']} channel(s), {p['image_size']} x {p['image_size']} px (the radiograph's "
              f"{Preprocess(**p).geometry()}), pixels in [0, 1] normalised with mean {p['mean']:.6g}, "
              f"std {p['std']:.6g}",
-             f"- joint embedding: {meta['embed_dim']}-d ({meta['projection']} projection, weights in `{HEADS_FILE}`)",
+             f"- joint embedding: {meta['embed_dim']}-d ({PROJECTION_WORDS[meta['projection']]}, weights in "
+             f"`{HEADS_FILE}`)",
              "```python\n" + _usage(meta) + "\n```"]
     if meta["text"]:
         parts += ["## Text tower", f"- `{meta['text']['architecture']}` in `text/` (AutoModel + AutoTokenizer), "
