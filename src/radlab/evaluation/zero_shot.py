@@ -168,25 +168,24 @@ def zero_shot(ctx: EvalContext) -> dict:
     labels = labels_all[:, [ctx.label_names.index(n) for n in names]]
     seen = seen_classes(ctx)
     results: dict = {}
+    scores: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # mode -> (binary scores, class scores)
     if ctx.encoder.has_text:
         for mode in ctx.option_list("modes", PROMPT_MODES):
-            binary, per_class = prompt_scores(ctx, names, mode)
+            binary, per_class = scores[mode] = prompt_scores(ctx, names, mode)
             results[mode] = {**summarise(labels, binary, names, seen), "single_label": single_label(labels, per_class)}
         primary = ctx.option("primary", "names" if "names" in results else next(iter(results)))
         mode = "prompts"
     if ctx.encoder.label_head is not None:
-        scores, definitions = prototype_scores(ctx, names)
-        results["prototypes"] = {**summarise(labels, scores, names, seen), "unseen_defined_as": definitions,
-                                 "single_label": single_label(labels, scores)}
+        logits, definitions = prototype_scores(ctx, names)
+        scores["prototypes"] = (logits, logits)
+        results["prototypes"] = {**summarise(labels, logits, names, seen), "unseen_defined_as": definitions,
+                                 "single_label": single_label(labels, logits)}
         if not ctx.encoder.has_text:
             primary, mode = "prototypes", "prototypes"
     if not results[primary]["auc"]:
         raise TaskSkipped("no evaluable finding can be scored zero-shot by this encoder")
     scored = [names.index(n) for n in results[primary]["auc"]]
-    if primary == "prototypes":
-        binary = per_class = prototype_scores(ctx, names)[0]
-    else:
-        binary, per_class = prompt_scores(ctx, names, primary)
+    binary, per_class = scores[primary]
     y, s = labels[:, scored], binary[:, scored]
     ci = ctx.interval("macro_auc", lambda idx: macro_auc(y[idx], s[idx], strict=True),
                       ctx.patients(ctx.rows("test")), over=[names[j] for j in scored])
