@@ -156,16 +156,23 @@ def _from_weights_name(name: str) -> tuple[XRVTower, int]:
     return XRVTower(model, "densenet"), int(getattr(model, "input_resolution", DENSENET_SIZE))
 
 
-def load_xrv_tower(path: str) -> tuple[XRVTower, int]:
-    """The tower and its native input size from a local weights file/folder or an xrv weights name."""
+def weights_origin(path: str) -> str:
+    """The weights file (``path``, or the one in the folder ``path``), else ``path`` as an xrv weights name."""
     local = Path(path).expanduser()
-    if not local.exists():
-        import torchxrayvision as xrv
+    if local.exists():
+        return str(find_file(local, (), WEIGHT_PATTERNS))
+    import torchxrayvision as xrv
 
-        if path in xrv.models.model_urls:
-            return _from_weights_name(path)
-        raise FileNotFoundError(f"{path} is neither a file nor a torchxrayvision weights name")
-    file = find_file(local, (), WEIGHT_PATTERNS)
+    if path in xrv.models.model_urls:
+        return path
+    raise FileNotFoundError(f"{path} is neither a file nor a torchxrayvision weights name")
+
+
+def load_xrv_tower(origin: str) -> tuple[XRVTower, int]:
+    """The tower and its native input size from a weights file or an xrv weights name (``weights_origin``)."""
+    file = Path(origin)
+    if not file.is_file():
+        return _from_weights_name(origin)
     try:
         state = load_state_dict_file(file, "state_dict", "model_state_dict")
     except pickle.UnpicklingError as err:
@@ -182,11 +189,10 @@ def load_xrv_tower(path: str) -> tuple[XRVTower, int]:
 def load_xrv(path: str) -> RadEncoder:
     """An image-only encoder: ``encode_image`` is the normalised pooled feature (no projection); the classifier
     is its label head when its output names are known (module docstring)."""
-    tower, size = load_xrv_tower(path)
+    origin = weights_origin(path)
+    tower, size = load_xrv_tower(origin)
     channels = tower.model.features.conv0.in_channels if tower.kind == "densenet" else tower.model.conv1.in_channels
     preprocess = Preprocess(image_size=size, mean=XRV_MEAN, std=XRV_STD, channels=channels, fit="crop")
-    local = Path(path).expanduser()
-    origin = str(find_file(local, (), WEIGHT_PATTERNS)) if local.exists() else path
     labels = xrv_labels(origin)
     head = None
     if labels is None:
