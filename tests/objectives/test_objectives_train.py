@@ -1,7 +1,7 @@
-"""Each label/text objective of issue 5 trains through the engine on phantoms with its loss falling.
+"""Each label/text objective (issue 5, and GLoRIA) trains through the engine on phantoms with its loss falling.
 
 16 phantom records (a quarter with their report removed, i.e. label-only samples: prompts for UniCL, the
-label head only for DLILP, image side only for MedCLIP, skipped by CLIP/ConVIRT), 64 px, a 2-block ViT-Tiny
+label head only for DLILP, image side only for MedCLIP, skipped by CLIP/ConVIRT/GLoRIA), 64 px, a 2-block ViT-Tiny
 and a 2-layer text tower, 50 steps of batch 16."""
 
 from __future__ import annotations
@@ -12,23 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from radlab.data.records import RecordTable
 from radlab.train.config import TrainConfig
 from radlab.train.engine import pretrain
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
-METHODS = ["supervised", "clip", "convirt", "unicl", "dlilp", "medclip"]
-
-
-
-
-@pytest.fixture(scope="module")
-def phantoms_with_label_only(phantom_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    table = RecordTable.read(phantom_dir).with_absolute_paths()
-    frame = table.frame.iloc[100:116].reset_index(drop=True).copy()
-    frame["split"] = "train"
-    frame.loc[frame.index % 4 == 3, ["report", "findings", "impression"]] = ""
-    return RecordTable(frame, table.root).write(tmp_path_factory.mktemp("label_only")).parent
+METHODS = ["supervised", "clip", "convirt", "unicl", "dlilp", "medclip", "gloria"]
 
 
 @pytest.mark.parametrize("method", METHODS)

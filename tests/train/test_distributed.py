@@ -95,40 +95,61 @@ def test_two_processes_equal_one_process_with_the_global_batch(tmp_path: Path) -
             assert torch.allclose(ranks[r][f"{name}/{split}"], single, atol=1e-6, rtol=0), (name, split, r)
 
 
-def _simclr_loss(data: dict, p: dict, rows: slice) -> torch.Tensor:
+def _simclr_loss(rows: slice) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """NT-Xent between two "views" (the image and text inputs) through one shared projection, as in SimCLR."""
-    return nt_xent(data["x_image"][rows] @ p["w_image"], data["x_text"][rows] @ p["w_image"], 0.2)
+    data, p = _setup()
+    return nt_xent(data["x_image"][rows] @ p["w_image"], data["x_text"][rows] @ p["w_image"], 0.2), [p["w_image"]]
 
 
-def _simclr_worker(rank: int, world: int, port: int, out: str) -> None:
+def _gloria_loss(rows: slice) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """GLoRIA's local loss on regions [n, 4, D_IN] and words [n, W, D_IN] of reports of 1-5 words, cut to the
+    rows' longest report (so ranks hold different word counts)."""
+    from radlab.objectives.gloria import local_loss
+
+    g = torch.Generator().manual_seed(2)
+    regions = torch.randn(N, 4, D_IN, generator=g, dtype=torch.float64)
+    words = torch.randn(N, 5, D_IN, generator=g, dtype=torch.float64)
+    lengths = torch.tensor([5, 1, 2, 3, 2, 4, 1, 3])
+    w_image, w_text = (torch.randn(D_IN, D, generator=g, dtype=torch.float64).requires_grad_() for _ in range(2))
+    width = int(lengths[rows].max())
+    mask = torch.arange(width)[None] < lengths[rows, None]
+    loss = local_loss(regions[rows] @ w_image, words[rows, :width] @ w_text, mask, 4.0, 5.0, 10.0)
+    return loss, [w_image, w_text]
+
+
+ROW_LOSSES = {"simclr": _simclr_loss, "gloria": _gloria_loss}
+
+
+def _loss_and_grads(name: str, rows: slice) -> torch.Tensor:
+    loss, params = ROW_LOSSES[name](rows)
+    loss.backward()
+    return torch.cat([loss.detach().flatten()] + [p.grad.flatten() for p in params])
+
+
+def _row_loss_worker(rank: int, world: int, port: int, out: str, name: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     results = {}
     for split, (sizes, _) in SPLITS.items():
-        data, params = _setup()
-        loss = _simclr_loss(data, params, _rows(sizes, rank))
-        loss.backward()
-        values = [loss.detach(), params["w_image"].grad]
-        for v in values:  # what DDP does: average over ranks
-            dist.all_reduce(v)
-            v /= world
-        results[split] = torch.cat([v.flatten() for v in values])
+        values = _loss_and_grads(name, _rows(sizes, rank))
+        dist.all_reduce(values)  # what DDP does with the gradients (and the logger with the loss): the mean
+        results[split] = values / world
     torch.save(results, Path(out) / f"rank{rank}.pt")
     dist.destroy_process_group()
 
 
-def test_simclr_two_processes_equal_one_process_with_the_global_batch(tmp_path: Path) -> None:
-    """NT-Xent negatives come from the global batch: 2N-2 per view, not 2B_local-2 (SimCLR's cross-replica
-    concat), for equal and uneven per-rank rows."""
-    mp.start_processes(_simclr_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, start_method="fork")
+@pytest.mark.parametrize("name", list(ROW_LOSSES))
+def test_row_losses_two_processes_equal_one_process_with_the_global_batch(tmp_path: Path, name: str) -> None:
+    """SimCLR: NT-Xent negatives come from the global batch, 2N-2 per view, not 2B_local-2 (the reference's
+    cross-replica concat). GLoRIA: every image is scored against every report of the global batch, each rank's
+    reports padded to the longest of any rank before the gather. Equal and uneven per-rank rows."""
+    mp.start_processes(_row_loss_worker, args=(2, _free_port(), str(tmp_path), name), nprocs=2,
+                       start_method="fork")
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    single = _loss_and_grads(name, slice(0, N))
     for split in SPLITS:
-        data, params = _setup()
-        loss = _simclr_loss(data, params, slice(0, N))
-        loss.backward()
-        single = torch.cat([loss.detach().flatten(), params["w_image"].grad.flatten()])
         for r in range(2):
-            assert torch.allclose(ranks[r][split], single, atol=1e-6, rtol=0), (split, r)
+            assert torch.allclose(ranks[r][split], single, atol=1e-6, rtol=0), (name, split, r)
 
 
 def _engine_worker(rank: int, world: int, port: int, overrides: list[str], config: str = "supervised") -> None:
