@@ -1,0 +1,172 @@
+"""DeCLIP: CLIP plus image self-supervision, multi-view and nearest-neighbour supervision, for small data."""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from radlab.data.augment import TwoViews
+from radlab.objectives.base import OBJECTIVES, Objective
+from radlab.objectives.clip import LogitScale, clip_loss
+from radlab.objectives.simclr import nt_xent
+from radlab.train.distributed import gather_with_grad
+
+SECTION_HEADER = re.compile(r"\b([A-Z][A-Z /&-]*[A-Z]):\s*")  # FINDINGS:, IMPRESSION:, CLINICAL HISTORY:
+SENTENCE_BREAK = re.compile(r"(?<=[.!?])\s+")
+
+
+def report_sections(report: str) -> list[tuple[str, list[str]]]:
+    """A report as (header, sentences) per section; text before the first header has header ""."""
+    parts = SECTION_HEADER.split(report)
+    sections = [("", parts[0]), *zip(parts[1::2], parts[2::2], strict=True)]
+    return [(header, [s for s in SENTENCE_BREAK.split(body.strip()) if s]) for header, body in sections]
+
+
+def augment_report(report: str, rng: random.Random, drop: float, shuffle: float) -> str:
+    """A second "view" of a report: each sentence is dropped with probability ``drop`` (at least one is kept),
+    and each section's remaining sentences are shuffled with probability ``shuffle``; sections stay in order
+    under their headers, and emptied sections lose their header. Reports of one sentence come back as they
+    are."""
+    sections = report_sections(report)
+    if sum(len(sentences) for _, sentences in sections) <= 1:
+        return report
+    kept = [[rng.random() >= drop for _ in sentences] for _, sentences in sections]
+    if not any(map(any, kept)):
+        i, j = rng.choice([(i, j) for i, row in enumerate(kept) for j in range(len(row))])
+        kept[i][j] = True
+    parts = []
+    for (header, sentences), keep in zip(sections, kept, strict=True):
+        chosen = [s for s, k in zip(sentences, keep, strict=True) if k]
+        if len(chosen) > 1 and rng.random() < shuffle:
+            rng.shuffle(chosen)
+        if chosen:
+            parts.append(f"{header}: {' '.join(chosen)}" if header else " ".join(chosen))
+    return " ".join(parts)
+
+
+def augment_reports(reports: list[str], drop: float, shuffle: float) -> list[str]:
+    """``augment_report`` over a batch, seeded by one draw from torch's global RNG (which training states
+    save and restore)."""
+    rng = random.Random(int(torch.randint(0, 2**31 - 1, (1,))))
+    return [augment_report(report, rng, drop, shuffle) for report in reports]
+
+
+@OBJECTIVES.register("declip", "DeCLIP: CLIP + image NT-Xent + multi-view + nearest-neighbour supervision")
+class DeCLIPObjective(Objective):
+    """DeCLIP (Li et al., ICLR 2022, "Supervision Exists Everywhere: A Data Efficient Contrastive
+    Language-Image Pre-training Paradigm", arXiv:2110.05208), with reports as the texts.
+
+    Each image gives two radiograph views (``TwoViews``) with normalised embeddings x1, x2; each report t a
+    second view t' (``augment_report``: sentences dropped or shuffled within sections), both encoded by the
+    text tower. With ℓ(u, v) the symmetric InfoNCE of ``clip_loss`` (learnable scale s, 1/0.07, clamped at
+    100) over the N global pairs that have report text:
+
+        L_CLIP = ℓ(x1, t)                                             (logged; one of the MVS pairs)
+        L_MVS  = 1/4 [ ℓ(x1, t) + ℓ(x2, t) + ℓ(x1, t') + ℓ(x2, t') ]
+        L_ISS  = NT-Xent(g(h1), g(h2); τ_ss)                          (all images, with or without a report)
+        L_NNS  = 1/4 sum_{a∈x1,x2} sum_{b∈t,t'} 1/N sum_i -log exp(s a_i·nn(b_i)) / sum_j exp(s a_i·nn(b_j))
+        L      = (1 - α - γ) L_MVS + α L_ISS + γ L_NNS,    α = ``iss_weight`` = 0.2, γ = ``nns_weight`` = 0.2
+
+    The paper writes L = (1-α-β-γ) L_CLIP + α (L_ISS + L_TSS) + β L_MVS + γ L_NNS (α = β = γ = 0.2). Its code
+    (Sense-GVT/DeCLIP) has no separate CLIP term: the four-pair MVS mean, which contains the CLIP pair, takes
+    the CLIP weight (0.4 in the YFCC-15M config, 0.6 in DeCLIP-88M's), SimSiam, MLM and NNS 0.2 each. Here
+    that weight is 1 - α - γ = 0.6 (the paper's (1-α-β-γ) + β), so the weights sum to 1. Deviations: ISS is
+    SimCLR's NT-Xent (``nt_xent``; projection g = W2 ReLU(BN(W1 h)) on the pooled tower features h) instead
+    of SimSiam, because it exists here, is tested, and is exact over the global batch under DDP; text
+    self-supervision (MLM) is left out: it needs a vocabulary head and a second text-tower pass over masked
+    tokens, which our towers (external ones are loaded without their MLM heads) do not carry.
+
+    NNS: a FIFO queue (buffers, checkpointed) of the last ``queue_size`` (4096) detached text embeddings,
+    both views, gathered from all ranks so every rank holds the same queue. nn(b_i) is the queue entry of
+    highest cosine to b_i that comes from another record (the dataset index; in a small data set the queue
+    holds a report's own earlier embedding, a stale copy of the positive). Lookups precede this step's
+    push. Until the queue is full L_NNS is 0 (logged as such). The reference instead starts from random
+    vectors and keeps a per-rank queue.
+    """
+
+    requires_text = True
+
+    def __init__(self, embed_dim: int, image_dim: int, iss_weight: float = 0.2, nns_weight: float = 0.2,
+                 queue_size: int = 4096, iss_temperature: float = 0.2, proj_dim: int = 128,
+                 hidden_dim: int = 512, init_temperature: float = 0.07, max_scale: float = 100.0,
+                 sentence_drop: float = 0.2, section_shuffle: float = 0.5,
+                 crop_scale: tuple[float, float] = (0.3, 1.0), hflip: bool = False) -> None:
+        super().__init__()
+        if min(iss_weight, nns_weight) < 0 or iss_weight + nns_weight >= 1:
+            raise ValueError(f"iss_weight {iss_weight}, nns_weight {nns_weight}: need both >= 0, sum < 1")
+        if queue_size < 1 or not 0 <= sentence_drop < 1:
+            raise ValueError(f"queue_size {queue_size}, sentence_drop {sentence_drop}: need >= 1, in [0, 1)")
+        self.logit_scale = LogitScale(init_temperature, max_scale)
+        self.projection = nn.Sequential(nn.Linear(image_dim, hidden_dim), nn.BatchNorm1d(hidden_dim),
+                                        nn.ReLU(inplace=True), nn.Linear(hidden_dim, proj_dim))
+        self.iss_weight, self.nns_weight, self.iss_temperature = iss_weight, nns_weight, iss_temperature
+        self.queue_size = queue_size
+        self.sentence_drop, self.section_shuffle = sentence_drop, section_shuffle
+        self.crop_scale, self.hflip = tuple(crop_scale), hflip
+        self.register_buffer("queue", torch.zeros(queue_size, embed_dim))
+        self.register_buffer("queue_index", torch.full((queue_size,), -1, dtype=torch.long))
+        self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+        self.register_buffer("queue_filled", torch.zeros((), dtype=torch.long))
+
+    def train_transform(self, image_size: int) -> Callable[[torch.Tensor], list[torch.Tensor]]:
+        return TwoViews(image_size, scale=self.crop_scale, hflip=self.hflip)
+
+    @torch.no_grad()
+    def push(self, entries: torch.Tensor, index: torch.Tensor) -> None:
+        """Enqueue rows (oldest first) over the oldest entries; only the last ``queue_size`` rows survive."""
+        n, size, ptr = len(entries), self.queue_size, int(self.queue_ptr)
+        slots = (ptr + max(0, n - size) + torch.arange(min(n, size), device=entries.device)) % size
+        self.queue[slots] = entries[-size:].to(self.queue.dtype)
+        self.queue_index[slots] = index[-size:]
+        self.queue_ptr.fill_((ptr + n) % size)
+        self.queue_filled.fill_(min(size, int(self.queue_filled) + n))
+
+    @torch.no_grad()
+    def nearest(self, query: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each row's highest-cosine queue entry from another record (its own record's entries only if the
+        queue holds nothing else), and the queue slots chosen."""
+        cosine = F.normalize(query.to(self.queue.dtype), dim=-1) @ F.normalize(self.queue, dim=-1).T
+        slots = (cosine - 4.0 * (index[:, None] == self.queue_index[None, :])).argmax(1)
+        return self.queue[slots], slots
+
+    def terms(self, image: tuple[torch.Tensor, torch.Tensor], text: tuple[torch.Tensor, torch.Tensor],
+              iss: tuple[torch.Tensor, torch.Tensor], index: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The loss from embeddings: ``image`` (x1, x2) and ``text`` (t, t') normalised, rows paired, for this
+        rank's samples with a report (dataset ``index``); ``iss`` the projections of both views of all its
+        images. Pushes (t, t') to the queue in training mode."""
+        scale = self.logit_scale()
+        pairs = [clip_loss(x, t, scale) for t in text for x in image]
+        mvs = torch.stack(pairs).mean()
+        iss_loss = nt_xent(*iss, self.iss_temperature)
+        if int(self.queue_filled) >= self.queue_size:
+            neighbours = [self.nearest(t.detach(), index)[0].to(t.dtype) for t in text]
+            nns = torch.stack([clip_loss(x, nb, scale, weight_image=1.0)  # image -> text only, as DeCLIP
+                               for nb in neighbours for x in image]).mean()
+        else:
+            nns = (image[0].sum() + image[1].sum()) * 0.0  # keeps the graph (DDP) until the queue is full
+        if self.training:
+            entries = torch.cat([gather_with_grad(t.detach())[0] for t in text])
+            all_index = gather_with_grad(index)[0]
+            self.push(entries, torch.cat([all_index, all_index]))
+        alpha, gamma = self.iss_weight, self.nns_weight
+        loss = (1 - alpha - gamma) * mvs + alpha * iss_loss + gamma * nns
+        return {"loss": loss, "clip": pairs[0].detach(), "mvs": mvs.detach(), "nns": nns.detach(),
+                "iss": iss_loss.detach(), "logit_scale": scale.detach(),
+                "queue_fill": self.queue_filled.float() / self.queue_size}
+
+    def forward(self, model: nn.Module, batch: dict) -> dict[str, torch.Tensor]:
+        views = batch["image"] if isinstance(batch["image"], list) else [batch["image"]] * 2
+        keep = batch["has_text"]
+        pooled = model.image_features(torch.cat(views[:2]))
+        z1, z2 = self.projection(pooled).chunk(2)
+        x1, x2 = (x[keep] for x in F.normalize(model.image_proj(pooled), dim=-1).chunk(2))
+        reports = [text for text, has in zip(batch["text"], keep.tolist(), strict=True) if has]
+        augmented = augment_reports(reports, self.sentence_drop, self.section_shuffle)
+        text = model.encode_text({k: v[keep] for k, v in batch["tokens"].items()})
+        text_aug = model.encode_text(model.text_tower.tokenize(augmented)) if reports else text
+        return self.terms((x1, x2), (text, text_aug), (z1, z2), batch["index"].to(keep.device)[keep])
