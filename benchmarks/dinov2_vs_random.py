@@ -34,6 +34,7 @@ import json
 import time
 from pathlib import Path
 
+from radlab.bench.methods import drawn_phantoms, interval_text
 from radlab.data.loading import load_tables, parse_sources
 from radlab.data.splits import DEFAULT_FRACTIONS
 from radlab.evaluation.runner import evaluate, write_json
@@ -79,21 +80,12 @@ def main() -> None:
     print(json.dumps(summary(results), indent=2))
 
 
-def drawn_phantoms(folder: Path, n: int, size: int) -> Path:
-    """``n`` phantoms under ``folder``, drawn once (seed 0) and reused by later runs."""
-    if not (folder / "records.parquet").exists():
-        from radlab.data.phantoms import synthesize
-
-        synthesize(folder, n=n, size=size, seed=0, progress=True)
-    return folder
-
-
 def summary(results: dict) -> dict:
     """Point estimates with 95% CIs for both encoders, and the paired differences."""
     def pick(tasks: dict) -> dict:
         probe, demo = tasks["linear_probe"], tasks["demographics"]
-        return {"macro_auc": _ci(probe["macro_auc_ci"]), "sex_auc": _ci(demo["sex"]["auc_ci"]),
-                "age_mae": _ci(demo["age"]["mae_ci"]), "age_baseline_mae": round(demo["age"]["baseline_mae"], 2)}
+        return {"macro_auc": interval_text(probe["macro_auc_ci"]), "sex_auc": interval_text(demo["sex"]["auc_ci"]),
+                "age_mae": interval_text(demo["age"]["mae_ci"]), "age_baseline_mae": round(demo["age"]["baseline_mae"], 2)}
 
     return {"pretrain_minutes": results["pretrain_minutes"], results["encoder"]: pick(results["tasks"]),
             "random init": pick(results["baseline"]["tasks"]),
@@ -101,10 +93,6 @@ def summary(results: dict) -> dict:
                                                                              round(v["ci_high"], 4)],
                                       "p": v["p_value"]} for k, v in results["paired_difference"].items()
                                   if "unpaired" not in v}}
-
-
-def _ci(interval: dict) -> str:
-    return f"{interval['estimate']:.3f} [{interval['ci_low']:.3f}, {interval['ci_high']:.3f}]"
 
 
 if __name__ == "__main__":

@@ -11,16 +11,15 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from radlab.bench.methods import CONFIG_DIR, pretrain_and_evaluate
 from radlab.data.loading import load_tables
 from radlab.data.records import RecordTable
 from radlab.data.splits import DEFAULT_FRACTIONS
 from radlab.evaluation.runner import evaluate, write_json
-from radlab.models import load_encoder
 from radlab.models.build import build_encoder
 from radlab.train.config import TrainConfig
-from radlab.train.engine import pretrain, seed_everything, training_labels
+from radlab.train.engine import seed_everything, training_labels
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 DEMO_METHODS = {"dinov2": "images only", "supervised": "labels", "clip": "report text"}
 DEMO_TASKS = ["linear_probe", "zero_shot", "demographics"]
 
@@ -37,12 +36,8 @@ def run_demo(out: Path, n: int = 1200, steps: int = 150, console: Console | None
     labels = training_labels(table.split("train"), None)
     rows = [_evaluate_random_init(table, labels, out)]
     for method, supervision in DEMO_METHODS.items():
-        overrides = [f"out={out / method}", f"optim.steps={steps}",
-                     f"data.sources=[{{source: phantom, path: {phantoms}}}]"]
-        cfg = TrainConfig.from_file(CONFIG_DIR / f"{method}.yaml", overrides)
-        checkpoint = pretrain(cfg)
-        results = evaluate(load_encoder(checkpoint), table, DEMO_TASKS, labels, encoder_name=method)
-        write_json(results, out / method / "metrics.json")
+        overrides = [f"optim.steps={steps}", f"data.sources=[{{source: phantom, path: {phantoms}}}]"]
+        results, _ = pretrain_and_evaluate(method, overrides, out / method, table, DEMO_TASKS, labels)
         rows.append(_row(method, supervision, results))
     _print_and_write(rows, out / "report.md", console)
     return rows

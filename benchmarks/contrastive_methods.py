@@ -1,0 +1,112 @@
+"""Image-text contrastive methods under one setup, judged as the contrastive-methods benchmark judges them:
+zero-shot and linear-probe classification, retrieval both ways, and closed-set VQA when a VQA set is given.
+
+    .venv/bin/python benchmarks/contrastive_methods.py --out runs/bench_contrastive [--data SOURCE:PATH ...]
+        [--methods clip convirt gloria ...] [--steps 150] [--fractions 0.1 1.0] [--vqa vqa_rad:PATH]
+        [--set key=value ...]
+
+Every method starts from ``configs/<method>.yaml`` (the same ViT-Tiny image tower, bert_small text tower,
+image size, joint width, optimiser, steps, batch and seed; only what a method defines differs: ConVIRT's MLP
+projections, GLoRIA's mean-pooled report embedding and local embedder, DeCLIP's views and queue, the label
+terms of UniCL/DLILP/MedCLIP) with the same overrides, on the same records and splits. Each row's intervals
+are 95% patient-level bootstrap CIs on the test split; retrieval is image->report and report->image R@10 over
+the test studies (a report matches every image of its study). ``--fractions`` repeats every method on
+seeded, nested patient-level fractions of the training split (``data.train_subset``), the low-data-regime
+protocol; validation and test records stay the same.
+
+``--data`` takes registered sources in their native layouts (paths also under $RADLAB_DATA); without it the
+script draws phantoms (the bundled real data has no images yet). ``--vqa`` evaluates each pre-trained encoder
+on a VQA source (``vqa_rad``, ``slake``) with frozen towers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from radlab.bench.methods import drawn_phantoms, interval_text, pretrain_and_evaluate
+from radlab.data.loading import load_tables, parse_sources
+from radlab.data.splits import DEFAULT_FRACTIONS
+from radlab.evaluation.runner import evaluate, write_json
+from radlab.models import load_encoder
+from radlab.train.engine import training_labels
+
+ROOT = Path(__file__).resolve().parents[1]
+METHODS = ["clip", "convirt", "gloria", "declip", "medclip", "unicl", "dlilp"]
+TASKS = ["zero_shot", "linear_probe", "retrieval"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench_contrastive")
+    parser.add_argument("--methods", nargs="*", default=METHODS)
+    parser.add_argument("--data", nargs="*", default=[], help="SOURCE:PATH of images with reports and labels")
+    parser.add_argument("--n", type=int, default=1200, help="phantom images to draw when --data is not given")
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=None, help="default: each config's optim.steps")
+    parser.add_argument("--fractions", nargs="*", type=float, default=[1.0],
+                        help="fractions of the training patients to pre-train on (each method, each fraction)")
+    parser.add_argument("--vqa", default=None, help="SOURCE:PATH of a VQA set (vqa_rad, slake)")
+    parser.add_argument("--n-boot", type=int, default=1000)
+    parser.add_argument("--set", nargs="*", default=[], help="extra config overrides key=value, for every method")
+    args = parser.parse_args()
+
+    sources = parse_sources(args.data) or [("phantom", str(drawn_phantoms(args.out / "phantoms", args.n, args.size)))]
+    listed = ", ".join(f"{{source: {name}, path: '{path}'}}" for name, path in sources)
+    steps = [f"optim.steps={args.steps}"] if args.steps else []
+    overrides = [*steps, f"model.image_size={args.size}", f"data.sources=[{listed}]", *args.set]
+    table = load_tables(sources, DEFAULT_FRACTIONS, seed=0)
+    labels = training_labels(table.split("train"), None)
+    vqa_table = load_tables(parse_sources([args.vqa]), DEFAULT_FRACTIONS, seed=0) if args.vqa else None
+
+    rows = []
+    for fraction in args.fractions:
+        subset = [f"data.train_subset={{fraction: {fraction}, seed: 0}}"] if fraction < 1 else []
+        for method in args.methods:
+            out = args.out / (method if fraction >= 1 else f"{method}_{fraction:g}")
+            start = time.time()
+            results, checkpoint = pretrain_and_evaluate(method, [*overrides, *subset], out, table, TASKS, labels,
+                                                        args.n_boot)
+            results["pretrain_and_eval_minutes"] = round((time.time() - start) / 60, 2)
+            if vqa_table is not None:
+                results["vqa"] = evaluate(load_encoder(checkpoint), vqa_table, ["vqa"], [], encoder_name=method,
+                                          n_boot=args.n_boot)["tasks"]["vqa"]
+            write_json(results, out / "metrics.json")
+            rows.append({"train fraction": f"{fraction:g}", **row(method, results)})
+    write_json({"rows": rows, "overrides": overrides}, args.out / "summary.json")
+    show(rows, args.out)
+
+
+def row(method: str, results: dict) -> dict[str, str]:
+    """One method's cells; "-" where a task was skipped."""
+    tasks = results["tasks"]
+
+    def cell(task: dict, key: str) -> str:
+        return interval_text(task[key]) if key in task else "-"
+
+    report = tasks["retrieval"].get("report", {})
+    vqa = results.get("vqa", {})
+    return {"method": method, "zero-shot AUC": cell(tasks["zero_shot"], "macro_auc_ci"),
+            "linear probe AUC": cell(tasks["linear_probe"], "macro_auc_ci"),
+            "image->report R@10": cell(report.get("image_to_text", {}), "R@10_ci"),
+            "report->image R@10": cell(report.get("text_to_image", {}), "R@10_ci"),
+            "VQA accuracy": cell(vqa, "accuracy_ci"), "minutes": f"{results['pretrain_and_eval_minutes']:.1f}"}
+
+
+def show(rows: list[dict[str, str]], out: Path) -> None:
+    table = Table(title="contrastive methods, one setup (test split, 95% patient-bootstrap CIs)")
+    for column in rows[0]:
+        table.add_column(column)
+    for r in rows:
+        table.add_row(*r.values())
+    Console().print(table)
+    print(json.dumps({"summary": str(out / "summary.json")}))
+
+
+if __name__ == "__main__":
+    main()
