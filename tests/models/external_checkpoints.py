@@ -71,7 +71,7 @@ def _randomise_batch_norm(model: nn.Module) -> None:
             module.running_var.uniform_(0.5, 1.5)
 
 
-def make_hub_dir(root: Path, variant: str) -> tuple[Path, torch.nn.Module]:
+def make_hub_dir(root: Path, variant: str, context_length: int = 16) -> tuple[Path, torch.nn.Module]:
     """A tiny open_clip model in the hub layout (open_clip_config.json + open_clip_pytorch_model.bin).
 
     ``builtin``: CLIP with its own text transformer; ``resnet``: the same with a ModifiedResNet (64 px);
@@ -80,7 +80,7 @@ def make_hub_dir(root: Path, variant: str) -> tuple[Path, torch.nn.Module]:
     pooling and an MLP projection), its text config naming the hub id and the tiny BERT in ``text/``."""
     root.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
-    text_cfg: dict = {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}
+    text_cfg: dict = {"context_length": context_length, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}
     vision_cfg = _resnet_cfg() if variant == "resnet" else _vit_cfg()
     model_cfg: dict = {"embed_dim": 16, "vision_cfg": vision_cfg, "text_cfg": text_cfg}
     if variant == "custom":

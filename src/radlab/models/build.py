@@ -22,9 +22,14 @@ class TowerConfig(BaseModel):
 
 
 class ModelConfig(BaseModel):
-    """``projection``: how the towers map into the ``embed_dim`` joint space (``models.encoder.projection``)."""
+    """``projection``: how the towers map into the ``embed_dim`` joint space (``models.encoder.projection``).
+
+    ``external`` ("FORMAT:PATH", any ``radlab list encoders`` entry, e.g. ``open_clip:DIR``) continues training
+    a public encoder as a whole: its towers, projections, tokenizer and preprocessing replace every other
+    field here (``external_encoder``)."""
 
     model_config = ConfigDict(extra="forbid")
+    external: str | None = None
     image_tower: TowerConfig = TowerConfig(name="vit_tiny_patch16_224")
     text_tower: TowerConfig | None = TowerConfig(name="bert_small")
     image_size: int = 128
@@ -48,3 +53,19 @@ def build_encoder(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase | None = 
         text = TEXT_TOWERS.build(cfg.text_tower.name, **kwargs)
     preprocess = Preprocess(image_size=cfg.image_size, mean=cfg.mean, std=cfg.std)
     return RadEncoder(image, text, cfg.embed_dim, preprocess, projection_kind=cfg.projection)
+
+
+def external_encoder(spec: str, keep_text: bool) -> RadEncoder:
+    """A public encoder (``load_encoder`` spec) made ready to train: every weight trainable, in train mode,
+    without its own classifier head (an objective attaches its own), and without its text tower when the
+    objective uses none (DDP refuses parameters that get no gradient)."""
+    from radlab.models import load_encoder
+
+    model = load_encoder(spec)
+    if keep_text and not model.has_text:
+        raise ValueError(f"the objective needs report text, but the encoder {spec!r} has no text tower")
+    if not keep_text:
+        model.text_tower = model.text_proj = None
+    model.label_head = None
+    model.requires_grad_(True)
+    return model.train()

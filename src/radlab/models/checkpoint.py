@@ -1,7 +1,9 @@
 """radlab encoder checkpoints: a folder with ``encoder.json`` (how to rebuild), ``model.safetensors``
 (weights), ``text_tower/`` (text config + tokenizer), for towers built from a Hugging Face folder
 ``image_tower/`` (its config), and from training runs ``objective.safetensors`` (the objective's state).
-Nothing is unpickled when loading, and nothing outside the folder is read."""
+Nothing is unpickled when loading, and nothing outside the folder is read, with one exception: a run that
+continued a public encoder (``model.external``) records its "FORMAT:PATH", and loading rebuilds the
+architecture and tokenizer from there before every weight is replaced by the folder's."""
 
 from __future__ import annotations
 
@@ -33,8 +35,8 @@ def save_encoder(model: RadEncoder, directory: Path | str, image_tower_spec: dic
                  files: dict[str, dict[str, torch.Tensor]] | None = None) -> Path:
     """Write the checkpoint folder atomically (a temp folder renamed into place).
 
-    ``image_tower_spec`` is {"name": registry name, "kwargs": {...}} so the tower can be rebuilt;
-    ``weights`` replaces ``model.state_dict()`` (a gathered state of a sharded model); ``files`` adds
+    ``image_tower_spec`` is {"name": registry name, "kwargs": {...}} so the tower can be rebuilt (None when
+    ``extra["external"]`` names the public encoder the towers come from); ``weights`` replaces ``model.state_dict()`` (a gathered state of a sharded model); ``files`` adds
     safetensors files by name (an objective's heads, ``Objective.checkpoint_files``)."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
@@ -52,7 +54,9 @@ def save_encoder(model: RadEncoder, directory: Path | str, image_tower_spec: dic
     }
     if hasattr(model.image_tower, "save_architecture"):
         model.image_tower.save_architecture(tmp / IMAGE_DIR)
-    if model.text_tower is not None:
+    if model.text_tower is not None and spec.get("external"):
+        spec["text_tower"] = {"from": "external"}
+    elif model.text_tower is not None:
         spec["text_tower"] = {"pooling": model.text_tower.pooling, "max_length": model.text_tower.max_length}
         model.text_tower.model.config.save_pretrained(tmp / TEXT_DIR)
         model.text_tower.tokenizer.save_pretrained(tmp / TEXT_DIR)
@@ -94,6 +98,8 @@ def load_encoder_checkpoint(directory: Path | str) -> RadEncoder:
     initial-weight options (``INITIAL_WEIGHTS``) are not followed, so the folder loads offline."""
     directory = Path(directory)
     spec = read_spec(directory)
+    if spec.get("external"):
+        return _load_continued(directory, spec)
     preprocess = Preprocess(**spec["preprocess"])
     tower = spec["image_tower"]
     kwargs = {k: v for k, v in tower.get("kwargs", {}).items() if k not in INITIAL_WEIGHTS}  # all in the file
@@ -110,5 +116,23 @@ def load_encoder_checkpoint(directory: Path | str) -> RadEncoder:
     model = RadEncoder(image, text, spec["embed_dim"], preprocess, head,
                        projection_kind=spec.get("projection", "linear"))
     model.load_state_dict(state)
+    model.seen_classes = spec.get("seen_classes")
+    return model.eval()
+
+
+def _load_continued(directory: Path, spec: dict) -> RadEncoder:
+    """A run that continued a public encoder: its architecture (and tokenizer) from the source, the text tower
+    dropped when the run trained none, the run's label head, then strictly the folder's weights."""
+    from radlab.models import load_encoder
+
+    try:
+        model = load_encoder(spec["external"])
+    except Exception as err:  # whatever the format's loader raises, said with the checkpoint that needs it
+        raise RuntimeError(f"{directory} continued the public encoder {spec['external']!r}, whose files rebuild "
+                           f"its architecture and tokenizer; loading them failed: {err}") from err
+    if spec["text_tower"] is None:
+        model.text_tower = model.text_proj = None
+    model.label_head = LabelHead(spec["label_head"]["class_names"], spec["embed_dim"]) if spec["label_head"] else None
+    model.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))
     model.seen_classes = spec.get("seen_classes")
     return model.eval()

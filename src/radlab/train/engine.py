@@ -34,7 +34,7 @@ from radlab.data.dataset import Collator, RecordDataset, train_augment
 from radlab.data.loading import load_tables
 from radlab.data.records import RecordTable
 from radlab.data.splits import patient_subset
-from radlab.models.build import build_encoder
+from radlab.models.build import build_encoder, external_encoder
 from radlab.models.checkpoint import OBJECTIVE_FILE, save_encoder, strip_prefix
 from radlab.models.encoder import ClampedScale, RadEncoder
 from radlab.models.text_towers import builds_own_tokenizer
@@ -74,7 +74,8 @@ def build_objective(cfg: TrainConfig, class_names: list[str], model: RadEncoder 
     built ``model`` image_dim / text_dim (its towers' widths), the model itself (EMA teachers copy its image
     tower) and seed."""
     cls = OBJECTIVES.get(cfg.objective.name)
-    context = {"class_names": class_names, "embed_dim": cfg.model.embed_dim, "seed": cfg.seed}
+    context = {"class_names": class_names, "embed_dim": model.embed_dim if model is not None else cfg.model.embed_dim,
+               "seed": cfg.seed}
     if model is not None:
         context["image_dim"] = model.image_tower.embed_dim
         context["text_dim"] = model.text_tower.embed_dim if model.text_tower is not None else None
@@ -119,12 +120,7 @@ class Trainer:
         self._refuse_evaluation_patients(train_table, data_root)
         self.class_names = training_labels(train_table, cfg.data.labels)
         objective_cls = OBJECTIVES.get(cfg.objective.name)
-        model_cfg = cfg.model if objective_cls.requires_text else cfg.model.model_copy(update={"text_tower": None})
-        tokenizer = None
-        if model_cfg.text_tower is not None and not builds_own_tokenizer(model_cfg.text_tower.name):
-            tokenizer = self._tokenizer(train_table)
-        torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-        self.model = build_encoder(model_cfg, tokenizer)
+        self.model = self._build_model(train_table, objective_cls.requires_text)
         if cfg.init_from:  # before the objective: EMA teachers copy the loaded tower
             load_encoder_weights(self.model, cfg.init_from)
         self.objective = build_objective(cfg, self.class_names, self.model)
@@ -146,7 +142,8 @@ class Trainer:
                 self.module, device_ids=[env.local_rank] if env.device.type == "cuda" else None,
                 find_unused_parameters=cfg.runtime.find_unused_parameters)
         self.micro_batch = self._micro_batch()
-        transform = self.objective.train_transform(model_cfg.image_size) or train_augment(model_cfg.image_size)
+        size = self.model.preprocess.image_size
+        transform = self.objective.train_transform(size) or train_augment(size)
         tokenize = self.model.text_tower.tokenize if self.objective.requires_text else None
         self.loader, self.sampler = self._loader(self._with_images(train_table, "train"), transform, tokenize,
                                                  shuffle=True)
@@ -185,6 +182,25 @@ class Trainer:
                                                          data.split_seed, data_root) for s in data.eval_sources}
             images = any(share_images(t.source, e.source) for t in data.sources for e in data.eval_sources)
             refuse_overlap(train_table, evals, force=data.allow_eval_overlap, images=images)
+
+    def _build_model(self, train_table: RecordTable, with_text: bool) -> RadEncoder:
+        """The encoder to train: a public one to continue (``model.external``), or towers built from the
+        config, whose text tower (when the objective reads text and it builds no tokenizer of its own) gets
+        the run's WordPiece tokenizer."""
+        cfg = self.cfg.model
+        if cfg.external:
+            if self.cfg.init_from:
+                raise ValueError("model.external and init_from both choose the starting weights: set one "
+                                 "(model.external also takes a radlab checkpoint folder)")
+            model = external_encoder(cfg.external, with_text)
+            torch.manual_seed(self.cfg.seed)  # identical objective heads on every rank
+            return model
+        cfg = cfg if with_text else cfg.model_copy(update={"text_tower": None})
+        tokenizer = None
+        if cfg.text_tower is not None and not builds_own_tokenizer(cfg.text_tower.name):
+            tokenizer = self._tokenizer(train_table)
+        torch.manual_seed(self.cfg.seed)  # identical initial weights on every rank
+        return build_encoder(cfg, tokenizer)
 
     def _tokenizer(self, table: RecordTable) -> PreTrainedTokenizerBase:
         """WordPiece built once (rank 0), or the ``init_from`` checkpoint's, saved to ``<out>/tokenizer``; every
@@ -451,11 +467,13 @@ class Trainer:
             gathered = self._weights()
             weights, objective_state = gathered["model"], gathered["objective"]
         if self.env.is_main:
-            tower = {"name": self.cfg.model.image_tower.name, "kwargs": self.cfg.model.image_tower.kwargs}
+            model_cfg = self.cfg.model
+            tower = None if model_cfg.external else {"name": model_cfg.image_tower.name,
+                                                     "kwargs": model_cfg.image_tower.kwargs}
             objective_state = objective_state or self.objective.state_dict()
             files = {OBJECTIVE_FILE: objective_state, **self.objective.checkpoint_files(objective_state)}
-            save_encoder(self.model.eval(), directory, tower,
-                         {"train_config": self.cfg.model_dump(), "step": exported}, weights, files)
+            extra = {"train_config": self.cfg.model_dump(), "step": exported, "external": model_cfg.external}
+            save_encoder(self.model.eval(), directory, tower, extra, weights, files)
         distrib.barrier()
         return directory
 

@@ -32,6 +32,9 @@ def load_encoder_weights(model: nn.Module, folder: Path | str) -> None:
     when this run's objective uses images only."""
     folder = Path(folder)
     spec = read_spec(folder)
+    if spec.get("external"):
+        raise ValueError(f"{folder} continued the public encoder {spec['external']!r}, whose architecture this "
+                         f"run's model section does not build: start from it with model.external={folder}")
     skip = ("label_head.",) + (TEXT_KEYS if model.text_tower is None else ())
     state = {k: v for k, v in upgrade_state(load_file(str(folder / WEIGHTS_FILE))).items() if not k.startswith(skip)}
     try:
