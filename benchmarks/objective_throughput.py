@@ -41,6 +41,14 @@ At the defaults for five objectives (``--objectives supervised clip simclr mae d
     mae         25% of patches + decoder                    75.1          1.69   0.426         1,184          0.85
     dinov2      2 global + 4 local crops, EMA teacher       14.8          0.33   2.165         2,015          1.45
 
+GLoRIA and DeCLIP against CLIP at the defaults (``--objectives clip gloria declip --reference clip``; the
+machine otherwise idle; torch default threads = 2):
+
+    objective   per image                                       images/s  x clip  s/step  peak RSS MiB  x clip
+    clip        1 view + text tower                                 31.7    1.00   1.009         1,795    1.00
+    gloria      1 view + text tower + word-region attention         18.6    0.59   1.720         2,514    1.40
+    declip      2 views + 2 report views                            16.6    0.52   1.923         2,432    1.36
+
 Peak RSS includes the ~890 MiB a process holds after importing radlab's engine (torch, timm,
 transformers). A repeat of the small run moved single objectives by up to 25% (the neighbour's load), so
 ratios within 0.8-1.25 are noise there. A first attempt with the neighbour at full load ran the first four
@@ -69,7 +77,7 @@ from radlab.objectives import OBJECTIVES
 from radlab.train.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
-OBJECTIVE_NAMES = ["supervised", "clip", "convirt", "unicl", "dlilp", "medclip", "dinov2", "simclr", "mae"]
+OBJECTIVE_NAMES = [name for name in OBJECTIVES.names() if (ROOT / "configs" / f"{name}.yaml").is_file()]
 
 
 def run_objective(config: Path, overrides: list[str], skip: int, threads: int | None) -> dict[str, float]:
@@ -110,6 +118,10 @@ def workload(cfg: TrainConfig) -> str:
         return "2 views"
     if cfg.objective.name == "mae":
         return f"{1 - kwargs['mask_ratio']:.0%} of patches + decoder"
+    if cfg.objective.name == "declip":
+        return "2 views + 2 report views"
+    if cfg.objective.name == "gloria":
+        return "1 view + text tower + word-region attention"
     return "1 view + text tower" if cls.requires_text else "1 view"
 
 
