@@ -64,10 +64,11 @@ class HFTextTower(nn.Module):
 
 @TEXT_TOWERS.register("bert_small", "BERT-style encoder (4 layers, 256 wide), random init, own WordPiece vocab")
 def bert_small(tokenizer: PreTrainedTokenizerBase, pooling: str = "cls", max_length: int = 128,
-               hidden_size: int = 256, layers: int = 4, heads: int = 4) -> HFTextTower:
+               hidden_size: int = 256, layers: int = 4, heads: int = 4, dropout: float = 0.1) -> HFTextTower:
     config = BertConfig(vocab_size=len(tokenizer), hidden_size=hidden_size, num_hidden_layers=layers,
                         num_attention_heads=heads, intermediate_size=hidden_size * 4,
-                        max_position_embeddings=max(512, max_length), pad_token_id=tokenizer.pad_token_id)
+                        max_position_embeddings=max(512, max_length), pad_token_id=tokenizer.pad_token_id,
+                        hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
     return HFTextTower(BertModel(config, add_pooling_layer=False), tokenizer, pooling, max_length)
 
 
