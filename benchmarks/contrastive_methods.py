@@ -64,13 +64,14 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=None, help="default: each config's optim.steps")
     parser.add_argument("--fractions", nargs="*", type=float, default=[1.0],
-                        help="fractions of the training patients to pre-train on (each method, each fraction)")
+                        help="fractions of the training patients to pre-train on (every method at each)")
     parser.add_argument("--vqa", default=None, help="SOURCE:PATH of a VQA set (vqa_rad, slake)")
     parser.add_argument("--n-boot", type=int, default=1000)
     parser.add_argument("--set", nargs="*", default=[], help="extra config overrides key=value, for every method")
     args = parser.parse_args()
 
-    sources = parse_sources(args.data) or [("phantom", str(drawn_phantoms(args.out / "phantoms", args.n, args.size)))]
+    phantoms = [] if args.data else [("phantom", str(drawn_phantoms(args.out / "phantoms", args.n, args.size)))]
+    sources = parse_sources(args.data) or phantoms
     listed = ", ".join(f"{{source: {name}, path: '{path}'}}" for name, path in sources)
     steps = [f"optim.steps={args.steps}"] if args.steps else []
     overrides = [*steps, f"model.image_size={args.size}", f"data.sources=[{listed}]", *args.set]

@@ -36,8 +36,9 @@ def save_encoder(model: RadEncoder, directory: Path | str, image_tower_spec: dic
     """Write the checkpoint folder atomically (a temp folder renamed into place).
 
     ``image_tower_spec`` is {"name": registry name, "kwargs": {...}} so the tower can be rebuilt (None when
-    ``extra["external"]`` names the public encoder the towers come from); ``weights`` replaces ``model.state_dict()`` (a gathered state of a sharded model); ``files`` adds
-    safetensors files by name (an objective's heads, ``Objective.checkpoint_files``)."""
+    ``extra["external"]`` names the public encoder the towers come from); ``weights`` replaces
+    ``model.state_dict()`` (a gathered state of a sharded model); ``files`` adds safetensors files by name (an
+    objective's heads, ``Objective.checkpoint_files``)."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
