@@ -258,7 +258,9 @@ def test_report_augmentation_is_seeded_keeps_a_sentence_and_changes_multi_senten
 # --- 2 gloo ranks against 1 process ----------------------------------------------------------------------
 
 N, D_IN, D, SIZE = 8, 6, 5, 12
-HAS_TEXT = torch.tensor([True, True, False, True, True, True, False, True])
+# which samples have a report: 2 + 4 over the ranks, or none on the first rank
+HAS_TEXT = {"uneven": [True, True, False, True, True, True, False, True],
+            "first_rank_none": [False, False, False, True, True, True, False, True]}
 SPLIT = [3, 5]
 
 
@@ -279,33 +281,34 @@ def _setup() -> tuple[dict, dict, DeCLIPObjective]:
     return data, params, objective
 
 
-def _step(rows: slice) -> tuple[torch.Tensor, DeCLIPObjective]:
+def _step(rows: slice, has_text: str) -> tuple[torch.Tensor, DeCLIPObjective]:
     data, p, objective = _setup()
-    keep = HAS_TEXT[rows]
+    keep = torch.tensor(HAS_TEXT[has_text])[rows]
     image = tuple(F.normalize(data[k][rows][keep] @ p["w_image"], dim=-1) for k in ("x1", "x2"))
     text = tuple(F.normalize(data[k][rows][keep] @ p["w_text"], dim=-1) for k in ("t", "t_aug"))
     iss = tuple(data[k][rows] @ p["w_iss"] for k in ("x1", "x2"))
     terms = objective.terms(image, text, iss, torch.arange(N)[rows][keep])
-    assert float(terms["nns"]) > 0
+    assert float(terms["nns"]) > 0 or not keep.any()  # a rank without reports holds no share of it
     terms["loss"].backward()
     grads = [p[k].grad for k in sorted(p)] + [objective.logit_scale.log_scale.grad]
     return torch.cat([terms["loss"].detach().flatten()] + [v.flatten() for v in grads]), objective
 
 
-def _worker(rank: int, world: int, port: int, out: str) -> None:
+def _worker(rank: int, world: int, port: int, out: str, has_text: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-    values, objective = _step(slice(sum(SPLIT[:rank]), sum(SPLIT[: rank + 1])))
+    values, objective = _step(slice(sum(SPLIT[:rank]), sum(SPLIT[: rank + 1])), has_text)
     dist.all_reduce(values)  # what DDP does with the gradients (and the logger with the loss): the mean
     torch.save({"values": values / world, "queue": objective.state_dict()}, Path(out) / f"rank{rank}.pt")
     dist.destroy_process_group()
 
 
-def test_two_processes_equal_one_process_with_the_global_batch(tmp_path: Path) -> None:
-    """Uneven ranks (3 + 5 samples, 2 + 4 with text): loss and gradients (projections, ISS head, scale)
-    and the queue after the step (gathered pushes, in global order) equal one process's."""
-    mp.start_processes(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, start_method="fork")
-    single, objective = _step(slice(0, N))
+@pytest.mark.parametrize("has_text", list(HAS_TEXT))
+def test_two_processes_equal_one_process_with_the_global_batch(tmp_path: Path, has_text: str) -> None:
+    """Uneven ranks (3 + 5 samples; 2 + 4 with text, or 0 + 4): loss and gradients (projections, ISS head,
+    scale) and the queue after the step (gathered pushes, in global order) equal one process's."""
+    mp.start_processes(_worker, args=(2, _free_port(), str(tmp_path), has_text), nprocs=2, start_method="fork")
+    single, objective = _step(slice(0, N), has_text)
     for r in range(2):
         rank = torch.load(tmp_path / f"rank{r}.pt", weights_only=True)
         torch.testing.assert_close(rank["values"], single, rtol=0, atol=1e-9)

@@ -23,7 +23,7 @@ from radlab.train.state import latest_state, load_state
 
 N, D_IN, D = 8, 6, 5
 # (image rows per rank, text rows per rank): equal halves, and uneven counts (e.g. only samples with text).
-SPLITS = {"halves": ([4, 4], [4, 4]), "uneven": ([3, 5], [3, 5])}
+SPLITS = {"halves": ([4, 4], [4, 4]), "uneven": ([3, 5], [3, 5]), "one_empty": ([0, 8], [0, 8])}
 UNPAIRED_TEXT = [1, 4]  # MedCLIP: 5 texts against 8 images, split 1 + 4
 
 
@@ -111,7 +111,7 @@ def _gloria_loss(rows: slice) -> tuple[torch.Tensor, list[torch.Tensor]]:
     words = torch.randn(N, 5, D_IN, generator=g, dtype=torch.float64)
     lengths = torch.tensor([5, 1, 2, 3, 2, 4, 1, 3])
     w_image, w_text = (torch.randn(D_IN, D, generator=g, dtype=torch.float64).requires_grad_() for _ in range(2))
-    width = int(lengths[rows].max())
+    width = max(lengths[rows].tolist(), default=1)  # a rank without reports still sends one (empty) word slot
     mask = torch.arange(width)[None] < lengths[rows, None]
     loss = local_loss(regions[rows] @ w_image, words[rows, :width] @ w_text, mask, 4.0, 5.0, 10.0)
     return loss, [w_image, w_text]

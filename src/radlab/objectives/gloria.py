@@ -41,7 +41,7 @@ from transformers import PreTrainedTokenizerBase
 
 from radlab.objectives.base import OBJECTIVES, Objective
 from radlab.objectives.clip import clip_loss
-from radlab.train.distributed import gather_sizes, gather_with_grad, global_mean
+from radlab.train.distributed import gather_sizes, gather_with_grad, global_mean, world_size
 
 CONTINUATION = "##"  # WordPiece's prefix for a piece that continues the previous word
 
@@ -81,8 +81,10 @@ def local_similarity(regions: torch.Tensor, words: torch.Tensor, word_mask: torc
     n_images, n_regions, _ = regions.shape
     n_words = words.shape[1]
     chunk = max(1, chunk_elements // max(1, n_images * n_words * n_regions))
-    columns = [regions.new_zeros(n_images, 0)]
-    for start in range(0, len(words), chunk):
+    columns = []
+    # Without reports, one empty pass still keeps ``regions`` in the graph: a rank holding no reports must run
+    # the backward all-reduce of the gathered regions as the other ranks do.
+    for start in range(0, len(words), chunk) or [0]:
         t, mask = words[start: start + chunk], word_mask[start: start + chunk]
         scores = torch.einsum("ird,twd->itwr", regions, t)
         if word_softmax:
@@ -114,9 +116,9 @@ def local_loss(regions: torch.Tensor, words: torch.Tensor, word_mask: torch.Tens
     target = torch.arange(len(regions), device=regions.device) + offset
     args = (temp_attention, temp_words, word_softmax)
     image_rows = scale * local_similarity(regions, all_words, all_mask, *args)
-    if len(all_regions) == len(regions):  # one process: one matrix serves both directions
+    if world_size() == 1:  # one matrix serves both directions
         report_rows = image_rows.T
-    else:
+    else:  # every rank uses both gathers (even one holding all rows), so their backward all-reduces pair up
         report_rows = scale * local_similarity(all_regions, words, word_mask, *args).T
     per_row = F.cross_entropy(image_rows, target, reduction="none") + F.cross_entropy(report_rows, target,
                                                                                       reduction="none")
