@@ -22,7 +22,8 @@ from radlab.objectives.unicl import unicl_loss
 from radlab.train.state import latest_state, load_state
 
 N, D_IN, D = 8, 6, 5
-# (image rows per rank, text rows per rank): equal halves, and uneven counts (e.g. only samples with text).
+# (image rows per rank, text rows per rank): equal halves, uneven counts (e.g. only samples with text), and
+# one rank without rows (its micro-batch held no report).
 SPLITS = {"halves": ([4, 4], [4, 4]), "uneven": ([3, 5], [3, 5]), "one_empty": ([0, 8], [0, 8])}
 UNPAIRED_TEXT = [1, 4]  # MedCLIP: 5 texts against 8 images, split 1 + 4
 
@@ -142,7 +143,7 @@ def _row_loss_worker(rank: int, world: int, port: int, out: str, name: str) -> N
 def test_row_losses_two_processes_equal_one_process_with_the_global_batch(tmp_path: Path, name: str) -> None:
     """SimCLR: NT-Xent negatives come from the global batch, 2N-2 per view, not 2B_local-2 (the reference's
     cross-replica concat). GLoRIA: every image is scored against every report of the global batch, each rank's
-    reports padded to the longest of any rank before the gather. Equal and uneven per-rank rows."""
+    reports padded to the longest of any rank before the gather. Equal, uneven and empty per-rank rows."""
     mp.start_processes(_row_loss_worker, args=(2, _free_port(), str(tmp_path), name), nprocs=2,
                        start_method="fork")
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
