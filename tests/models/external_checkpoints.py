@@ -4,6 +4,7 @@ the external-encoder, export and CLI tests."""
 from __future__ import annotations
 
 import json
+import math
 import sys
 import types
 from pathlib import Path
@@ -107,6 +108,7 @@ def make_hub_dir(root: Path, variant: str, context_length: int = 16) -> tuple[Pa
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.02 * torch.randn_like(p))
+        model.logit_scale.fill_(math.log(50.0))  # a trained temperature, unlike open_clip's initial 1 / 0.07
         _randomise_batch_norm(model)
     torch.save(model.state_dict(), root / "open_clip_pytorch_model.bin")
     preprocess = {"mean": list(OPENAI_MEAN), "std": list(OPENAI_STD)}

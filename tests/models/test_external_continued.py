@@ -43,13 +43,17 @@ def _losses(out: Path) -> list[float]:
 
 def test_clip_continues_an_open_clip_model_from_its_weights(open_clip_dir: Path, phantom_dir: Path,
                                                            tmp_path: Path) -> None:
-    """At lr 0 the checkpoint is the public model (its preprocessing, towers, projections, tokenizer)."""
+    """At lr 0 the checkpoint is the public model (its preprocessing, towers, projections, tokenizer), and the
+    CLIP objective's learnable temperature starts at the public model's."""
     source = f"open_clip:{open_clip_dir}"
     reference = load_encoder(source).eval()
     images = torch.rand(3, 1, 32, 32)
     texts = ["small left pleural effusion", "no acute process", "cardiomegaly"]
-    unchanged = load_encoder(_run("clip", tmp_path, phantom_dir, f"model.external={source}", "optim.steps=2",
-                                  "optim.lr=0.0"))
+    checkpoint = _run("clip", tmp_path, phantom_dir, f"model.external={source}", "optim.steps=2", "optim.lr=0.0")
+    objective = load_file(str(checkpoint / "objective.safetensors"))
+    assert float(objective["logit_scale.log_scale"].exp()) == pytest.approx(reference.pretrained_logit_scale)
+    assert reference.pretrained_logit_scale == pytest.approx(50.0)  # not CLIP's default start, 1 / 0.07
+    unchanged = load_encoder(checkpoint)
     assert unchanged.preprocess == reference.preprocess and unchanged.preprocess.channels == 3
     with torch.no_grad():
         x = reference.preprocess.normalise(images)

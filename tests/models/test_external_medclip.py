@@ -49,6 +49,7 @@ def test_medclip_matches_medclip_forward(tmp_path: Path, vision: str) -> None:
     torch.testing.assert_close(embedding, reference, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(ours_text, theirs_text, atol=1e-5, rtol=1e-5)
     assert embedding.shape == (2, 16) and encoder.embed_dim == 16
+    assert encoder.pretrained_logit_scale == pytest.approx(float(torch.tensor(2.3).exp()))  # its log scale, 2.3
     assert out.tokens.shape[0] == 2 and out.grid[0] * out.grid[1] == out.tokens.shape[1]
 
 

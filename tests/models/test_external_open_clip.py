@@ -40,6 +40,7 @@ def test_hub_layout_matches_open_clip(tmp_path: Path, variant: str) -> None:
     torch.testing.assert_close(ours_text, theirs_text, atol=1e-5, rtol=1e-5)
     assert ours_image.shape == (2, 16) and tokens.tokens.shape[:2] == tokens.mask.shape
     assert tokens.mask.sum(1).min() >= 3
+    assert encoder.pretrained_logit_scale == pytest.approx(float(reference.logit_scale.detach().exp()))
 
 
 def test_open_clip_reference_loader_agrees(tmp_path: Path) -> None:

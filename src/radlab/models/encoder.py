@@ -92,6 +92,8 @@ class RadEncoder(nn.Module):
     - ``label_head``: class prototypes when the encoder was trained with label supervision.
     - ``seen_classes``: the findings its pre-training data annotated (radlab checkpoints), for zero-shot's
       seen-versus-unseen protocol; None when unknown.
+    - ``pretrained_logit_scale``: the inverse temperature a public image-text model was trained with (its
+      ``logit_scale``), where its format keeps one, so continued training (``model.external``) starts from it.
     """
 
     def __init__(self, image_tower: nn.Module, text_tower: HFTextTower | nn.Module | None = None,
@@ -114,6 +116,7 @@ class RadEncoder(nn.Module):
         self.text_proj = text_proj
         self.label_head = label_head
         self.seen_classes: list[str] | None = None
+        self.pretrained_logit_scale: float | None = None
 
     @property
     def has_text(self) -> bool:

@@ -72,7 +72,8 @@ def training_labels(table: RecordTable, requested: list[str] | None) -> list[str
 def build_objective(cfg: TrainConfig, class_names: list[str], model: RadEncoder | None = None) -> Objective:
     """Objectives take what they need from the context by argument name: class_names, embed_dim, and with a
     built ``model`` image_dim / text_dim (its towers' widths), the model itself (EMA teachers copy its image
-    tower) and seed."""
+    tower), seed, and for image-text objectives continuing a public model its temperature
+    (``init_temperature`` = 1 / ``pretrained_logit_scale``). The config's ``objective.kwargs`` win."""
     cls = OBJECTIVES.get(cfg.objective.name)
     context = {"class_names": class_names, "embed_dim": model.embed_dim if model is not None else cfg.model.embed_dim,
                "seed": cfg.seed}
@@ -80,8 +81,11 @@ def build_objective(cfg: TrainConfig, class_names: list[str], model: RadEncoder 
         context["image_dim"] = model.image_tower.embed_dim
         context["text_dim"] = model.text_tower.embed_dim if model.text_tower is not None else None
         context["model"] = model
+        if cls.requires_text and model.pretrained_logit_scale:  # a continued CLIP keeps its temperature
+            context["init_temperature"] = 1.0 / model.pretrained_logit_scale
     accepted = inspect.signature(cls).parameters
-    return cls(**{k: v for k, v in context.items() if k in accepted}, **cfg.objective.kwargs)
+    given = cfg.objective.kwargs
+    return cls(**{k: v for k, v in context.items() if k in accepted and k not in given}, **given)
 
 
 class TrainModule(nn.Module):

@@ -166,7 +166,7 @@ def load_medclip(path: str) -> RadEncoder:
     tower, image_proj = _vision(state, adapter)
     text_state = strip_prefix(state, "text_model.")
     text_proj = _linear(text_state, "projection_head")
-    state.pop("logit_scale", None)
+    log_scale = state.pop("logit_scale", None)
     leftover = [k for k in state if not k.startswith("text_model.")]
     if leftover or any(not k.startswith("model.") for k in text_state):
         raise ValueError(f"{file}: unexpected MedCLIP keys {leftover[:5]}")
@@ -176,8 +176,11 @@ def load_medclip(path: str) -> RadEncoder:
     text = MedClipTextTower(bert, tokenizer) if tokenizer is not None else None
     if text is None:
         log.warning("MedCLIP: no tokenizer found (put Bio_ClinicalBERT in %s/text); image encoder only", file.parent)
-    return RadEncoder(tower, text, image_proj.out_features, adapter.preprocess(MEDCLIP_SIZE), image_proj=image_proj,
-                      text_proj=text_proj if text is not None else None).eval()
+    encoder = RadEncoder(tower, text, image_proj.out_features, adapter.preprocess(MEDCLIP_SIZE), image_proj=image_proj,
+                         text_proj=text_proj if text is not None else None)
+    if log_scale is not None:  # MedCLIP keeps the log of its inverse temperature, as CLIP does
+        encoder.pretrained_logit_scale = float(log_scale.float().exp())
+    return encoder.eval()
 
 
 ENCODERS.register("medclip", "MedCLIP pytorch_model.bin (Swin or ResNet); Bio_ClinicalBERT tokenizer in DIR/text")(

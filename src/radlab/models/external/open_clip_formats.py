@@ -203,7 +203,8 @@ class OpenClipTextTower(nn.Module):
 
 def wrap_open_clip(model: nn.Module, tokenizer: Any, mean: Any, std: Any, image_size: int,
                    fit: str = "pad") -> RadEncoder:
-    """A RadEncoder sharing an open_clip model's weights, with its projections as ``image_proj``/``text_proj``."""
+    """A RadEncoder sharing an open_clip model's weights, with its projections as ``image_proj``/``text_proj``
+    and its learned ``logit_scale`` (exponentiated) as ``pretrained_logit_scale``."""
     model = model.float().eval()
     mean = [float(mean)] * 3 if isinstance(mean, int | float) else [float(m) for m in mean]
     std = [float(std)] * 3 if isinstance(std, int | float) else [float(s) for s in std]
@@ -212,8 +213,10 @@ def wrap_open_clip(model: nn.Module, tokenizer: Any, mean: Any, std: Any, image_
     text = OpenClipTextTower(model, tokenizer)
     image_proj, text_proj = image.take_projection(), text.take_projection()
     embed_dim = _output_dim(image_proj, image.embed_dim)
-    return RadEncoder(image, text, embed_dim, adapter.preprocess(image_size, fit), image_proj=image_proj,
-                      text_proj=text_proj).eval()
+    encoder = RadEncoder(image, text, embed_dim, adapter.preprocess(image_size, fit), image_proj=image_proj,
+                         text_proj=text_proj)
+    encoder.pretrained_logit_scale = float(model.logit_scale.detach().exp())
+    return encoder.eval()
 
 
 def _output_dim(proj: nn.Module, default: int) -> int:
