@@ -45,7 +45,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from radlab.bench.methods import drawn_phantoms, interval_text, pretrain_and_evaluate
+from radlab.bench.methods import benchmark_sources, interval_text, pretrain_and_evaluate, sources_override
 from radlab.data.loading import load_tables, parse_sources
 from radlab.data.splits import DEFAULT_FRACTIONS
 from radlab.evaluation.runner import evaluate, write_json
@@ -72,11 +72,9 @@ def main() -> None:
     parser.add_argument("--set", nargs="*", default=[], help="extra config overrides key=value, for every method")
     args = parser.parse_args()
 
-    phantoms = [] if args.data else [("phantom", str(drawn_phantoms(args.out / "phantoms", args.n, args.size)))]
-    sources = parse_sources(args.data) or phantoms
-    listed = ", ".join(f"{{source: {name}, path: '{path}'}}" for name, path in sources)
+    sources = benchmark_sources(args.data, args.out, args.n, args.size)
     steps = [f"optim.steps={args.steps}"] if args.steps else []
-    overrides = [*steps, f"model.image_size={args.size}", f"data.sources=[{listed}]", *args.set]
+    overrides = [*steps, f"model.image_size={args.size}", sources_override(sources), *args.set]
     table = load_tables(sources, DEFAULT_FRACTIONS, seed=0)
     labels = training_labels(table.split("train"), None)
     vqa_table = load_tables(parse_sources([args.vqa]), DEFAULT_FRACTIONS, seed=0) if args.vqa else None

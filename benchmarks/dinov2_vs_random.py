@@ -34,8 +34,8 @@ import json
 import time
 from pathlib import Path
 
-from radlab.bench.methods import drawn_phantoms, interval_text
-from radlab.data.loading import load_tables, parse_sources
+from radlab.bench.methods import benchmark_sources, interval_text, sources_override
+from radlab.data.loading import load_tables
 from radlab.data.splits import DEFAULT_FRACTIONS
 from radlab.evaluation.runner import evaluate, write_json
 from radlab.models import load_encoder
@@ -59,11 +59,10 @@ def main() -> None:
     parser.add_argument("--set", nargs="*", default=[], help="extra config overrides key=value")
     args = parser.parse_args()
 
-    sources = parse_sources(args.data) or [("phantom", str(drawn_phantoms(args.out / "phantoms", args.n, args.size)))]
+    sources = benchmark_sources(args.data, args.out, args.n, args.size)
     steps = [f"optim.steps={args.steps}"] if args.steps else []
-    listed = ", ".join(f"{{source: {name}, path: '{path}'}}" for name, path in sources)
-    overrides = [f"out={args.out / 'pretrain'}", *steps, f"model.image_size={args.size}",
-                 f"data.sources=[{listed}]", *args.set]
+    overrides = [f"out={args.out / 'pretrain'}", *steps, f"model.image_size={args.size}", sources_override(sources),
+                 *args.set]
     cfg = TrainConfig.from_file(args.config, overrides)
     table = load_tables(sources, DEFAULT_FRACTIONS, seed=0)
     labels = training_labels(table.split("train"), None)

@@ -11,7 +11,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from radlab.bench.methods import CONFIG_DIR, pretrain_and_evaluate
+from radlab.bench.methods import CONFIG_DIR, drawn_phantoms, pretrain_and_evaluate, sources_override
 from radlab.data.loading import load_tables
 from radlab.data.records import RecordTable
 from radlab.data.splits import DEFAULT_FRACTIONS
@@ -26,17 +26,13 @@ DEMO_TASKS = ["linear_probe", "zero_shot", "demographics"]
 
 def run_demo(out: Path, n: int = 1200, steps: int = 150, console: Console | None = None) -> list[dict]:
     """Run the whole pipeline on phantoms and write ``<out>/report.md``; returns the table rows."""
-    from radlab.data.phantoms import synthesize
-
     console = console or Console()
-    phantoms = out / "phantoms"
-    if not (phantoms / "records.parquet").exists():
-        synthesize(phantoms, n=n, size=128, seed=0, progress=True)
-    table = load_tables([("phantom", str(phantoms))], DEFAULT_FRACTIONS, seed=0)
+    sources = [("phantom", str(drawn_phantoms(out / "phantoms", n, 128)))]
+    table = load_tables(sources, DEFAULT_FRACTIONS, seed=0)
     labels = training_labels(table.split("train"), None)
     rows = [_evaluate_random_init(table, labels, out)]
     for method, supervision in DEMO_METHODS.items():
-        overrides = [f"optim.steps={steps}", f"data.sources=[{{source: phantom, path: {phantoms}}}]"]
+        overrides = [f"optim.steps={steps}", sources_override(sources)]
         results, _ = pretrain_and_evaluate(method, overrides, out / method, table, DEMO_TASKS, labels)
         rows.append(_row(method, supervision, results))
     _print_and_write(rows, out / "report.md", console)

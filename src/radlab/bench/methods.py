@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from radlab.data.loading import parse_sources
 from radlab.data.records import RecordTable
 from radlab.evaluation.runner import evaluate, write_json
 from radlab.evaluation.stats import DEFAULT_N_BOOT
@@ -33,6 +34,17 @@ def drawn_phantoms(folder: Path, n: int, size: int) -> Path:
 
         synthesize(folder, n=n, size=size, seed=0, progress=True)
     return folder
+
+
+def benchmark_sources(data: list[str], out: Path, n: int, size: int) -> list[tuple[str, str]]:
+    """A benchmark's ``--data`` SOURCE:PATH entries, or ``n`` phantoms drawn once under ``out/phantoms``."""
+    return parse_sources(data) or [("phantom", str(drawn_phantoms(out / "phantoms", n, size)))]
+
+
+def sources_override(sources: list[tuple[str, str]]) -> str:
+    """The ``data.sources=[...]`` config override for (source, path) pairs."""
+    listed = ", ".join(f"{{source: {name}, path: '{path}'}}" for name, path in sources)
+    return f"data.sources=[{listed}]"
 
 
 def interval_text(interval: dict, digits: int = 3) -> str:
