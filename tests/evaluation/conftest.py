@@ -32,5 +32,11 @@ def tiny_encoder(split_table: RecordTable) -> RadEncoder:
 
 
 @pytest.fixture(scope="session")
+def tiny_tower_spec() -> dict:
+    """How ``save_encoder`` records the tiny encoder's image tower."""
+    return {"name": TINY.image_tower.name, "kwargs": TINY.image_tower.kwargs}
+
+
+@pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("feature_cache")

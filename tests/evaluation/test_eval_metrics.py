@@ -103,7 +103,7 @@ def test_zero_shot_scores_keep_their_order_where_a_softmax_saturates(monkeypatch
     images = np.stack([np.cos(gaps), np.sin(gaps)], 1).astype(np.float32)
     prompts = np.array([[[1.0, 0.0], [0.0, 1.0]]], dtype=np.float32)  # one finding: positive, negative
     monkeypatch.setattr(zero_shot, "class_vectors", lambda ctx, names, mode: prompts)
-    ctx = SimpleNamespace(image_features=lambda split, kind: images)
+    ctx = SimpleNamespace(image_features=lambda split, kind: images, option=lambda key, default: default)
     binary, _ = zero_shot.prompt_scores(ctx, ["cardiomegaly"], "names")  # type: ignore[arg-type]
     assert len(np.unique(binary[:, 0])) == 7 and (np.diff(binary[:, 0]) < 0).all()
 

@@ -250,15 +250,16 @@ def make_gloria_dir(root: Path, monkeypatch: pytest.MonkeyPatch, last_n_layers: 
     state["gloria.text_encoder.model.embeddings.position_ids"] = torch.arange(128).unsqueeze(0)
     state.update(extra or {})
     hparams = _hparams({"model": {"text": {"bert_type": "emilyalsentzer/Bio_ClinicalBERT", "last_n_layers": last_n_layers,
-                                             "aggregate_method": "sum", "embedding_dim": 64}},
+                                             "aggregate_method": "sum", "embedding_dim": 64},
+                                   "gloria": {"temp1": 4.5, "temp2": 5.5, "temp3": 10.0}},
                         "data": {"text": {"word_num": 20}}}, monkeypatch)
     checkpoint = {"epoch": 3, "global_step": 10, "pytorch-lightning_version": "1.1.4", "state_dict": state,
                   "hyper_parameters": hparams, "hparams_type": type(hparams),
                   "optimizer_states": [{"state": {}, "param_groups": [{"lr": 5e-5, "params": [0]}]}]}
     torch.save(checkpoint, root / "chexpert_resnet50.ckpt")
     monkeypatch.undo()
-    return root / "chexpert_resnet50.ckpt", {"trunk": trunk, "global": global_embedder, "bert": bert,
-                                              "tokenizer": tokenizer}
+    return root / "chexpert_resnet50.ckpt", {"trunk": trunk, "global": global_embedder, "local": local_embedder,
+                                              "bert": bert, "tokenizer": tokenizer}
 
 
 OLD_SWIN_NAMES = [("attention.q_proj", "attention.self.query"), ("attention.k_proj", "attention.self.key"),

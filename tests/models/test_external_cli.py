@@ -76,6 +76,8 @@ def test_eval_external_encoder_end_to_end(phantom_dir: Path, tmp_path: Path, mon
             "--bootstrap", "20", "--no-cache"]
     for task in FORMATS[fmt]:
         args += ["--task", task]
+    if fmt == "gloria":  # GLoRIA's own zero-shot: global and word-region similarity
+        args += ["--option", "zero_shot.similarity=both"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output + repr(result.exception)
     metrics = json.loads(out.read_text())
@@ -83,3 +85,5 @@ def test_eval_external_encoder_end_to_end(phantom_dir: Path, tmp_path: Path, mon
     for task in FORMATS[fmt]:
         auc = metrics["tasks"][task]["macro_auc"]
         assert isinstance(auc, float) and 0.0 <= auc <= 1.0
+    if fmt == "gloria":
+        assert metrics["tasks"]["zero_shot"]["similarity"] == "both"

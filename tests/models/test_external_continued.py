@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from external_checkpoints import make_hub_dir, make_rad_dino_dir
+from external_checkpoints import make_gloria_dir, make_hub_dir, make_rad_dino_dir
 from safetensors.torch import load_file
 
 from radlab.models import load_encoder
@@ -81,6 +81,23 @@ def test_continued_clip_learns_and_its_checkpoint_reloads(open_clip_resnet_dir: 
     assert not torch.equal(saved["image_proj.weight"], reference.state_dict()["image_proj.weight"])
     with torch.no_grad():
         assert trained.encode_text(texts).shape == (3, reference.embed_dim)
+
+
+def test_gloria_continues_a_public_gloria_from_its_local_embedder(phantom_dir: Path, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """GLoRIA's objective starts its word-region matcher from the public model's (weights and τ1/τ2) and hands it
+    to the checkpoint; another objective trains without it and exports none."""
+    path, parts = make_gloria_dir(tmp_path / "gloria", monkeypatch)
+    monkeypatch.setattr("radlab.models.external.gloria.GLORIA_SIZE", 64)
+    monkeypatch.setattr("radlab.models.external.gloria.GLORIA_INNER_SIZE", 64)
+    source = f"model.external=gloria:{path}"
+    checkpoint = _run("gloria", tmp_path / "run", phantom_dir, source, "optim.steps=1", "optim.lr=0.0",
+                      "optim.batch_size=4")
+    matcher = load_encoder(checkpoint).local_match
+    assert (matcher.temp_attention, matcher.temp_words) == (4.5, 5.5)  # the checkpoint's hparams, not 4 and 5
+    torch.testing.assert_close(matcher.embedder.weight, parts["local"].weight.detach().flatten(1))
+    other = _run("clip", tmp_path / "clip", phantom_dir, source, "optim.steps=1", "optim.batch_size=4")
+    assert load_encoder(other).local_match is None
 
 
 def test_image_only_objective_drops_the_text_tower(open_clip_dir: Path, phantom_dir: Path, tmp_path: Path) -> None:

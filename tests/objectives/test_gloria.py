@@ -9,8 +9,10 @@ import torch
 import torch.nn.functional as F
 
 from radlab.models.build import ModelConfig, TowerConfig, build_encoder
+from radlab.models.local_matching import LocalMatcher, local_similarity, word_membership
 from radlab.models.tokenizer import train_wordpiece
-from radlab.objectives.gloria import GloriaObjective, local_loss, local_similarity, word_membership
+from radlab.models.towers import TowerOutput
+from radlab.objectives.gloria import GloriaObjective, local_loss
 
 T1, T2, T3 = 4.0, 5.0, 10.0
 
@@ -79,9 +81,10 @@ def test_word_pieces_are_summed_into_words_and_special_tokens_dropped() -> None:
     assert membership[0, 1].nonzero().flatten().tolist() == list(range(2, 2 + len("sinus")))
     assert pieces[1][2] == "[UNK]" and membership[1, 1].nonzero().flatten().tolist() == [2]  # unknown is a word
     assert membership.sum(1).max() == 1  # a token belongs to at most one word; [CLS], [SEP], [PAD] to none
-    with pytest.raises(ValueError, match="report 0 .* no word"):
-        empty = tokenizer([""], return_tensors="pt")
-        word_membership(empty["input_ids"], empty["attention_mask"], tokenizer)
+    empty = tokenizer(["no", ""], padding=True, return_tensors="pt")
+    assert word_membership(empty["input_ids"], empty["attention_mask"], tokenizer)[1].sum() == 0
+    with pytest.raises(ValueError, match="no word-region similarity, for text 1 of the batch"):
+        LocalMatcher.words(TowerOutput(torch.zeros(2, 4), torch.zeros(2, 3, 4)), empty, tokenizer)
 
 
 def test_objective_wires_the_encoders_tokens_into_both_terms() -> None:
@@ -110,10 +113,10 @@ def test_objective_wires_the_encoders_tokens_into_both_terms() -> None:
         global_term = F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)
         membership = word_membership(tokens["input_ids"], tokens["attention_mask"], model.text_tower.tokenizer)
         lengths = membership.any(-1).sum(1).tolist()
-        regions = (image_out.tokens @ objective.local_embedder.weight.T).double().numpy()
+        regions = (image_out.tokens @ objective.matcher.embedder.weight.T).double().numpy()
         words = (membership @ text_out.tokens).double().numpy()
     assert torch.allclose(terms["global"], global_term, atol=1e-5)
     assert abs(float(terms["local"]) - _reference_local_loss(regions, words, lengths, True)) < 1e-4
     assert float(terms["loss"].detach()) == pytest.approx(float(terms["global"] + terms["local"]), rel=1e-6)
-    assert objective.local_embedder.weight.grad is not None and objective.local_embedder.weight.grad.abs().sum() > 0
+    assert objective.matcher.embedder.weight.grad is not None and objective.matcher.embedder.weight.grad.abs().sum() > 0
     assert all(p.grad is not None for p in model.text_tower.parameters() if p.requires_grad)

@@ -11,7 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from safetensors.torch import load_file
 
+from radlab.models import load_encoder
 from radlab.train.config import TrainConfig
 from radlab.train.engine import pretrain
 
@@ -34,3 +37,6 @@ def test_objective_loss_falls_on_phantoms(method: str, phantoms_with_label_only:
     print(f"{method}: first 10 steps {first:.4f}, last 10 steps {last:.4f} ({100 * (1 - last / first):.1f}% lower)")
     assert last < 0.97 * first
     assert (checkpoint / "model.safetensors").exists()
+    if method == "gloria":  # the trained word-region matcher is the encoder's, for zero-shot and retrieval
+        trained = load_file(str(checkpoint / "objective.safetensors"))["matcher.embedder.weight"]
+        assert torch.equal(load_encoder(checkpoint).local_match.embedder.weight, trained)

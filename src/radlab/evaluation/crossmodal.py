@@ -1,7 +1,8 @@
 """Retrieval tasks in the joint space, test split, both directions, R@1/5/10/50 and median rank.
 
 ``retrieval``: images <-> reports (one report per study) and images <-> sentences (a sentence's images are
-its study's images). ``text_retrieval``: findings section <-> impression section of the same study, which
+its study's images), scored with the ``similarity`` option (``radlab.evaluation.similarity``; ``both`` is
+GLoRIA's own retrieval for encoders with a word-region matcher). ``text_retrieval``: findings section <-> impression section of the same study, which
 runs on text-only data (the text tower alone).
 """
 
@@ -12,6 +13,7 @@ import numpy as np
 from radlab.evaluation.context import TASKS, EvalContext, TaskSkipped
 from radlab.evaluation.metrics import expected_hits, recall_at_k
 from radlab.evaluation.retrieval import correct_key_positions, split_sentences
+from radlab.evaluation.similarity import image_text_scores, similarity_kind
 
 
 def study_ids(ctx: EvalContext, rows: np.ndarray) -> np.ndarray:
@@ -26,8 +28,8 @@ def first_per_study(studies: np.ndarray) -> np.ndarray:
 
 
 def direction(ctx: EvalContext, name: str, queries: np.ndarray, keys: np.ndarray, q_groups: np.ndarray,
-              k_groups: np.ndarray, q_patients: np.ndarray) -> dict:
-    above, tied = correct_key_positions(queries, keys, q_groups, k_groups, int(ctx.option("chunk", 4096)))
+              k_groups: np.ndarray, q_patients: np.ndarray, scores: np.ndarray | None = None) -> dict:
+    above, tied = correct_key_positions(queries, keys, q_groups, k_groups, int(ctx.option("chunk", 4096)), scores)
     out = {**recall_at_k(above, tied), "n_queries": int(len(above)), "n_keys": int(len(keys))}
     for k in (1, 10):
         hits = expected_hits(above, tied, k)
@@ -40,6 +42,7 @@ def retrieval(ctx: EvalContext) -> dict:
     if not ctx.encoder.has_text:
         raise TaskSkipped("retrieval needs a text tower")
     ctx.require_images(("test",))
+    kind = similarity_kind(ctx)
     rows = ctx.rows("test")
     reports = np.array(ctx.table.texts(), dtype=object)[rows]
     keep = np.array([bool(r.strip()) for r in reports])
@@ -49,10 +52,20 @@ def retrieval(ctx: EvalContext) -> dict:
     images = ctx.features.get(ctx.encoder, ctx.table, rows, "embedding", ctx.batch_size)
     studies, patients = study_ids(ctx, rows), ctx.patients(rows)
     first = first_per_study(studies)
-    texts = ctx.text_features([str(r) for r in reports[first]])
-    out = {"report": {
-        "image_to_text": direction(ctx, "report/i2t", images, texts, studies, studies[first], patients),
-        "text_to_image": direction(ctx, "report/t2i", texts, images, studies[first], studies, patients[first])}}
+
+    def both_ways(level: str, texts: list[str], t_study: np.ndarray, t_patient: np.ndarray,
+                  queries: np.ndarray) -> dict:
+        """Images (the ``queries`` rows) -> texts and texts -> all images."""
+        embedded = ctx.text_features(texts)
+        scores = None if kind == "global" else image_text_scores(ctx, rows, texts, images, embedded, kind)
+        return {"image_to_text": direction(ctx, f"{level}/i2t", images[queries], embedded, studies[queries], t_study,
+                                           patients[queries], None if scores is None else scores[queries]),
+                "text_to_image": direction(ctx, f"{level}/t2i", embedded, images, t_study, studies, t_patient,
+                                           None if scores is None else scores.T)}
+
+    every = np.ones(len(rows), dtype=bool)
+    out = {"similarity": kind,
+           "report": both_ways("report", [str(r) for r in reports[first]], studies[first], patients[first], every)}
     sentences, s_study, s_patient = [], [], []
     for j in first:
         for sentence in split_sentences(str(reports[j])):
@@ -60,13 +73,9 @@ def retrieval(ctx: EvalContext) -> dict:
             s_study.append(studies[j])
             s_patient.append(patients[j])
     if sentences:
-        s_emb, s_study_arr = ctx.text_features(sentences), np.array(s_study)
-        has_sentence = np.isin(studies, s_study_arr)
-        out["sentence"] = {
-            "image_to_text": direction(ctx, "sentence/i2t", images[has_sentence], s_emb, studies[has_sentence],
-                                       s_study_arr, patients[has_sentence]),
-            "text_to_image": direction(ctx, "sentence/t2i", s_emb, images, s_study_arr, studies,
-                                       np.array(s_patient))}
+        s_study_arr = np.array(s_study)
+        out["sentence"] = both_ways("sentence", sentences, s_study_arr, np.array(s_patient),
+                                    np.isin(studies, s_study_arr))
     out["mean_R@1"] = float(np.mean([out["report"][d]["R@1"] for d in ("image_to_text", "text_to_image")]))
     return out
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,10 @@ def table_hash(table: RecordTable) -> str:
     return digest.hexdigest()[:16]
 
 
+def texts_hash(texts: list[str]) -> str:
+    return hashlib.sha256("\x00".join(texts).encode()).hexdigest()[:16]
+
+
 def files_signature(table: RecordTable) -> str:
     """Hash of each image's resolved path, size and modification time: a file rewritten in place (e.g.
     phantoms drawn again into the same folder) gets new features instead of stale cached ones."""
@@ -50,6 +55,15 @@ def files_signature(table: RecordTable) -> str:
     return digest.hexdigest()[:16]
 
 
+def image_batches(encoder: RadEncoder, table: RecordTable, batch_size: int, what: str) -> Iterator[torch.Tensor]:
+    """The table's preprocessed images in batches on the encoder's device, with progress."""
+    encoder.eval()
+    loader = DataLoader(RecordDataset(table, encoder.preprocess), batch_size=batch_size, collate_fn=Collator())
+    device = next(encoder.parameters()).device
+    for batch in tracked(loader, len(loader), f"{what} of {len(table)} images"):
+        yield batch["image"].to(device)
+
+
 @torch.no_grad()
 def extract_features(encoder: RadEncoder, table: RecordTable, kind: str = "pooled",
                      batch_size: int = 64) -> np.ndarray:
@@ -57,12 +71,8 @@ def extract_features(encoder: RadEncoder, table: RecordTable, kind: str = "poole
     ``tokens``: patch tokens [N, P, D] (``encoder.image_output(...).tokens``)."""
     if kind not in FEATURE_KINDS:
         raise ValueError(f"feature kind must be one of {FEATURE_KINDS}, got {kind!r}")
-    encoder.eval()
-    loader = DataLoader(RecordDataset(table, encoder.preprocess), batch_size=batch_size, collate_fn=Collator())
-    device = next(encoder.parameters()).device
     chunks = []
-    for batch in tracked(loader, len(loader), f"{kind} features of {len(table)} images"):
-        images = batch["image"].to(device)
+    for images in image_batches(encoder, table, batch_size, f"{kind} features"):
         if kind == "pooled":
             out = encoder.image_features(images)
         elif kind == "embedding":
@@ -71,6 +81,28 @@ def extract_features(encoder: RadEncoder, table: RecordTable, kind: str = "poole
             out = encoder.image_output(images).tokens
         chunks.append(out.float().cpu().numpy())
     return np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
+
+
+@torch.no_grad()
+def extract_local(encoder: RadEncoder, table: RecordTable, texts: list[str], batch_size: int = 64) -> np.ndarray:
+    """Word-region similarity Z of every image against every text, [N, T] (``RadEncoder.local_match``); a
+    text with no word after the text tower's tokenisation is an error naming it."""
+    matcher, tower = encoder.local_match, encoder.text_tower
+    if matcher is None or tower is None:
+        raise ValueError("word-region similarity needs an encoder with a text tower and a local matcher")
+    encoder.eval()
+    device = next(encoder.parameters()).device
+    reports = []
+    for start in range(0, len(texts), batch_size):
+        chunk = texts[start:start + batch_size]
+        tokens = {k: v.to(device) for k, v in tower.tokenize(chunk).items()}
+        names = [f"text {start + i} ({text[:60]!r})" for i, text in enumerate(chunk)]
+        reports.append(matcher.words(encoder.text_output(tokens), tokens, tower.tokenizer, names))
+    rows = []
+    for images in image_batches(encoder, table, batch_size, f"word-region scores against {len(texts)} texts"):
+        regions = matcher.regions(encoder.image_output(images))
+        rows.append(torch.cat([matcher.similarity(regions, *words) for words in reports], 1).float().cpu().numpy())
+    return np.concatenate(rows) if rows else np.zeros((0, len(texts)), np.float32)
 
 
 @torch.no_grad()
@@ -125,5 +157,12 @@ class FeatureCache:
         return self._cached(key, lambda: extract_features(encoder, subset, kind, batch_size))
 
     def text(self, encoder: RadEncoder, texts: list[str], batch_size: int = 64) -> np.ndarray:
-        content = hashlib.sha256("\x00".join(texts).encode()).hexdigest()[:16]
-        return self._cached(self.key(encoder, content, "text"), lambda: extract_text(encoder, texts, batch_size))
+        return self._cached(self.key(encoder, texts_hash(texts), "text"),
+                            lambda: extract_text(encoder, texts, batch_size))
+
+    def local(self, encoder: RadEncoder, table: RecordTable, rows: np.ndarray, texts: list[str],
+              batch_size: int = 64) -> np.ndarray:
+        """Word-region similarities of the rows' images against ``texts`` (``extract_local``)."""
+        subset = table.subset(rows)
+        key = self.key(encoder, f"{table_hash(subset)}|{files_signature(subset)}|{texts_hash(texts)}", "local")
+        return self._cached(key, lambda: extract_local(encoder, subset, texts, batch_size))

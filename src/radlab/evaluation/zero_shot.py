@@ -6,6 +6,8 @@ answer through their class prototypes; a class outside their label head is score
 from seen classes through the taxonomy: the max over seen descendants (a positive child implies its
 parent), else the nearest seen ancestor. Multi-label: AUC per finding. Single-label: images with exactly
 one positive finding, top-1 accuracy over the findings. Base-vs-new: macro AUC over seen and unseen classes.
+Option ``similarity`` (global, local, both) picks the image-text similarity (``radlab.evaluation.similarity``):
+``both`` is GLoRIA's own zero-shot for encoders with a word-region matcher.
 
 Exclusive (``exclusive``): the "CheXpert 5x200" protocol of GLoRIA and MedCLIP, reported to compare with that
 literature: up to ``exclusive_per_class`` (200) test images a class, drawn with the seed, each positive for
@@ -25,6 +27,7 @@ from radlab.evaluation.context import TASKS, EvalContext, TaskSkipped
 from radlab.evaluation.linear_probe import two_class
 from radlab.evaluation.metrics import accuracy, macro_auc, roc_auc
 from radlab.evaluation.prompts import PROMPT_MODES, prompts
+from radlab.evaluation.similarity import combine, similarity_kind
 
 
 def descendants(name: str) -> list[str]:
@@ -43,14 +46,29 @@ def class_vectors(ctx: EvalContext, names: list[str], mode: str) -> np.ndarray:
     return np.stack(out)
 
 
+def local_prompt_similarity(ctx: EvalContext, names: list[str], mode: str) -> np.ndarray:
+    """[N, K, 2]: word-region similarity of each test image to each finding's positive and negative prompts,
+    averaged over the prompts of each (as ``class_vectors`` averages their embeddings)."""
+    sets = [texts for name in names for texts in prompts(name, mode, ctx.seed)]
+    flat = [t for texts in sets for t in texts]
+    local = ctx.features.local(ctx.encoder, ctx.table, ctx.rows("test"), flat, ctx.batch_size)
+    ends = np.cumsum([len(texts) for texts in sets])
+    means = [local[:, end - len(texts):end].mean(1) for texts, end in zip(sets, ends, strict=True)]
+    return np.stack(means, axis=1).reshape(len(local), len(names), 2)
+
+
 def prompt_scores(ctx: EvalContext, names: list[str], mode: str) -> tuple[np.ndarray, np.ndarray]:
     """(binary scores [N, K], class scores [N, K]: positive-prompt similarity). The binary score is the
-    positive minus the negative prompt's logit: it ranks images as the softmax P(positive) does, without the
-    float32 softmax saturating at 1.0 and tying images whose similarity gaps differ by more than ~0.17."""
-    images = torch.from_numpy(ctx.image_features("test", kind="embedding"))
-    text = torch.from_numpy(class_vectors(ctx, names, mode))
-    logits = torch.einsum("nd,kpd->nkp", images, text) * 100.0
-    return (logits[..., 0] - logits[..., 1]).numpy(), logits[..., 0].numpy()
+    positive minus the negative prompt's similarity: it ranks images as the softmax P(positive) does, without
+    the float32 softmax saturating at 1.0 and tying images whose similarity gaps differ by more than ~0.17.
+    With ``similarity: local|both`` the word-region similarity replaces or joins the cosine
+    (``radlab.evaluation.similarity``)."""
+    kind = similarity_kind(ctx)
+    images = ctx.image_features("test", kind="embedding")
+    similarity = np.einsum("nd,kpd->nkp", images, class_vectors(ctx, names, mode))
+    if kind != "global":
+        similarity = combine(similarity, local_prompt_similarity(ctx, names, mode), kind)
+    return similarity[..., 0] - similarity[..., 1], similarity[..., 0]
 
 
 @torch.no_grad()
@@ -189,7 +207,8 @@ def zero_shot(ctx: EvalContext) -> dict:
     y, s = labels[:, scored], binary[:, scored]
     ci = ctx.interval("macro_auc", lambda idx: macro_auc(y[idx], s[idx], strict=True),
                       ctx.patients(ctx.rows("test")), over=[names[j] for j in scored])
-    return {"mode": mode, "prompt_mode": primary, "macro_auc": results[primary]["macro_auc"], "macro_auc_ci": ci,
+    return {"mode": mode, "prompt_mode": primary, "similarity": similarity_kind(ctx) if mode == "prompts" else None,
+            "macro_auc": results[primary]["macro_auc"], "macro_auc_ci": ci,
             "auc": results[primary]["auc"], "modes": results,
             "exclusive": exclusive_accuracy(ctx, names, labels, per_class),
             "seen_classes": sorted(seen) if seen is not None else None}

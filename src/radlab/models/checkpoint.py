@@ -20,6 +20,7 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer
 from radlab import __version__
 from radlab.models.encoder import LabelHead, RadEncoder
 from radlab.models.image_towers import IMAGE_TOWERS, INITIAL_WEIGHTS
+from radlab.models.local_matching import LocalMatcher
 from radlab.models.text_towers import HFTextTower
 from radlab.models.towers import Preprocess
 
@@ -51,6 +52,7 @@ def save_encoder(model: RadEncoder, directory: Path | str, image_tower_spec: dic
         "text_tower": None,
         "label_head": {"class_names": model.label_head.class_names} if model.label_head is not None else None,
         "seen_classes": model.seen_classes,
+        "local_match": model.local_match.spec() if model.local_match is not None else None,
         **(extra or {}),
     }
     if hasattr(model.image_tower, "save_architecture"):
@@ -94,6 +96,11 @@ def read_spec(directory: Path | str) -> dict:
     return json.loads(path.read_text())
 
 
+def local_matcher(spec: dict) -> LocalMatcher | None:
+    """The checkpoint's word-region matcher (trained by GLoRIA's objective), weights to be loaded."""
+    return LocalMatcher(**spec["local_match"]) if spec.get("local_match") else None
+
+
 def load_encoder_checkpoint(directory: Path | str) -> RadEncoder:
     """Rebuild an encoder from its folder. Every weight comes from ``model.safetensors``: the tower's
     initial-weight options (``INITIAL_WEIGHTS``) are not followed, so the folder loads offline."""
@@ -116,6 +123,7 @@ def load_encoder_checkpoint(directory: Path | str) -> RadEncoder:
     head = LabelHead(spec["label_head"]["class_names"], spec["embed_dim"]) if spec["label_head"] else None
     model = RadEncoder(image, text, spec["embed_dim"], preprocess, head,
                        projection_kind=spec.get("projection", "linear"))
+    model.local_match = local_matcher(spec)
     model.load_state_dict(state)
     model.seen_classes = spec.get("seen_classes")
     return model.eval()
@@ -134,6 +142,7 @@ def _load_continued(directory: Path, spec: dict) -> RadEncoder:
     if spec["text_tower"] is None:
         model.text_tower = model.text_proj = None
     model.label_head = LabelHead(spec["label_head"]["class_names"], spec["embed_dim"]) if spec["label_head"] else None
+    model.local_match = local_matcher(spec)
     model.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))
     model.seen_classes = spec.get("seen_classes")
     return model.eval()

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from radlab.models.local_matching import LocalMatcher
 from radlab.models.text_towers import HFTextTower
 from radlab.models.towers import Preprocess, TowerOutput
 
@@ -90,6 +91,8 @@ class RadEncoder(nn.Module):
     - ``image_features``: pooled tower features before projection (what frozen probes read).
     - ``encode_image`` / ``encode_text``: projected, L2-normalised joint embeddings (zero-shot, retrieval).
     - ``label_head``: class prototypes when the encoder was trained with label supervision.
+    - ``local_match``: the word-region matcher of an encoder trained with GLoRIA's local loss
+      (``radlab.models.local_matching``), for zero-shot and retrieval with ``similarity: local|both``.
     - ``seen_classes``: the findings its pre-training data annotated (radlab checkpoints), for zero-shot's
       seen-versus-unseen protocol; None when unknown.
     - ``pretrained_logit_scale``: the inverse temperature a public image-text model was trained with (its
@@ -115,6 +118,7 @@ class RadEncoder(nn.Module):
             text_proj = projection(text_tower.embed_dim, embed_dim, projection_kind)
         self.text_proj = text_proj
         self.label_head = label_head
+        self.local_match: LocalMatcher | None = None
         self.seen_classes: list[str] | None = None
         self.pretrained_logit_scale: float | None = None
 

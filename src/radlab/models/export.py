@@ -9,7 +9,7 @@
                     num_classes=0, img_size=...)``; transformers towers via ``save_pretrained`` (AutoModel);
                     any other tower as ``model.safetensors`` + ``tower.json``.
     out/text/       the text tower via ``save_pretrained`` (AutoModel + AutoTokenizer), when there is one.
-    out/heads.safetensors   the joint-space projections (and label head) — radlab-specific.
+    out/heads.safetensors   the joint-space projections (and label head, word-region matcher) — radlab-specific.
     out/dino_head.safetensors  a DINOv2 run's DINO/iBOT heads, copied from the checkpoint, so
                     ``objective.kwargs.init_heads=out`` continues pre-training with them.
     out/README.md   a model card: preprocessing, loading code, training config and evaluation results.
@@ -74,12 +74,13 @@ def export_encoder(model: RadEncoder, out: Path | str, train_config: dict | None
         text = {"library": "transformers", "architecture": type(model.text_tower.model).__name__,
                 "pooling": model.text_tower.pooling, "max_length": model.text_tower.max_length}
     heads = {**_tensors(model.image_proj, "image_proj"), **_tensors(model.text_proj, "text_proj"),
-             **_tensors(model.label_head, "label_head")}
+             **_tensors(model.label_head, "label_head"), **_tensors(model.local_match, "local_match")}
     if heads:
         save_file(heads, str(out / HEADS_FILE))
     meta = {"embed_dim": model.embed_dim, "projection": model.projection_kind, "preprocess": vars(model.preprocess),
             "image": image, "text": text,
-            "label_names": model.label_head.class_names if model.label_head is not None else None}
+            "label_names": model.label_head.class_names if model.label_head is not None else None,
+            "local_match": model.local_match.spec() if model.local_match is not None else None}
     (out / "radlab_export.json").write_text(json.dumps(meta, indent=2))
     (out / "README.md").write_text(model_card(meta, train_config, results, name or out.name))
     return out

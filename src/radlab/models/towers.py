@@ -11,12 +11,14 @@ import torch
 class TowerOutput:
     """A tower's output: the pooled embedding [B, D] and its tokens [B, N, D] (patches, feature-map
     cells or word pieces). ``mask`` [B, N] marks real tokens (text padding is False); None means all real.
-    ``grid`` is (rows, cols) of the patch tokens for image towers."""
+    ``grid`` is (rows, cols) of the patch tokens for image towers. ``regions`` [B, R, D'] are the features
+    word-region matching reads when they are not the tokens (GLoRIA's ResNet ``layer3`` cells)."""
 
     pooled: torch.Tensor
     tokens: torch.Tensor
     mask: torch.Tensor | None = None
     grid: tuple[int, int] | None = None
+    regions: torch.Tensor | None = None
 
 
 FITS = ("pad", "crop")

@@ -128,6 +128,7 @@ class Trainer:
         if cfg.init_from:  # before the objective: EMA teachers copy the loaded tower
             load_encoder_weights(self.model, cfg.init_from)
         self.objective = build_objective(cfg, self.class_names, self.model)
+        self.model.local_match = None  # a public GLoRIA's: GLoRIA's objective started from it, others drop it
         if cfg.init_from:
             load_objective_state(self.objective, cfg.objective.name, cfg.init_from)
         for param in self.objective.unused_parameters(self.model):

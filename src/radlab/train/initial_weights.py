@@ -27,15 +27,16 @@ def checkpoint_tokenizer_dir(folder: Path | str) -> Path | None:
 
 
 def load_encoder_weights(model: nn.Module, folder: Path | str) -> None:
-    """Load the checkpoint's encoder weights into ``model`` (built from this run's config). Label heads are
-    skipped (while training, the objective owns them: ``load_objective_state``), and so is the text tower
+    """Load the checkpoint's encoder weights into ``model`` (built from this run's config). Label heads and
+    word-region matchers are skipped (while training, the objective owns them: ``load_objective_state``), and
+    so is the text tower
     when this run's objective uses images only."""
     folder = Path(folder)
     spec = read_spec(folder)
     if spec.get("external"):
         raise ValueError(f"{folder} continued the public encoder {spec['external']!r}, whose architecture this "
                          f"run's model section does not build: start from it with model.external={folder}")
-    skip = ("label_head.",) + (TEXT_KEYS if model.text_tower is None else ())
+    skip = ("label_head.", "local_match.") + (TEXT_KEYS if model.text_tower is None else ())
     state = {k: v for k, v in upgrade_state(load_file(str(folder / WEIGHTS_FILE))).items() if not k.startswith(skip)}
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)

@@ -15,7 +15,13 @@ to 299 px inside the encoder; the global image embedding is ``global_embedder`` 
 features; a report is lower-cased and reduced to its words, tokenised padded to ``word_num`` (97), and its
 sentence embedding is the sum over the last 4 BERT layers of the token embeddings from [CLS] to [SEP],
 divided by ``word_num`` (GLoRIA's mean over all padded positions of its word-aggregated embeddings, which is
-the same number). There is no text projection (identity). The local (word/region) branch is not used.
+the same number). There is no text projection (identity). The local branch is kept as the encoder's
+``local_match``: ``local_embedder`` (a 1x1 convolution, i.e. a linear map of each ``layer3`` cell) on the
+``layer3`` regions, words from the same last-4-layer token features with their pieces summed (GLoRIA's
+``aggregate_tokens``), τ1/τ2 from ``model.gloria.temp1/temp2`` (4 and 5 by default); zero-shot and retrieval use
+it with ``similarity: local|both``. GLoRIA's own evaluation counts a report's word pieces as its words
+(``cap_lens``) and so also scores [SEP] and padding positions when a word splits into pieces; radlab scores the
+words only.
 """
 
 from __future__ import annotations
@@ -45,11 +51,13 @@ from radlab.models.external.common import (
     state_dict_of,
     text_dir,
 )
+from radlab.models.local_matching import LocalMatcher
 from radlab.models.towers import TowerOutput
 
 log = logging.getLogger(__name__)
 DEFAULTS = {"model.text.bert_type": "emilyalsentzer/Bio_ClinicalBERT", "model.text.last_n_layers": 4,
-            "model.text.aggregate_method": "sum", "data.text.word_num": 97}
+            "model.text.aggregate_method": "sum", "data.text.word_num": 97, "model.gloria.temp1": 4.0,
+            "model.gloria.temp2": 5.0}
 GLORIA_SIZE, GLORIA_RESIZE, GLORIA_INNER_SIZE = 224, 256, 299
 
 
@@ -69,7 +77,8 @@ def config_value(config: Any, dotted: str) -> Any:
 
 
 class GloriaImageTower(nn.Module):
-    """GLoRIA's ``ImageEncoder.resnet_forward``: upsample to 299 px, ResNet to layer4, average pool."""
+    """GLoRIA's ``ImageEncoder.resnet_forward``: upsample to 299 px, ResNet to layer4, average pool; the
+    ``layer3`` cells are the regions its local embedder reads."""
 
     def __init__(self, trunk: ResNet, adapter: ChannelAdapter) -> None:
         super().__init__()
@@ -81,8 +90,11 @@ class GloriaImageTower(nn.Module):
                           align_corners=True)
         m = self.model
         x = m.maxpool(m.relu(m.bn1(m.conv1(x))))
-        features = m.layer4(m.layer3(m.layer2(m.layer1(x))))
-        return feature_map_output(features, features.mean(dim=(2, 3)))
+        regions = m.layer3(m.layer2(m.layer1(x)))
+        features = m.layer4(regions)
+        out = feature_map_output(features, features.mean(dim=(2, 3)))
+        out.regions = regions.flatten(2).transpose(1, 2)
+        return out
 
 
 class GloriaTextTower(nn.Module):
@@ -154,9 +166,15 @@ def load_gloria(path: str) -> RadEncoder:
     adapter = ChannelAdapter([0.5] * 3, [0.5] * 3)
     tower = GloriaImageTower(image.model, adapter)
     text = _text_tower(file.parent, strip_prefix(state, "text_encoder.model."), hparams)
-    return RadEncoder(tower, text, image.global_embedder.out_features, adapter.preprocess(GLORIA_SIZE, "pad", GLORIA_RESIZE),
-                      image_proj=image.global_embedder,
-                      text_proj=nn.Identity() if text is not None else None).eval()
+    model = RadEncoder(tower, text, image.global_embedder.out_features,
+                       adapter.preprocess(GLORIA_SIZE, "pad", GLORIA_RESIZE), image_proj=image.global_embedder,
+                       text_proj=nn.Identity() if text is not None else None)
+    if text is not None:
+        conv = image.local_embedder.weight
+        model.local_match = LocalMatcher(conv.shape[1], conv.shape[0], float(config_value(hparams, "model.gloria.temp1")),
+                                         float(config_value(hparams, "model.gloria.temp2")))
+        model.local_match.embedder.weight.data.copy_(conv.detach().flatten(1))
+    return model.eval()
 
 
 def _text_tower(root: Path, state: dict[str, torch.Tensor], hparams: Any) -> GloriaTextTower | None:

@@ -1,0 +1,119 @@
+"""Zero-shot and retrieval with GLoRIA's word-region similarity: the matcher survives the checkpoint, and the
+tasks' scores are the local similarities of the images' regions and the texts' words (``local``) or GLoRIA's
+standardised average with the cosine (``both``)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from radlab.data.records import RecordTable
+from radlab.evaluation.context import EvalContext, TaskSkipped
+from radlab.evaluation.crossmodal import retrieval, study_ids
+from radlab.evaluation.features import FeatureCache, image_batches
+from radlab.evaluation.metrics import recall_at_k
+from radlab.evaluation.prompts import prompts
+from radlab.evaluation.retrieval import correct_key_positions
+from radlab.evaluation.similarity import combine, standardise
+from radlab.evaluation.zero_shot import prompt_scores
+from radlab.models.checkpoint import load_encoder_checkpoint, save_encoder
+from radlab.models.encoder import RadEncoder
+from radlab.models.local_matching import local_similarity
+from radlab.objectives.gloria import GloriaObjective
+
+
+def test_standardise_and_combine_hand_computed() -> None:
+    g = np.array([[1.0, 0.0], [3.0, 0.0]])
+    z = np.array([[10.0, 2.0], [20.0, 6.0]])
+    assert np.allclose(standardise(g), [[-1.0, 0.0], [1.0, 0.0]])  # a constant column becomes zeros
+    assert np.allclose(combine(g, z, "both"), [[-1.0, -0.5], [1.0, 0.5]])
+    assert combine(g, z, "global") is g and combine(g, z, "local") is z
+
+
+@pytest.fixture(scope="module")
+def gloria_encoder(tiny_encoder: RadEncoder, tiny_tower_spec: dict,
+                   tmp_path_factory: pytest.TempPathFactory) -> RadEncoder:
+    """The tiny encoder with a GLoRIA matcher (random embedder, temperatures off the defaults), through a
+    checkpoint folder and back."""
+    model = copy.deepcopy(tiny_encoder)
+    torch.manual_seed(1)
+    GloriaObjective(model, temp_attention=3.0, temp_words=6.0, word_softmax=False).attach(model)
+    folder = save_encoder(model, tmp_path_factory.mktemp("gloria") / "checkpoint", tiny_tower_spec)
+    loaded = load_encoder_checkpoint(folder)
+    assert loaded.local_match.spec() == model.local_match.spec()
+    assert torch.equal(loaded.local_match.embedder.weight, model.local_match.embedder.weight)
+    return loaded
+
+
+def _context(encoder: RadEncoder, table: RecordTable, task: str, similarity: str) -> EvalContext:
+    return EvalContext(encoder, table, ["cardiomegaly", "pleural_effusion"], features=FeatureCache(), task=task,
+                       options={task: {"similarity": similarity}}, n_boot=10)
+
+
+@torch.no_grad()
+def _local_reference(encoder: RadEncoder, table: RecordTable, rows: np.ndarray, texts: list[str]) -> np.ndarray:
+    """Z of every image against every text, all texts in one batch, straight from the towers."""
+    m, tower = encoder.local_match, encoder.text_tower
+    tokens = tower.tokenize(texts)
+    words, mask = m.words(encoder.text_output(tokens), tokens, tower.tokenizer)
+    regions = torch.cat([m.regions(encoder.image_output(x)) for x in image_batches(encoder, table.subset(rows), 64, "")])
+    return local_similarity(regions, words, mask, m.temp_attention, m.temp_words, m.word_softmax).numpy()
+
+
+def test_zero_shot_local_and_both_score_with_the_matcher(gloria_encoder: RadEncoder, split_table: RecordTable) -> None:
+    names = ["cardiomegaly", "pleural_effusion"]
+    ctx = _context(gloria_encoder, split_table, "zero_shot", "local")
+    texts = [t for name in names for pair in prompts(name, "descriptions") for t in pair]
+    local = _local_reference(gloria_encoder, split_table, ctx.rows("test"), texts).reshape(-1, 2, 2)
+    binary, per_class = prompt_scores(ctx, names, "descriptions")
+    assert np.allclose(binary, local[..., 0] - local[..., 1], atol=1e-4) and np.allclose(per_class, local[..., 0], atol=1e-4)
+
+    cosine = _context(gloria_encoder, split_table, "zero_shot", "global")
+    g_binary, g_class = prompt_scores(cosine, names, "descriptions")
+    cos = np.stack([g_class, g_class - g_binary], -1)  # positive and negative cosines
+    both = combine(cos, local, "both")
+    b_binary, _ = prompt_scores(_context(gloria_encoder, split_table, "zero_shot", "both"), names, "descriptions")
+    assert np.allclose(b_binary, both[..., 0] - both[..., 1], atol=1e-4)
+    assert not np.allclose(b_binary, g_binary) and not np.allclose(b_binary, binary)
+
+
+def test_retrieval_local_ranks_reports_by_word_region_similarity(gloria_encoder: RadEncoder,
+                                                                  split_table: RecordTable) -> None:
+    ctx = _context(gloria_encoder, split_table, "retrieval", "local")
+    out = retrieval(ctx)
+    rows = ctx.rows("test")
+    rows = rows[np.array([bool(r.strip()) for r in np.array(split_table.texts(), dtype=object)[rows]])]
+    studies = study_ids(ctx, rows)
+    _, first = np.unique(studies, return_index=True)
+    first = np.sort(first)
+    reports = [str(split_table.texts()[r]) for r in rows[first]]
+    scores = _local_reference(gloria_encoder, split_table, rows, reports)
+    dummy = np.zeros((len(rows), 1))
+    expected = recall_at_k(*correct_key_positions(dummy, dummy[first], studies, studies[first], scores=scores))
+    found = out["report"]["image_to_text"]
+    assert out["similarity"] == "local" and {k: found[k] for k in expected} == pytest.approx(expected)
+    cosine = retrieval(_context(gloria_encoder, split_table, "retrieval", "global"))["report"]["image_to_text"]
+    assert {k: cosine[k] for k in expected} != pytest.approx(expected)  # the option changes the ranking
+    assert out["report"]["text_to_image"]["n_queries"] == len(first) and "sentence" in out
+
+
+def test_similarity_option_is_checked(tiny_encoder: RadEncoder, split_table: RecordTable) -> None:
+    with pytest.raises(TaskSkipped, match="word-region matcher"):
+        prompt_scores(_context(tiny_encoder, split_table, "zero_shot", "both"), ["cardiomegaly"], "names")
+    with pytest.raises(ValueError, match="similarity must be one of"):
+        retrieval(_context(tiny_encoder, split_table, "retrieval", "regions"))
+
+
+def test_local_scores_are_cached_with_their_texts(gloria_encoder: RadEncoder, split_table: RecordTable,
+                                                  tmp_path: Path) -> None:
+    cache = FeatureCache(tmp_path)
+    rows = np.flatnonzero((split_table.frame["split"] == "test").to_numpy())[:6]
+    first = cache.local(gloria_encoder, split_table, rows, ["FINDINGS: cardiomegaly."])
+    again = FeatureCache(tmp_path).local(gloria_encoder, split_table, rows, ["FINDINGS: cardiomegaly."])
+    other = cache.local(gloria_encoder, split_table, rows, ["FINDINGS: no cardiomegaly."])
+    assert first.shape == (6, 1) and np.array_equal(first, again) and cache.extractions == 2
+    assert not np.allclose(first, other)
