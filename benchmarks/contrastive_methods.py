@@ -53,7 +53,7 @@ from radlab.models import load_encoder
 from radlab.train.engine import training_labels
 
 ROOT = Path(__file__).resolve().parents[1]
-METHODS = ["clip", "convirt", "gloria", "declip", "medclip", "unicl", "dlilp"]
+METHODS = ["clip", "convirt", "gloria", "declip", "slip", "medclip", "unicl", "dlilp"]
 TASKS = ["zero_shot", "linear_probe", "retrieval"]
 
 

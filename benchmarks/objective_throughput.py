@@ -120,6 +120,8 @@ def workload(cfg: TrainConfig) -> str:
         return f"{1 - kwargs['mask_ratio']:.0%} of patches + decoder"
     if cfg.objective.name == "declip":
         return "2 views + 2 report views"
+    if cfg.objective.name == "slip":
+        return "3 views + text tower"
     if cfg.objective.name == "gloria":
         return "1 view + text tower + word-region attention"
     return "1 view + text tower" if cls.requires_text else "1 view"
