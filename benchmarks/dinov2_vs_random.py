@@ -41,7 +41,8 @@ from radlab.evaluation.runner import evaluate, write_json
 from radlab.models import load_encoder
 from radlab.models.build import build_encoder
 from radlab.train.config import TrainConfig
-from radlab.train.engine import pretrain, seed_everything, training_labels
+from radlab.train.engine import pretrain
+from radlab.train.setup import seed_everything, training_labels
 
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = ["linear_probe", "demographics"]

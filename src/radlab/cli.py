@@ -86,7 +86,7 @@ def evaluate(task: list[str] = typer.Option(..., help="task name(s), see `radlab
     from radlab.evaluation.runner import DEFAULT_CACHE_DIR, headline, parse_options, write_json
     from radlab.evaluation.runner import evaluate as run
     from radlab.models import load_encoder
-    from radlab.train.engine import training_labels
+    from radlab.train.setup import training_labels
 
     if (checkpoint is None) == (encoder is None):
         raise typer.BadParameter("give exactly one of --checkpoint or --encoder")

@@ -18,7 +18,7 @@ from radlab.data.splits import DEFAULT_FRACTIONS
 from radlab.evaluation.runner import evaluate, write_json
 from radlab.models.build import build_encoder
 from radlab.train.config import TrainConfig
-from radlab.train.engine import seed_everything, training_labels
+from radlab.train.setup import seed_everything, training_labels
 
 DEMO_METHODS = {"dinov2": "images only", "supervised": "labels", "clip": "report text"}
 DEMO_TASKS = ["linear_probe", "zero_shot", "demographics"]

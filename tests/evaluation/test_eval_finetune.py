@@ -15,8 +15,8 @@ from radlab.evaluation import finetune as ft_module
 from radlab.evaluation.context import EvalContext
 from radlab.evaluation.runner import evaluate
 from radlab.models.encoder import RadEncoder
-from radlab.train.engine import training_labels
 from radlab.train.optim import cosine_with_warmup
+from radlab.train.setup import training_labels
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ from radlab.evaluation.runner import evaluate, write_json
 from radlab.evaluation.zero_shot import EXCLUSIVE_CLASSES, derived_from_seen, exclusive_sample
 from radlab.models.checkpoint import load_encoder_checkpoint, save_encoder
 from radlab.models.encoder import LabelHead, RadEncoder
-from radlab.train.engine import training_labels
+from radlab.train.setup import training_labels
 
 IMAGE_TASKS = ["linear_probe", "zero_shot", "knn", "kshot", "demographics", "segmentation", "retrieval",
                "report_generation", "finetune", "text_retrieval"]

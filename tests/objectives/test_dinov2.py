@@ -26,7 +26,8 @@ from radlab.models.image_towers import IMAGE_TOWERS
 from radlab.models.vit_masking import masked_forward
 from radlab.objectives.dinov2 import DINOv2Objective, batch_masks, block_mask
 from radlab.train.config import TrainConfig
-from radlab.train.engine import pretrain, seed_everything, training_labels
+from radlab.train.engine import pretrain
+from radlab.train.setup import seed_everything, training_labels
 from radlab.train.state import latest_state, load_state
 
 TINY_TOWER = {"patch_size": 8, "depth": 2, "embed_dim": 48, "num_heads": 3}

@@ -21,7 +21,7 @@ from radlab.objectives.clip import positives, reports_or_prompts
 from radlab.objectives.medclip import semantic_targets
 from radlab.objectives.unicl import unicl_targets
 from radlab.train.config import TrainConfig
-from radlab.train.engine import build_objective, training_labels
+from radlab.train.setup import build_objective, training_labels
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 SOURCE = ("iu_xray", "iu_xray_reports")

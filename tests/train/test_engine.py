@@ -214,7 +214,7 @@ def test_sources_that_reencode_the_same_images_get_an_image_audit(tmp_path: Path
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     from data import fixtures as fx
     from radlab.data.audit import share_images
-    from radlab.train import engine
+    from radlab.train import setup
 
     assert share_images("nih", "rsna_pneumonia") and share_images("rsna_pneumonia", "siim")
     assert not share_images("nih", "nih") and not share_images("nih", "chexpert")
@@ -227,7 +227,7 @@ def test_sources_that_reencode_the_same_images_get_an_image_audit(tmp_path: Path
         calls.append(images)
         raise Audited
 
-    monkeypatch.setattr(engine, "refuse_overlap", spy)
+    monkeypatch.setattr(setup, "refuse_overlap", spy)
     rsna = fx.build_rsna(tmp_path / "rsna")
     for source, expected in (("nih", True), ("phantom", False)):
         data = fx.build_nih(tmp_path / "nih") if source == "nih" else phantom16
@@ -293,7 +293,7 @@ def test_train_subset_pretrains_on_a_fraction_of_the_training_patients(tmp_path:
                                                                        caplog: pytest.LogCaptureFixture) -> None:
     cfg = _config("supervised", phantom_dir, tmp_path, "optim.steps=1", "optim.batch_size=8",
                   "data.train_subset={fraction: 0.1, seed: 1}")
-    with caplog.at_level("INFO", logger="radlab.train.engine"):
+    with caplog.at_level("INFO", logger="radlab.train.setup"):
         pretrain(cfg, progress=False)
     patients = RecordTable.read(phantom_dir).frame["patient_id"].nunique()
     assert f"pre-training on {math.ceil(0.1 * patients)} of {patients} training patients" in caplog.text

@@ -11,10 +11,8 @@ early, both with a resumable state written.
 from __future__ import annotations
 
 import contextlib
-import inspect
 import json
 import logging
-import random
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,18 +25,11 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from radlab.data.audit import refuse_overlap, share_images
 from radlab.data.dataset import Collator, RecordDataset, train_augment
-from radlab.data.loading import load_tables
 from radlab.data.records import RecordTable
-from radlab.data.splits import patient_subset
-from radlab.models.build import build_encoder, external_encoder
 from radlab.models.checkpoint import OBJECTIVE_FILE, save_encoder, strip_prefix
 from radlab.models.encoder import ClampedScale, RadEncoder
-from radlab.models.text_towers import builds_own_tokenizer
-from radlab.models.tokenizer import train_wordpiece
 from radlab.objectives import OBJECTIVES, Objective
 from radlab.progress import CONSOLE, ProgressLines
 from radlab.train import distributed as distrib
@@ -46,46 +37,13 @@ from radlab.train import sharding
 from radlab.train.config import TrainConfig
 from radlab.train.early_stopping import EarlyStopper
 from radlab.train.ema import ModelEMA
-from radlab.train.initial_weights import checkpoint_tokenizer_dir, load_encoder_weights, load_objective_state
+from radlab.train.initial_weights import load_encoder_weights, load_objective_state
 from radlab.train.loader import Position, RankedBatchSampler, SeededDataset, stream
 from radlab.train.optim import cosine_weight_decay, cosine_with_warmup, param_groups
+from radlab.train.setup import build_model, build_objective, run_tables, seed_everything, training_labels
 from radlab.train.state import latest_state, load_state, rng_state, save_state, set_rng_state
 
 log = logging.getLogger(__name__)
-
-
-def seed_everything(seed: int) -> torch.Generator:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    return torch.Generator().manual_seed(seed)
-
-
-def training_labels(table: RecordTable, requested: list[str] | None) -> list[str]:
-    """The requested labels, else every label the training data annotates for at least one record."""
-    if requested:
-        return requested
-    annotated = ~np.isnan(table.labels())
-    return [name for name, seen in zip(table.label_names, annotated.any(0), strict=True) if seen]
-
-
-def build_objective(cfg: TrainConfig, class_names: list[str], model: RadEncoder | None = None) -> Objective:
-    """Objectives take what they need from the context by argument name: class_names, embed_dim, and with a
-    built ``model`` image_dim / text_dim (its towers' widths), the model itself (EMA teachers copy its image
-    tower), seed, and for image-text objectives continuing a public model its temperature
-    (``init_temperature`` = 1 / ``pretrained_logit_scale``). The config's ``objective.kwargs`` win."""
-    cls = OBJECTIVES.get(cfg.objective.name)
-    context = {"class_names": class_names, "embed_dim": model.embed_dim if model is not None else cfg.model.embed_dim,
-               "seed": cfg.seed}
-    if model is not None:
-        context["image_dim"] = model.image_tower.embed_dim
-        context["text_dim"] = model.text_tower.embed_dim if model.text_tower is not None else None
-        context["model"] = model
-        if cls.requires_text and model.pretrained_logit_scale:  # a continued CLIP keeps its temperature
-            context["init_temperature"] = 1.0 / model.pretrained_logit_scale
-    accepted = inspect.signature(cls).parameters
-    given = cfg.objective.kwargs
-    return cls(**{k: v for k, v in context.items() if k in accepted and k not in given}, **given)
 
 
 class TrainModule(nn.Module):
@@ -118,13 +76,10 @@ class Trainer:
         self.cfg, self.env = cfg, env
         self.out = Path(cfg.out)
         seed_everything(cfg.seed + env.rank)
-        table = load_tables([(s.source, s.path) for s in cfg.data.sources], cfg.data.split_fractions,
-                            cfg.data.split_seed, data_root)
-        train_table = self._train_subset(table.split("train"))
-        self._refuse_evaluation_patients(train_table, data_root)
+        table, train_table = run_tables(cfg, data_root)
         self.class_names = training_labels(train_table, cfg.data.labels)
         objective_cls = OBJECTIVES.get(cfg.objective.name)
-        self.model = self._build_model(train_table, objective_cls.requires_text)
+        self.model = build_model(cfg, env, train_table, objective_cls.requires_text)
         if cfg.init_from:  # before the objective: EMA teachers copy the loaded tower
             load_encoder_weights(self.model, cfg.init_from)
         self.objective = build_objective(cfg, self.class_names, self.model)
@@ -166,60 +121,6 @@ class Trainer:
         self.step = 0
         self.elapsed_before = 0.0
         self.started = time.time()
-
-    def _train_subset(self, table: RecordTable) -> RecordTable:
-        subset = self.cfg.data.train_subset
-        if subset is None:
-            return table
-        chosen = patient_subset(table, subset.fraction, subset.seed)
-        log.info("pre-training on %d of %d training patients (%d of %d images; fraction %g, seed %d)",
-                 chosen.frame["patient_id"].nunique(), table.frame["patient_id"].nunique(), len(chosen), len(table),
-                 subset.fraction, subset.seed)
-        return chosen
-
-    def _refuse_evaluation_patients(self, train_table: RecordTable, data_root: str | None) -> None:
-        """Pre-training on patients of a declared evaluation set is refused unless forced; where a training
-        and an evaluation source re-encode the same images under unrelated ids (NIH and RSNA/SIIM), their
-        images are audited too."""
-        data = self.cfg.data
-        if data.eval_sources:
-            evals = {f"{s.source}:{s.path}": load_tables([(s.source, s.path)], data.split_fractions,
-                                                         data.split_seed, data_root) for s in data.eval_sources}
-            images = any(share_images(t.source, e.source) for t in data.sources for e in data.eval_sources)
-            refuse_overlap(train_table, evals, force=data.allow_eval_overlap, images=images)
-
-    def _build_model(self, train_table: RecordTable, with_text: bool) -> RadEncoder:
-        """The encoder to train: a public one to continue (``model.external``), or towers built from the
-        config, whose text tower (when the objective reads text and it builds no tokenizer of its own) gets
-        the run's WordPiece tokenizer."""
-        cfg = self.cfg.model
-        if cfg.external:
-            if self.cfg.init_from:
-                raise ValueError("model.external and init_from both choose the starting weights: set one "
-                                 "(model.external also takes a radlab checkpoint folder)")
-            model = external_encoder(cfg.external, with_text)
-            torch.manual_seed(self.cfg.seed)  # identical objective heads on every rank
-            return model
-        cfg = cfg if with_text else cfg.model_copy(update={"text_tower": None})
-        tokenizer = None
-        if cfg.text_tower is not None and not builds_own_tokenizer(cfg.text_tower.name):
-            tokenizer = self._tokenizer(train_table)
-        torch.manual_seed(self.cfg.seed)  # identical initial weights on every rank
-        return build_encoder(cfg, tokenizer)
-
-    def _tokenizer(self, table: RecordTable) -> PreTrainedTokenizerBase:
-        """WordPiece built once (rank 0), or the ``init_from`` checkpoint's, saved to ``<out>/tokenizer``; every
-        rank and every resumed session loads that copy, so the vocabulary cannot drift if the training reports
-        change between sessions."""
-        folder = self.out / "tokenizer"
-        if not (self.cfg.resume and folder.is_dir()):
-            if self.env.is_main:
-                start = checkpoint_tokenizer_dir(self.cfg.init_from) if self.cfg.init_from else None
-                tokenizer = AutoTokenizer.from_pretrained(start) if start else \
-                    train_wordpiece(table.texts(), self.cfg.data.vocab_size)
-                tokenizer.save_pretrained(folder)
-            distrib.barrier()
-        return AutoTokenizer.from_pretrained(folder)
 
     def _micro_batch(self) -> int:
         opt, world = self.cfg.optim, self.env.world_size
