@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from radlab.objectives.slip import SLIPObjective
+from ranks import free_port
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -202,7 +202,7 @@ def test_views_are_seeded_distinct_and_the_base_view_is_a_plain_crop() -> None:
     assert min(default) > 0.42 and max(default) - min(default) > 0.1, default
     small = _base_areas(SLIPObjective(image_dim=4, base_crop_scale=(0.1, 0.2)).train_transform(32), 32, 16)
     assert max(small) < 0.3, small
-    ssl_view = SLIPObjective(image_dim=4, ssl_crop_scale=(0.2, 0.6)).train_transform(32).pair.view
+    ssl_view = SLIPObjective(image_dim=4, ssl_crop_scale=(0.2, 0.6)).train_transform(32).view
     assert ssl_view.transforms[0].scale == (0.2, 0.6)
 
 
@@ -212,12 +212,6 @@ N, D_IN, D = 8, 6, 5
 RANK_HAS_TEXT = {"uneven": [True, True, False, True, True, True, False, True],
                  "first_rank_none": [False, False, False, True, True, True, False, True]}
 SPLIT = [3, 5]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _step(rows: slice, has_text: str) -> torch.Tensor:
@@ -255,7 +249,7 @@ def test_two_processes_equal_one_process_with_the_global_batch(tmp_path: Path) -
     SSL weights and of the scale equal one process's. The engine-level 2-rank test does not apply: the SSL
     head's BatchNorm normalises per rank on CPU (gloo), so weights after a step differ (~1e-3) from one
     process's; with the SSL term off they agree (~1e-5)."""
-    mp.start_processes(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, start_method="fork")
+    mp.start_processes(_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, start_method="fork")
     for has_text in RANK_HAS_TEXT:
         single = _step(slice(0, N), has_text)
         for r in range(2):

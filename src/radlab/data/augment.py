@@ -107,26 +107,20 @@ class TwoViews:
 
 
 @dataclass
-class BaseAndTwoViews:
-    """SLIP's views of one image (Mu et al., 2022): a "base" view for the image-text term, then two views for
-    self-supervision as ``TwoViews`` gives them. The base view is a crop of ``base_scale`` of the area and
-    nothing more, as SLIP's CLIP view: no intensity changes and never a flip, which would swap the
-    laterality its report names; ``hflip`` applies to the two self-supervision views only."""
+class BaseAndTwoViews(TwoViews):
+    """SLIP's views of one image (Mu et al., 2022): a "base" view for the image-text term, then the two
+    self-supervision views of ``TwoViews``. The base view is a crop of ``base_scale`` of the area and nothing
+    more, as SLIP's CLIP view: no intensity changes and never a flip, which would swap the laterality its
+    report names; ``hflip`` applies to the two self-supervision views only."""
 
-    size: int
     base_scale: tuple[float, float] = (0.5, 1.0)
-    scale: tuple[float, float] = (0.3, 1.0)
-    hflip: bool = False
-    jitter: float = 0.4
-    gamma: float = 1.4
-    blur_p: float = 0.5
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         self.base_view = radiograph_view(self.size, tuple(self.base_scale), blur_p=0.0, jitter=0.0, gamma=1.0)
-        self.pair = TwoViews(self.size, tuple(self.scale), self.hflip, self.jitter, self.gamma, self.blur_p)
 
     def __call__(self, image: torch.Tensor) -> list[torch.Tensor]:
-        return [self.base_view(image), *self.pair(image)]
+        return [self.base_view(image), *super().__call__(image)]
 
 
 def local_crop_size(image_size: int, patch: int = 8) -> int:
