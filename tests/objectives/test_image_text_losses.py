@@ -179,3 +179,32 @@ def test_temperature_gradient_stays_live_at_the_bound_and_a_step_clamps_it() -> 
     head = LabelHead(["a", "b"], 4, init_temperature=2.0)  # below 1: clamped up to exp(0)
     head.clamp_scale_()
     assert head.logit_scale.exp().item() == pytest.approx(1.0)
+
+
+TEXT_OBJECTIVES = ["clip", "convirt", "unicl", "dlilp", "medclip", "gloria", "declip", "slip"]
+
+
+@pytest.mark.parametrize("method", TEXT_OBJECTIVES)
+def test_a_batch_without_reports_trains_and_keeps_every_text_parameter_in_the_graph(method: str) -> None:
+    """Label-only micro-batches (or a rank that drew no report) must neither crash the text tower on zero
+    rows nor drop its parameters from the graph: DDP needs a (zero) gradient for each on every rank."""
+    from radlab.train.config import TrainConfig
+    from radlab.train.setup import build_objective
+
+    configs = Path(__file__).resolve().parents[2] / "configs"
+    cfg = TrainConfig.from_file(configs / f"{method}.yaml", [
+        "model.image_size=32", "model.image_tower.kwargs={patch_size: 8, depth: 1}",
+        "model.text_tower.kwargs={hidden_size: 32, layers: 1, heads: 2, max_length: 16}"])
+    torch.manual_seed(0)
+    model = build_encoder(cfg.model, train_wordpiece(["small left pleural effusion", "heart is enlarged"] * 5,
+                                                     vocab_size=80))
+    names = ["cardiomegaly", "pleural_effusion"]
+    objective = build_objective(cfg, names, model)
+    labels = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0], [1.0, 1.0]])
+    batch = {"image": torch.rand(4, 1, 32, 32), "labels": labels, "label_mask": torch.ones(4, 2, dtype=torch.bool),
+             "has_text": torch.zeros(4, dtype=torch.bool), "text": [""] * 4, "index": torch.arange(4),
+             "tokens": model.text_tower.tokenize([""] * 4)}
+    terms = objective(model, batch)
+    terms["loss"].backward()
+    assert torch.isfinite(terms["loss"])
+    assert all(p.grad is not None for p in model.text_tower.parameters())

@@ -137,9 +137,16 @@ class RadEncoder(nn.Module):
         return F.normalize(z, dim=-1) if normalize else z
 
     def text_output(self, tokens: dict[str, torch.Tensor]) -> TowerOutput:
+        """The text tower's output. A micro-batch without any report runs one stand-in row, sliced away, so the
+        tower stays in the graph: its parameters get zero gradients, as DDP needs on every rank."""
         if self.text_tower is None:
             raise ValueError("this encoder has no text tower")
-        return self.text_tower(tokens["input_ids"], tokens["attention_mask"])
+        ids, mask = tokens["input_ids"], tokens["attention_mask"]
+        if len(ids):
+            return self.text_tower(ids, mask)
+        width = max(1, ids.shape[1])
+        out = self.text_tower(ids.new_zeros(1, width), mask.new_ones(1, width))
+        return TowerOutput(out.pooled[:0], out.tokens[:0], None if out.mask is None else out.mask[:0])
 
     def encode_text(self, texts: list[str] | dict[str, torch.Tensor], normalize: bool = True) -> torch.Tensor:
         if self.text_tower is None or self.text_proj is None:
