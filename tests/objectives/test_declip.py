@@ -1,6 +1,7 @@
 """DeCLIP: every term against a loop-based float64 reference (nearest neighbours from a pre-filled queue
-included), the FIFO queue, the report augmentation, 2 gloo ranks against 1 process, and training through the
-engine on phantoms."""
+included), the FIFO queue, the report augmentation, the masked-language term (TSS; its loss against a loop
+reference and on 2 ranks in test_masked_language.py) in the objective, 2 gloo ranks against 1 process, and
+training through the engine on phantoms."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ import json
 import math
 import random
 import re
-import socket
 import zlib
 from pathlib import Path
 
@@ -21,7 +21,13 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
-from radlab.objectives.declip import DeCLIPObjective, augment_reports, report_sections
+from radlab.models.encoder import RadEncoder
+from radlab.models.text_towers import bert_small
+from radlab.models.tokenizer import train_wordpiece
+from radlab.models.towers import TowerOutput
+from radlab.objectives.declip import DeCLIPObjective, augment_reports, report_sections, step_seed
+from radlab.objectives.masked_language import IGNORE
+from ranks import free_port
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 REPORTS = [
@@ -123,7 +129,8 @@ def test_terms_match_a_loop_reference_with_a_prefilled_queue() -> None:
     d_img, d, n, size = 6, 4, 5, 9
     model = _FeatureEncoder(d_img, d)
     objective = DeCLIPObjective(embed_dim=d, image_dim=d_img, queue_size=size, proj_dim=3, hidden_dim=5,
-                                iss_weight=0.3, nns_weight=0.25, iss_temperature=0.5, sentence_drop=0.4)
+                                iss_weight=0.3, nns_weight=0.25, iss_temperature=0.5, sentence_drop=0.4,
+                                tss_weight=0.0)
     objective = objective.double()
     with torch.no_grad():
         objective.logit_scale.log_scale.fill_(math.log(3.0))
@@ -189,7 +196,7 @@ def test_terms_match_a_loop_reference_with_a_prefilled_queue() -> None:
 
 
 def test_queue_is_a_checkpointed_fifo_and_nns_waits_until_it_is_full() -> None:
-    objective = DeCLIPObjective(embed_dim=2, image_dim=3, queue_size=5)
+    objective = DeCLIPObjective(embed_dim=2, image_dim=3, queue_size=5, tss_weight=0.0)
     rows = torch.arange(28, dtype=torch.float32).view(14, 2)
 
     def push(first: int, count: int) -> None:
@@ -208,14 +215,15 @@ def test_queue_is_a_checkpointed_fifo_and_nns_waits_until_it_is_full() -> None:
 
     state = objective.state_dict()
     assert {"queue", "queue_index", "queue_ptr", "queue_filled"} <= state.keys()
-    restored = DeCLIPObjective(embed_dim=2, image_dim=3, queue_size=5)
+    restored = DeCLIPObjective(embed_dim=2, image_dim=3, queue_size=5, tss_weight=0.0)
     restored.load_state_dict(state)
     assert torch.equal(restored.queue, objective.queue) and int(restored.queue_ptr) == 4
 
     # Through forward: NNS is a zero that keeps the graph until the queue is full, then live.
     torch.manual_seed(0)
     model = _FeatureEncoder(6, 4)
-    objective = DeCLIPObjective(embed_dim=4, image_dim=6, queue_size=10, proj_dim=3, hidden_dim=5).double()
+    objective = DeCLIPObjective(embed_dim=4, image_dim=6, queue_size=10, proj_dim=3, hidden_dim=5,
+                                tss_weight=0.0).double()
     first = objective(model, _batch(model, 6, 6, 1))  # 5 reports x 2 views: 10 of 10 after this step
     assert float(first["nns"]) == 0.0 and float(first["queue_fill"]) == 1.0
     first["loss"].backward()
@@ -255,6 +263,111 @@ def test_report_augmentation_is_seeded_keeps_a_sentence_and_changes_multi_senten
     assert augment_reports(single * 10, 0.9, 1.0) == single * 10
 
 
+# --- text self-supervision (masked language model) -------------------------------------------------------
+
+class _PooledImages(nn.Module):
+    """An image tower whose pooled features are the input rows."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.embed_dim = dim
+
+    def forward(self, images: torch.Tensor) -> TowerOutput:
+        return TowerOutput(images, images[:, None])
+
+
+def _bert_encoder(d_img: int = 6, d: int = 4) -> RadEncoder:
+    """A ``RadEncoder`` with a one-layer BERT (no dropout) on a vocabulary of the reports, float64."""
+    torch.manual_seed(0)
+    tokenizer = train_wordpiece([r for r in REPORTS if r], vocab_size=100)
+    tower = bert_small(tokenizer, max_length=64, hidden_size=8, layers=1, heads=2, dropout=0.0)
+    return RadEncoder(_PooledImages(d_img), tower, embed_dim=d).double()
+
+
+def _declip(model: RadEncoder, **kwargs: float) -> DeCLIPObjective:
+    """The same projection and scale whatever the TSS settings; a queue the first batch fills."""
+    torch.manual_seed(1)
+    return DeCLIPObjective(embed_dim=4, image_dim=6, queue_size=8, proj_dim=3, hidden_dim=5, model=model,
+                           **kwargs).double()
+
+
+def test_tss_off_is_the_loss_before_it_and_on_adds_its_weighted_term(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``tss_weight`` 0: no head, no extra random draw, the total (1 - α - γ) MVS + α ISS + γ NNS bit for bit.
+    On (the defaults): the other terms unchanged, "tss" the MLM loss of the seeded masking of the reports t
+    (the rows with text), and the total 0.4 MVS + 0.2 (ISS + TSS + NNS)."""
+    model = _bert_encoder()
+    off, on = _declip(model, tss_weight=0.0), _declip(model)
+    assert off.mlm is None and not any(key.startswith("mlm.") for key in off.state_dict())
+    assert any(key.startswith("mlm.head.") for key in on.state_dict())
+    assert (off.mvs_weight, on.mvs_weight) == (pytest.approx(0.6), pytest.approx(0.4))
+    for objective in (off, on):  # fills the queue: NNS is live in the step under test
+        torch.manual_seed(5)
+        objective(model, _batch(model, 6, 6, 1))
+    batch = _batch(model, 6, 6, 2)
+
+    torch.manual_seed(9)
+    got_off = off(model, batch)
+    after_off = torch.get_rng_state()
+    torch.manual_seed(9)
+    step_seed()  # the report views' draw
+    assert torch.equal(after_off, torch.get_rng_state())  # TSS off draws nothing more than before it existed
+    mask_seed = step_seed()  # TSS on seeds its masks with the next draw
+    before = (1 - 0.2 - 0.2) * got_off["mvs"] + 0.2 * got_off["iss"] + 0.2 * got_off["nns"]
+    assert float(got_off["nns"]) > 0 and "tss" not in got_off and "mlm_accuracy" not in got_off
+    assert got_off["loss"].item() == before.item()
+
+    calls = []
+
+    def spy(ids: torch.Tensor, attention: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        calls.append((ids, attention, seed, *mask(ids, attention, seed)))
+        return calls[-1][3:]
+
+    mask = on.mlm.mask
+    monkeypatch.setattr(on.mlm, "mask", spy)
+    torch.manual_seed(9)
+    got_on = on(model, batch)
+    for key in ("clip", "mvs", "iss", "nns", "logit_scale"):
+        assert torch.equal(got_on[key], got_off[key]), key
+    (ids, attention, seed, masked, labels), = calls
+    keep = batch["has_text"]
+    assert seed == mask_seed and torch.equal(ids, batch["tokens"]["input_ids"][keep])
+    chosen = labels != IGNORE
+    assert chosen.any() and (masked[chosen] != ids[chosen]).any()
+    with torch.no_grad():
+        tss, accuracy = on.mlm.loss(model.text_tower, masked, attention, labels)
+    assert got_on["tss"].item() == pytest.approx(tss.item(), abs=1e-12) and got_on["tss"] > 0
+    assert got_on["mlm_accuracy"].item() == pytest.approx(accuracy.item(), abs=1e-12)
+    total = 0.4 * got_on["mvs"] + 0.2 * (got_on["iss"] + got_on["tss"] + got_on["nns"])
+    assert got_on["loss"].item() == pytest.approx(total.item(), abs=1e-12)
+    torch.manual_seed(9)
+    assert torch.equal(on(model, batch)["tss"], got_on["tss"])  # the same seed masks the same tokens
+
+    # Gradients: word-embedding rows no input looks up move only through the MLM logits, so only with TSS on.
+    table = model.text_tower.model.get_input_embeddings().weight
+    unseen = torch.ones(len(table), dtype=torch.bool)
+    unseen[torch.cat([batch["tokens"]["input_ids"].flatten(), masked.flatten()]).unique()] = False
+    assert unseen.sum() > 10
+    for objective, terms in ((off, got_off), (on, got_on)):
+        model.zero_grad()
+        objective.zero_grad()
+        terms["loss"].backward()
+        moved = table.grad[unseen].abs().sum(1) > 0
+        assert moved.all() if objective is on else not moved.any()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in on.mlm.parameters())
+
+
+def test_tss_refuses_text_towers_that_cannot_do_masked_language_modelling() -> None:
+    with pytest.raises(ValueError, match="needs the model"):
+        DeCLIPObjective(embed_dim=4, image_dim=6)
+    stand_in = _FeatureEncoder(6, 4)  # a text tower without a Hugging Face tokenizer or model
+    with pytest.raises(ValueError, match="Hugging Face tokenizer with a mask token"):
+        DeCLIPObjective(embed_dim=4, image_dim=6, model=stand_in)
+    assert DeCLIPObjective(embed_dim=4, image_dim=6, model=stand_in, tss_weight=0.0).mlm is None
+    for weights in ({"tss_weight": -0.1}, {"iss_weight": 0.3, "tss_weight": 0.4, "nns_weight": 0.3}):
+        with pytest.raises(ValueError, match="sum < 1"):
+            DeCLIPObjective(embed_dim=4, image_dim=6, model=_bert_encoder(), **weights)
+
+
 # --- 2 gloo ranks against 1 process ----------------------------------------------------------------------
 
 N, D_IN, D, SIZE = 8, 6, 5, 12
@@ -264,18 +377,12 @@ HAS_TEXT = {"uneven": [True, True, False, True, True, True, False, True],
 SPLIT = [3, 5]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _setup() -> tuple[dict, dict, DeCLIPObjective]:
     g = torch.Generator().manual_seed(0)
     data = {k: torch.randn(N, D_IN, generator=g, dtype=torch.float64) for k in ("x1", "x2", "t", "t_aug")}
     params = {k: torch.randn(D_IN, D, generator=g, dtype=torch.float64).requires_grad_()
               for k in ("w_image", "w_text", "w_iss")}
-    objective = DeCLIPObjective(embed_dim=D, image_dim=D_IN, queue_size=SIZE).double()
+    objective = DeCLIPObjective(embed_dim=D, image_dim=D_IN, queue_size=SIZE, tss_weight=0.0).double()
     queue = F.normalize(torch.randn(SIZE, D, generator=g, dtype=torch.float64), dim=-1)
     objective.push(queue, torch.arange(SIZE) % 9)  # ids 0-2 twice: entries of this batch's records
     return data, params, objective
@@ -307,7 +414,7 @@ def _worker(rank: int, world: int, port: int, out: str, has_text: str) -> None:
 def test_two_processes_equal_one_process_with_the_global_batch(tmp_path: Path, has_text: str) -> None:
     """Uneven ranks (3 + 5 samples; 2 + 4 with text, or 0 + 4): loss and gradients (projections, ISS head,
     scale) and the queue after the step (gathered pushes, in global order) equal one process's."""
-    mp.start_processes(_worker, args=(2, _free_port(), str(tmp_path), has_text), nprocs=2, start_method="fork")
+    mp.start_processes(_worker, args=(2, free_port(), str(tmp_path), has_text), nprocs=2, start_method="fork")
     single, objective = _step(slice(0, N), has_text)
     for r in range(2):
         rank = torch.load(tmp_path / f"rank{r}.pt", weights_only=True)
@@ -343,6 +450,10 @@ def test_declip_loss_falls_on_phantoms(phantoms_with_label_only: Path, tmp_path:
     print(f"declip: steps 3-12 {first:.4f}, last 10 steps {last:.4f} ({100 * (1 - last / first):.1f}% "
           f"lower); mvs {mvs[0]:.4f} -> {mvs[1]:.4f}")
     assert last < 0.97 * first and mvs[1] < 0.95 * mvs[0]
+    tss = [np.mean([r["tss"] for r in part]) for part in (records[:10], records[-10:])]
+    accuracy = [np.mean([r["mlm_accuracy"] for r in part]) for part in (records[:10], records[-10:])]
+    print(f"tss {tss[0]:.4f} -> {tss[1]:.4f}; mlm accuracy {accuracy[0]:.3f} -> {accuracy[1]:.3f}")
+    assert tss[1] < 0.93 * tss[0] and accuracy[1] > accuracy[0] + 0.02  # the MLM learns (first vs last 10 steps)
     assert (checkpoint / "model.safetensors").exists()
     state = load_state(latest_state(tmp_path))["objective"]
     assert int(state["queue_filled"]) == 48 and int(state["queue_ptr"]) == (steps * 24) % 48

@@ -1,4 +1,5 @@
-"""DeCLIP: CLIP plus image self-supervision, multi-view and nearest-neighbour supervision, for small data."""
+"""DeCLIP: CLIP plus image and text self-supervision, multi-view and nearest-neighbour supervision, for small
+data."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from torch import nn
 from radlab.data.augment import TwoViews
 from radlab.objectives.base import OBJECTIVES, Objective
 from radlab.objectives.clip import LogitScale, clip_loss
+from radlab.objectives.masked_language import MaskedLanguageModelling
 from radlab.objectives.simclr import nt_xent
 from radlab.train.distributed import gather_with_grad
 
@@ -49,14 +51,20 @@ def augment_report(report: str, rng: random.Random, drop: float, shuffle: float)
     return " ".join(parts)
 
 
+def step_seed() -> int:
+    """A seed for one step's random choices: one draw from torch's global RNG, which training states save and
+    restore (and which each rank seeds differently)."""
+    return int(torch.randint(0, 2**31 - 1, (1,)))
+
+
 def augment_reports(reports: list[str], drop: float, shuffle: float) -> list[str]:
-    """``augment_report`` over a batch, seeded by one draw from torch's global RNG (which training states
-    save and restore)."""
-    rng = random.Random(int(torch.randint(0, 2**31 - 1, (1,))))
+    """``augment_report`` over a batch, seeded by ``step_seed``."""
+    rng = random.Random(step_seed())
     return [augment_report(report, rng, drop, shuffle) for report in reports]
 
 
-@OBJECTIVES.register("declip", "DeCLIP: CLIP + image NT-Xent + multi-view + nearest-neighbour supervision")
+@OBJECTIVES.register("declip", "DeCLIP: CLIP + image NT-Xent + masked LM + multi-view + nearest-neighbour "
+                                "supervision")
 class DeCLIPObjective(Objective):
     """DeCLIP (Li et al., ICLR 2022, "Supervision Exists Everywhere: A Data Efficient Contrastive
     Language-Image Pre-training Paradigm", arXiv:2110.05208), with reports as the texts.
@@ -69,17 +77,34 @@ class DeCLIPObjective(Objective):
         L_CLIP = ℓ(x1, t)                                             (logged; one of the MVS pairs)
         L_MVS  = 1/4 [ ℓ(x1, t) + ℓ(x2, t) + ℓ(x1, t') + ℓ(x2, t') ]
         L_ISS  = NT-Xent(g(h1), g(h2); τ_ss)                          (all images, with or without a report)
+        L_TSS  = 1/M sum_k -log softmax(LN(GELU(W h_k + c)) E^T + b)[y_k]   (M masked tokens in the reports t)
         L_NNS  = 1/4 sum_{a∈x1,x2} sum_{b∈t,t'} 1/N sum_i -log exp(s a_i·nn(b_i)) / sum_j exp(s a_i·nn(b_j))
-        L      = (1 - α - γ) L_MVS + α L_ISS + γ L_NNS,    α = ``iss_weight`` = 0.2, γ = ``nns_weight`` = 0.2
+        L      = (1 - w_ISS - w_TSS - w_NNS) L_MVS + w_ISS L_ISS + w_TSS L_TSS + w_NNS L_NNS
+
+    with w_ISS = ``iss_weight``, w_TSS = ``tss_weight``, w_NNS = ``nns_weight``, 0.2 each (L_MVS takes 0.4).
 
     The paper writes L = (1-α-β-γ) L_CLIP + α (L_ISS + L_TSS) + β L_MVS + γ L_NNS (α = β = γ = 0.2). Its code
-    (Sense-GVT/DeCLIP) has no separate CLIP term: the four-pair MVS mean, which contains the CLIP pair, takes
-    the CLIP weight (0.4 in the YFCC-15M config, 0.6 in DeCLIP-88M's), SimSiam, MLM and NNS 0.2 each. Here
-    that weight is 1 - α - γ = 0.6 (the paper's (1-α-β-γ) + β), so the weights sum to 1. Deviations: ISS is
-    SimCLR's NT-Xent (``nt_xent``; projection g = W2 ReLU(BN(W1 h)) on the pooled tower features h) instead
-    of SimSiam, because it exists here, is tested, and is exact over the global batch under DDP; text
-    self-supervision (MLM) is left out: it needs a vocabulary head and a second text-tower pass over masked
-    tokens, which our towers (external ones are loaded without their MLM heads) do not carry.
+    (Sense-GVT/DeCLIP: prototype/solver/declip_solver.py, experiments/declip_experiments/*/config.yaml) has no
+    separate CLIP term: the four-pair MVS mean, which contains the CLIP pair, takes the CLIP weight, and every
+    released DeCLIP config runs the MLM: MVS 0.4, SimSiam 0.2, MLM 0.2, NNS 0.2 (YFCC-15M R50 and ViT-B/32,
+    DeCLIP-88M R50), or MVS 0.6 with the others at 0.2 (DeCLIP-88M ViT-B/32: a sum of 1.2, not renormalised).
+    Here L_MVS takes what the others leave of 1: 0.4 by default, the YFCC-15M setting; ``tss_weight`` 0 gives
+    0.6 and exactly the loss of before TSS existed. ISS is SimCLR's NT-Xent (``nt_xent``; projection
+    g = W2 ReLU(BN(W1 h)) on the pooled tower features h) instead of SimSiam, because it exists here, is
+    tested, and is exact over the global batch under DDP.
+
+    TSS (``MaskedLanguageModelling``, equations there): BERT's masking of the report t (not t'; the reference
+    masks its first caption view too), 15% of the non-special tokens, 80% [MASK] / 10% random / 10% kept, as
+    the reference's ``mask_tokens``; h_k the tower's last hidden state at masked token k of label y_k, decoded
+    by BERT's prediction head with the tower's input word embeddings E (read from the model at every step),
+    as the reference's BERT text encoders (BertForMaskedLM; its CLIP-style transformer uses an untied linear
+    layer). Masks are drawn from a generator seeded by ``step_seed``. Deviations: the reference feeds the
+    masked caption's single pass to both the MLM and the contrastive terms; here the masked report is a third
+    text-tower pass, so MVS and NNS see the unmasked report; random replacements skip special tokens (the
+    reference draws from the whole vocabulary); the mean runs over the masked tokens of the global batch
+    (the reference averages per-rank means); the head starts fresh, also on pretrained towers (their MLM
+    heads are not loaded). TSS needs a text tower with a Hugging Face model and a tokenizer with a mask token
+    (``check_mlm_tower``: radlab's BERT towers, GLoRIA's, MedCLIP's and BioViL's; not open_clip's).
 
     NNS: a FIFO queue (buffers, checkpointed) of the last ``queue_size`` (4096) detached text embeddings,
     both views, gathered from all ranks so every rank holds the same queue. nn(b_i) is the queue entry of
@@ -95,16 +120,24 @@ class DeCLIPObjective(Objective):
                  queue_size: int = 4096, iss_temperature: float = 0.2, proj_dim: int = 128,
                  hidden_dim: int = 512, init_temperature: float = 0.07, max_scale: float = 100.0,
                  sentence_drop: float = 0.2, section_shuffle: float = 0.5,
-                 crop_scale: tuple[float, float] = (0.3, 1.0), hflip: bool = False) -> None:
+                 crop_scale: tuple[float, float] = (0.3, 1.0), hflip: bool = False, tss_weight: float = 0.2,
+                 mask_prob: float = 0.15, model: nn.Module | None = None) -> None:
+        """``model``, the encoder (its text tower), is needed when ``tss_weight`` > 0."""
         super().__init__()
-        if min(iss_weight, nns_weight) < 0 or iss_weight + nns_weight >= 1:
-            raise ValueError(f"iss_weight {iss_weight}, nns_weight {nns_weight}: need both >= 0, sum < 1")
+        weights = {"iss_weight": iss_weight, "tss_weight": tss_weight, "nns_weight": nns_weight}
+        if min(weights.values()) < 0 or sum(weights.values()) >= 1:
+            raise ValueError(f"{weights}: need each >= 0 and a sum < 1 (the MVS weight is 1 - their sum)")
         if queue_size < 1 or not 0 <= sentence_drop < 1:
             raise ValueError(f"queue_size {queue_size}, sentence_drop {sentence_drop}: need >= 1, in [0, 1)")
+        if tss_weight > 0 and model is None:
+            raise ValueError("tss_weight > 0 needs the model: the masked language model reads its text tower")
         self.logit_scale = LogitScale(init_temperature, max_scale)
         self.projection = nn.Sequential(nn.Linear(image_dim, hidden_dim), nn.BatchNorm1d(hidden_dim),
                                         nn.ReLU(inplace=True), nn.Linear(hidden_dim, proj_dim))
-        self.iss_weight, self.nns_weight, self.iss_temperature = iss_weight, nns_weight, iss_temperature
+        self.mlm = MaskedLanguageModelling(model.text_tower, mask_prob) if tss_weight > 0 else None
+        self.iss_weight, self.tss_weight, self.nns_weight = iss_weight, tss_weight, nns_weight
+        self.mvs_weight = 1 - iss_weight - nns_weight - tss_weight
+        self.iss_temperature = iss_temperature
         self.queue_size = queue_size
         self.sentence_drop, self.section_shuffle = sentence_drop, section_shuffle
         self.crop_scale, self.hflip = tuple(crop_scale), hflip
@@ -135,10 +168,12 @@ class DeCLIPObjective(Objective):
         return self.queue[slots], slots
 
     def terms(self, image: tuple[torch.Tensor, torch.Tensor], text: tuple[torch.Tensor, torch.Tensor],
-              iss: tuple[torch.Tensor, torch.Tensor], index: torch.Tensor) -> dict[str, torch.Tensor]:
+              iss: tuple[torch.Tensor, torch.Tensor], index: torch.Tensor,
+              tss: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """The loss from embeddings: ``image`` (x1, x2) and ``text`` (t, t') normalised, rows paired, for this
         rank's samples with a report (dataset ``index``); ``iss`` the projections of both views of all its
-        images. Pushes (t, t') to the queue in training mode."""
+        images; ``tss`` this rank's shares of L_TSS and of the masked-token accuracy, when TSS is on. Pushes
+        (t, t') to the queue in training mode."""
         scale = self.logit_scale()
         pairs = [clip_loss(x, t, scale) for t in text for x in image]
         mvs = torch.stack(pairs).mean()
@@ -153,11 +188,13 @@ class DeCLIPObjective(Objective):
             entries = torch.cat([gather_with_grad(t.detach())[0] for t in text])
             all_index = gather_with_grad(index)[0]
             self.push(entries, torch.cat([all_index, all_index]))
-        alpha, gamma = self.iss_weight, self.nns_weight
-        loss = (1 - alpha - gamma) * mvs + alpha * iss_loss + gamma * nns
-        return {"loss": loss, "clip": pairs[0].detach(), "mvs": mvs.detach(), "nns": nns.detach(),
-                "iss": iss_loss.detach(), "logit_scale": scale.detach(),
-                "queue_fill": self.queue_filled.float() / self.queue_size}
+        loss = self.mvs_weight * mvs + self.iss_weight * iss_loss + self.nns_weight * nns
+        out = {"clip": pairs[0].detach(), "mvs": mvs.detach(), "nns": nns.detach(), "iss": iss_loss.detach(),
+               "logit_scale": scale.detach(), "queue_fill": self.queue_filled.float() / self.queue_size}
+        if tss is not None:
+            loss = loss + self.tss_weight * tss[0]
+            out.update(tss=tss[0].detach(), mlm_accuracy=tss[1].detach())
+        return {"loss": loss, **out}
 
     def forward(self, model: nn.Module, batch: dict) -> dict[str, torch.Tensor]:
         views = batch["image"] if isinstance(batch["image"], list) else [batch["image"]] * 2
@@ -167,6 +204,8 @@ class DeCLIPObjective(Objective):
         x1, x2 = (x[keep] for x in F.normalize(model.image_proj(pooled), dim=-1).chunk(2))
         reports = [text for text, has in zip(batch["text"], keep.tolist(), strict=True) if has]
         augmented = augment_reports(reports, self.sentence_drop, self.section_shuffle)
-        text = model.encode_text({k: v[keep] for k, v in batch["tokens"].items()})
+        tokens = {k: v[keep] for k, v in batch["tokens"].items()}
+        text = model.encode_text(tokens)
         text_aug = model.encode_text(model.text_tower.tokenize(augmented)) if reports else text
-        return self.terms((x1, x2), (text, text_aug), (z1, z2), batch["index"].to(keep.device)[keep])
+        tss = self.mlm(model.text_tower, tokens, step_seed()) if self.mlm is not None else None
+        return self.terms((x1, x2), (text, text_aug), (z1, z2), batch["index"].to(keep.device)[keep], tss)
