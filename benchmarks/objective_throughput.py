@@ -49,6 +49,13 @@ machine otherwise idle; torch default threads = 2):
     gloria      1 view + text tower + word-region attention         18.6    0.59   1.720         2,514    1.40
     declip      2 views + 2 report views                            16.6    0.52   1.923         2,432    1.36
 
+Session 8, same settings and an idle machine, after DeCLIP gained its masked-language term and SLIP arrived:
+
+    objective   per image                                  images/s  x clip  s/step  peak RSS MiB  x clip
+    clip        1 view + text tower                            31.4    1.00   1.018         1,820    1.00
+    declip      2 views + 2 report views + masked report       13.5    0.43   2.378         2,777    1.53
+    slip        3 views + text tower                           14.4    0.46   2.225         2,488    1.37
+
 Peak RSS includes the ~890 MiB a process holds after importing radlab's engine (torch, timm,
 transformers). A repeat of the small run moved single objectives by up to 25% (the neighbour's load), so
 ratios within 0.8-1.25 are noise there. A first attempt with the neighbour at full load ran the first four
@@ -119,7 +126,7 @@ def workload(cfg: TrainConfig) -> str:
     if cfg.objective.name == "mae":
         return f"{1 - kwargs['mask_ratio']:.0%} of patches + decoder"
     if cfg.objective.name == "declip":
-        return "2 views + 2 report views"
+        return "2 views + 2 report views" + (" + masked report" if kwargs["tss_weight"] > 0 else "")
     if cfg.objective.name == "slip":
         return "3 views + text tower"
     if cfg.objective.name == "gloria":
