@@ -28,9 +28,9 @@ Measured on the demo's 1,200 phantoms (defaults; the test suite running beside i
     | slip    | 0.670 [0.630, 0.711] | 0.801 [0.773, 0.835] | 0.102 [0.060, 0.144] | 0.106 [0.065, 0.148] |
     | gloria (similarity both) | 0.594 [0.559, 0.629] | - | 0.076 [0.046, 0.112] | 0.059 [0.031, 0.090] |
 
-Encoders with a word-region matcher (GLoRIA) get a second row scored as GLoRIA scores itself
-(``similarity: both``). See docs/training.md for what these say (little: a plumbing check, CIs overlapping). At ``--fractions 0.1``
-(83 training images; ``--methods clip declip``): CLIP zero-shot 0.526 [0.494, 0.555], report->image R@10
+Encoders with a word-region matcher (GLoRIA) get a second row scored as GLoRIA scores itself (``similarity: both``).
+See docs/training.md for what these say (little: a plumbing check, CIs overlapping). At ``--fractions 0.1`` (83
+training images; ``--methods clip declip``): CLIP zero-shot 0.526 [0.494, 0.555], report->image R@10
 0.042; DeCLIP 0.641 [0.612, 0.671], 0.097 [0.062, 0.135] before its MLM term, 0.689 [0.648, 0.729], 0.059
 [0.033, 0.092] with it (the default since session 8, as the DeCLIP row above).
 

@@ -60,7 +60,8 @@ def _local_reference(encoder: RadEncoder, table: RecordTable, rows: np.ndarray, 
     m, tower = encoder.local_match, encoder.text_tower
     tokens = tower.tokenize(texts)
     words, mask = m.words(encoder.text_output(tokens), tokens, tower.tokenizer)
-    regions = torch.cat([m.regions(encoder.image_output(x)) for x in image_batches(encoder, table.subset(rows), 64, "")])
+    batches = image_batches(encoder, table.subset(rows), 64, "")
+    regions = torch.cat([m.regions(encoder.image_output(x)) for x in batches])
     return local_similarity(regions, words, mask, m.temp_attention, m.temp_words, m.word_softmax).numpy()
 
 
@@ -70,7 +71,8 @@ def test_zero_shot_local_and_both_score_with_the_matcher(gloria_encoder: RadEnco
     texts = [t for name in names for pair in prompts(name, "descriptions") for t in pair]
     local = _local_reference(gloria_encoder, split_table, ctx.rows("test"), texts).reshape(-1, 2, 2)
     binary, per_class = prompt_scores(ctx, names, "descriptions")
-    assert np.allclose(binary, local[..., 0] - local[..., 1], atol=1e-4) and np.allclose(per_class, local[..., 0], atol=1e-4)
+    assert np.allclose(binary, local[..., 0] - local[..., 1], atol=1e-4)
+    assert np.allclose(per_class, local[..., 0], atol=1e-4)
 
     cosine = _context(gloria_encoder, split_table, "zero_shot", "global")
     g_binary, g_class = prompt_scores(cosine, names, "descriptions")

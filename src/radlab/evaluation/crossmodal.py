@@ -2,8 +2,8 @@
 
 ``retrieval``: images <-> reports (one report per study) and images <-> sentences (a sentence's images are
 its study's images), scored with the ``similarity`` option (``radlab.evaluation.similarity``; ``both`` is
-GLoRIA's own retrieval for encoders with a word-region matcher). ``text_retrieval``: findings section <-> impression section of the same study, which
-runs on text-only data (the text tower alone).
+GLoRIA's own retrieval for encoders with a word-region matcher). ``text_retrieval``: findings section <->
+impression section of the same study, which runs on text-only data (the text tower alone).
 """
 
 from __future__ import annotations

@@ -171,8 +171,8 @@ def load_gloria(path: str) -> RadEncoder:
                        text_proj=nn.Identity() if text is not None else None)
     if text is not None:
         conv = image.local_embedder.weight
-        model.local_match = LocalMatcher(conv.shape[1], conv.shape[0], float(config_value(hparams, "model.gloria.temp1")),
-                                         float(config_value(hparams, "model.gloria.temp2")))
+        temps = [float(config_value(hparams, f"model.gloria.{t}")) for t in ("temp1", "temp2")]
+        model.local_match = LocalMatcher(conv.shape[1], conv.shape[0], *temps)
         model.local_match.embedder.weight.data.copy_(conv.detach().flatten(1))
     return model.eval()
 
