@@ -13,7 +13,7 @@ import numpy as np
 from radlab.evaluation.context import TASKS, EvalContext, TaskSkipped
 from radlab.evaluation.metrics import expected_hits, recall_at_k
 from radlab.evaluation.retrieval import correct_key_positions, split_sentences
-from radlab.evaluation.similarity import image_text_scores, similarity_kind
+from radlab.evaluation.similarity import combine, similarity_kind
 
 
 def study_ids(ctx: EvalContext, rows: np.ndarray) -> np.ndarray:
@@ -52,29 +52,33 @@ def retrieval(ctx: EvalContext) -> dict:
     images = ctx.features.get(ctx.encoder, ctx.table, rows, "embedding", ctx.batch_size)
     studies, patients = study_ids(ctx, rows), ctx.patients(rows)
     first = first_per_study(studies)
-
-    def both_ways(level: str, texts: list[str], t_study: np.ndarray, t_patient: np.ndarray,
-                  queries: np.ndarray) -> dict:
-        """Images (the ``queries`` rows) -> texts and texts -> all images."""
-        embedded = ctx.text_features(texts)
-        scores = None if kind == "global" else image_text_scores(ctx, rows, texts, images, embedded, kind)
-        return {"image_to_text": direction(ctx, f"{level}/i2t", images[queries], embedded, studies[queries], t_study,
-                                           patients[queries], None if scores is None else scores[queries]),
-                "text_to_image": direction(ctx, f"{level}/t2i", embedded, images, t_study, studies, t_patient,
-                                           None if scores is None else scores.T)}
-
-    every = np.ones(len(rows), dtype=bool)
-    out = {"similarity": kind,
-           "report": both_ways("report", [str(r) for r in reports[first]], studies[first], patients[first], every)}
+    report_texts = [str(r) for r in reports[first]]
     sentences, s_study, s_patient = [], [], []
     for j in first:
         for sentence in split_sentences(str(reports[j])):
             sentences.append(sentence)
             s_study.append(studies[j])
             s_patient.append(patients[j])
+    # word-region scores of every image against reports and sentences at once: one image-tower pass
+    local = None if kind == "global" else ctx.features.local(ctx.encoder, ctx.table, rows,
+                                                             report_texts + sentences, ctx.batch_size)
+
+    def both_ways(level: str, texts: list[str], columns: slice, t_study: np.ndarray, t_patient: np.ndarray,
+                  queries: np.ndarray) -> dict:
+        """Images (the ``queries`` rows) -> texts and texts -> all images; ``columns`` are the texts' in ``local``."""
+        embedded = ctx.text_features(texts)
+        scores = None if local is None else combine(images @ embedded.T, local[:, columns], kind)
+        return {"image_to_text": direction(ctx, f"{level}/i2t", images[queries], embedded, studies[queries], t_study,
+                                           patients[queries], None if scores is None else scores[queries]),
+                "text_to_image": direction(ctx, f"{level}/t2i", embedded, images, t_study, studies, t_patient,
+                                           None if scores is None else scores.T)}
+
+    n_reports = len(report_texts)
+    out = {"similarity": kind, "report": both_ways("report", report_texts, slice(0, n_reports), studies[first],
+                                                   patients[first], np.ones(len(rows), dtype=bool))}
     if sentences:
         s_study_arr = np.array(s_study)
-        out["sentence"] = both_ways("sentence", sentences, s_study_arr, np.array(s_patient),
+        out["sentence"] = both_ways("sentence", sentences, slice(n_reports, None), s_study_arr, np.array(s_patient),
                                     np.isin(studies, s_study_arr))
     out["mean_R@1"] = float(np.mean([out["report"][d]["R@1"] for d in ("image_to_text", "text_to_image")]))
     return out

@@ -47,12 +47,3 @@ def combine(global_scores: np.ndarray, local_scores: np.ndarray, kind: str) -> n
     flat = [standardise(s.reshape(len(s), -1)) for s in (global_scores, local_scores)]
     return ((flat[0] + flat[1]) / 2).reshape(shape)
 
-
-def image_text_scores(ctx: EvalContext, rows: np.ndarray, texts: list[str], images: np.ndarray,
-                      text_embeddings: np.ndarray, kind: str) -> np.ndarray:
-    """[N, T] scores of the rows' images (joint ``images`` embeddings) against ``texts``."""
-    global_scores = images @ text_embeddings.T
-    if kind == "global":
-        return global_scores
-    local_scores = ctx.features.local(ctx.encoder, ctx.table, rows, texts, ctx.batch_size)
-    return combine(global_scores, local_scores, kind)
