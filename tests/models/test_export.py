@@ -85,6 +85,31 @@ def test_text_tower_export_loads_with_transformers(tmp_path: Path, encoder) -> N
     torch.testing.assert_close(scope["features"], ours, atol=1e-5, rtol=1e-5)
 
 
+def test_summed_hidden_layers_survive_checkpoint_and_export(tmp_path: Path) -> None:
+    """A tower summing its last 2 layers (GLoRIA's word features) reloads with them, and the exported card's
+    code, run as a user runs it, gives the same features."""
+    torch.manual_seed(0)
+    text = TowerConfig(name="bert_small", kwargs={"hidden_size": 32, "layers": 2, "heads": 2, "pooling": "mean",
+                                                  "hidden_layers": 2})
+    cfg = ModelConfig(image_tower=TowerConfig(name="vit_tiny_patch16_224", kwargs={"depth": 1}), text_tower=text,
+                      image_size=32, embed_dim=16)
+    model = build_encoder(cfg, train_wordpiece(TEXTS * 5, vocab_size=120)).eval()
+    spec = {"name": "vit_tiny_patch16_224", "kwargs": {"depth": 1}}
+    loaded = load_encoder_checkpoint(save_encoder(model, tmp_path / "checkpoint", spec))
+    assert loaded.text_tower.hidden_layers == 2
+    with torch.no_grad():
+        ours = model.text_output(model.text_tower.tokenize(TEXTS)).pooled
+        torch.testing.assert_close(loaded.text_output(loaded.text_tower.tokenize(TEXTS)).pooled, ours)
+    out = export_encoder(model, tmp_path / "export")
+    assert json.loads((out / "radlab_export.json").read_text())["text"]["hidden_layers"] == 2
+    snippet = (out / "README.md").read_text().split("## Text tower")[1].split("```python\n")[1].split("```")[0]
+    assert "hidden_states[-2:]" in snippet
+    scope = {"texts": TEXTS}
+    with torch.no_grad():
+        exec(snippet.replace('"text"', repr(str(out / "text"))), scope)
+    torch.testing.assert_close(scope["features"], ours, atol=1e-5, rtol=1e-5)
+
+
 def test_hf_vision_tower_export_loads_with_automodel(tmp_path: Path) -> None:
     encoder = load_encoder(f"rad-dino:{make_rad_dino_dir(tmp_path / 'rad-dino')}")
     out = export_encoder(encoder, tmp_path / "export")

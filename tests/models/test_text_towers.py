@@ -41,6 +41,27 @@ def test_pooling_ignores_padding_and_exposes_tokens(tokenizer, pooling: str) -> 
         torch.testing.assert_close(out.pooled[2], out.tokens[2, :n].mean(0), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_hidden_layers_sum_the_last_layers_hidden_states(tokenizer, pooling: str) -> None:
+    """GLoRIA's word features: the last N layers' hidden states summed, then pooled as usual."""
+    torch.manual_seed(0)
+    tower = TEXT_TOWERS.build("bert_small", tokenizer=tokenizer, pooling=pooling, hidden_size=32, layers=3,
+                              heads=2, hidden_layers=2).eval()
+    batch = tower.tokenize(TEXTS)
+    with torch.no_grad():
+        out = tower(**batch)
+        states = tower.model(**batch, output_hidden_states=True).hidden_states
+    assert len(states) == 4  # embeddings + 3 layers
+    expected = states[2] + states[3]
+    torch.testing.assert_close(out.tokens, expected)
+    mask = batch["attention_mask"].unsqueeze(-1).float()
+    pooled = expected[:, 0] if pooling == "cls" else (expected * mask).sum(1) / mask.sum(1)
+    torch.testing.assert_close(out.pooled, pooled)
+    assert not torch.allclose(out.tokens, states[3])
+    with pytest.raises(ValueError, match="between 1 and the model's 3 layers"):
+        TEXT_TOWERS.build("bert_small", tokenizer=tokenizer, hidden_size=32, layers=3, heads=2, hidden_layers=4)
+
+
 def test_pooling_name_is_checked(tokenizer) -> None:
     with pytest.raises(ValueError):
         TEXT_TOWERS.build("bert_small", tokenizer=tokenizer, pooling="max", hidden_size=32, layers=1, heads=2)

@@ -29,7 +29,9 @@ def test_objective_loss_falls_on_phantoms(method: str, phantoms_with_label_only:
                  "optim.steps=50", "optim.batch_size=16", "optim.lr=1.0e-3", "optim.warmup_steps=5",
                  "optim.log_every=1", "runtime.device=cpu", "data.vocab_size=500"]
     if method != "supervised":
-        overrides.append("model.text_tower.kwargs={pooling: mean, layers: 2, hidden_size: 64, heads: 2, max_length: 64}")
+        summed = ", hidden_layers: 2" if method == "gloria" else ""  # GLoRIA's words: last layers summed
+        overrides.append("model.text_tower.kwargs={pooling: mean, layers: 2, hidden_size: 64, heads: 2, "
+                         f"max_length: 64{summed}}}")
     checkpoint = pretrain(TrainConfig.from_file(CONFIGS / f"{method}.yaml", overrides), progress=False)
     losses = [json.loads(line)["loss"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert len(losses) == 50 and np.isfinite(losses).all()
@@ -39,4 +41,6 @@ def test_objective_loss_falls_on_phantoms(method: str, phantoms_with_label_only:
     assert (checkpoint / "model.safetensors").exists()
     if method == "gloria":  # the trained word-region matcher is the encoder's, for zero-shot and retrieval
         trained = load_file(str(checkpoint / "objective.safetensors"))["matcher.embedder.weight"]
-        assert torch.equal(load_encoder(checkpoint).local_match.embedder.weight, trained)
+        encoder = load_encoder(checkpoint)
+        assert torch.equal(encoder.local_match.embedder.weight, trained)
+        assert encoder.text_tower.hidden_layers == 2

