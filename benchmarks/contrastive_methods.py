@@ -1,14 +1,15 @@
 """Image-text contrastive methods under one setup, judged as the contrastive-methods benchmark judges them:
-zero-shot and linear-probe classification, retrieval both ways, and closed-set VQA when a VQA set is given.
+zero-shot and linear-probe classification, retrieval both ways, and closed-set VQA.
 
     .venv/bin/python benchmarks/contrastive_methods.py --out runs/bench_contrastive [--data SOURCE:PATH ...]
-        [--methods clip convirt gloria ...] [--steps 150] [--fractions 0.1 1.0] [--vqa vqa_rad:PATH]
+        [--methods clip convirt gloria ...] [--steps 150] [--fractions 0.1 1.0] [--vqa labels|none|vqa_rad:PATH]
         [--set key=value ...]
 
 Every method starts from ``configs/<method>.yaml`` (the same ViT-Tiny image tower, bert_small text tower,
 image size, joint width, optimiser, steps, batch and seed; only what a method defines differs: ConVIRT's MLP
-projections, GLoRIA's mean-pooled report embedding and local embedder, DeCLIP's views and queue, the label
-terms of UniCL/DLILP/MedCLIP) with the same overrides, on the same records and splits. Each row's intervals
+projections, GLoRIA's mean-pooled report embedding of its last 4 text layers and local embedder, DeCLIP's
+views and queue, the label terms of UniCL/DLILP/MedCLIP; ``low_data`` is DeCLIP with GLoRIA's local term, the
+low-data study's combination) with the same overrides, on the same records and splits. Each row's intervals
 are 95% patient-level bootstrap CIs on the test split; retrieval is image->report and report->image R@10 over
 the test studies (a report matches every image of its study). ``--fractions`` repeats every method on
 seeded, nested patient-level fractions of the training split (``data.train_subset``), the low-data-regime
@@ -36,7 +37,9 @@ training images; ``--methods clip declip``): CLIP zero-shot 0.526 [0.494, 0.555]
 
 ``--data`` takes registered sources in their native layouts (paths also under $RADLAB_DATA); without it the
 script draws phantoms (the bundled real data has no images yet). ``--vqa`` evaluates each pre-trained encoder
-on a VQA source (``vqa_rad``, ``slake``) with frozen towers.
+with frozen towers on a VQA source (``vqa_rad``, ``slake``) or, by default (``labels``), on closed questions
+written from the benchmark data's own labels and sex (``radlab.data.label_questions``: "Is there
+cardiomegaly?", "Is this patient male or female?"; same images, patients and splits); ``none`` skips it.
 """
 
 from __future__ import annotations
@@ -50,14 +53,16 @@ from rich.console import Console
 from rich.table import Table
 
 from radlab.bench.methods import benchmark_sources, interval_text, pretrain_and_evaluate, sources_override
+from radlab.data.label_questions import label_questions
 from radlab.data.loading import load_tables, parse_sources
+from radlab.data.records import RecordTable
 from radlab.data.splits import DEFAULT_FRACTIONS
 from radlab.evaluation.runner import evaluate, write_json
 from radlab.models import load_encoder
 from radlab.train.setup import training_labels
 
 ROOT = Path(__file__).resolve().parents[1]
-METHODS = ["clip", "convirt", "gloria", "declip", "slip", "medclip", "unicl", "dlilp"]
+METHODS = ["clip", "convirt", "gloria", "declip", "slip", "medclip", "unicl", "dlilp", "low_data"]
 TASKS = ["zero_shot", "linear_probe", "retrieval"]
 
 
@@ -71,7 +76,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="default: each config's optim.steps")
     parser.add_argument("--fractions", nargs="*", type=float, default=[1.0],
                         help="fractions of the training patients to pre-train on (every method at each)")
-    parser.add_argument("--vqa", default=None, help="SOURCE:PATH of a VQA set (vqa_rad, slake)")
+    parser.add_argument("--vqa", default="labels", help="SOURCE:PATH of a VQA set (vqa_rad, slake); 'labels' "
+                        "(default): questions written from the data's labels and sex; 'none': no VQA")
     parser.add_argument("--n-boot", type=int, default=1000)
     parser.add_argument("--set", nargs="*", default=[], help="extra config overrides key=value, for every method")
     args = parser.parse_args()
@@ -81,7 +87,7 @@ def main() -> None:
     overrides = [*steps, f"model.image_size={args.size}", sources_override(sources), *args.set]
     table = load_tables(sources, DEFAULT_FRACTIONS, seed=0)
     labels = training_labels(table.split("train"), None)
-    vqa_table = load_tables(parse_sources([args.vqa]), DEFAULT_FRACTIONS, seed=0) if args.vqa else None
+    vqa_table = vqa_records(args.vqa, table)
 
     rows = []
     for fraction in args.fractions:
@@ -110,6 +116,15 @@ def main() -> None:
     show(rows, args.out)
 
 
+def vqa_records(choice: str, table: RecordTable) -> RecordTable | None:
+    """The VQA records ``--vqa`` names: written from ``table``'s labels, a VQA source, or none."""
+    if choice == "none":
+        return None
+    if choice == "labels":
+        return label_questions(table)
+    return load_tables(parse_sources([choice]), DEFAULT_FRACTIONS, seed=0)
+
+
 def row(method: str, results: dict) -> dict[str, str]:
     """One method's cells; "-" where a task was skipped."""
     tasks = results["tasks"]
@@ -123,7 +138,9 @@ def row(method: str, results: dict) -> dict[str, str]:
             "linear probe AUC": cell(tasks["linear_probe"], "macro_auc_ci"),
             "image->report R@10": cell(report.get("image_to_text", {}), "R@10_ci"),
             "report->image R@10": cell(report.get("text_to_image", {}), "R@10_ci"),
-            "VQA accuracy": cell(vqa, "accuracy_ci"), "minutes": f"{results['pretrain_and_eval_minutes']:.1f}"}
+            "VQA accuracy": cell(vqa, "accuracy_ci"),
+            "VQA question only": f"{vqa['question_only_accuracy']:.3f}" if vqa else "-",
+            "minutes": f"{results['pretrain_and_eval_minutes']:.1f}"}
 
 
 def show(rows: list[dict[str, str]], out: Path) -> None:

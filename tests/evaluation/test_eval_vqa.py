@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from radlab.data.label_questions import label_questions
 from radlab.data.records import RecordTable
 from radlab.data.sources import SOURCES
 from radlab.evaluation.runner import evaluate
@@ -82,3 +83,16 @@ def test_vqa_beats_majority_on_held_out_images(vqa_rad_dir: Path, tiny_encoder: 
     assert out["accuracy"] > out["majority_accuracy"]
     assert out["by_answer_type"]["open"]["accuracy"] > 0.6  # sex: chance 0.5
     assert np.isclose(out["accuracy_ci"]["estimate"], out["accuracy"])
+
+
+def test_vqa_on_questions_written_from_labels(split_table: RecordTable, tiny_encoder: RadEncoder,
+                                              cache_dir: Path) -> None:
+    """Questions from the phantoms' own labels and sex: held-out patients, the image helps beyond the question."""
+    questions = label_questions(split_table, findings=["cardiomegaly", "pleural_effusion"])
+    out = evaluate(tiny_encoder, questions, ["vqa"], [], n_boot=50, options={"vqa": {"steps": 300}},
+                   cache_dir=cache_dir)["tasks"]["vqa"]
+    assert "skipped" not in out, out
+    assert out["n_answers"] == 4 and set(out["by_answer_type"]) == {"closed", "open"}
+    assert out["accuracy"] > max(out["majority_accuracy"], out["question_only_accuracy"])
+    test_patients = set(split_table.split("test").frame["patient_id"])
+    assert set(questions.split("test").frame["patient_id"]) <= test_patients
