@@ -111,7 +111,7 @@ def test_refusals(open_clip_dir: Path, phantom_dir: Path, tmp_path: Path) -> Non
     with pytest.raises(ValueError, match="model.external and init_from"):
         _run("clip", tmp_path / "a", phantom_dir, f"model.external=open_clip:{open_clip_dir}",
              f"init_from={tmp_path}", "optim.steps=1")
-    with pytest.raises(ValueError, match="GLoRIA .* Hugging Face tokenizer"):
+    with pytest.raises(ValueError, match="GLoRIA's local term .* Hugging Face tokenizer"):
         _run("gloria", tmp_path / "g", phantom_dir, f"model.external=open_clip:{open_clip_dir}", "optim.steps=1")
     rad_dino = make_rad_dino_dir(tmp_path / "rad_dino")
     with pytest.raises(ValueError, match="needs report text.*no text tower"):

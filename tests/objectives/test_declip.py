@@ -22,10 +22,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from radlab.models.encoder import RadEncoder
+from radlab.models.local_matching import word_membership
 from radlab.models.text_towers import bert_small
 from radlab.models.tokenizer import train_wordpiece
 from radlab.models.towers import TowerOutput
-from radlab.objectives.declip import DeCLIPObjective, augment_reports, report_sections, step_seed
+from radlab.objectives.base import step_seed
+from radlab.objectives.declip import DeCLIPObjective, augment_reports, report_sections
+from radlab.objectives.gloria import local_loss
 from radlab.objectives.masked_language import IGNORE
 from ranks import free_port
 
@@ -60,13 +63,17 @@ class _FeatureEncoder(nn.Module):
     def __init__(self, image_dim: int, embed_dim: int) -> None:
         super().__init__()
         self.image_proj = nn.Linear(image_dim, embed_dim, bias=False).double()
+        self.text_proj = nn.Identity()
         self.text_tower = _WordTower(embed_dim)
 
-    def image_features(self, images: torch.Tensor) -> torch.Tensor:
-        return images
+    def image_output(self, images: torch.Tensor) -> TowerOutput:
+        return TowerOutput(images, images[:, None])
+
+    def text_output(self, tokens: dict[str, torch.Tensor]) -> TowerOutput:
+        return TowerOutput(tokens["features"], tokens["features"][:, None])
 
     def encode_text(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
-        return F.normalize(tokens["features"], dim=-1)
+        return F.normalize(self.text_output(tokens).pooled, dim=-1)
 
 
 def _batch(model: _FeatureEncoder, n: int, dim: int, seed: int, reports: list[str] = REPORTS) -> dict:
@@ -368,6 +375,39 @@ def test_tss_refuses_text_towers_that_cannot_do_masked_language_modelling() -> N
             DeCLIPObjective(embed_dim=4, image_dim=6, model=_bert_encoder(), **weights)
 
 
+# --- GLoRIA's local term (the low-data study's combination) ------------------------------------------------
+
+def test_local_term_is_glorias_on_the_first_view_and_the_reports() -> None:
+    """``local_weight`` λ: every other term as without it, "local" GLoRIA's ``local_loss`` on the first view's
+    regions through the matcher and the reports' words, the total λ more; the matcher learns and becomes the
+    encoder's."""
+    model = _bert_encoder()
+    off, on = _declip(model, tss_weight=0.0), _declip(model, tss_weight=0.0, local_weight=0.5)
+    assert off.matcher is None and on.matcher.spec()["temp_attention"] == 4.0
+    batch = _batch(model, 6, 6, 3)
+    torch.manual_seed(9)
+    got_off = off(model, batch)
+    torch.manual_seed(9)
+    got_on = on(model, batch)
+    for key in ("clip", "mvs", "iss", "nns"):
+        assert torch.equal(got_on[key], got_off[key]), key
+    keep = batch["has_text"]
+    tokens = {k: v[keep] for k, v in batch["tokens"].items()}
+    with torch.no_grad():
+        regions = on.matcher.embedder(batch["image"][0][keep][:, None])  # _PooledImages: one region per image
+        membership = word_membership(tokens["input_ids"], tokens["attention_mask"], model.text_tower.tokenizer)
+        words = membership.double() @ model.text_output(tokens).tokens
+        expected = local_loss(regions, words, membership.any(-1), 4.0, 5.0, 10.0)
+    assert got_on["local"].item() == pytest.approx(expected.item(), abs=1e-12)
+    assert got_on["loss"].item() == pytest.approx((got_off["loss"] + 0.5 * got_on["local"]).item(), abs=1e-12)
+    got_on["loss"].backward()
+    assert on.matcher.embedder.weight.grad.abs().sum() > 0
+    on.attach(model)
+    assert model.local_match is on.matcher
+    with pytest.raises(ValueError, match="Hugging Face tokenizer"):
+        DeCLIPObjective(embed_dim=4, image_dim=6, model=_FeatureEncoder(6, 4), tss_weight=0.0, local_weight=1.0)
+
+
 # --- 2 gloo ranks against 1 process ----------------------------------------------------------------------
 
 N, D_IN, D, SIZE = 8, 6, 5, 12
@@ -425,22 +465,28 @@ def test_two_processes_equal_one_process_with_the_global_batch(tmp_path: Path, h
 
 # --- training through the engine ---------------------------------------------------------------------------
 
-def test_declip_loss_falls_on_phantoms(phantoms_with_label_only: Path, tmp_path: Path) -> None:
+def _train(config: str, phantoms: Path, out: Path, steps: int, text: str = "") -> tuple[Path, list[dict]]:
+    """A short run of ``configs/<config>.yaml`` on phantoms; its checkpoint and per-step metrics."""
     from radlab.train.config import TrainConfig
     from radlab.train.engine import pretrain
-    from radlab.train.state import latest_state, load_state
 
-    steps = 40
-    overrides = [f"out={tmp_path}", f"data.sources=[{{source: phantom, path: {phantoms_with_label_only}}}]",
+    overrides = [f"out={out}", f"data.sources=[{{source: phantom, path: {phantoms}}}]",
                  "data.split_fractions={train: 1.0}", "model.image_size=64",
                  "model.image_tower.kwargs={depth: 2}",
-                 "model.text_tower.kwargs={pooling: mean, layers: 2, hidden_size: 64, heads: 2, max_length: 64}",
+                 f"model.text_tower.kwargs={{pooling: mean, layers: 2, hidden_size: 64, heads: 2, max_length: 64{text}}}",
                  f"optim.steps={steps}", "optim.batch_size=16", "optim.lr=1.0e-3", "optim.warmup_steps=5",
                  "optim.log_every=1", "runtime.device=cpu", "data.vocab_size=500",
                  "objective.kwargs.queue_size=48",
                  f"checkpoint={{every: {steps}, keep_last: 1}}"]
-    checkpoint = pretrain(TrainConfig.from_file(CONFIGS / "declip.yaml", overrides), progress=False)
-    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    checkpoint = pretrain(TrainConfig.from_file(CONFIGS / f"{config}.yaml", overrides), progress=False)
+    return checkpoint, [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_declip_loss_falls_on_phantoms(phantoms_with_label_only: Path, tmp_path: Path) -> None:
+    from radlab.train.state import latest_state, load_state
+
+    steps = 40
+    checkpoint, records = _train("declip", phantoms_with_label_only, tmp_path, steps)
     losses = [r["loss"] for r in records]
     assert len(losses) == steps and np.isfinite(losses).all()
     # 12 reports x 2 views a step fill the queue of 48 in two steps: NNS is 0, then live from step 3 on
@@ -457,3 +503,22 @@ def test_declip_loss_falls_on_phantoms(phantoms_with_label_only: Path, tmp_path:
     assert (checkpoint / "model.safetensors").exists()
     state = load_state(latest_state(tmp_path))["objective"]
     assert int(state["queue_filled"]) == 48 and int(state["queue_ptr"]) == (steps * 24) % 48
+
+
+def test_low_data_recipe_trains_its_local_term_on_phantoms(phantoms_with_label_only: Path, tmp_path: Path) -> None:
+    """``configs/low_data.yaml``: DeCLIP's terms and GLoRIA's local one train together; the checkpoint's encoder
+    carries the trained matcher and the summed text layers."""
+    from safetensors.torch import load_file
+
+    from radlab.models import load_encoder
+
+    checkpoint, records = _train("low_data", phantoms_with_label_only, tmp_path, 30, ", hidden_layers: 2")
+    local = [np.mean([r["local"] for r in part]) for part in (records[:10], records[-10:])]
+    losses = [np.mean([r["loss"] for r in part]) for part in (records[2:12], records[-10:])]
+    print(f"low_data: local {local[0]:.4f} -> {local[1]:.4f}; loss {losses[0]:.4f} -> {losses[1]:.4f}")
+    assert np.isfinite([r["loss"] for r in records]).all() and all(r["nns"] > 0 for r in records[2:])
+    assert local[1] < 0.97 * local[0] and losses[1] < 0.97 * losses[0]
+    encoder = load_encoder(checkpoint)
+    trained = load_file(str(checkpoint / "objective.safetensors"))["matcher.embedder.weight"]
+    assert torch.equal(encoder.local_match.embedder.weight, trained)
+    assert encoder.text_tower.hidden_layers == 2

@@ -12,15 +12,23 @@ from radlab.registry import Registry
 OBJECTIVES: Registry = Registry("objective")
 
 
+def step_seed() -> int:
+    """A seed for one step's random choices: one draw from torch's global RNG, which training states save and
+    restore (and which each rank seeds differently)."""
+    return int(torch.randint(0, 2**31 - 1, (1,)))
+
+
 class Objective(nn.Module):
     """Base class. Subclasses declare what a batch must carry and may own learnable parameters
     (temperatures, class prototypes), which are trained and checkpointed with the model.
 
     A batch is a dict with "image" [B, C, H, W]; "labels" [B, K] (1/0/-1, NaN = not annotated) and
     "label_mask" [B, K] when ``requires_labels``; "tokens" (tokenizer output) and "has_text" [B] when
-    ``requires_text``.
+    ``requires_text``. Objectives that do not ``requires_images`` train on reports alone: their batches hold
+    "index", "text", "has_text" and "tokens", one record per study with a report, images or not.
     """
 
+    requires_images: bool = True
     requires_text: bool = False
     requires_labels: bool = False
     tower_only: bool = False  # trains the image tower (and its own heads), not the encoder's projections

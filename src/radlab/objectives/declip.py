@@ -1,5 +1,5 @@
 """DeCLIP: CLIP plus image and text self-supervision, multi-view and nearest-neighbour supervision, for small
-data."""
+data; with GLoRIA's local term it is the low-data study's combined recipe."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from radlab.data.augment import TwoViews
-from radlab.objectives.base import OBJECTIVES, Objective
+from radlab.objectives.base import OBJECTIVES, Objective, step_seed
 from radlab.objectives.clip import LogitScale, clip_loss
+from radlab.objectives.gloria import local_loss, start_matcher
 from radlab.objectives.masked_language import MaskedLanguageModelling
 from radlab.objectives.simclr import nt_xent
 from radlab.train.distributed import gather_with_grad
@@ -51,12 +52,6 @@ def augment_report(report: str, rng: random.Random, drop: float, shuffle: float)
     return " ".join(parts)
 
 
-def step_seed() -> int:
-    """A seed for one step's random choices: one draw from torch's global RNG, which training states save and
-    restore (and which each rank seeds differently)."""
-    return int(torch.randint(0, 2**31 - 1, (1,)))
-
-
 def augment_reports(reports: list[str], drop: float, shuffle: float) -> list[str]:
     """``augment_report`` over a batch, seeded by ``step_seed``."""
     rng = random.Random(step_seed())
@@ -82,6 +77,14 @@ class DeCLIPObjective(Objective):
         L      = (1 - w_ISS - w_TSS - w_NNS) L_MVS + w_ISS L_ISS + w_TSS L_TSS + w_NNS L_NNS
 
     with w_ISS = ``iss_weight``, w_TSS = ``tss_weight``, w_NNS = ``nns_weight``, 0.2 each (L_MVS takes 0.4).
+
+    With ``local_weight`` λ > 0, GLoRIA's word-region InfoNCE (``objectives/gloria.py``: both directions summed,
+    scale τ3 = ``local_scale``, τ1/τ2 ``temp_attention``/``temp_words``) between the first view's regions and
+    the report t's words is added: L + λ L_local(x1, t). Global and local contrastive terms, image and text
+    self-supervision, and extra positives from augmentation and nearest neighbours together are the
+    combination Windsor et al. (MIDL 2023, "Vision-Language Modelling for Radiological Imaging and Reports in
+    the Low Data Regime") found best with little data (``configs/low_data.yaml``). The matcher is the
+    encoder's after training (``RadEncoder.local_match``), for ``similarity: both`` evaluation.
 
     The paper writes L = (1-α-β-γ) L_CLIP + α (L_ISS + L_TSS) + β L_MVS + γ L_NNS (α = β = γ = 0.2). Its code
     (Sense-GVT/DeCLIP: prototype/solver/declip_solver.py, experiments/declip_experiments/*/config.yaml) has no
@@ -121,20 +124,27 @@ class DeCLIPObjective(Objective):
                  hidden_dim: int = 512, init_temperature: float = 0.07, max_scale: float = 100.0,
                  sentence_drop: float = 0.2, section_shuffle: float = 0.5,
                  crop_scale: tuple[float, float] = (0.3, 1.0), hflip: bool = False, tss_weight: float = 0.2,
-                 mask_prob: float = 0.15, model: nn.Module | None = None) -> None:
-        """``model``, the encoder (its text tower), is needed when ``tss_weight`` > 0."""
+                 mask_prob: float = 0.15, local_weight: float = 0.0, local_scale: float = 10.0,
+                 temp_attention: float | None = None, temp_words: float | None = None,
+                 model: nn.Module | None = None) -> None:
+        """``model``, the encoder (its text tower), is needed when ``tss_weight`` or ``local_weight`` > 0."""
         super().__init__()
         weights = {"iss_weight": iss_weight, "tss_weight": tss_weight, "nns_weight": nns_weight}
         if min(weights.values()) < 0 or sum(weights.values()) >= 1:
             raise ValueError(f"{weights}: need each >= 0 and a sum < 1 (the MVS weight is 1 - their sum)")
         if queue_size < 1 or not 0 <= sentence_drop < 1:
             raise ValueError(f"queue_size {queue_size}, sentence_drop {sentence_drop}: need >= 1, in [0, 1)")
-        if tss_weight > 0 and model is None:
-            raise ValueError("tss_weight > 0 needs the model: the masked language model reads its text tower")
+        if (tss_weight > 0 or local_weight > 0) and model is None:
+            raise ValueError("tss_weight or local_weight > 0 needs the model: the masked language model and the "
+                             "word-region matcher read its towers")
+        if local_weight < 0:
+            raise ValueError(f"local_weight {local_weight}: need >= 0")
         self.logit_scale = LogitScale(init_temperature, max_scale)
         self.projection = nn.Sequential(nn.Linear(image_dim, hidden_dim), nn.BatchNorm1d(hidden_dim),
                                         nn.ReLU(inplace=True), nn.Linear(hidden_dim, proj_dim))
         self.mlm = MaskedLanguageModelling(model.text_tower, mask_prob) if tss_weight > 0 else None
+        self.matcher = start_matcher(model, temp_attention, temp_words) if local_weight > 0 else None
+        self.local_weight, self.local_scale = local_weight, local_scale
         self.iss_weight, self.tss_weight, self.nns_weight = iss_weight, tss_weight, nns_weight
         self.mvs_weight = 1 - iss_weight - nns_weight - tss_weight
         self.iss_temperature = iss_temperature
@@ -145,6 +155,10 @@ class DeCLIPObjective(Objective):
         self.register_buffer("queue_index", torch.full((queue_size,), -1, dtype=torch.long))
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
         self.register_buffer("queue_filled", torch.zeros((), dtype=torch.long))
+
+    def attach(self, model: nn.Module) -> None:
+        if self.matcher is not None:
+            model.local_match = self.matcher
 
     def train_transform(self, image_size: int) -> Callable[[torch.Tensor], list[torch.Tensor]]:
         return TwoViews(image_size, scale=self.crop_scale, hflip=self.hflip)
@@ -169,11 +183,12 @@ class DeCLIPObjective(Objective):
 
     def terms(self, image: tuple[torch.Tensor, torch.Tensor], text: tuple[torch.Tensor, torch.Tensor],
               iss: tuple[torch.Tensor, torch.Tensor], index: torch.Tensor,
-              tss: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+              tss: tuple[torch.Tensor, torch.Tensor] | None = None,
+              local: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """The loss from embeddings: ``image`` (x1, x2) and ``text`` (t, t') normalised, rows paired, for this
         rank's samples with a report (dataset ``index``); ``iss`` the projections of both views of all its
-        images; ``tss`` this rank's shares of L_TSS and of the masked-token accuracy, when TSS is on. Pushes
-        (t, t') to the queue in training mode."""
+        images; ``tss`` this rank's shares of L_TSS and of the masked-token accuracy, when TSS is on; ``local``
+        this rank's share of L_local, when it is on. Pushes (t, t') to the queue in training mode."""
         scale = self.logit_scale()
         pairs = [clip_loss(x, t, scale) for t in text for x in image]
         mvs = torch.stack(pairs).mean()
@@ -194,18 +209,30 @@ class DeCLIPObjective(Objective):
         if tss is not None:
             loss = loss + self.tss_weight * tss[0]
             out.update(tss=tss[0].detach(), mlm_accuracy=tss[1].detach())
+        if local is not None:
+            loss = loss + self.local_weight * local
+            out["local"] = local.detach()
         return {"loss": loss, **out}
 
     def forward(self, model: nn.Module, batch: dict) -> dict[str, torch.Tensor]:
         views = batch["image"] if isinstance(batch["image"], list) else [batch["image"]] * 2
         keep = batch["has_text"]
-        pooled = model.image_features(torch.cat(views[:2]))
+        image_out = model.image_output(torch.cat(views[:2]))
+        pooled = image_out.pooled
         z1, z2 = self.projection(pooled).chunk(2)
         x1, x2 = (x[keep] for x in F.normalize(model.image_proj(pooled), dim=-1).chunk(2))
         reports = [text for text, has in zip(batch["text"], keep.tolist(), strict=True) if has]
         augmented = augment_reports(reports, self.sentence_drop, self.section_shuffle)
         tokens = {k: v[keep] for k, v in batch["tokens"].items()}
-        text = model.encode_text(tokens)
+        text_out = model.text_output(tokens)
+        text = F.normalize(model.text_proj(text_out.pooled), dim=-1)
         text_aug = model.encode_text(model.text_tower.tokenize(augmented)) if reports else text
         tss = self.mlm(model.text_tower, tokens, step_seed()) if self.mlm is not None else None
-        return self.terms((x1, x2), (text, text_aug), (z1, z2), batch["index"].to(keep.device)[keep], tss)
+        local = None
+        if self.matcher is not None:
+            m = self.matcher
+            regions = m.regions(image_out)[: len(keep)][keep]  # the first view's
+            words, word_mask = m.words(text_out, tokens, model.text_tower.tokenizer)
+            local = local_loss(regions, words, word_mask, m.temp_attention, m.temp_words, self.local_scale,
+                               m.word_softmax)
+        return self.terms((x1, x2), (text, text_aug), (z1, z2), batch["index"].to(keep.device)[keep], tss, local)

@@ -16,10 +16,12 @@ encoder's normalised projections:
 with τ1 = 4, τ2 = 5, τ3 = 10 and λ = 1 (the released CheXpert pre-training config); both directions are summed,
 not averaged, as in the released code. Temperatures act as scale factors there and here.
 
-Differences from the released model, which come from radlab's towers: the words are the last layer's tokens
-(GLoRIA sums the last four BERT layers), and the regions are the image tower's last tokens (GLoRIA's ResNet uses
-``layer3``). Zero-shot and retrieval read the global embeddings; with ``similarity: both`` (or ``local``) they
-add the trained local similarity, as GLoRIA's own evaluation does (``RadEncoder.local_match``).
+The words are the text tower's tokens: GLoRIA sums the last four BERT layers, which a text tower does with
+``hidden_layers: 4`` (``configs/gloria.yaml``; the default 1 is the last layer alone), and their word pieces
+are summed into words by the matcher. The difference from the released model that comes from radlab's towers:
+the regions are the image tower's last tokens (GLoRIA's ResNet uses ``layer3``). Zero-shot and retrieval read
+the global embeddings; with ``similarity: both`` (or ``local``) they add the trained local similarity, as
+GLoRIA's own evaluation does (``RadEncoder.local_match``).
 """
 
 from __future__ import annotations
@@ -62,6 +64,24 @@ def local_loss(regions: torch.Tensor, words: torch.Tensor, word_mask: torch.Tens
     return global_mean(per_row, len(all_regions))
 
 
+def start_matcher(model: nn.Module, temp_attention: float | None = None, temp_words: float | None = None,
+                  word_softmax: bool | None = None) -> LocalMatcher:
+    """The word-region matcher a GLoRIA local term trains on ``model``: a continued public GLoRIA's (its
+    embedder and τ1/τ2), else a fresh one with τ1 4, τ2 5 and the word softmax; values given win."""
+    if not isinstance(getattr(model.text_tower, "tokenizer", None), PreTrainedTokenizerBase):
+        raise ValueError("GLoRIA's local term sums word pieces into words with a Hugging Face tokenizer; the text "
+                         f"tower {type(model.text_tower).__name__} has none")
+    given = getattr(model, "local_match", None)
+    start = given.spec() if given is not None else {"region_dim": model.image_tower.embed_dim,
+                                                     "temp_attention": 4.0, "temp_words": 5.0, "word_softmax": True}
+    chosen = {"temp_attention": temp_attention, "temp_words": temp_words, "word_softmax": word_softmax}
+    start.update({k: v for k, v in chosen.items() if v is not None}, word_dim=model.text_tower.embed_dim)
+    matcher = LocalMatcher(**start)
+    if given is not None:
+        matcher.embedder.load_state_dict(given.embedder.state_dict())
+    return matcher
+
+
 @OBJECTIVES.register("gloria", "GLoRIA: global image-report InfoNCE plus word-region attention InfoNCE")
 class GloriaObjective(Objective):
     """GLoRIA's global + local contrastive loss (equations in the module docstring). Owns the local matcher
@@ -78,18 +98,7 @@ class GloriaObjective(Objective):
         """τ1 (``temp_attention``), τ2 (``temp_words``) and ``word_softmax`` left None take the continued
         public GLoRIA's, else 4, 5 and True."""
         super().__init__()
-        if not isinstance(getattr(model.text_tower, "tokenizer", None), PreTrainedTokenizerBase):
-            raise ValueError("GLoRIA sums word pieces into words with a Hugging Face tokenizer; the text tower "
-                             f"{type(model.text_tower).__name__} has none")
-        given = getattr(model, "local_match", None)
-        start = given.spec() if given is not None else {"region_dim": model.image_tower.embed_dim,
-                                                         "temp_attention": 4.0, "temp_words": 5.0,
-                                                         "word_softmax": True}
-        chosen = {"temp_attention": temp_attention, "temp_words": temp_words, "word_softmax": word_softmax}
-        start.update({k: v for k, v in chosen.items() if v is not None}, word_dim=model.text_tower.embed_dim)
-        self.matcher = LocalMatcher(**start)
-        if given is not None:
-            self.matcher.embedder.load_state_dict(given.embedder.state_dict())
+        self.matcher = start_matcher(model, temp_attention, temp_words, word_softmax)
         self.temp_contrast = temp_contrast
         self.local_weight, self.global_weight = local_weight, global_weight
 
