@@ -1,4 +1,5 @@
-"""A torch Dataset over a record table, and the collator that turns samples into training batches."""
+"""Torch Datasets over a record table (images with labels and reports, or reports alone), and the collator
+that turns samples into training batches."""
 
 from __future__ import annotations
 
@@ -78,23 +79,47 @@ class RecordDataset(Dataset):
         return self.preprocess.normalise(image.clamp(0, 1).unsqueeze(0))[0]
 
 
+def study_reports(table: RecordTable) -> RecordTable:
+    """One record per study with a non-empty report (its first), images or not: what text-only objectives
+    read, so a study's report counts once however many images it has."""
+    frame = table.frame
+    rows = np.flatnonzero((frame["report"].fillna("").str.strip() != "").to_numpy())
+    study = frame["study_id"].iloc[rows].where(frame["study_id"].iloc[rows] != "", frame["id"].iloc[rows])
+    return table.subset(rows[~study.duplicated().to_numpy()])
+
+
+class ReportDataset(Dataset):
+    """The reports of a table (``study_reports``), as samples with their row index."""
+
+    def __init__(self, table: RecordTable) -> None:
+        self.table = table
+        self.texts = table.texts()
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"index": i, "text": self.texts[i]}
+
+
 class Collator:
-    """Stack samples; add label masks (annotated = not NaN), and tokens when a tokenizer is given."""
+    """Stack samples; add label masks (annotated = not NaN), and tokens when a tokenizer is given. Samples
+    without images (``ReportDataset``) give batches of index, text and tokens."""
 
     def __init__(self, tokenize: Callable[[list[str]], dict[str, torch.Tensor]] | None = None) -> None:
         self.tokenize = tokenize
 
     def __call__(self, samples: list[dict]) -> dict:
-        labels = torch.stack([s["labels"] for s in samples])
         texts = [s["text"] for s in samples]
-        batch = {
+        batch: dict = {
             "index": torch.tensor([s["index"] for s in samples]),
-            "image": _stack_views([s["image"] for s in samples]),
-            "labels": labels,
-            "label_mask": ~torch.isnan(labels),
             "text": texts,
             "has_text": torch.tensor([bool(t.strip()) for t in texts]),
         }
+        if "image" in samples[0]:
+            labels = torch.stack([s["labels"] for s in samples])
+            batch.update(image=_stack_views([s["image"] for s in samples]), labels=labels,
+                         label_mask=~torch.isnan(labels))
         if self.tokenize is not None:
             batch["tokens"] = self.tokenize(texts)
         return batch

@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
 
-from radlab.data.dataset import Collator, RecordDataset, train_augment
+from radlab.data.dataset import Collator, RecordDataset, ReportDataset, study_reports, train_augment
 from radlab.data.records import RecordTable
 from radlab.models.checkpoint import OBJECTIVE_FILE, save_encoder, strip_prefix
 from radlab.models.encoder import ClampedScale, RadEncoder
@@ -105,13 +105,12 @@ class Trainer:
         size = self.model.preprocess.image_size
         transform = self.objective.train_transform(size) or train_augment(size)
         tokenize = self.model.text_tower.tokenize if self.objective.requires_text else None
-        self.loader, self.sampler = self._loader(self._with_images(train_table, "train"), transform, tokenize,
+        self.loader, self.sampler = self._loader(self._records(train_table, "train"), transform, tokenize,
                                                  shuffle=True)
         self.val = None
         if cfg.early_stopping is not None:
             # the training transform (seeded per sample, epoch 0): multi-view objectives need their views
-            self.val = self._loader(self._with_images(table.split("val"), "val"), transform, tokenize,
-                                    shuffle=False)
+            self.val = self._loader(self._records(table.split("val"), "val"), transform, tokenize, shuffle=False)
         opt = cfg.optim
         groups = param_groups(self.module, opt.weight_decay, opt.lr, opt.layer_decay, opt.patch_embed_lr_scale)
         self.optimizer = torch.optim.AdamW(groups, lr=opt.lr, betas=opt.betas)
@@ -129,23 +128,29 @@ class Trainer:
                              f"accumulation {opt.accumulation}")
         return opt.batch_size // (world * opt.accumulation)
 
-    def _with_images(self, table: RecordTable, split: str) -> RecordTable:
-        with_images = table.subset(table.has_images())
-        probe = np.unique(np.linspace(0, len(with_images) - 1, min(256, len(with_images))).astype(int))
-        missing = [i for i in probe if not with_images.image_path(int(i)).exists()]
-        if missing:
-            raise FileNotFoundError(
-                f"{len(missing)} of {len(probe)} probed image files of the {split} split are missing (e.g. "
-                f"{with_images.image_path(int(missing[0]))}); image objectives need the images on disk")
-        if len(with_images) < self.micro_batch * self.env.world_size:
-            raise ValueError(f"the {split} split has {len(with_images)} records with images (of {len(table)}), "
-                             f"fewer than one global batch of {self.micro_batch * self.env.world_size}")
-        return with_images
+    def _records(self, table: RecordTable, split: str) -> RecordTable:
+        """The records a split trains on: those with images on disk, or for text-only objectives one per study
+        with a report; at least one global batch of them."""
+        if not self.objective.requires_images:
+            chosen, kind = study_reports(table), "studies with a report"
+        else:
+            chosen, kind = table.subset(table.has_images()), "records with images"
+            probe = np.unique(np.linspace(0, len(chosen) - 1, min(256, len(chosen))).astype(int))
+            missing = [i for i in probe if not chosen.image_path(int(i)).exists()]
+            if missing:
+                raise FileNotFoundError(
+                    f"{len(missing)} of {len(probe)} probed image files of the {split} split are missing (e.g. "
+                    f"{chosen.image_path(int(missing[0]))}); image objectives need the images on disk")
+        if len(chosen) < self.micro_batch * self.env.world_size:
+            raise ValueError(f"the {split} split has {len(chosen)} {kind} (of {len(table)} records), fewer than "
+                             f"one global batch of {self.micro_batch * self.env.world_size}")
+        return chosen
 
     def _loader(self, table: RecordTable, transform: object, tokenize: object,
                 shuffle: bool) -> tuple[DataLoader, RankedBatchSampler]:
-        dataset = SeededDataset(RecordDataset(table, self.model.preprocess, self.class_names, transform),
-                                self.cfg.seed)
+        records = (RecordDataset(table, self.model.preprocess, self.class_names, transform)
+                   if self.objective.requires_images else ReportDataset(table))
+        dataset = SeededDataset(records, self.cfg.seed)
         sampler = RankedBatchSampler(len(dataset), self.micro_batch, self.cfg.seed, self.env.rank,
                                      self.env.world_size, shuffle)
         # The loader's own generator: creating an iterator (each epoch) must not draw from the global RNG,
