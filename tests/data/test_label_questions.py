@@ -40,7 +40,7 @@ def test_one_question_per_certain_label_and_known_sex(tmp_path: Path, caplog: py
     assert questions.loc["a:cardiomegaly", "answer_type"] == "closed"
     assert list(questions.loc[["a:sex", "b:no_finding"], "split"]) == ["train", "test"]
     assert list(questions.loc[["a:sex", "b:no_finding"], "patient_id"]) == ["P1", "P2"]
-    assert questions.loc["b:no_finding", "image_path"] == str(tmp_path / "images" / "b.png")
+    assert questions.loc["b:no_finding", "image_path"] == "images/b.png"
     assert "1 uncertain labels asked nothing" in caplog.text
 
 
@@ -51,3 +51,15 @@ def test_findings_can_be_chosen_and_unknown_ones_are_named(tmp_path: Path) -> No
         label_questions(_table(tmp_path), findings=["pneumothorax"])
     with pytest.raises(ValueError, match="no question could be written"):
         label_questions(_table(tmp_path).subset([1]), findings=["cardiomegaly"], sex=False)
+
+
+def test_questions_point_at_the_tables_images_whatever_its_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A table read from a relative folder (as benchmarks give it) keeps resolving its images."""
+    (tmp_path / "data" / "images").mkdir(parents=True)
+    (tmp_path / "data" / "images" / "a.png").write_bytes(b"png")
+    monkeypatch.chdir(tmp_path)
+    table = RecordTable.from_records([{"id": "a", "image_path": "images/a.png", "source": "phantom",
+                                       "patient_id": "P1", "sex": "M", "label_cardiomegaly": 0.0}],
+                                     root=Path("data"))
+    questions = label_questions(table)
+    assert len(questions) == 2 and all(questions.image_path(i).is_file() for i in range(2))

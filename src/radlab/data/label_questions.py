@@ -38,7 +38,7 @@ def label_questions(table: RecordTable, findings: Sequence[str] | None = None, s
     missing = [n for n in names if label_column(n) not in table.frame]
     if missing:
         raise ValueError(f"no label column for {missing} (labels present: {table.label_names})")
-    frame = table.with_absolute_paths().frame
+    frame = table.frame
     images = frame[frame["image_path"] != ""]
     labels = images[[label_column(n) for n in names]].to_numpy(dtype=np.float32, na_value=np.nan)
     records: list[dict[str, Any]] = []
@@ -61,4 +61,4 @@ def label_questions(table: RecordTable, findings: Sequence[str] | None = None, s
     if not records:
         raise ValueError(f"no question could be written: none of {len(images)} images has a 0/1 label for "
                          f"{names} or a known sex")
-    return RecordTable.from_records(records, root=table.root)
+    return RecordTable.from_records(records, root=table.root)  # image paths as given, against the same root
