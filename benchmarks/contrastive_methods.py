@@ -16,8 +16,8 @@ seeded, nested patient-level fractions of the training split (``data.train_subse
 protocol; validation and test records stay the same.
 
 Measured on the demo's 1,200 phantoms (defaults, session 9; about 50 min in all on 2 busy cores; low_data
-below). VQA: closed questions from the phantoms' labels and sex (2,358 test questions; majority answer 0.727, the head on the question
-alone 0.769 for every method, the same towers at random init 0.818 [0.803, 0.832]):
+below). VQA: closed questions from the phantoms' labels and sex (2,358 test questions; majority answer 0.727,
+the head on the question alone 0.769 for every method, the same towers at random init 0.818 [0.803, 0.832]):
 
     | method   | zero-shot AUC        | linear probe AUC     | image->report R@10   | report->image R@10   | VQA accuracy         |
     |----------|----------------------|----------------------|----------------------|----------------------|----------------------|
