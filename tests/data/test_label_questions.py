@@ -53,7 +53,8 @@ def test_findings_can_be_chosen_and_unknown_ones_are_named(tmp_path: Path) -> No
         label_questions(_table(tmp_path).subset([1]), findings=["cardiomegaly"], sex=False)
 
 
-def test_questions_point_at_the_tables_images_whatever_its_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_questions_point_at_the_tables_images_whatever_its_root(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """A table read from a relative folder (as benchmarks give it) keeps resolving its images."""
     (tmp_path / "data" / "images").mkdir(parents=True)
     (tmp_path / "data" / "images" / "a.png").write_bytes(b"png")

@@ -473,7 +473,8 @@ def _train(config: str, phantoms: Path, out: Path, steps: int, text: str = "") -
     overrides = [f"out={out}", f"data.sources=[{{source: phantom, path: {phantoms}}}]",
                  "data.split_fractions={train: 1.0}", "model.image_size=64",
                  "model.image_tower.kwargs={depth: 2}",
-                 f"model.text_tower.kwargs={{pooling: mean, layers: 2, hidden_size: 64, heads: 2, max_length: 64{text}}}",
+                 "model.text_tower.kwargs={pooling: mean, layers: 2, hidden_size: 64, heads: 2, "
+                 f"max_length: 64{text}}}",
                  f"optim.steps={steps}", "optim.batch_size=16", "optim.lr=1.0e-3", "optim.warmup_steps=5",
                  "optim.log_every=1", "runtime.device=cpu", "data.vocab_size=500",
                  "objective.kwargs.queue_size=48",

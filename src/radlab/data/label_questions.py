@@ -2,11 +2,11 @@
 
 Every image gets, for each finding it is annotated for, "Is there <finding>?" ("Is this radiograph normal?" for
 no_finding) answered yes (label 1) or no (label 0) (answer type closed, question type the finding), and "Is
-this patient male or female?" (open, question type sex) when its sex is known. Uncertain (-1) and missing labels ask nothing; how many were passed over is
-logged. Rows keep their image, patient, study and split, so the ``vqa`` task's held-out images and patient
-bootstrap are the table's own. The questions carry exactly the label information the linear probe reads; what
-the ``vqa`` task adds is one answer head over image and question features, as the contrastive-methods benchmark
-judges encoders on VQA-RAD and SLAKE.
+this patient male or female?" (open, question type sex) when its sex is known. Uncertain (-1) and missing
+labels ask nothing; how many were passed over is logged. Rows keep their image, patient, study and split, so
+the ``vqa`` task's held-out images and patient bootstrap are the table's own. The questions carry exactly the
+label information the linear probe reads; what the ``vqa`` task adds is one answer head over image and
+question features, as the contrastive-methods benchmark judges encoders on VQA-RAD and SLAKE.
 """
 
 from __future__ import annotations
