@@ -29,22 +29,15 @@ def vqa_rad_dir(split_table: RecordTable, tmp_path_factory: pytest.TempPathFacto
     root = tmp_path_factory.mktemp("vqa_rad")
     images = root / "VQA_RAD Image Folder"
     images.mkdir()
-    frame = split_table.frame
-    entries, qid = [], 0
-    for i in range(len(frame)):
-        name = f"synpic{i:05d}.png"
-        os.symlink(split_table.image_path(i), images / name)
-        test = frame["split"].iat[i] == "test"
-        for finding, question in (("cardiomegaly", "Is there cardiomegaly?"),
-                                  ("pleural_effusion", "Is there a pleural effusion?")):
-            value = frame[f"label_{finding}"].iat[i]
-            if value in (0, 1):
-                entries.append(_vqa_rad_entry(qid, name, question, "Yes" if value == 1 else "No", "CLOSED", test))
-                qid += 1
-        sex = {"F": "female", "M": "male"}.get(frame["sex"].iat[i])
-        if sex:
-            entries.append(_vqa_rad_entry(qid, name, "Is this patient male or female?", sex, "OPEN", test))
-            qid += 1
+    questions = label_questions(split_table, findings=["cardiomegaly", "pleural_effusion"])
+    names: dict[str, str] = {}
+    entries = []
+    for qid, row in enumerate(questions.frame.itertuples()):
+        if row.image_path not in names:
+            names[row.image_path] = f"synpic{len(names):05d}.png"
+            os.symlink(questions.image_path(qid), images / names[row.image_path])
+        entries.append(_vqa_rad_entry(qid, names[row.image_path], row.question, row.answer.capitalize(),
+                                      row.answer_type.upper(), row.split == "test"))
     (root / "VQA_RAD Dataset Public.json").write_text(json.dumps(entries))
     return root
 
