@@ -82,9 +82,9 @@ class RecordDataset(Dataset):
 def study_reports(table: RecordTable) -> RecordTable:
     """One record per study with a non-empty report (its first), images or not: what text-only objectives
     read, so a study's report counts once however many images it has."""
-    frame = table.frame
-    rows = np.flatnonzero((frame["report"].fillna("").str.strip() != "").to_numpy())
-    study = frame["study_id"].iloc[rows].where(frame["study_id"].iloc[rows] != "", frame["id"].iloc[rows])
+    rows = np.flatnonzero((table.frame["report"].fillna("").str.strip() != "").to_numpy())
+    reported = table.frame.iloc[rows]
+    study = reported["study_id"].where(reported["study_id"] != "", reported["id"])  # no study: the record
     return table.subset(rows[~study.duplicated().to_numpy()])
 
 
