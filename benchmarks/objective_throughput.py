@@ -1,14 +1,14 @@
 """Cost of one pre-training step per objective, under identical conditions, with ratios to a reference objective.
 
     python benchmarks/objective_throughput.py [--objectives supervised clip dinov2 ...] [--steps 20]
-        [--batch-size 32] [--size 128] [--n 256] [--device cpu|cuda] [--threads N]
-        [--out runs/bench_objectives] [--reference supervised]
+        [--batch-size 32] [--size 128] [--n 256] [--device cpu|cuda] [--threads N] [--workers 0]
+        [--set key=value ...] [--out runs/bench_objectives] [--reference supervised]
 
 Each objective runs ``pretrain`` from ``configs/<objective>.yaml`` with the same overrides (``--n`` phantoms
 drawn once with ``radlab.data.phantoms.synthesize``, seed 0; ``optim.steps``, ``optim.batch_size``,
-``model.image_size``; no training states; lr warm-up and the logging interval a quarter of the steps) in a
+``model.image_size``, ``optim.num_workers`` and any ``--set``; no training states; lr warm-up and the logging interval a quarter of the steps) in a
 fresh spawned process, so peak memory is per objective: peak RSS is ``getrusage(RUSAGE_SELF).ru_maxrss`` of
-that process (in-process data loading, ``num_workers: 0`` in every config; torch and model included), on
+that process (torch and model included; loader workers, ``--workers`` > 0, are not counted), on
 CUDA also ``torch.cuda.max_memory_allocated``. Step times are timed here, not read from metrics.jsonl:
 ``Trainer.train_step`` is wrapped in the child (data loading and augmentation included, CUDA synchronised
 after each step), the first logged interval (a quarter of the steps) is dropped as start-up and the median
@@ -90,8 +90,13 @@ OBJECTIVE_NAMES = [name for name in OBJECTIVES.names() if (ROOT / "configs" / f"
 def run_objective(config: Path, overrides: list[str], skip: int, threads: int | None) -> dict[str, float]:
     """In a fresh process: pretrain, timing each optimiser step; the median s/step after the first ``skip``
     steps, this process's peak memory (MiB) and its torch threads."""
+    import multiprocessing
+
     from radlab.train import engine
 
+    # This process was spawned, which makes spawn its default: loader workers would then re-import this script
+    # and torch each (minutes with 8 on the GPU machine). Fork them, as in a `radlab pretrain` run on Linux.
+    multiprocessing.set_start_method("fork", force=True)
     if threads:
         torch.set_num_threads(threads)
 
@@ -143,6 +148,8 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=256, help="phantom images to draw")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--workers", type=int, default=0, help="DataLoader workers (0: load in the training process)")
+    parser.add_argument("--set", nargs="*", default=[], help="extra config overrides key=value, for every objective")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench_objectives")
     parser.add_argument("--reference", default="supervised", help="objective the ratios are relative to")
     args = parser.parse_args()
@@ -160,7 +167,8 @@ def main() -> None:
     skip = max(1, args.steps // 4)
     common = [f"data.sources=[{{source: phantom, path: '{phantoms}'}}]", f"optim.steps={args.steps}",
               f"optim.batch_size={args.batch_size}", f"model.image_size={args.size}", f"optim.log_every={skip}",
-              f"optim.warmup_steps={skip}", "checkpoint.every=0", f"runtime.device={device}"]
+              f"optim.warmup_steps={skip}", "checkpoint.every=0", f"runtime.device={device}",
+              f"optim.num_workers={args.workers}", *args.set]
 
     rates: dict[str, Measurement] = {}
     results: dict[str, dict[str, float]] = {}
@@ -174,11 +182,13 @@ def main() -> None:
         with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
             results[name] = pool.submit(run_objective, config, overrides, skip, args.threads).result()
         rates[name] = Measurement(name, args.batch_size, results[name]["seconds_per_step"])
+        print(f"  {rates[name].rate:,.1f} images/s, {rates[name].seconds:.3f} s/step", flush=True)
 
     ref_rate, ref_mem = rates[args.reference].rate, results[args.reference]
     timed = args.steps - skip
-    table = Table(title=f"{device}, batch {args.batch_size}, {args.size} px, {timed} timed steps after {skip} "
-                        f"start-up steps ({int(ref_mem['threads'])} torch threads)",
+    table = Table(title=f"{device}, batch {args.batch_size}, {args.size} px, {args.workers} loader workers, {timed} "
+                        f"timed steps after {skip} start-up steps ({int(ref_mem['threads'])} torch threads)"
+                        + (f"; {' '.join(args.set)}" if args.set else ""),
                   caption="images/s = batch size / median s per step (data loading included)")
     columns = ["objective", "per image", "images/s", f"x {args.reference}", "s/step", "peak RSS MiB",
                f"x {args.reference}"] + (["CUDA peak MiB", f"x {args.reference}"] if device == "cuda" else [])

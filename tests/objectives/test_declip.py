@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
@@ -30,7 +29,7 @@ from radlab.objectives.base import step_seed
 from radlab.objectives.declip import DeCLIPObjective, augment_reports, report_sections
 from radlab.objectives.gloria import local_loss
 from radlab.objectives.masked_language import IGNORE
-from ranks import free_port
+from ranks import free_port, start_ranks
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 REPORTS = [
@@ -454,7 +453,7 @@ def _worker(rank: int, world: int, port: int, out: str, has_text: str) -> None:
 def test_two_processes_equal_one_process_with_the_global_batch(tmp_path: Path, has_text: str) -> None:
     """Uneven ranks (3 + 5 samples; 2 + 4 with text, or 0 + 4): loss and gradients (projections, ISS head,
     scale) and the queue after the step (gathered pushes, in global order) equal one process's."""
-    mp.start_processes(_worker, args=(2, free_port(), str(tmp_path), has_text), nprocs=2, start_method="fork")
+    start_ranks(_worker, (2, free_port(), str(tmp_path), has_text))
     single, objective = _step(slice(0, N), has_text)
     for r in range(2):
         rank = torch.load(tmp_path / f"rank{r}.pt", weights_only=True)

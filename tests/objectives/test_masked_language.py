@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import copy
 import math
-import socket
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 
 from radlab.models.text_towers import HFTextTower, bert_small
@@ -23,6 +21,7 @@ from radlab.objectives.masked_language import (
     check_mlm_tower,
     mask_tokens,
 )
+from ranks import free_port, start_ranks
 
 REPORTS = [
     "FINDINGS: No pneumothorax. The lungs are clear. Heart size is normal. IMPRESSION: Normal radiograph.",
@@ -184,12 +183,6 @@ SPLIT = [3, 5]
 CASES = ["uneven", "first_rank_unmasked"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _step(rows: slice, case: str) -> tuple[torch.Tensor, int]:
     """This rank's loss and accuracy shares and gradients (tower, head) on ``rows`` of one global masking."""
     tower = _tower()
@@ -219,7 +212,7 @@ def _worker(rank: int, world: int, port: int, out: str, case: str) -> None:
 def test_two_processes_equal_one_process_with_the_global_batch(tmp_path: Path, case: str) -> None:
     """Uneven ranks (3 + 5 reports, different masked-token counts, or none on the first): loss, accuracy and
     every gradient of the tower and head equal one process's over the whole batch."""
-    mp.start_processes(_worker, args=(2, _free_port(), str(tmp_path), case), nprocs=2, start_method="fork")
+    start_ranks(_worker, (2, free_port(), str(tmp_path), case))
     single, total = _step(slice(0, sum(SPLIT)), case)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
     counts = [r["count"] for r in ranks]

@@ -11,13 +11,12 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
 from radlab.objectives.slip import SLIPObjective
-from ranks import free_port
+from ranks import free_port, start_ranks
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -249,7 +248,7 @@ def test_two_processes_equal_one_process_with_the_global_batch(tmp_path: Path) -
     SSL weights and of the scale equal one process's. The engine-level 2-rank test does not apply: the SSL
     head's BatchNorm normalises per rank on CPU (gloo), so weights after a step differ (~1e-3) from one
     process's; with the SSL term off they agree (~1e-5)."""
-    mp.start_processes(_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, start_method="fork")
+    start_ranks(_worker, (2, free_port(), str(tmp_path)))
     for has_text in RANK_HAS_TEXT:
         single = _step(slice(0, N), has_text)
         for r in range(2):

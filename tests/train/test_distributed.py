@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
@@ -19,7 +18,7 @@ from radlab.objectives.medclip import medclip_loss
 from radlab.objectives.simclr import nt_xent
 from radlab.objectives.unicl import unicl_loss
 from radlab.train.state import latest_state, load_state
-from ranks import free_port
+from ranks import free_port, start_ranks
 
 N, D_IN, D = 8, 6, 5
 # (image rows per rank, text rows per rank): equal halves, uneven counts (e.g. only samples with text), and
@@ -79,7 +78,7 @@ def _loss_worker(rank: int, world: int, port: int, out: str) -> None:
 
 
 def test_two_processes_equal_one_process_with_the_global_batch(tmp_path: Path) -> None:
-    mp.start_processes(_loss_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, start_method="fork")
+    start_ranks(_loss_worker, (2, free_port(), str(tmp_path)))
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
     for name, split, _, _ in _cases():
         data, params = _setup()
@@ -138,8 +137,7 @@ def test_row_losses_two_processes_equal_one_process_with_the_global_batch(tmp_pa
     """SimCLR: NT-Xent negatives come from the global batch, 2N-2 per view, not 2B_local-2 (the reference's
     cross-replica concat). GLoRIA: every image is scored against every report of the global batch, each rank's
     reports padded to the longest of any rank before the gather. Equal, uneven and empty per-rank rows."""
-    mp.start_processes(_row_loss_worker, args=(2, free_port(), str(tmp_path), name), nprocs=2,
-                       start_method="fork")
+    start_ranks(_row_loss_worker, (2, free_port(), str(tmp_path), name))
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
     single = _loss_and_grads(name, slice(0, N))
     for split in SPLITS:
@@ -168,8 +166,7 @@ def test_engine_two_ranks_match_one_rank(tmp_path: Path, phantom_dir: Path, stra
               "runtime.device=cpu", f"runtime.strategy={strategy}", "checkpoint={every: 3, keep_last: 1}"]
     single = pretrain(TrainConfig.from_file(Path(__file__).parents[2] / "configs" / "supervised.yaml",
                                             [*common, f"out={tmp_path / 'one'}"]), progress=False)
-    mp.start_processes(_engine_worker, args=(2, free_port(), [*common, f"out={tmp_path / 'two'}"]),
-                       nprocs=2, start_method="fork")
+    start_ranks(_engine_worker, (2, free_port(), [*common, f"out={tmp_path / 'two'}"]))
     one = load_file(str(single / "model.safetensors"))
     two = load_file(str(tmp_path / "two" / "checkpoint" / "model.safetensors"))
     assert one.keys() == two.keys()
@@ -187,13 +184,11 @@ def test_fsdp_resume_continues_exactly(tmp_path: Path, phantom_dir: Path) -> Non
     common = ["optim.steps=4", "optim.batch_size=16", "optim.warmup_steps=1", "model.image_size=32",
               "model.image_tower.kwargs={depth: 2}", f"data.sources=[{{source: phantom, path: {phantom_dir}}}]",
               "runtime.device=cpu", "runtime.strategy=fsdp", "checkpoint={every: 2, keep_last: 2}"]
-    mp.start_processes(_engine_worker, args=(2, free_port(), [*common, f"out={tmp_path / 'a'}"]),
-                       nprocs=2, start_method="fork")
+    start_ranks(_engine_worker, (2, free_port(), [*common, f"out={tmp_path / 'a'}"]))
     (tmp_path / "b" / "state").mkdir(parents=True)
     half = tmp_path / "a" / "state" / "step_00000002.pt"
     (tmp_path / "b" / "state" / half.name).write_bytes(half.read_bytes())
-    mp.start_processes(_engine_worker, args=(2, free_port(), [*common, f"out={tmp_path / 'b'}", "resume=true"]),
-                       nprocs=2, start_method="fork")
+    start_ranks(_engine_worker, (2, free_port(), [*common, f"out={tmp_path / 'b'}", "resume=true"]))
     a = load_file(str(tmp_path / "a" / "checkpoint" / "model.safetensors"))
     b = load_file(str(tmp_path / "b" / "checkpoint" / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -207,7 +202,7 @@ def test_fsdp_early_stopping_exports_the_best_step(tmp_path: Path, phantom_dir: 
               "data.split_fractions={train: 0.7, val: 0.3}", "runtime.device=cpu", "runtime.strategy=fsdp",
               "checkpoint={every: 1, keep_last: 3}", f"out={tmp_path}",
               "early_stopping={metric: bce, every: 1, patience: 5, min_delta: 1.0e+9, max_batches: 1}"]
-    mp.start_processes(_engine_worker, args=(2, free_port(), common), nprocs=2, start_method="fork")
+    start_ranks(_engine_worker, (2, free_port(), common))
     exported = load_file(str(tmp_path / "checkpoint" / "model.safetensors"))
     first, last = (load_state(tmp_path / "state" / f"step_0000000{s}.pt")["model"] for s in (1, 3))
     tower = [k for k in first if k.startswith("image_tower.")]
@@ -248,7 +243,7 @@ def test_dino_teacher_targets_see_the_global_batch(tmp_path: Path) -> None:
     """Sinkhorn-Knopp targets and the DINO center from uneven per-rank rows equal one process's on all rows."""
     from radlab.objectives.dino_losses import DINOLoss, sinkhorn_knopp
 
-    mp.start_processes(_teacher_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, start_method="fork")
+    start_ranks(_teacher_worker, (2, free_port(), str(tmp_path)))
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
     single = DINOLoss(7, centering="centering")
     single.targets(_teacher_logits(), 0.05)
@@ -274,8 +269,7 @@ def test_dinov2_two_ranks_match_one_rank(tmp_path: Path, phantom_dir: Path, stra
               "objective.kwargs.freeze_last_layer_steps=0", "checkpoint={every: 3, keep_last: 1}"]
     single = pretrain(TrainConfig.from_file(Path(__file__).parents[2] / "configs" / "dinov2.yaml",
                                             [*common, f"out={tmp_path / 'one'}"]), progress=False)
-    mp.start_processes(_engine_worker, args=(2, free_port(), [*common, f"out={tmp_path / 'two'}"], "dinov2"),
-                       nprocs=2, start_method="fork")
+    start_ranks(_engine_worker, (2, free_port(), [*common, f"out={tmp_path / 'two'}"], "dinov2"))
     one = load_file(str(single / "model.safetensors"))
     two = load_file(str(tmp_path / "two" / "checkpoint" / "model.safetensors"))
     worst = max(float((one[k] - two[k]).abs().max()) for k in one)
@@ -305,8 +299,7 @@ def test_image_text_objectives_two_ranks_match_one_rank(tmp_path: Path, phantom_
               "checkpoint={every: 3, keep_last: 1}"]
     single = pretrain(TrainConfig.from_file(Path(__file__).parents[2] / "configs" / f"{config}.yaml",
                                             [*common, f"out={tmp_path / 'one'}"]), progress=False)
-    mp.start_processes(_engine_worker, args=(2, free_port(), [*common, f"out={tmp_path / 'two'}"], config),
-                       nprocs=2, start_method="fork")
+    start_ranks(_engine_worker, (2, free_port(), [*common, f"out={tmp_path / 'two'}"], config))
     one = load_file(str(single / "model.safetensors"))
     two = load_file(str(tmp_path / "two" / "checkpoint" / "model.safetensors"))
     assert one.keys() == two.keys() and any(k.startswith("text_tower.") for k in one)

@@ -12,28 +12,16 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny_runs import tiny_config
 
 from radlab.data.records import RecordTable
 from radlab.data.taxonomy import FINDING_NAMES
 from radlab.models.build import ModelConfig, TowerConfig, build_encoder
 from radlab.models.checkpoint import load_encoder_checkpoint
-from radlab.train.config import TrainConfig
 from radlab.train.engine import pretrain
 from radlab.train.loader import Position, RankedBatchSampler
 from radlab.train.optim import cosine_weight_decay, param_groups
 from radlab.train.state import latest_state, load_state, rng_state, save_state, set_rng_state, state_paths
-
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
-TINY_TEXT = "model.text_tower.kwargs={pooling: mean, layers: 1, hidden_size: 32, heads: 2, max_length: 48}"
-
-
-def _config(method: str, data: Path, out: Path, *extra: str) -> TrainConfig:
-    overrides = [f"out={out}", f"data.sources=[{{source: phantom, path: {data}}}]", "data.split_fractions={train: 1.0}",
-                 "model.image_size=32", "model.image_tower.kwargs={depth: 1}", "data.vocab_size=300",
-                 "optim.warmup_steps=2", "optim.log_every=1", "runtime.device=cpu", *extra]
-    if method != "supervised":
-        overrides.append(TINY_TEXT)
-    return TrainConfig.from_file(CONFIGS / f"{method}.yaml", overrides)
 
 
 def test_resume_continues_bit_identically(tmp_path: Path, phantom16: Path) -> None:
@@ -41,7 +29,7 @@ def test_resume_continues_bit_identically(tmp_path: Path, phantom16: Path) -> No
     CLIP with a text tower exercises dropout (RNG state), EMA, accumulation and a mid-epoch data position."""
     extra = ["optim.steps=6", "optim.batch_size=8", "optim.accumulation=2", "ema={decay: 0.9}",
              "checkpoint={every: 3, keep_last: 5}"]
-    straight = pretrain(_config("clip", phantom16, tmp_path / "a", *extra), progress=False)
+    straight = pretrain(tiny_config("clip", phantom16, tmp_path / "a", *extra), progress=False)
     resumed_out = tmp_path / "b"
     (resumed_out / "state").mkdir(parents=True)
     half = tmp_path / "a" / "state" / "step_00000003.pt"
@@ -50,7 +38,7 @@ def test_resume_continues_bit_identically(tmp_path: Path, phantom16: Path) -> No
     assert load_state(half)["samples"] == 8  # 6 micro-batches of 4 into 16 records: mid-epoch 1
     torch.manual_seed(1234)  # a different process RNG state must not matter
     random.seed(99)
-    resumed = pretrain(_config("clip", phantom16, resumed_out, *extra, "resume=true"), progress=False)
+    resumed = pretrain(tiny_config("clip", phantom16, resumed_out, *extra, "resume=true"), progress=False)
     a, b = load_file(str(straight / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     sa, sb = load_state(tmp_path / "a" / "state" / "step_00000006.pt"), load_state(latest_state(resumed_out))
@@ -83,7 +71,7 @@ def test_rng_state_round_trips() -> None:
 
 
 def test_time_budget_stops_with_a_resumable_state(tmp_path: Path, phantom16: Path) -> None:
-    checkpoint = pretrain(_config("supervised", phantom16, tmp_path, "optim.steps=50", "optim.batch_size=8",
+    checkpoint = pretrain(tiny_config("supervised", phantom16, tmp_path, "optim.steps=50", "optim.batch_size=8",
                                   "max_minutes=0"), progress=False)
     assert (checkpoint / "model.safetensors").exists()
     assert load_state(latest_state(tmp_path))["step"] == 1
@@ -105,7 +93,7 @@ def test_early_stopping_on_a_validation_term(tmp_path: Path, phantom_dir: Path) 
     stopping = "early_stopping={metric: bce, every: 1, patience: 1, min_delta: 1.0e+9, max_batches: 1%s}"
     extra = ["optim.steps=50", "optim.batch_size=8", "data.split_fractions={train: 0.8, val: 0.2}",
              "checkpoint={every: 1, keep_last: 5}"]
-    best = pretrain(_config("supervised", phantom_dir, tmp_path / "a", *extra, stopping % ""), progress=False)
+    best = pretrain(tiny_config("supervised", phantom_dir, tmp_path / "a", *extra, stopping % ""), progress=False)
     records = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "val_bce" in r] == [1, 2]
     states = {p.name: load_state(p) for p in state_paths(tmp_path / "a")}
@@ -113,7 +101,7 @@ def test_early_stopping_on_a_validation_term(tmp_path: Path, phantom_dir: Path) 
     assert _exported_matches_state(best, states["step_00000001.pt"])
     assert not _exported_matches_state(best, states["step_00000002.pt"])
     assert json.loads((best / "encoder.json").read_text())["step"] == 1
-    last = pretrain(_config("supervised", phantom_dir, tmp_path / "b", *extra, stopping % ", restore_best: false"),
+    last = pretrain(tiny_config("supervised", phantom_dir, tmp_path / "b", *extra, stopping % ", restore_best: false"),
                     progress=False)
     assert _exported_matches_state(last, load_state(latest_state(tmp_path / "b")))
 
@@ -122,13 +110,13 @@ def test_resumed_run_exports_the_best_step_seen_before_the_interruption(tmp_path
     extra = ["optim.steps=3", "optim.batch_size=8", "data.split_fractions={train: 0.8, val: 0.2}",
              "checkpoint={every: 1, keep_last: 5}",
              "early_stopping={metric: bce, every: 1, patience: 5, min_delta: 1.0e+9, max_batches: 1}"]
-    pretrain(_config("supervised", phantom_dir, tmp_path / "a", *extra), progress=False)
+    pretrain(tiny_config("supervised", phantom_dir, tmp_path / "a", *extra), progress=False)
     first = load_state(tmp_path / "a" / "state" / "step_00000001.pt")
     resumed_out = tmp_path / "b" / "state"
     resumed_out.mkdir(parents=True)
     second = tmp_path / "a" / "state" / "step_00000002.pt"
     (resumed_out / second.name).write_bytes(second.read_bytes())
-    resumed = pretrain(_config("supervised", phantom_dir, tmp_path / "b", *extra, "resume=true"), progress=False)
+    resumed = pretrain(tiny_config("supervised", phantom_dir, tmp_path / "b", *extra, "resume=true"), progress=False)
     assert load_state(latest_state(tmp_path / "b"))["step"] == 3
     assert _exported_matches_state(resumed, first)
 
@@ -191,9 +179,9 @@ def test_pretraining_on_evaluation_patients_is_refused_unless_forced(tmp_path: P
 
     eval_sources = f"data.eval_sources=[{{source: phantom, path: {phantom16}}}]"
     with pytest.raises(LeakageError, match="shared patients"):
-        pretrain(_config("supervised", phantom16, tmp_path / "a", "optim.steps=1", "optim.batch_size=8",
+        pretrain(tiny_config("supervised", phantom16, tmp_path / "a", "optim.steps=1", "optim.batch_size=8",
                          eval_sources), progress=False)
-    forced = _config("supervised", phantom16, tmp_path / "b", "optim.steps=1", "optim.batch_size=8", eval_sources,
+    forced = tiny_config("supervised", phantom16, tmp_path / "b", "optim.steps=1", "optim.batch_size=8", eval_sources,
                      "data.allow_eval_overlap=true")
     assert (pretrain(forced, progress=False) / "model.safetensors").exists()
 
@@ -203,7 +191,7 @@ def test_redirected_training_writes_progress_lines(tmp_path: Path, phantom16: Pa
     from radlab import progress
 
     monkeypatch.setattr(progress, "INTERVAL_S", 0.0)
-    cfg = _config("supervised", phantom16, tmp_path, "optim.steps=3", "optim.batch_size=8")
+    cfg = tiny_config("supervised", phantom16, tmp_path, "optim.steps=3", "optim.batch_size=8")
     pretrain(cfg, progress=True)
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith(f"{cfg.name}: ")]
     assert [line.split(",")[0] for line in lines] == [f"{cfg.name}: {k}/3" for k in (1, 2, 3)]
@@ -231,7 +219,7 @@ def test_sources_that_reencode_the_same_images_get_an_image_audit(tmp_path: Path
     rsna = fx.build_rsna(tmp_path / "rsna")
     for source, expected in (("nih", True), ("phantom", False)):
         data = fx.build_nih(tmp_path / "nih") if source == "nih" else phantom16
-        cfg = _config("supervised", data, tmp_path / source, "optim.steps=1",
+        cfg = tiny_config("supervised", data, tmp_path / source, "optim.steps=1",
                       f"data.sources=[{{source: {source}, path: {data}}}]",
                       f"data.eval_sources=[{{source: rsna_pneumonia, path: {rsna}}}]")
         with pytest.raises(Audited):
@@ -242,7 +230,7 @@ def test_sources_that_reencode_the_same_images_get_an_image_audit(tmp_path: Path
 def test_each_step_clamps_learned_temperatures(tmp_path: Path, phantom16: Path) -> None:
     from radlab.models import load_encoder
 
-    cfg = _config("supervised", phantom16, tmp_path, "optim.steps=1", "optim.batch_size=8",
+    cfg = tiny_config("supervised", phantom16, tmp_path, "optim.steps=1", "optim.batch_size=8",
                   "objective.kwargs={uncertain: ignore, init_temperature: 0.005}")  # scale 200 > 100
     head = load_encoder(pretrain(cfg, progress=False)).label_head
     assert head.logit_scale.exp().item() == pytest.approx(100.0, rel=1e-5)
@@ -256,10 +244,10 @@ def test_init_from_starts_a_run_on_a_checkpoints_encoder_and_objective(tmp_path:
     """CLIP trained, then continued with lr 0: the new run exports the same towers, projections, tokenizer and
     learned temperature. A supervised run from the CLIP checkpoint takes its image tower and starts its head
     fresh; a CLIP run from that (image-only) checkpoint starts a fresh text tower."""
-    first = pretrain(_config("clip", phantom16, tmp_path / "clip", "optim.steps=3", "optim.batch_size=8"),
+    first = pretrain(tiny_config("clip", phantom16, tmp_path / "clip", "optim.steps=3", "optim.batch_size=8"),
                      progress=False)
     frozen = ["optim.steps=1", "optim.batch_size=8", "optim.lr=0", f"init_from={first}"]
-    again = pretrain(_config("clip", phantom16, tmp_path / "again", *frozen), progress=False)
+    again = pretrain(tiny_config("clip", phantom16, tmp_path / "again", *frozen), progress=False)
     a, b = _tensors(first), _tensors(again)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert torch.equal(_tensors(first, "objective.safetensors")["logit_scale.log_scale"],
@@ -267,31 +255,31 @@ def test_init_from_starts_a_run_on_a_checkpoints_encoder_and_objective(tmp_path:
     vocab = [json.loads(p.read_text())["model"]["vocab"] for p in (tmp_path / "again" / "tokenizer" / "tokenizer.json",
                                                                    first / "text_tower" / "tokenizer.json")]
     assert vocab[0] == vocab[1]
-    labels = pretrain(_config("supervised", phantom16, tmp_path / "labels", *frozen), progress=False)
+    labels = pretrain(tiny_config("supervised", phantom16, tmp_path / "labels", *frozen), progress=False)
     c = _tensors(labels)
     assert all(torch.equal(a[k], c[k]) for k in a if k.startswith(("image_tower.", "image_proj.")))
     assert not any(k.startswith("text_") for k in c) and "label_head.prototypes" in c
-    text_later = pretrain(_config("clip", phantom16, tmp_path / "text", *frozen[:3], f"init_from={labels}"),
+    text_later = pretrain(tiny_config("clip", phantom16, tmp_path / "text", *frozen[:3], f"init_from={labels}"),
                           progress=False)
     d = _tensors(text_later)
     assert all(torch.equal(c[k], d[k]) for k in c if k.startswith("image_tower.")) and "text_proj.weight" in d
 
 
 def test_init_from_refuses_a_checkpoint_that_does_not_fit(tmp_path: Path, phantom16: Path) -> None:
-    first = pretrain(_config("supervised", phantom16, tmp_path / "a", "optim.steps=1", "optim.batch_size=8"),
+    first = pretrain(tiny_config("supervised", phantom16, tmp_path / "a", "optim.steps=1", "optim.batch_size=8"),
                      progress=False)
-    deeper = _config("supervised", phantom16, tmp_path / "b", "optim.steps=1", "optim.batch_size=8",
+    deeper = tiny_config("supervised", phantom16, tmp_path / "b", "optim.steps=1", "optim.batch_size=8",
                      "model.image_tower.kwargs={depth: 2}", f"init_from={first}")
     with pytest.raises(ValueError, match="model.safetensors does not fit"):
         pretrain(deeper, progress=False)
     with pytest.raises(FileNotFoundError, match="not a radlab checkpoint"):
-        pretrain(_config("supervised", phantom16, tmp_path / "c", "optim.steps=1", f"init_from={tmp_path}"),
+        pretrain(tiny_config("supervised", phantom16, tmp_path / "c", "optim.steps=1", f"init_from={tmp_path}"),
                  progress=False)
 
 
 def test_train_subset_pretrains_on_a_fraction_of_the_training_patients(tmp_path: Path, phantom_dir: Path,
                                                                        caplog: pytest.LogCaptureFixture) -> None:
-    cfg = _config("supervised", phantom_dir, tmp_path, "optim.steps=1", "optim.batch_size=8",
+    cfg = tiny_config("supervised", phantom_dir, tmp_path, "optim.steps=1", "optim.batch_size=8",
                   "data.train_subset={fraction: 0.1, seed: 1}")
     with caplog.at_level("INFO", logger="radlab.train.setup"):
         pretrain(cfg, progress=False)

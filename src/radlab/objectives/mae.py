@@ -80,8 +80,9 @@ class MAEObjective(Objective):
         keep = order[:, :n_keep]
         visible = patches.gather(1, keep[..., None].expand(-1, -1, patches.shape[-1]))
         latent = vit_encode(vit, torch.cat([prefix, visible], dim=1))[:, prefix.shape[1]:]
-        tokens = self.mask_token.to(latent.dtype).expand(b, n, -1).clone()
-        tokens = tokens.scatter(1, keep[..., None].expand(-1, -1, tokens.shape[-1]), self.decoder_embed(latent))
+        embedded = self.decoder_embed(latent)  # bf16 under autocast, while the encoder's final norm gives fp32
+        tokens = self.mask_token.to(embedded.dtype).expand(b, n, -1).clone()
+        tokens = tokens.scatter(1, keep[..., None].expand(-1, -1, tokens.shape[-1]), embedded)
         tokens = tokens + sincos_2d(h, w, tokens.shape[-1]).to(tokens)
         pred = self.decoder_pred(self.decoder_norm(self.decoder(tokens)))
         target = patchify(images, self.patch).float()

@@ -35,11 +35,24 @@ def init_distributed(device: str = "auto") -> DistEnv:
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if use_cuda:
+        _check_gpu(local_rank)
         torch.cuda.set_device(local_rank)
     target = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if use_cuda else "gloo", rank=rank, world_size=world)
     return DistEnv(rank, world, local_rank, target)
+
+
+def _check_gpu(local_rank: int) -> None:
+    """A clear error instead of CUDA's own when this rank has no GPU of its own."""
+    if not torch.cuda.is_available():
+        raise RuntimeError("runtime.device is 'cuda' but PyTorch sees no CUDA device (a CPU build of torch, "
+                           "no driver, or CUDA_VISIBLE_DEVICES empty); use runtime.device=auto or cpu")
+    count = torch.cuda.device_count()
+    if local_rank >= count:
+        raise RuntimeError(f"LOCAL_RANK {local_rank} has no GPU: this node shows {count} CUDA device(s); start at "
+                           f"most {count} process(es) per node (torchrun --nproc_per_node={count}), or run the "
+                           "ranks on the CPU with runtime.device=cpu")
 
 
 def sync_batch_norm(module: torch.nn.Module, env: DistEnv) -> torch.nn.Module:

@@ -96,7 +96,7 @@ class Trainer:
         if self.sharded:
             if cfg.ema is not None:
                 raise ValueError("ema is not supported with runtime.strategy=fsdp")
-            sharding.shard(self.module)
+            sharding.shard(self.module, env.device)
         elif env.world_size > 1:
             self.wrapped = DistributedDataParallel(
                 self.module, device_ids=[env.local_rank] if env.device.type == "cuda" else None,

@@ -8,6 +8,7 @@ encoder are written from full (gathered) state dicts, so a sharded run saves the
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
@@ -16,6 +17,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_model_state_dict,
     set_optimizer_state_dict,
 )
+from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
 
 FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
@@ -32,11 +34,13 @@ def shard_units(module: nn.Module) -> list[nn.Module]:
     return units
 
 
-def shard(module: nn.Module) -> nn.Module:
-    """Shard each block, then the root (which then owns the remaining parameters)."""
+def shard(module: nn.Module, device: torch.device) -> nn.Module:
+    """Shard each block, then the root (which then owns the remaining parameters), over all ranks on
+    ``device``'s type (FSDP's own default picks CUDA whenever a GPU exists, also for a gloo run on the CPU)."""
+    mesh = init_device_mesh(device.type, (dist.get_world_size(),))
     for unit in shard_units(module):
-        fully_shard(unit)
-    fully_shard(module)
+        fully_shard(unit, mesh=mesh)
+    fully_shard(module, mesh=mesh)
     return module
 
 

@@ -80,7 +80,7 @@ def rng_state() -> dict[str, Any]:
                   "has_gauss": int(has_gauss), "cached": float(cached)},
         "torch": torch.get_rng_state(),
     }
-    if torch.cuda.is_available():
+    if torch.cuda.is_initialized():  # a CPU run on a GPU machine leaves CUDA (and its memory) alone
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
@@ -89,8 +89,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
     py = state["python"]
     random.setstate((py["version"], tuple(int(v) for v in py["state"].tolist()), py["gauss"]))
     nps = state["numpy"]
-    np.random.set_state((nps["kind"], nps["keys"].numpy().astype(np.uint32), nps["pos"], nps["has_gauss"],
+    np.random.set_state((nps["kind"], nps["keys"].cpu().numpy().astype(np.uint32), nps["pos"], nps["has_gauss"],
                          nps["cached"]))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    torch.set_rng_state(state["torch"].cpu())  # a state loaded onto a GPU comes back to where the RNG lives
+    if "cuda" in state and torch.cuda.is_initialized():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
