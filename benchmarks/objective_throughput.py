@@ -59,7 +59,23 @@ Session 8, same settings and an idle machine, after DeCLIP gained its masked-lan
 Peak RSS includes the ~890 MiB a process holds after importing radlab's engine (torch, timm,
 transformers). A repeat of the small run moved single objectives by up to 25% (the neighbour's load), so
 ratios within 0.8-1.25 are noise there. A first attempt with the neighbour at full load ran the first four
-objectives 10-50x slower: rerun when a table looks odd. The CUDA path (``--device cuda``) is not run yet.
+objectives 10-50x slower: rerun when a table looks odd. The tables above predate session 10's loader change
+(samples seeded through the CPU generator alone): supervised at ``--steps 10 --n 128 --size 64 --batch-size 16``
+went from 126.6 to 157.8 images/s with it, MAE stayed (197.5 / 195.6).
+
+On one H100 (session 10; torch 2.11+cu130, 16 CPU cores, bf16 autocast; ViT-S/16 at 224 px, batch 64, 8 loader
+workers, 12 steps of which 9 timed: ``--device cuda --workers 8 --steps 12 --batch-size 64 --size 224 --n 256
+--set model.image_tower.name=vit_small_patch16_224``):
+
+    objective   per image                               images/s  x supervised  s/step
+    supervised  1 view                                     578.3          1.00   0.111
+    clip        1 view + text tower                         72.2          0.12   0.886
+    dinov2      2 global + 4 local crops, EMA teacher      197.4          0.34   0.324
+    simclr      2 views                                    360.2          0.62   0.178
+
+MAE did not finish inside the session's GPU time (its first GPU run had found the bf16 scatter bug, since
+fixed). CLIP's 0.12x is not explained: tokenising 64 reports takes ~3 ms and its loader work on the CPU is
+within 15% of supervised's; profile it with torch.profiler on a GPU before trusting image-text rates there.
 """
 
 from __future__ import annotations

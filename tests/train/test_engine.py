@@ -19,7 +19,7 @@ from radlab.data.taxonomy import FINDING_NAMES
 from radlab.models.build import ModelConfig, TowerConfig, build_encoder
 from radlab.models.checkpoint import load_encoder_checkpoint
 from radlab.train.engine import pretrain
-from radlab.train.loader import Position, RankedBatchSampler
+from radlab.train.loader import Position, RankedBatchSampler, SeededDataset
 from radlab.train.optim import cosine_weight_decay, param_groups
 from radlab.train.state import latest_state, load_state, rng_state, save_state, set_rng_state, state_paths
 
@@ -172,6 +172,25 @@ def test_ranks_split_the_single_process_batches(start: int) -> None:
     together = [a + b for a, b in zip(*ranks, strict=True)]
     assert together == list(single) and len(together) == 5 - start
     assert {i for batch in RankedBatchSampler(40, 8, seed=3) for _, i in batch} == set(range(40))
+
+
+def test_seeded_samples_draw_from_the_cpu_generator_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sample i of epoch e draws the same numbers wherever it is loaded, and never reseeds CUDA's generators
+    (torch.manual_seed would: ~1 ms a sample, and the GPU's dropout stream reseeded by the data)."""
+    reseeded: list[int] = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", reseeded.append)
+    draws = SeededDataset(_Draw(), seed=5)
+    first = draws[(1, 2)]
+    torch.default_generator.manual_seed(123)  # the process's generator state does not matter, and is kept
+    before = torch.get_rng_state()
+    assert torch.equal(draws[(1, 2)], first) and not torch.equal(draws[(2, 2)], first)
+    assert torch.equal(torch.get_rng_state(), before)
+    assert reseeded == []
+
+
+class _Draw:
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return torch.rand(3)
 
 
 def test_pretraining_on_evaluation_patients_is_refused_unless_forced(tmp_path: Path, phantom16: Path) -> None:
