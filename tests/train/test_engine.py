@@ -52,6 +52,17 @@ def test_resume_continues_bit_identically(tmp_path: Path, phantom16: Path) -> No
     assert steps == [4, 5, 6]
 
 
+@pytest.mark.parametrize("method", ["clip", "dinov2"])
+def test_loader_workers_do_not_change_the_run(method: str, tmp_path: Path, phantom16: Path) -> None:
+    """Augmentations (DINOv2's multi-crop included) and batches are seeded per sample, so 2 loader workers train
+    the same weights as loading in the training process."""
+    extra = ["optim.steps=4", "optim.batch_size=8", "model.image_size=64"]
+    runs = [pretrain(tiny_config(method, phantom16, tmp_path / f"w{w}", *extra, f"optim.num_workers={w}"),
+                     progress=False) for w in (0, 2)]
+    a, b = (load_file(str(run / "model.safetensors")) for run in runs)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_states_are_atomic_pruned_and_load_without_pickles(tmp_path: Path) -> None:
     for step in (1, 2, 3, 4):
         save_state(tmp_path, step, {"step": step, "rng": rng_state(), "w": torch.full((3,), float(step))}, 2)
