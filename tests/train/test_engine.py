@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing
 import random
 import shutil
 from pathlib import Path
@@ -52,14 +53,21 @@ def test_resume_continues_bit_identically(tmp_path: Path, phantom16: Path) -> No
     assert steps == [4, 5, 6]
 
 
-@pytest.mark.parametrize("method", ["clip", "dinov2"])
-def test_loader_workers_do_not_change_the_run(method: str, tmp_path: Path, phantom16: Path) -> None:
+@pytest.mark.parametrize(("method", "start"), [("clip", "fork"), ("dinov2", "fork"), ("clip", "spawn")])
+def test_loader_workers_do_not_change_the_run(method: str, start: str, tmp_path: Path, phantom16: Path) -> None:
     """Augmentations (DINOv2's multi-crop included) and batches are seeded per sample, so 2 loader workers train
-    the same weights as loading in the training process."""
+    the same weights as loading in the training process; also when workers are spawned (macOS; forkserver, the
+    default from Python 3.14, pickles the same way), which needs the dataset and collator to pickle."""
     extra = ["optim.steps=4", "optim.batch_size=8", "model.image_size=64"]
-    runs = [pretrain(tiny_config(method, phantom16, tmp_path / f"w{w}", *extra, f"optim.num_workers={w}"),
-                     progress=False) for w in (0, 2)]
-    a, b = (load_file(str(run / "model.safetensors")) for run in runs)
+    single = pretrain(tiny_config(method, phantom16, tmp_path / "w0", *extra), progress=False)
+    default = multiprocessing.get_start_method(allow_none=True)
+    multiprocessing.set_start_method(start, force=True)
+    try:
+        workers = pretrain(tiny_config(method, phantom16, tmp_path / "w2", *extra, "optim.num_workers=2"),
+                           progress=False)
+    finally:
+        multiprocessing.set_start_method(default, force=True)
+    a, b = (load_file(str(run / "model.safetensors")) for run in (single, workers))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
