@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from tiny_runs import CONFIGS, tiny_config
+from tiny_runs import CONFIGS, interrupted_copy, tiny_config
 
 from radlab.models.checkpoint import load_encoder_checkpoint
 from radlab.objectives.clip import ClipObjective
@@ -22,15 +22,6 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device:
 
 def _losses(out: Path) -> list[float]:
     return [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
-
-
-def _copy_state(src: Path, dst: Path, step: int) -> None:
-    (dst / "state").mkdir(parents=True)
-    name = f"step_{step:08d}.pt"
-    (dst / "state" / name).write_bytes((src / "state" / name).read_bytes())
-    (dst / "tokenizer").mkdir()
-    for f in (src / "tokenizer").iterdir():
-        (dst / "tokenizer" / f.name).write_bytes(f.read_bytes())
 
 
 def test_cuda_without_a_gpu_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -98,7 +89,7 @@ def test_a_cuda_run_resumes_exactly_and_its_state_resumes_on_the_cpu(tmp_path: P
     extra = ["optim.steps=6", "optim.batch_size=8", "ema={decay: 0.9}", "checkpoint={every: 3, keep_last: 5}",
              "runtime.device=cuda"]
     straight = pretrain(tiny_config("clip", phantom16, tmp_path / "a", *extra), progress=False)
-    _copy_state(tmp_path / "a", tmp_path / "b", 3)
+    interrupted_copy(tmp_path / "a", tmp_path / "b", 3)
     resumed = pretrain(tiny_config("clip", phantom16, tmp_path / "b", *extra, "resume=true"), progress=False)
     a, b = load_file(str(straight / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
     worst = max(float((a[k] - b[k]).abs().max()) for k in a)
@@ -106,7 +97,7 @@ def test_a_cuda_run_resumes_exactly_and_its_state_resumes_on_the_cpu(tmp_path: P
     assert a.keys() == b.keys() and worst < 1e-6
     assert _losses(tmp_path / "b") == pytest.approx(_losses(tmp_path / "a")[3:], abs=1e-5)
 
-    _copy_state(tmp_path / "a", tmp_path / "c", 3)
+    interrupted_copy(tmp_path / "a", tmp_path / "c", 3)
     on_cpu = pretrain(tiny_config("clip", phantom16, tmp_path / "c", *extra, "resume=true", "runtime.device=cpu"),
                       progress=False)
     assert [json.loads(line)["step"] for line in (tmp_path / "c" / "metrics.jsonl").read_text().splitlines()] == [4, 5, 6]

@@ -11,6 +11,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from safetensors.torch import load_file
+from tiny_runs import interrupted_copy
 
 from radlab.models.dino_checkpoint import HEAD_FILE
 from radlab.objectives.clip import clip_loss
@@ -185,9 +186,7 @@ def test_fsdp_resume_continues_exactly(tmp_path: Path, phantom_dir: Path) -> Non
               "model.image_tower.kwargs={depth: 2}", f"data.sources=[{{source: phantom, path: {phantom_dir}}}]",
               "runtime.device=cpu", "runtime.strategy=fsdp", "checkpoint={every: 2, keep_last: 2}"]
     start_ranks(_engine_worker, (2, free_port(), [*common, f"out={tmp_path / 'a'}"]))
-    (tmp_path / "b" / "state").mkdir(parents=True)
-    half = tmp_path / "a" / "state" / "step_00000002.pt"
-    (tmp_path / "b" / "state" / half.name).write_bytes(half.read_bytes())
+    interrupted_copy(tmp_path / "a", tmp_path / "b", 2)
     start_ranks(_engine_worker, (2, free_port(), [*common, f"out={tmp_path / 'b'}", "resume=true"]))
     a = load_file(str(tmp_path / "a" / "checkpoint" / "model.safetensors"))
     b = load_file(str(tmp_path / "b" / "checkpoint" / "model.safetensors"))

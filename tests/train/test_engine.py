@@ -6,14 +6,13 @@ import json
 import math
 import multiprocessing
 import random
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
-from tiny_runs import tiny_config
+from tiny_runs import interrupted_copy, tiny_config
 
 from radlab.data.records import RecordTable
 from radlab.data.taxonomy import FINDING_NAMES
@@ -31,12 +30,9 @@ def test_resume_continues_bit_identically(tmp_path: Path, phantom16: Path) -> No
     extra = ["optim.steps=6", "optim.batch_size=8", "optim.accumulation=2", "ema={decay: 0.9}",
              "checkpoint={every: 3, keep_last: 5}"]
     straight = pretrain(tiny_config("clip", phantom16, tmp_path / "a", *extra), progress=False)
-    resumed_out = tmp_path / "b"
-    (resumed_out / "state").mkdir(parents=True)
-    half = tmp_path / "a" / "state" / "step_00000003.pt"
-    (resumed_out / "state" / half.name).write_bytes(half.read_bytes())
-    shutil.copytree(tmp_path / "a" / "tokenizer", resumed_out / "tokenizer")  # what an interrupted run leaves
-    assert load_state(half)["samples"] == 8  # 6 micro-batches of 4 into 16 records: mid-epoch 1
+    resumed_out = interrupted_copy(tmp_path / "a", tmp_path / "b", 3)
+    # 6 micro-batches of 4 into 16 records: the state stands mid-epoch 1
+    assert load_state(resumed_out / "state" / "step_00000003.pt")["samples"] == 8
     torch.manual_seed(1234)  # a different process RNG state must not matter
     random.seed(99)
     resumed = pretrain(tiny_config("clip", phantom16, resumed_out, *extra, "resume=true"), progress=False)

@@ -3,6 +3,7 @@ for image-text methods, a 1-layer text tower."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from radlab.train.config import TrainConfig
@@ -21,3 +22,13 @@ def tiny_config(method: str, data: Path, out: Path, *extra: str) -> TrainConfig:
     if cfg.model.text_tower is None:
         return cfg
     return TrainConfig.from_file(CONFIGS / f"{method}.yaml", [*overrides, TINY_TEXT])
+
+
+def interrupted_copy(run: Path, out: Path, step: int) -> Path:
+    """What a run interrupted after ``step`` leaves in ``out``: that step's training state and the tokenizer."""
+    state = run / "state" / f"step_{step:08d}.pt"
+    (out / "state").mkdir(parents=True)
+    shutil.copy(state, out / "state" / state.name)
+    if (run / "tokenizer").is_dir():
+        shutil.copytree(run / "tokenizer", out / "tokenizer")
+    return out
