@@ -65,3 +65,22 @@ def test_tower_interface() -> None:
     assert tower.embed_dim == 512 and tower.num_prefix_tokens == 0
     patch14 = IMAGE_TOWERS.build("vit_tiny_patch14", image_size=56, depth=1)
     assert patch14.backbone.patch_embed.proj.kernel_size == (14, 14)
+
+
+def test_regions_stage_gives_a_cnns_earlier_cells_and_keeps_its_embedding() -> None:
+    """ResNet-18 with ``regions_stage: -2``: regions are ``layer3``'s cells (stride 16, 256 wide), pooled and
+    tokens the same as without the option; a ViT, which has no stages, refuses it."""
+    tower = IMAGE_TOWERS.build("resnet18", image_size=64, regions_stage=-2).eval()
+    plain = IMAGE_TOWERS.build("resnet18", image_size=64).eval()
+    plain.load_state_dict(tower.state_dict())
+    images = torch.randn(2, 1, 64, 64)
+    out, reference = tower(images), plain(images)
+    m = tower.backbone
+    with torch.no_grad():
+        layer3 = m.layer3(m.layer2(m.layer1(m.maxpool(m.act1(m.bn1(m.conv1(images)))))))
+    assert tower.region_dim == 256 and out.regions.shape == (2, 16, 256)
+    assert torch.allclose(out.regions, layer3.flatten(2).transpose(1, 2), atol=1e-6)
+    assert torch.equal(out.pooled, reference.pooled) and torch.equal(out.tokens, reference.tokens)
+    assert reference.regions is None and plain.region_dim == plain.embed_dim
+    with pytest.raises(ValueError, match="not a feature stage of vit_tiny_patch16_224"):
+        IMAGE_TOWERS.build("vit_tiny_patch16_224", image_size=64, regions_stage=-2)

@@ -87,13 +87,16 @@ def test_word_pieces_are_summed_into_words_and_special_tokens_dropped() -> None:
         LocalMatcher.words(TowerOutput(torch.zeros(2, 4), torch.zeros(2, 3, 4)), empty, tokenizer)
 
 
-def test_objective_wires_the_encoders_tokens_into_both_terms() -> None:
+@pytest.mark.parametrize(("tower", "kwargs", "region_dim"), [("vit_tiny_patch16_224", {"depth": 1}, 192),
+                                                             ("resnet18", {"regions_stage": -2}, 256)])
+def test_objective_wires_the_encoders_tokens_into_both_terms(tower: str, kwargs: dict, region_dim: int) -> None:
     """The objective's terms equal the loss functions on the encoder's own outputs: global on its projections,
     local on words summed from the text tower's tokens and regions through the local embedder; both get
-    gradients, samples without a report are left out."""
+    gradients, samples without a report are left out. The regions are a ViT's patch tokens, or a ResNet's
+    ``layer3`` cells (``regions_stage: -2``, GLoRIA's), not its last feature map."""
     torch.manual_seed(0)
     texts = ["small left pleural effusion", "no acute process", "mild cardiomegaly", "right pneumothorax", ""]
-    cfg = ModelConfig(image_tower=TowerConfig(name="vit_tiny_patch16_224", kwargs={"depth": 1}),
+    cfg = ModelConfig(image_tower=TowerConfig(name=tower, kwargs=kwargs),
                       text_tower=TowerConfig(name="bert_small", kwargs={"hidden_size": 32, "layers": 1, "heads": 2}),
                       image_size=32, embed_dim=16)
     model = build_encoder(cfg, train_wordpiece(texts[:4] * 5, vocab_size=60)).eval()  # no dropout: comparable
@@ -113,8 +116,10 @@ def test_objective_wires_the_encoders_tokens_into_both_terms() -> None:
         global_term = F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)
         membership = word_membership(tokens["input_ids"], tokens["attention_mask"], model.text_tower.tokenizer)
         lengths = membership.any(-1).sum(1).tolist()
-        regions = (image_out.tokens @ objective.matcher.embedder.weight.T).double().numpy()
+        cells = image_out.tokens if image_out.regions is None else image_out.regions
+        regions = (cells @ objective.matcher.embedder.weight.T).double().numpy()
         words = (membership @ text_out.tokens).double().numpy()
+    assert objective.matcher.embedder.in_features == region_dim == cells.shape[-1]
     assert torch.allclose(terms["global"], global_term, atol=1e-5)
     assert abs(float(terms["local"]) - _reference_local_loss(regions, words, lengths, True)) < 1e-4
     assert float(terms["loss"].detach()) == pytest.approx(float(terms["global"] + terms["local"]), rel=1e-6)

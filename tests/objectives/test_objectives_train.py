@@ -44,3 +44,20 @@ def test_objective_loss_falls_on_phantoms(method: str, phantoms_with_label_only:
         encoder = load_encoder(checkpoint)
         assert torch.equal(encoder.local_match.embedder.weight, trained)
         assert encoder.text_tower.hidden_layers == 2
+
+
+def test_gloria_on_a_resnet_trains_and_reloads_its_layer3_matcher(phantoms_with_label_only: Path,
+                                                                   tmp_path: Path) -> None:
+    """GLoRIA's own image side: a ResNet whose ``layer3`` cells are the regions; the checkpoint rebuilds the
+    tower with them and the matcher reads their width."""
+    overrides = [f"out={tmp_path}", f"data.sources=[{{source: phantom, path: {phantoms_with_label_only}}}]",
+                 "data.split_fractions={train: 1.0}", "model.image_size=64", "data.vocab_size=500",
+                 "model.image_tower={name: resnet18, kwargs: {regions_stage: -2}}", "optim.steps=3",
+                 "optim.batch_size=8", "optim.warmup_steps=1", "optim.log_every=1", "runtime.device=cpu",
+                 "model.text_tower.kwargs={pooling: mean, layers: 2, hidden_size: 64, heads: 2, hidden_layers: 2}"]
+    checkpoint = pretrain(TrainConfig.from_file(CONFIGS / "gloria.yaml", overrides), progress=False)
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert len(losses) == 3 and np.isfinite(losses).all()
+    encoder = load_encoder(checkpoint).eval()
+    assert encoder.image_tower.regions_stage == -2 and encoder.local_match.embedder.in_features == 256
+    assert encoder.image_output(torch.randn(2, 1, 64, 64)).regions.shape == (2, 16, 256)

@@ -18,10 +18,15 @@ class TimmImageTower(nn.Module):
     ``timm.create_model(..., in_chans=1)`` sums a pretrained RGB stem over its input channels, which is the
     right adaptation for grayscale images (a replicated 3-channel image would waste compute for the same
     result). ViTs pool by their class token; CNNs by global average pooling of the last feature map.
+
+    ``regions_stage`` (CNNs only) also returns an earlier stage's feature-map cells as ``regions``, the
+    features word-region matching reads: -2 is ResNet ``layer3`` (stride 16), GLoRIA's local features, while
+    the pooled embedding and tokens stay the last stage's.
     """
 
     def __init__(self, name: str, image_size: int = 128, pretrained: bool = False,
-                 checkpoint_path: str | None = None, **timm_kwargs: object) -> None:
+                 checkpoint_path: str | None = None, regions_stage: int | None = None,
+                 **timm_kwargs: object) -> None:
         super().__init__()
         kwargs = dict(num_classes=0, in_chans=1, pretrained=pretrained, **timm_kwargs)
         if checkpoint_path:
@@ -33,19 +38,37 @@ class TimmImageTower(nn.Module):
         self.backbone = timm.create_model(name, **kwargs)
         self.embed_dim: int = self.backbone.num_features
         self.num_prefix_tokens: int = getattr(self.backbone, "num_prefix_tokens", 0)
+        self.regions_stage = regions_stage
+        self.region_dim: int = self.embed_dim
+        if regions_stage is not None:
+            stages = [info["num_chs"] for info in self.backbone.feature_info] if _is_cnn(self.backbone) else []
+            if not -len(stages) <= regions_stage < len(stages):
+                raise ValueError(f"regions_stage {regions_stage} is not a feature stage of {name} "
+                                 f"({len(stages)} stages; ViT regions are its patch tokens)")
+            self.region_dim = stages[regions_stage]
+            self._region_index = regions_stage % len(stages)
 
     def forward(self, images: torch.Tensor) -> TowerOutput:
-        features = self.backbone.forward_features(images)
+        if self.regions_stage is None:
+            features, regions = self.backbone.forward_features(images), None
+        else:
+            features, (stage,) = self.backbone.forward_intermediates(images, indices=[self._region_index])
+            regions = stage.flatten(2).transpose(1, 2)
         pooled = self.backbone.forward_head(features, pre_logits=True)
         if features.ndim == 4:
             b, c, h, w = features.shape
-            return TowerOutput(pooled, features.flatten(2).transpose(1, 2), grid=(h, w))
+            return TowerOutput(pooled, features.flatten(2).transpose(1, 2), grid=(h, w), regions=regions)
         patches = features[:, self.num_prefix_tokens:]
         side = int(round(patches.shape[1] ** 0.5))
         return TowerOutput(pooled, patches, grid=(side, patches.shape[1] // max(side, 1)))
 
 
 INITIAL_WEIGHTS = ("pretrained", "checkpoint_path")  # tower options that only choose the starting weights
+
+
+def _is_cnn(backbone: nn.Module) -> bool:
+    """A backbone of strided feature-map stages (ResNet, ConvNeXt), not a token transformer."""
+    return hasattr(backbone, "feature_info") and not hasattr(backbone, "patch_embed")
 
 
 def _is_vit(name: str) -> bool:

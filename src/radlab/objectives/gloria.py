@@ -18,8 +18,9 @@ not averaged, as in the released code. Temperatures act as scale factors there a
 
 The words are the text tower's tokens: GLoRIA sums the last four BERT layers, which a text tower does with
 ``hidden_layers: 4`` (``configs/gloria.yaml``; the default 1 is the last layer alone), and their word pieces
-are summed into words by the matcher. The difference from the released model that comes from radlab's towers:
-the regions are the image tower's last tokens (GLoRIA's ResNet uses ``layer3``). Zero-shot and retrieval read
+are summed into words by the matcher. The regions are the image tower's ``regions`` where it gives them (a CNN
+tower with ``regions_stage: -2``: ResNet ``layer3``, as GLoRIA's), else its last tokens (a ViT's patches, a
+CNN's last feature map). Zero-shot and retrieval read
 the global embeddings; with ``similarity: both`` (or ``local``) they add the trained local similarity, as
 GLoRIA's own evaluation does (``RadEncoder.local_match``).
 """
@@ -72,7 +73,8 @@ def start_matcher(model: nn.Module, temp_attention: float | None = None, temp_wo
         raise ValueError("GLoRIA's local term sums word pieces into words with a Hugging Face tokenizer; the text "
                          f"tower {type(model.text_tower).__name__} has none")
     given = getattr(model, "local_match", None)
-    start = given.spec() if given is not None else {"region_dim": model.image_tower.embed_dim,
+    region_dim = getattr(model.image_tower, "region_dim", model.image_tower.embed_dim)
+    start = given.spec() if given is not None else {"region_dim": region_dim,
                                                      "temp_attention": 4.0, "temp_words": 5.0, "word_softmax": True}
     chosen = {"temp_attention": temp_attention, "temp_words": temp_words, "word_softmax": word_softmax}
     start.update({k: v for k, v in chosen.items() if v is not None}, word_dim=model.text_tower.embed_dim)
