@@ -41,18 +41,17 @@ class TimmImageTower(nn.Module):
         self.regions_stage = regions_stage
         self.region_dim: int = self.embed_dim
         if regions_stage is not None:
-            stages = [info["num_chs"] for info in self.backbone.feature_info] if _is_cnn(self.backbone) else []
+            stages = [] if _is_vit(name) else [info["num_chs"] for info in self.backbone.feature_info]
             if not -len(stages) <= regions_stage < len(stages):
                 raise ValueError(f"regions_stage {regions_stage} is not a feature stage of {name} "
                                  f"({len(stages)} stages; ViT regions are its patch tokens)")
             self.region_dim = stages[regions_stage]
-            self._region_index = regions_stage % len(stages)
 
     def forward(self, images: torch.Tensor) -> TowerOutput:
         if self.regions_stage is None:
             features, regions = self.backbone.forward_features(images), None
         else:
-            features, (stage,) = self.backbone.forward_intermediates(images, indices=[self._region_index])
+            features, (stage,) = self.backbone.forward_intermediates(images, indices=[self.regions_stage])
             regions = stage.flatten(2).transpose(1, 2)
         pooled = self.backbone.forward_head(features, pre_logits=True)
         if features.ndim == 4:
@@ -64,11 +63,6 @@ class TimmImageTower(nn.Module):
 
 
 INITIAL_WEIGHTS = ("pretrained", "checkpoint_path")  # tower options that only choose the starting weights
-
-
-def _is_cnn(backbone: nn.Module) -> bool:
-    """A backbone of strided feature-map stages (ResNet, ConvNeXt), not a token transformer."""
-    return hasattr(backbone, "feature_info") and not hasattr(backbone, "patch_embed")
 
 
 def _is_vit(name: str) -> bool:
