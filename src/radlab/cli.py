@@ -79,17 +79,24 @@ def evaluate(task: list[str] = typer.Option(..., help="task name(s), see `radlab
              no_cache: bool = typer.Option(False, "--no-cache", help="keep extracted features in memory only"),
              compare: str = typer.Option(None, help="a second encoder (checkpoint or FORMAT:PATH): paired bootstrap"),
              seen_classes: str = typer.Option(None, help="zero-shot base-vs-new: comma-separated seen classes"),
-             store: Path = typer.Option(None, help="results store (JSONL) to append to; renders STORE.md/.png")) -> None:
+             store: Path = typer.Option(None, help="results store (JSONL) to append to; renders STORE.md/.png"),
+             device: str = typer.Option("cpu", help="where encoders run: cpu, cuda, cuda:N or auto (CUDA when "
+                                                     "available); probes and statistics run on the CPU")) -> None:
     """Evaluate one encoder on named tasks and write a JSON of metrics with patient-bootstrap intervals."""
     from radlab.data.loading import load_tables, parse_sources
     from radlab.data.splits import DEFAULT_FRACTIONS
     from radlab.evaluation.runner import DEFAULT_CACHE_DIR, headline, parse_options, write_json
     from radlab.evaluation.runner import evaluate as run
     from radlab.models import load_encoder
+    from radlab.train.distributed import process_device
     from radlab.train.setup import training_labels
 
     if (checkpoint is None) == (encoder is None):
         raise typer.BadParameter("give exactly one of --checkpoint or --encoder")
+    try:
+        target = process_device(device)
+    except (ValueError, RuntimeError) as err:
+        raise typer.BadParameter(str(err), param_hint="--device") from err
     spec = checkpoint or encoder
     try:
         sources = parse_sources(data)
@@ -103,9 +110,9 @@ def evaluate(task: list[str] = typer.Option(..., help="task name(s), see `radlab
         raise typer.BadParameter(str(err)) from err
     if seen_classes:
         options.setdefault("zero_shot", {})["seen_classes"] = seen_classes
-    results = run(load_encoder(spec), table, task, names, seed, encoder_name=spec, options=options,
+    results = run(load_encoder(spec).to(target), table, task, names, seed, encoder_name=spec, options=options,
                   n_boot=bootstrap, cache_dir=None if no_cache else (cache_dir or DEFAULT_CACHE_DIR),
-                  compare=load_encoder(compare) if compare else None, compare_name=compare or "")
+                  compare=load_encoder(compare).to(target) if compare else None, compare_name=compare or "")
     path = write_json(results, out)
     if store is not None:
         from radlab.evaluation.report import append_run, render

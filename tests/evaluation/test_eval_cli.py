@@ -13,10 +13,12 @@ import torch
 from typer.testing import CliRunner
 
 from radlab.cli import app
+from radlab.evaluation.runner import HEADLINES
 from radlab.models.checkpoint import save_encoder
 from radlab.models.encoder import RadEncoder
 
 runner = CliRunner()
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: this test checks the GPU path")
 
 
 @pytest.fixture(scope="module")
@@ -83,3 +85,53 @@ def test_bad_option_is_rejected(phantom_dir: Path, checkpoint: Path) -> None:
     result = runner.invoke(app, ["eval", "--checkpoint", str(checkpoint), "--data", f"phantom:{phantom_dir}",
                                  "--task", "knn", "-o", "knn-k=5"])
     assert result.exit_code != 0
+
+
+@pytest.mark.parametrize(("device", "problem"), [("cuda", "no CUDA device"), ("cuda:3", "no CUDA device"),
+                                                  ("tpu", "auto, cpu, cuda or cuda:N")])
+def test_unusable_device_is_rejected_before_any_work(device: str, problem: str, phantom_dir: Path, checkpoint: Path,
+                                                     tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    out = tmp_path / "m.json"
+    result = runner.invoke(app, ["eval", "--checkpoint", str(checkpoint), "--data", f"phantom:{phantom_dir}",
+                                 "--task", "linear_probe", "--device", device, "--out", str(out)])
+    assert result.exit_code != 0 and not out.exists()
+    assert problem in " ".join(result.output.replace("│", " ").split())
+
+
+def test_encoders_run_on_the_device_asked_for(phantom_dir: Path, checkpoint: Path, open_clip_dir: Path,
+                                              tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    moved: list[str] = []
+    to = RadEncoder.to
+
+    def spy(self: RadEncoder, *args: object, **kwargs: object) -> RadEncoder:
+        moved.append(str(args[0]))
+        return to(self, *args, **kwargs)
+
+    monkeypatch.setattr(RadEncoder, "to", spy)
+    metrics = _eval(["--checkpoint", str(checkpoint), "--compare", f"open_clip:{open_clip_dir}", "--data",
+                     f"phantom:{phantom_dir}", "--task", "linear_probe", "--device", "auto", "--no-cache"],
+                    tmp_path / "m.json")
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert moved == [expected, expected] and metrics["config"]["device"].startswith(expected)
+
+
+@cuda
+def test_gpu_evaluation_matches_the_cpu(phantom_dir: Path, checkpoint: Path, tmp_path: Path) -> None:
+    """Every image task on the GPU, against the same run on the CPU: the same figures up to float noise
+    (fine-tuning, nondeterministic on a GPU, only has to finish)."""
+    tasks = ["linear_probe", "zero_shot", "retrieval", "knn", "kshot", "demographics", "segmentation",
+             "report_generation", "finetune"]
+    args = ["--checkpoint", str(checkpoint), "--data", f"phantom:{phantom_dir}", "--no-cache", "-o", "kshot.shots=[4]",
+            "-o", "kshot.seeds=1", "-o", "finetune.steps=20", *[arg for task in tasks for arg in ("--task", task)]]
+    runs = {device: _eval([*args, "--device", device], tmp_path / f"{device}.json")["tasks"]
+            for device in ("cpu", "cuda")}
+    assert "macro_auc" in runs["cuda"]["finetune"]
+    for task in tasks[:-1]:
+        cpu, gpu = runs["cpu"][task], runs["cuda"][task]
+        assert "skipped" not in gpu, (task, gpu)
+        for key in HEADLINES:
+            if key in cpu:
+                assert gpu[key] == pytest.approx(cpu[key], abs=0.02), (task, key)
+    assert runs["cuda"]["demographics"]["sex"]["auc"] == pytest.approx(runs["cpu"]["demographics"]["sex"]["auc"],
+                                                                       abs=0.02)

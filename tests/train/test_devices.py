@@ -38,6 +38,19 @@ def test_more_local_ranks_than_gpus_is_a_clear_error(monkeypatch: pytest.MonkeyP
         distributed.init_distributed("auto")
 
 
+def test_a_single_process_job_gets_the_gpu_asked_for_or_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert distributed.process_device("auto") == torch.device("cuda")
+    assert distributed.process_device("cuda:1") == torch.device("cuda", 1)
+    with pytest.raises(RuntimeError, match=r"shows 2 CUDA device\(s\) \(cuda:0 to cuda:1\)"):
+        distributed.process_device("cuda:2")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert distributed.process_device("auto") == torch.device("cpu")
+    with pytest.raises(RuntimeError, match="device 'cuda' asked for but PyTorch sees no CUDA device"):
+        distributed.process_device("cuda")
+
+
 def test_rng_state_holds_cuda_generators_only_once_cuda_is_in_use() -> None:
     """A CPU run on a GPU machine must not start CUDA (a context per rank, and forked ranks fail on it)."""
     assert ("cuda" in rng_state()) == torch.cuda.is_initialized()

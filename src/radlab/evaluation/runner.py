@@ -73,7 +73,8 @@ def evaluate(encoder: RadEncoder, table: RecordTable, tasks: list[str], label_na
         "encoder": encoder_name, "encoder_hash": cache.encoder_key(encoder), "seed": seed,
         "code_version": code_version(), "data_hash": table_hash(table), "labels": list(label_names),
         "config": {"tasks": list(tasks), "options": options or {}, "n_boot": n_boot, "bootstrap_unit": "patient",
-                   "ci_level": 0.95, "cache_dir": str(cache_dir) if cache_dir else None},
+                   "ci_level": 0.95, "cache_dir": str(cache_dir) if cache_dir else None,
+                   "device": str(next(encoder.parameters()).device)},
         "n_records": {s: int(len(ctx.rows(s))) for s in SPLITS},
         "n_text_records": {s: int(len(ctx.text_rows(s))) for s in SPLITS},
         "tasks": run_tasks(ctx, tasks)}

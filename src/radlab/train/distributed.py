@@ -45,14 +45,38 @@ def init_distributed(device: str = "auto") -> DistEnv:
 
 def _check_gpu(local_rank: int) -> None:
     """A clear error instead of CUDA's own when this rank has no GPU of its own."""
-    if not torch.cuda.is_available():
-        raise RuntimeError("runtime.device is 'cuda' but PyTorch sees no CUDA device (a CPU build of torch, "
-                           "no driver, or CUDA_VISIBLE_DEVICES empty); use runtime.device=auto or cpu")
+    _check_cuda("runtime.device is 'cuda'", "runtime.device=auto or cpu")
     count = torch.cuda.device_count()
     if local_rank >= count:
         raise RuntimeError(f"LOCAL_RANK {local_rank} has no GPU: this node shows {count} CUDA device(s); start at "
                            f"most {count} process(es) per node (torchrun --nproc_per_node={count}), or run the "
                            "ranks on the CPU with runtime.device=cpu")
+
+
+def _check_cuda(asked: str, instead: str) -> None:
+    if not torch.cuda.is_available():
+        raise RuntimeError(f"{asked} but PyTorch sees no CUDA device (a CPU build of torch, no driver, or "
+                           f"CUDA_VISIBLE_DEVICES empty); use {instead}")
+
+
+def process_device(name: str) -> torch.device:
+    """The device of a single-process job (evaluation): "cpu", "cuda", "cuda:N", or "auto" (CUDA when
+    available); a clear error when the GPU asked for is not there."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}") from err
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}")
+    if device.type == "cuda":
+        _check_cuda(f"device {name!r} asked for", "--device cpu")
+        count = torch.cuda.device_count()
+        if (device.index or 0) >= count:
+            raise RuntimeError(f"device {name!r} asked for, but this machine shows {count} CUDA device(s) "
+                               f"(cuda:0 to cuda:{count - 1})")
+    return device
 
 
 def sync_batch_norm(module: torch.nn.Module, env: DistEnv) -> torch.nn.Module:
