@@ -74,8 +74,10 @@ workers, 12 steps of which 9 timed: ``--device cuda --workers 8 --steps 12 --bat
     simclr      2 views                                    360.2          0.62   0.178
 
 MAE did not finish inside the session's GPU time (its first GPU run had found the bf16 scatter bug, since
-fixed). CLIP's 0.12x is not explained: tokenising 64 reports takes ~3 ms and its loader work on the CPU is
-within 15% of supervised's; profile it with torch.profiler on a GPU before trusting image-text rates there.
+fixed). CLIP's 0.12x was not explained: tokenising 64 reports takes ~3 ms and its loader work on the CPU is
+within 15% of supervised's. Likely cause (session 11, no GPU to check): a new report length nearly every step,
+with attention planned per shape on the H100 (cuDNN); batches are now padded to multiples of 16 tokens. Re-run
+the clip row (and profile with torch.profiler if it stays low) before trusting image-text rates on a GPU.
 """
 
 from __future__ import annotations

@@ -72,7 +72,7 @@ def test_biovil_text_matches_cxr_bert_projected_embeddings(tmp_path: Path) -> No
     tokens = encoder.text_tower.tokenize(["No acute cardiopulmonary process.", "cardiomegaly"])
     vocab = built["vocab"]
     expected = [vocab.index(t) for t in ("[CLS]", "no", "acute", "cardiopulmonary", "process", "[SEP]")]
-    assert tokens["input_ids"][0].tolist() == expected
+    assert tokens["input_ids"][0, :6].tolist() == expected
     assert tokens["attention_mask"].sum(1).tolist() == [6, 3]
     with torch.no_grad():
         text = encoder.encode_text(TEXTS)

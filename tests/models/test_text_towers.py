@@ -29,7 +29,7 @@ def test_pooling_ignores_padding_and_exposes_tokens(tokenizer, pooling: str) -> 
                               heads=2).eval()
     batch = tower.tokenize(TEXTS)
     alone = tower.tokenize(TEXTS[2:])
-    assert batch["input_ids"].shape[1] > alone["input_ids"].shape[1]
+    assert int(batch["attention_mask"][2].sum()) < int(batch["attention_mask"][1].sum())  # row 2 is padded
     with torch.no_grad():
         out = tower(**batch)
         single = tower(**alone)
@@ -39,6 +39,25 @@ def test_pooling_ignores_padding_and_exposes_tokens(tokenizer, pooling: str) -> 
     if pooling == "mean":
         n = int(batch["attention_mask"][2].sum())
         torch.testing.assert_close(out.pooled[2], out.tokens[2, :n].mean(0), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_batches_pad_to_a_multiple_of_16_up_to_max_length_without_changing_outputs(tokenizer, pooling: str) -> None:
+    torch.manual_seed(0)
+    tower = TEXT_TOWERS.build("bert_small", tokenizer=tokenizer, pooling=pooling, max_length=40, hidden_size=32,
+                              layers=1, heads=2).eval()
+    tight = dict(tokenizer(TEXTS, padding=True, return_tensors="pt"))
+    batch = tower.tokenize(TEXTS)
+    length = tight["input_ids"].shape[1]
+    assert length % 16 and batch["input_ids"].shape[1] == 16
+    assert batch.keys() == tight.keys() and all(torch.equal(batch[k][:, :length], tight[k]) for k in tight)
+    assert (batch["input_ids"][:, length:] == tokenizer.pad_token_id).all()
+    assert not any(batch[k][:, length:].any() for k in tight if k != "input_ids")
+    with torch.no_grad():
+        padded, unpadded = tower(**batch), tower(**tight)
+    torch.testing.assert_close(padded.pooled, unpadded.pooled, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(padded.tokens[:, :length][unpadded.mask], unpadded.tokens[unpadded.mask])
+    assert tower.tokenize([" ".join(TEXTS * 3)])["input_ids"].shape[1] == 40  # capped at max_length, not 48
 
 
 @pytest.mark.parametrize("pooling", ["cls", "mean"])

@@ -24,6 +24,23 @@ BERT_FAMILY = {
 }
 
 
+LENGTH_MULTIPLE = 16
+
+
+def pad_length(tokens: dict[str, torch.Tensor], pad_id: int, max_length: int,
+               multiple: int = LENGTH_MULTIPLE) -> dict[str, torch.Tensor]:
+    """Pad a batch's tokens on the right to the next multiple of ``multiple`` (at most ``max_length``): ids with
+    ``pad_id``, masks and type ids with 0. Outputs at real tokens do not change; a run then sees a few sequence
+    lengths instead of one per batch (GPU kernels planned per shape, such as cuDNN attention, are built once
+    per length)."""
+    length = tokens["input_ids"].shape[1]
+    target = max(length, min(-(-length // multiple) * multiple, max_length))
+    if target == length:
+        return tokens
+    return {key: nn.functional.pad(value, (0, target - length), value=pad_id if key == "input_ids" else 0)
+            for key, value in tokens.items()}
+
+
 class HFTextTower(nn.Module):
     """A Hugging Face encoder with its tokenizer. The tokens are the last hidden state, or with
     ``hidden_layers`` N > 1 the sum of the last N layers' hidden states (GLoRIA sums BERT's last 4 for its word
@@ -53,8 +70,9 @@ class HFTextTower(nn.Module):
         return {"pooling": self.pooling, "max_length": self.max_length, "hidden_layers": self.hidden_layers}
 
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
-        return dict(self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
-                                   return_tensors="pt"))
+        tokens = dict(self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
+                                     return_tensors="pt"))
+        return pad_length(tokens, self.tokenizer.pad_token_id, self.max_length)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> TowerOutput:
         out = self.model(input_ids=input_ids, attention_mask=attention_mask,

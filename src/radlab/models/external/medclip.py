@@ -44,6 +44,7 @@ from radlab.models.external.common import (
     load_tokenizer,
     text_dir,
 )
+from radlab.models.text_towers import pad_length
 from radlab.models.towers import TowerOutput
 
 log = logging.getLogger(__name__)
@@ -115,7 +116,8 @@ class MedClipTextTower(nn.Module):
 
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
         out = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
-        return {"input_ids": out["input_ids"], "attention_mask": out["attention_mask"]}
+        tokens = {"input_ids": out["input_ids"], "attention_mask": out["attention_mask"]}
+        return pad_length(tokens, self.tokenizer.pad_token_id, self.max_length)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> TowerOutput:
         hidden = self.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True).hidden_states
