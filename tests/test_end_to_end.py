@@ -8,6 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from radlab.cli import app
+from run_logs import logged
 
 runner = CliRunner()
 
@@ -23,7 +24,7 @@ def _pretrain(method: str, phantom_dir, out) -> None:
 @pytest.mark.parametrize("method", ["supervised", "clip"])
 def test_pretrain_then_probe_beats_chance_on_held_out_patients(method, phantom_dir, tmp_path):
     _pretrain(method, phantom_dir, tmp_path / method)
-    metrics_log = [json.loads(line) for line in (tmp_path / method / "metrics.jsonl").read_text().splitlines()]
+    metrics_log = logged(tmp_path / method)
     losses = [m["loss"] for m in metrics_log]
     assert sum(losses[-10:]) < sum(losses[:10])
     out = tmp_path / f"{method}.json"

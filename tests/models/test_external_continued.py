@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 from radlab.models import load_encoder
 from radlab.train.config import TrainConfig
 from radlab.train.engine import pretrain
+from run_logs import loss_curve
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -36,9 +37,6 @@ def _run(config: str, out: Path, phantom_dir: Path, *extra: str) -> Path:
                  "optim.log_every=1", "runtime.device=cpu", *extra]
     return pretrain(TrainConfig.from_file(CONFIGS / f"{config}.yaml", overrides), progress=False)
 
-
-def _losses(out: Path) -> list[float]:
-    return [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_clip_continues_an_open_clip_model_from_its_weights(open_clip_dir: Path, phantom_dir: Path,
@@ -69,7 +67,7 @@ def test_continued_clip_learns_and_its_checkpoint_reloads(open_clip_resnet_dir: 
     texts = ["small left pleural effusion", "no acute process", "cardiomegaly"]
     checkpoint = _run("clip", tmp_path, phantom_dir, f"model.external={source}", "optim.steps=150",
                       "optim.lr=1.0e-3")
-    losses = _losses(tmp_path)
+    losses = loss_curve(tmp_path)
     first, last = np.mean(losses[:10]), np.mean(losses[-10:])
     print(f"CLIP continuing open_clip: first 10 steps {first:.4f}, last 10 {last:.4f}, chance {np.log(16):.4f}")
     assert last < 0.9 * np.log(16) < first

@@ -6,7 +6,6 @@ training through the engine on phantoms."""
 from __future__ import annotations
 
 import copy
-import json
 import math
 import random
 import re
@@ -30,6 +29,7 @@ from radlab.objectives.declip import DeCLIPObjective, augment_reports, report_se
 from radlab.objectives.gloria import local_loss
 from radlab.objectives.masked_language import IGNORE
 from ranks import free_port, start_ranks
+from run_logs import logged
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 REPORTS = [
@@ -479,7 +479,7 @@ def _train(config: str, phantoms: Path, out: Path, steps: int, text: str = "") -
                  "objective.kwargs.queue_size=48",
                  f"checkpoint={{every: {steps}, keep_last: 1}}"]
     checkpoint = pretrain(TrainConfig.from_file(CONFIGS / f"{config}.yaml", overrides), progress=False)
-    return checkpoint, [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return checkpoint, logged(out)
 
 
 def test_declip_loss_falls_on_phantoms(phantoms_with_label_only: Path, tmp_path: Path) -> None:

@@ -3,7 +3,6 @@ phantoms (the trained tower's probe beats the same tower at random init on held-
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import random
@@ -29,6 +28,7 @@ from radlab.train.config import TrainConfig
 from radlab.train.engine import pretrain
 from radlab.train.setup import seed_everything, training_labels
 from radlab.train.state import latest_state, load_state
+from run_logs import logged
 
 TINY_TOWER = {"patch_size": 8, "depth": 2, "embed_dim": 48, "num_heads": 3}
 TINY_HEADS = {"n_prototypes": 64, "hidden_dim": 64, "bottleneck_dim": 32}
@@ -214,6 +214,6 @@ def test_dinov2_pretraining_beats_random_init_on_held_out_patients(phantom_dir: 
     ours = results["tasks"]["linear_probe"]["macro_auc"]
     baseline = results["baseline"]["tasks"]["linear_probe"]["macro_auc"]
     assert ours > baseline + 0.01, (ours, baseline)
-    logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines() if line]
-    assert len(logged) >= 2 and all(np.isfinite(r["loss"]) for r in logged)
-    assert logged[-1]["teacher_entropy"] < math.log(TINY_HEADS["n_prototypes"]) - 0.1, "uniform collapse"
+    records = logged(tmp_path / "run")
+    assert len(records) >= 2 and all(np.isfinite(r["loss"]) for r in records)
+    assert records[-1]["teacher_entropy"] < math.log(TINY_HEADS["n_prototypes"]) - 0.1, "uniform collapse"

@@ -3,7 +3,6 @@ the text tower, and through the engine learns real radiology text (the bundled I
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from radlab.objectives.masked_language import IGNORE
 from radlab.objectives.mlm import MaskedLanguageObjective
 from radlab.train.config import TrainConfig
 from radlab.train.engine import pretrain
+from run_logs import logged
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 TINY_TEXT = "model.text_tower.kwargs={layers: 2, hidden_size: 64, heads: 2, max_length: 96}"
@@ -61,7 +61,7 @@ def test_trains_on_phantom_reports_without_touching_images(phantoms_with_label_o
                  TINY_TEXT, "optim.steps=30", "optim.batch_size=8", "optim.lr=2.0e-3", "optim.warmup_steps=3",
                  "optim.log_every=1", "runtime.device=cpu", "data.vocab_size=300"]
     checkpoint = pretrain(TrainConfig.from_file(CONFIGS / "mlm.yaml", overrides), progress=False)
-    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    records = logged(tmp_path)
     first, last = np.mean([r["loss"] for r in records[:5]]), np.mean([r["loss"] for r in records[-5:]])
     print(f"mlm on phantom reports: loss {first:.3f} -> {last:.3f}")
     assert last < 0.85 * first
@@ -100,7 +100,7 @@ def test_learns_real_radiology_reports_beyond_the_most_frequent_token(data_root:
     baseline = float((labels[labels != IGNORE] == common).float().mean())
     with torch.no_grad():
         accuracy = float(objective.mlm(model.text_tower, tokens, seed=0)[1])
-    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    records = logged(tmp_path)
     print(f"IU X-ray held-out masked-token accuracy {accuracy:.3f}; most frequent token {baseline:.3f}; "
           f"training loss {records[0]['loss']:.3f} -> {records[-1]['loss']:.3f}")
     assert accuracy > baseline + 0.04

@@ -6,7 +6,6 @@ and a 2-layer text tower, 50 steps of batch 16."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ from safetensors.torch import load_file
 from radlab.models import load_encoder
 from radlab.train.config import TrainConfig
 from radlab.train.engine import pretrain
+from run_logs import loss_curve
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 METHODS = ["supervised", "clip", "convirt", "unicl", "dlilp", "medclip", "gloria"]
@@ -33,7 +33,7 @@ def test_objective_loss_falls_on_phantoms(method: str, phantoms_with_label_only:
         overrides.append("model.text_tower.kwargs={pooling: mean, layers: 2, hidden_size: 64, heads: 2, "
                          f"max_length: 64{summed}}}")
     checkpoint = pretrain(TrainConfig.from_file(CONFIGS / f"{method}.yaml", overrides), progress=False)
-    losses = [json.loads(line)["loss"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    losses = loss_curve(tmp_path)
     assert len(losses) == 50 and np.isfinite(losses).all()
     first, last = np.mean(losses[:10]), np.mean(losses[-10:])
     print(f"{method}: first 10 steps {first:.4f}, last 10 steps {last:.4f} ({100 * (1 - last / first):.1f}% lower)")
@@ -56,7 +56,7 @@ def test_gloria_on_a_resnet_trains_and_reloads_its_layer3_matcher(phantoms_with_
                  "optim.batch_size=8", "optim.warmup_steps=1", "optim.log_every=1", "runtime.device=cpu",
                  "model.text_tower.kwargs={pooling: mean, layers: 2, hidden_size: 64, heads: 2, hidden_layers: 2}"]
     checkpoint = pretrain(TrainConfig.from_file(CONFIGS / "gloria.yaml", overrides), progress=False)
-    losses = [json.loads(line)["loss"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    losses = loss_curve(tmp_path)
     assert len(losses) == 3 and np.isfinite(losses).all()
     encoder = load_encoder(checkpoint).eval()
     assert encoder.image_tower.regions_stage == -2 and encoder.local_match.embedder.in_features == 256

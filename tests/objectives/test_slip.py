@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from torch import nn
 
 from radlab.objectives.slip import SLIPObjective
 from ranks import free_port, start_ranks
+from run_logs import logged
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -287,7 +287,7 @@ def test_slip_trains_on_phantoms(phantoms_with_label_only: Path, tmp_path: Path)
                  "objective.kwargs.hidden_dim=64", "objective.kwargs.proj_dim=32",
                  f"checkpoint={{every: {steps}, keep_last: 1}}"]
     checkpoint = pretrain(TrainConfig.from_file(CONFIGS / "slip.yaml", overrides), progress=False)
-    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    records = logged(tmp_path)
     assert len(records) == steps
     terms = {k: np.array([r[k] for r in records]) for k in ("loss", "clip", "ssl")}
     assert all(np.isfinite(v).all() and (v > 0).all() for v in terms.values())

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -16,12 +15,10 @@ from radlab.objectives.clip import ClipObjective
 from radlab.train import distributed
 from radlab.train.engine import Trainer, pretrain
 from radlab.train.state import load_state, rng_state, set_rng_state
+from run_logs import logged, loss_curve
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: this test checks the GPU path")
 
-
-def _losses(out: Path) -> list[float]:
-    return [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_cuda_without_a_gpu_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -65,7 +62,7 @@ def test_every_objective_trains_under_bf16_autocast(method: str, tmp_path: Path,
     size = 64 if method == "dinov2" else 32  # local crops are 0.44 of the side: 8 px at 32, below a 16 px patch
     pretrain(tiny_config(method, phantom16, tmp_path, "optim.steps=2", "optim.batch_size=8", f"model.image_size={size}"),
              progress=False)
-    losses = _losses(tmp_path)
+    losses = loss_curve(tmp_path)
     assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses))), losses
 
 
@@ -83,7 +80,7 @@ def test_a_cuda_run_learns_under_bf16_autocast(tmp_path: Path, phantom16: Path,
     folder = pretrain(tiny_config("clip", phantom16, tmp_path, "optim.steps=100", "optim.batch_size=8",
                                   "optim.lr=1e-3", "runtime.device=cuda"), progress=False)
     assert seen and all(s == (True, "cuda") for s in seen), seen[:3]
-    losses = _losses(tmp_path)
+    losses = loss_curve(tmp_path)
     assert all(torch.isfinite(torch.tensor(losses)))
     assert sum(losses[-10:]) / 10 < 0.8 * sum(losses[:10]) / 10, losses
     encoder = load_encoder_checkpoint(folder)  # on the CPU
@@ -108,12 +105,12 @@ def test_a_cuda_run_resumes_exactly_and_its_state_resumes_on_the_cpu(tmp_path: P
     worst = max(float((a[k] - b[k]).abs().max()) for k in a)
     print(f"CUDA resume vs straight: max |weight difference| {worst:.2e}")
     assert a.keys() == b.keys() and worst < 1e-6
-    assert _losses(tmp_path / "b") == pytest.approx(_losses(tmp_path / "a")[3:], abs=1e-5)
+    assert loss_curve(tmp_path / "b") == pytest.approx(loss_curve(tmp_path / "a")[3:], abs=1e-5)
 
     interrupted_copy(tmp_path / "a", tmp_path / "c", 3)
     on_cpu = pretrain(tiny_config("clip", phantom16, tmp_path / "c", *extra, "resume=true", "runtime.device=cpu"),
                       progress=False)
-    assert [json.loads(line)["step"] for line in (tmp_path / "c" / "metrics.jsonl").read_text().splitlines()] == [4, 5, 6]
+    assert [r["step"] for r in logged(tmp_path / "c")] == [4, 5, 6]
     c = load_file(str(on_cpu / "model.safetensors"))
     assert max(float((a[k] - c[k]).abs().max()) for k in a) < 0.05  # bf16 autocast on the GPU, fp32 on the CPU
 

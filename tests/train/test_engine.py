@@ -22,6 +22,7 @@ from radlab.train.engine import pretrain
 from radlab.train.loader import Position, RankedBatchSampler, SeededDataset
 from radlab.train.optim import cosine_weight_decay, param_groups
 from radlab.train.state import latest_state, load_state, rng_state, save_state, set_rng_state, state_paths
+from run_logs import logged
 
 
 def test_resume_continues_bit_identically(tmp_path: Path, phantom16: Path) -> None:
@@ -45,7 +46,7 @@ def test_resume_continues_bit_identically(tmp_path: Path, phantom16: Path) -> No
     for pid, state in sa["optimizer"]["state"].items():
         assert all(torch.equal(v, sb["optimizer"]["state"][pid][k]) for k, v in state.items())
     assert all(torch.equal(v, sb["ema"]["shadow"][k]) for k, v in sa["ema"]["shadow"].items())
-    steps = [json.loads(line)["step"] for line in (resumed_out / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in logged(resumed_out)]
     assert steps == [4, 5, 6]
 
 
@@ -109,7 +110,7 @@ def test_early_stopping_on_a_validation_term(tmp_path: Path, phantom_dir: Path) 
     extra = ["optim.steps=50", "optim.batch_size=8", "data.split_fractions={train: 0.8, val: 0.2}",
              "checkpoint={every: 1, keep_last: 5}"]
     best = pretrain(tiny_config("supervised", phantom_dir, tmp_path / "a", *extra, stopping % ""), progress=False)
-    records = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    records = logged(tmp_path / "a")
     assert [r["step"] for r in records if "val_bce" in r] == [1, 2]
     states = {p.name: load_state(p) for p in state_paths(tmp_path / "a")}
     assert sorted(states) == ["step_00000001.pt", "step_00000002.pt"]
