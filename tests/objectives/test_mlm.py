@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from radlab.data.dataset import Collator, ReportDataset, study_reports
+from radlab.data.dataset import Collator, ReportDataset, study_reports, with_tokens
 from radlab.data.loading import load_tables
 from radlab.data.records import RecordTable
 from radlab.models import load_encoder
@@ -38,7 +38,8 @@ def test_forward_is_the_masked_language_model_on_the_rows_with_a_report() -> Non
                       image_size=32, embed_dim=16)
     model = build_encoder(cfg, train_wordpiece([r for r in REPORTS if r] * 5, vocab_size=80))
     objective = MaskedLanguageObjective(model, mask_prob=0.5)
-    batch = Collator(model.text_tower.tokenize)([{"index": i, "text": t} for i, t in enumerate(REPORTS)])
+    samples = [{"index": i, "text": t} for i, t in enumerate(REPORTS)]
+    batch = with_tokens(Collator()(samples), model.text_tower.tokenize)
     assert "image" not in batch and batch["has_text"].tolist() == [True, False, True, True]
     torch.manual_seed(3)
     terms = objective(model, batch)

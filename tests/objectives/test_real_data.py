@@ -12,7 +12,7 @@ import torch
 from typer.testing import CliRunner
 
 from radlab.cli import app
-from radlab.data.dataset import Collator
+from radlab.data.dataset import Collator, with_tokens
 from radlab.data.loading import load_tables
 from radlab.data.records import RecordTable
 from radlab.models.build import ModelConfig, TowerConfig, build_encoder
@@ -42,7 +42,8 @@ def _batch(table: RecordTable, names: list[str], rows: np.ndarray, tokenize=None
     g = torch.Generator().manual_seed(0)
     samples = [{"index": int(i), "image": torch.randn(1, 32, 32, generator=g), "labels": torch.from_numpy(labels[i]),
                 "text": texts[i]} for i in rows]  # fixed noise stands in for the missing images
-    return Collator(tokenize)(samples)
+    batch = Collator()(samples)
+    return batch if tokenize is None else with_tokens(batch, tokenize)
 
 
 def test_targets_from_real_labels(iu_train: RecordTable) -> None:

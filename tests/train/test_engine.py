@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import multiprocessing
+import pickle
 import random
 from pathlib import Path
 
@@ -18,7 +20,8 @@ from radlab.data.records import RecordTable
 from radlab.data.taxonomy import FINDING_NAMES
 from radlab.models.build import ModelConfig, TowerConfig, build_encoder
 from radlab.models.checkpoint import load_encoder_checkpoint
-from radlab.train.engine import pretrain
+from radlab.train import distributed
+from radlab.train.engine import Trainer, pretrain
 from radlab.train.loader import Position, RankedBatchSampler, SeededDataset
 from radlab.train.optim import cosine_weight_decay, param_groups
 from radlab.train.state import latest_state, load_state, rng_state, save_state, set_rng_state, state_paths
@@ -66,6 +69,25 @@ def test_loader_workers_do_not_change_the_run(method: str, start: str, tmp_path:
         multiprocessing.set_start_method(default, force=True)
     a, b = (load_file(str(run / "model.safetensors")) for run in (single, workers))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_loader_workers_receive_no_model(tmp_path: Path, phantom16: Path) -> None:
+    """What spawned or forkserver workers unpickle (dataset, sampler, collator) holds no parameter: tokenising
+    happens in the training process, so no worker gets the text tower (or its GPU parameters)."""
+    modules: list[str] = []
+
+    class Spy(pickle.Pickler):
+        def persistent_id(self, obj: object) -> None:
+            if isinstance(obj, torch.nn.Module) and any(True for _ in obj.parameters()):
+                modules.append(type(obj).__name__)
+
+    trainer = Trainer(tiny_config("clip", phantom16, tmp_path, "optim.batch_size=8"), distributed.init_distributed("cpu"),
+                      None)
+    loader = trainer.loader
+    Spy(io.BytesIO()).dump((loader.dataset, loader.batch_sampler, loader.collate_fn))
+    assert not modules, modules
+    batch = trainer._on_device(next(iter(loader)))
+    assert torch.equal(batch["tokens"]["input_ids"], trainer.model.text_tower.tokenize(batch["text"])["input_ids"])
 
 
 def test_states_are_atomic_pruned_and_load_without_pickles(tmp_path: Path) -> None:

@@ -103,11 +103,8 @@ class ReportDataset(Dataset):
 
 
 class Collator:
-    """Stack samples; add label masks (annotated = not NaN), and tokens when a tokenizer is given. Samples
-    without images (``ReportDataset``) give batches of index, text and tokens."""
-
-    def __init__(self, tokenize: Callable[[list[str]], dict[str, torch.Tensor]] | None = None) -> None:
-        self.tokenize = tokenize
+    """Stack samples and add label masks (annotated = not NaN). Samples without images (``ReportDataset``) give
+    batches of index and text."""
 
     def __call__(self, samples: list[dict]) -> dict:
         texts = [s["text"] for s in samples]
@@ -120,9 +117,14 @@ class Collator:
             labels = torch.stack([s["labels"] for s in samples])
             batch.update(image=_stack_views([s["image"] for s in samples]), labels=labels,
                          label_mask=~torch.isnan(labels))
-        if self.tokenize is not None:
-            batch["tokens"] = self.tokenize(texts)
         return batch
+
+
+def with_tokens(batch: dict, tokenize: Callable[[list[str]], dict[str, torch.Tensor]]) -> dict:
+    """The batch with its texts tokenised as ``batch["tokens"]``. Training does this in its own process, not in
+    loader workers: a worker would need the text tower (pickled whole into spawned or forkserver workers,
+    parameters on the GPU included), where the tokenizer alone is all it uses."""
+    return {**batch, "tokens": tokenize(batch["text"])}
 
 
 def _stack_views(images: list) -> torch.Tensor | list[torch.Tensor]:

@@ -26,7 +26,14 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
 
-from radlab.data.dataset import Collator, RecordDataset, ReportDataset, study_reports, train_augment
+from radlab.data.dataset import (
+    Collator,
+    RecordDataset,
+    ReportDataset,
+    study_reports,
+    train_augment,
+    with_tokens,
+)
 from radlab.data.records import RecordTable
 from radlab.models.checkpoint import OBJECTIVE_FILE, save_encoder, strip_prefix
 from radlab.models.encoder import ClampedScale, RadEncoder
@@ -104,13 +111,12 @@ class Trainer:
         self.micro_batch = self._micro_batch()
         size = self.model.preprocess.image_size
         transform = self.objective.train_transform(size) or train_augment(size)
-        tokenize = self.model.text_tower.tokenize if self.objective.requires_text else None
-        self.loader, self.sampler = self._loader(self._records(train_table, "train"), transform, tokenize,
-                                                 shuffle=True)
+        self.tokenize = self.model.text_tower.tokenize if self.objective.requires_text else None
+        self.loader, self.sampler = self._loader(self._records(train_table, "train"), transform, shuffle=True)
         self.val = None
         if cfg.early_stopping is not None:
             # the training transform (seeded per sample, epoch 0): multi-view objectives need their views
-            self.val = self._loader(self._records(table.split("val"), "val"), transform, tokenize, shuffle=False)
+            self.val = self._loader(self._records(table.split("val"), "val"), transform, shuffle=False)
         opt = cfg.optim
         groups = param_groups(self.module, opt.weight_decay, opt.lr, opt.layer_decay, opt.patch_embed_lr_scale)
         self.optimizer = torch.optim.AdamW(groups, lr=opt.lr, betas=opt.betas)
@@ -146,8 +152,7 @@ class Trainer:
                              f"one global batch of {self.micro_batch * self.env.world_size}")
         return chosen
 
-    def _loader(self, table: RecordTable, transform: object, tokenize: object,
-                shuffle: bool) -> tuple[DataLoader, RankedBatchSampler]:
+    def _loader(self, table: RecordTable, transform: object, shuffle: bool) -> tuple[DataLoader, RankedBatchSampler]:
         records = (RecordDataset(table, self.model.preprocess, self.class_names, transform)
                    if self.objective.requires_images else ReportDataset(table))
         dataset = SeededDataset(records, self.cfg.seed)
@@ -156,9 +161,13 @@ class Trainer:
         # The loader's own generator: creating an iterator (each epoch) must not draw from the global RNG,
         # whose state training states restore; augmentation is seeded per sample by SeededDataset.
         loader = DataLoader(dataset, batch_sampler=sampler, num_workers=self.cfg.optim.num_workers,
-                            collate_fn=Collator(tokenize), pin_memory=self.env.device.type == "cuda",
+                            collate_fn=Collator(), pin_memory=self.env.device.type == "cuda",
                             generator=torch.Generator().manual_seed(self.cfg.seed))
         return loader, sampler
+
+    def _on_device(self, batch: dict) -> dict:
+        """A loader batch, tokenised here when the objective reads text (``with_tokens``), on the run's device."""
+        return to_device(batch if self.tokenize is None else with_tokens(batch, self.tokenize), self.env.device)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         enabled = self.cfg.runtime.amp and self.env.device.type == "cuda"
@@ -250,7 +259,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         sums: dict[str, torch.Tensor] = {}
         for micro in range(accumulation):
-            batch = to_device(next(batches), self.env.device)
+            batch = self._on_device(next(batches))
             last = micro == accumulation - 1
             if self.sharded:
                 self.module.set_requires_gradient_sync(last)
@@ -291,7 +300,7 @@ class Trainer:
             if limit is not None and count >= limit:
                 break
             with self.autocast():
-                terms = self.module(to_device(batch, self.env.device))
+                terms = self.module(self._on_device(batch))
             for key, value in terms.items():
                 sums[key] = sums.get(key, 0.0) + value.detach().float()
             count += 1
