@@ -49,7 +49,8 @@ def assign_splits(table: RecordTable, fractions: dict[str, float] | None = None,
     official = np.zeros(len(frame), bool)
     if keep_existing:
         official = _by_question(frame) & (frame["split"] != "").to_numpy()
-        given = frame["patient_id"].map(_provider_splits(frame[~official])).fillna("").to_numpy()
+        provider = _provider_splits(frame[~official]).to_dict()
+        given = np.array([provider.get(patient, "") for patient in frame["patient_id"]], dtype=object)
         names = np.where(official, frame["split"].to_numpy(), np.where(given != "", given, names))
     frame["split"] = names
     out = RecordTable(frame, table.root)
