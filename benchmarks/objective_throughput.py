@@ -2,7 +2,7 @@
 
     python benchmarks/objective_throughput.py [--objectives supervised clip dinov2 ...] [--steps 20]
         [--batch-size 32] [--size 128] [--n 256] [--device cpu|cuda] [--threads N] [--workers 0]
-        [--set key=value ...] [--out runs/bench_objectives] [--reference supervised]
+        [--set key=value ...] [--out runs/bench_objectives] [--reference supervised] [--profile N]
 
 Each objective runs ``pretrain`` from ``configs/<objective>.yaml`` with the same overrides (``--n`` phantoms
 drawn once with ``radlab.data.phantoms.synthesize``, seed 0; ``optim.steps``, ``optim.batch_size``,
@@ -12,7 +12,9 @@ that process (torch and model included; loader workers, ``--workers`` > 0, are n
 CUDA also ``torch.cuda.max_memory_allocated``. Step times are timed here, not read from metrics.jsonl:
 ``Trainer.train_step`` is wrapped in the child (data loading and augmentation included, CUDA synchronised
 after each step), the first logged interval (a quarter of the steps) is dropped as start-up and the median
-of the rest is kept (robust to a busy neighbour on a shared machine). "images/s" counts source images per
+of the rest is kept (robust to a busy neighbour on a shared machine). ``--profile N`` runs the last N steps of
+each objective under ``torch.profiler`` (left out of the timing), prints its ops by self time (CUDA time on a
+GPU) and writes a Chrome trace to ``<out>/<objective>/trace.json``. "images/s" counts source images per
 optimiser step (batch size / median s per step), whatever an objective does with them:
 DINOv2 encodes 2 global + N local crops per image and runs an EMA teacher, SimCLR encodes 2 views, MAE
 encodes only the visible patches, the image-text objectives also run the BERT text tower.
@@ -95,6 +97,7 @@ from pathlib import Path
 import torch
 from rich.console import Console
 from rich.table import Table
+from torch.profiler import ProfilerActivity
 
 from radlab.bench.timing import Measurement
 from radlab.data.phantoms import synthesize
@@ -105,9 +108,11 @@ ROOT = Path(__file__).resolve().parents[1]
 OBJECTIVE_NAMES = [name for name in OBJECTIVES.names() if (ROOT / "configs" / f"{name}.yaml").is_file()]
 
 
-def run_objective(config: Path, overrides: list[str], skip: int, threads: int | None) -> dict[str, float]:
+def run_objective(config: Path, overrides: list[str], skip: int, threads: int | None,
+                  profile: int = 0) -> dict[str, float | str]:
     """In a fresh process: pretrain, timing each optimiser step; the median s/step after the first ``skip``
-    steps, this process's peak memory (MiB) and its torch threads."""
+    steps and before the last ``profile`` (profiled) ones, this process's peak memory (MiB), its torch threads
+    and the profiler's table."""
     import multiprocessing
 
     from radlab.train import engine
@@ -120,22 +125,34 @@ def run_objective(config: Path, overrides: list[str], skip: int, threads: int | 
 
     times: list[float] = []
     step = engine.Trainer.train_step
+    cfg = TrainConfig.from_file(config, overrides)
+    cuda = cfg.runtime.device == "cuda"
+    activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]
+    profiler = torch.profiler.profile(activities=activities)
 
     def timed(self: engine.Trainer, batches: object) -> dict[str, torch.Tensor]:
+        if profile and self.step == cfg.optim.steps - profile:
+            profiler.start()
         start = time.perf_counter()
         terms = step(self, batches)
-        if self.env.device.type == "cuda":
+        if cuda:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
+        if profile and self.step == cfg.optim.steps:
+            profiler.stop()
         return terms
 
     engine.Trainer.train_step = timed  # this process only
-    cfg = TrainConfig.from_file(config, overrides)
     engine.pretrain(cfg, progress=False)
+    table = ""
+    if profile:
+        profiler.export_chrome_trace(str(Path(cfg.out) / "trace.json"))
+        sort = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+        table = profiler.key_averages().table(sort_by=sort, row_limit=20)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)
-    cuda = torch.cuda.max_memory_allocated() / 2**20 if cfg.runtime.device == "cuda" else float("nan")
-    return {"seconds_per_step": statistics.median(times[skip:]), "rss_mib": rss, "cuda_mib": cuda,
-            "threads": torch.get_num_threads()}
+    peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else float("nan")
+    return {"seconds_per_step": statistics.median(times[skip:len(times) - profile]), "rss_mib": rss,
+            "cuda_mib": peak, "threads": torch.get_num_threads(), "profile": table}
 
 
 def workload(cfg: TrainConfig) -> str:
@@ -170,11 +187,14 @@ def main() -> None:
     parser.add_argument("--set", nargs="*", default=[], help="extra config overrides key=value, for every objective")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench_objectives")
     parser.add_argument("--reference", default="supervised", help="objective the ratios are relative to")
+    parser.add_argument("--profile", type=int, default=0, help="profile the last N steps of each objective")
     args = parser.parse_args()
     if args.reference not in args.objectives:
         parser.error(f"--reference {args.reference} is not among --objectives")
     if args.steps < 2:
         parser.error("--steps must be at least 2 (the first quarter is start-up)")
+    if args.profile and args.steps - max(1, args.steps // 4) - args.profile < 1:
+        parser.error("--profile leaves no timed step: raise --steps")
     device = "cuda" if args.device == "cuda" and torch.cuda.is_available() else "cpu"
     if device != args.device:
         print("CUDA is not available: running on CPU")
@@ -198,12 +218,14 @@ def main() -> None:
         notes[name] = workload(TrainConfig.from_file(config, overrides))
         print(f"{name}: {args.steps} steps ...", flush=True)
         with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
-            results[name] = pool.submit(run_objective, config, overrides, skip, args.threads).result()
+            results[name] = pool.submit(run_objective, config, overrides, skip, args.threads, args.profile).result()
+        if args.profile:
+            print(f"{name}: last {args.profile} steps by self time\n{results[name]['profile']}", flush=True)
         rates[name] = Measurement(name, args.batch_size, results[name]["seconds_per_step"])
         print(f"  {rates[name].rate:,.1f} images/s, {rates[name].seconds:.3f} s/step", flush=True)
 
     ref_rate, ref_mem = rates[args.reference].rate, results[args.reference]
-    timed = args.steps - skip
+    timed = args.steps - skip - args.profile
     table = Table(title=f"{device}, batch {args.batch_size}, {args.size} px, {args.workers} loader workers, {timed} "
                         f"timed steps after {skip} start-up steps ({int(ref_mem['threads'])} torch threads)"
                         + (f"; {' '.join(args.set)}" if args.set else ""),
