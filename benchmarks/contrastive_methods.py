@@ -33,6 +33,10 @@ the head on the question alone 0.769 for every method, the same towers at random
     | gloria (similarity both)   | 0.535 [0.504, 0.566] | - | 0.051 [0.026, 0.078] | 0.034 [0.012, 0.060] | - |
     | low_data (similarity both) | 0.584 [0.545, 0.622] | - | 0.055 [0.026, 0.085] | 0.055 [0.027, 0.086] | - |
 
+Session 11 re-ran it after text towers began padding batches to multiples of 16 tokens (forward passes equal
+up to float rounding): single cells moved by up to 0.08 (MedCLIP zero-shot 0.676, ConVIRT probe 0.713, CLIP
+probe 0.802; the table in docs/training.md), so gaps under ~0.08 here are run-to-run noise, not method effects.
+
 Encoders with a word-region matcher (GLoRIA, low_data) get a second row scored as GLoRIA scores itself
 (``similarity: both``). GLoRIA's row is the session-9 config (word features summed over the text tower's last 4
 layers, as GLoRIA); with the last layer alone (sessions 7-8) it read 0.653 [0.614, 0.693] / 0.746 / 0.081 /
