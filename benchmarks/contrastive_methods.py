@@ -3,7 +3,7 @@ zero-shot and linear-probe classification, retrieval both ways, and closed-set V
 
     .venv/bin/python benchmarks/contrastive_methods.py --out runs/bench_contrastive [--data SOURCE:PATH ...]
         [--methods clip convirt gloria ...] [--steps 150] [--fractions 0.1 1.0] [--vqa labels|none|vqa_rad:PATH]
-        [--set key=value ...]
+        [--seeds 0 1 2] [--set key=value ...]
 
 Every method starts from ``configs/<method>.yaml`` (the same ViT-Tiny image tower, bert_small text tower,
 image size, joint width, optimiser, steps, batch and seed; only what a method defines differs: ConVIRT's MLP
@@ -13,7 +13,9 @@ low-data study's combination) with the same overrides, on the same records and s
 are 95% patient-level bootstrap CIs on the test split; retrieval is image->report and report->image R@10 over
 the test studies (a report matches every image of its study). ``--fractions`` repeats every method on
 seeded, nested patient-level fractions of the training split (``data.train_subset``), the low-data-regime
-protocol; validation and test records stay the same.
+protocol; validation and test records stay the same. ``--seeds`` repeats every run with other training seeds
+(weights, augmentation, batch order; data, splits and subsets stay) and adds a table of each method's mean and
+standard deviation over them: the run-to-run spread a single run's CIs do not show.
 
 Measured on the demo's 1,200 phantoms (defaults, session 9; about 50 min in all on 2 busy cores; low_data
 below). VQA: closed questions from the phantoms' labels and sex (2,358 test questions; majority answer 0.727,
@@ -59,6 +61,7 @@ cardiomegaly?", "Is this patient male or female?"; same images, patients and spl
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import time
 from pathlib import Path
@@ -66,7 +69,13 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from radlab.bench.methods import benchmark_sources, interval_text, pretrain_and_evaluate, sources_override
+from radlab.bench.methods import (
+    across_seeds,
+    benchmark_sources,
+    interval_text,
+    pretrain_and_evaluate,
+    sources_override,
+)
 from radlab.data.label_questions import label_questions
 from radlab.data.loading import load_tables, parse_sources
 from radlab.data.records import RecordTable
@@ -92,6 +101,7 @@ def main() -> None:
                         help="fractions of the training patients to pre-train on (every method at each)")
     parser.add_argument("--vqa", default="labels", help="SOURCE:PATH of a VQA set (vqa_rad, slake); 'labels' "
                         "(default): questions written from the data's labels and sex; 'none': no VQA")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="training seeds; several add a spread table")
     parser.add_argument("--n-boot", type=int, default=1000)
     parser.add_argument("--set", nargs="*", default=[], help="extra config overrides key=value, for every method")
     args = parser.parse_args()
@@ -103,31 +113,42 @@ def main() -> None:
     labels = training_labels(table.split("train"), None)
     vqa_table = vqa_records(args.vqa, table)
 
-    rows = []
-    for fraction in args.fractions:
+    rows, runs = [], {}
+    for fraction, method, seed in itertools.product(args.fractions, args.methods, args.seeds):
         subset = [f"data.train_subset={{fraction: {fraction}, seed: 0}}"] if fraction < 1 else []
-        for method in args.methods:
-            out = args.out / (method if fraction >= 1 else f"{method}_{fraction:g}")
-            start = time.time()
-            results, checkpoint = pretrain_and_evaluate(method, [*overrides, *subset], out, table, TASKS, labels,
-                                                        args.n_boot)
-            results["pretrain_and_eval_minutes"] = round((time.time() - start) / 60, 2)
-            encoder = load_encoder(checkpoint)
-            if vqa_table is not None:
-                results["vqa"] = evaluate(encoder, vqa_table, ["vqa"], [], encoder_name=method,
-                                          n_boot=args.n_boot)["tasks"]["vqa"]
-            write_json(results, out / "metrics.json")
-            rows.append({"train fraction": f"{fraction:g}", **row(method, results)})
-            if encoder.local_match is not None:  # also as GLoRIA scores itself: cosine + word-region similarity
-                both = {task: {"similarity": "both"} for task in ("zero_shot", "retrieval")}
-                own = evaluate(encoder, table, ["zero_shot", "retrieval"], labels, encoder_name=method,
-                               options=both, n_boot=args.n_boot)
-                own["tasks"]["linear_probe"] = results["tasks"]["linear_probe"]
-                own["pretrain_and_eval_minutes"] = results["pretrain_and_eval_minutes"]
-                write_json(own, out / "metrics_similarity_both.json")
-                rows.append({"train fraction": f"{fraction:g}", **row(f"{method} (similarity both)", own)})
-    write_json({"rows": rows, "overrides": overrides}, args.out / "summary.json")
-    show(rows, args.out)
+        name = method + (f"_{fraction:g}" if fraction < 1 else "") + (f"_seed{seed}" if len(args.seeds) > 1 else "")
+        out = args.out / name
+        start = time.time()
+        results, checkpoint = pretrain_and_evaluate(method, [*overrides, *subset, f"seed={seed}"], out, table,
+                                                    TASKS, labels, args.n_boot)
+        runs.setdefault((f"{fraction:g}", method), []).append(results)
+        ids = {"train fraction": f"{fraction:g}", "seed": str(seed)}
+        results["pretrain_and_eval_minutes"] = round((time.time() - start) / 60, 2)
+        encoder = load_encoder(checkpoint)
+        if vqa_table is not None:
+            results["vqa"] = evaluate(encoder, vqa_table, ["vqa"], [], encoder_name=method,
+                                      n_boot=args.n_boot)["tasks"]["vqa"]
+        write_json(results, out / "metrics.json")
+        rows.append({**ids, **row(method, results)})
+        if encoder.local_match is not None:  # also as GLoRIA scores itself: cosine + word-region similarity
+            both = {task: {"similarity": "both"} for task in ("zero_shot", "retrieval")}
+            own = evaluate(encoder, table, ["zero_shot", "retrieval"], labels, encoder_name=method,
+                           options=both, n_boot=args.n_boot)
+            own["tasks"]["linear_probe"] = results["tasks"]["linear_probe"]
+            own["pretrain_and_eval_minutes"] = results["pretrain_and_eval_minutes"]
+            write_json(own, out / "metrics_similarity_both.json")
+            rows.append({**ids, **row(f"{method} (similarity both)", own)})
+            runs.setdefault((f"{fraction:g}", f"{method} (similarity both)"), []).append(own)
+    spread = [{"train fraction": fraction, "method": method, **across_seeds(results)}
+              for (fraction, method), results in runs.items()] if len(args.seeds) > 1 else []
+    write_json({"rows": rows, "across_seeds": spread, "seeds": args.seeds, "overrides": overrides},
+               args.out / "summary.json")
+    show("contrastive methods, one setup (test split, 95% patient-bootstrap CIs)", rows)
+    if spread:
+        show(f"mean ± sd over training seeds {args.seeds}",
+             [{k: v if isinstance(v, str) else f"{v['mean']:.3f} ± {v['std']:.3f}" for k, v in r.items()}
+              for r in spread])
+    print(json.dumps({"summary": str(args.out / "summary.json")}))
 
 
 def vqa_records(choice: str, table: RecordTable) -> RecordTable | None:
@@ -157,14 +178,13 @@ def row(method: str, results: dict) -> dict[str, str]:
             "minutes": f"{results['pretrain_and_eval_minutes']:.1f}"}
 
 
-def show(rows: list[dict[str, str]], out: Path) -> None:
-    table = Table(title="contrastive methods, one setup (test split, 95% patient-bootstrap CIs)")
+def show(title: str, rows: list[dict[str, str]]) -> None:
+    table = Table(title=title)
     for column in rows[0]:
         table.add_column(column)
     for r in rows:
         table.add_row(*r.values())
     Console().print(table)
-    print(json.dumps({"summary": str(out / "summary.json")}))
 
 
 if __name__ == "__main__":

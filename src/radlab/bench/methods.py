@@ -4,16 +4,23 @@ loop behind the demo and the method-comparison benchmarks."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from radlab.data.loading import parse_sources
 from radlab.data.records import RecordTable
 from radlab.evaluation.runner import evaluate, write_json
-from radlab.evaluation.stats import DEFAULT_N_BOOT
+from radlab.evaluation.stats import DEFAULT_N_BOOT, mean_std
 from radlab.models import load_encoder
 from radlab.train.config import TrainConfig
 from radlab.train.engine import pretrain
 
 CONFIG_DIR = Path(__file__).resolve().parents[3] / "configs"
+SEED_METRICS: dict[str, tuple[str, ...]] = {
+    "zero-shot AUC": ("zero_shot", "macro_auc"),
+    "linear probe AUC": ("linear_probe", "macro_auc"),
+    "image->report R@10": ("retrieval", "report", "image_to_text", "R@10"),
+    "report->image R@10": ("retrieval", "report", "text_to_image", "R@10"),
+}
 
 
 def pretrain_and_evaluate(method: str, overrides: list[str], out: Path, table: RecordTable, tasks: list[str],
@@ -51,3 +58,19 @@ def interval_text(interval: dict, digits: int = 3) -> str:
     """An estimate with its bootstrap interval, e.g. ``0.812 [0.790, 0.833]``."""
     return (f"{interval['estimate']:.{digits}f} [{interval['ci_low']:.{digits}f}, "
             f"{interval['ci_high']:.{digits}f}]")
+
+
+def task_metric(results: dict, path: tuple[str, ...]) -> float:
+    """The number at ``path`` under ``results["tasks"]``; NaN where a task was skipped or lacks it."""
+    value: Any = results["tasks"]
+    for key in path:
+        if not isinstance(value, dict) or key not in value:
+            return float("nan")
+        value = value[key]
+    return float(value)
+
+
+def across_seeds(runs: list[dict]) -> dict[str, dict]:
+    """Mean and sample standard deviation of each ``SEED_METRICS`` entry over evaluation results of runs that
+    differ only in their training seed: the spread the patient-bootstrap CIs of one run do not show."""
+    return {name: mean_std([task_metric(r, path) for r in runs]) for name, path in SEED_METRICS.items()}
