@@ -79,7 +79,7 @@ MAE did not finish inside the session's GPU time (its first GPU run had found th
 fixed). CLIP's 0.12x was not explained: tokenising 64 reports takes ~3 ms and its loader work on the CPU is
 within 15% of supervised's. Likely cause (session 11, no GPU to check): a new report length nearly every step,
 with attention planned per shape on the H100 (cuDNN); batches are now padded to multiples of 16 tokens. Re-run
-the clip row (and profile with torch.profiler if it stays low) before trusting image-text rates on a GPU.
+the clip row (with `--profile 3` if it stays low) before trusting image-text rates on a GPU.
 """
 
 from __future__ import annotations
