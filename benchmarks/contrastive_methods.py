@@ -70,8 +70,10 @@ from rich.console import Console
 from rich.table import Table
 
 from radlab.bench.methods import (
+    SEED_METRICS,
     across_seeds,
     benchmark_sources,
+    interval_cell,
     interval_text,
     pretrain_and_evaluate,
     sources_override,
@@ -162,18 +164,9 @@ def vqa_records(choice: str, table: RecordTable) -> RecordTable | None:
 
 def row(method: str, results: dict) -> dict[str, str]:
     """One method's cells; "-" where a task was skipped."""
-    tasks = results["tasks"]
-
-    def cell(task: dict, key: str) -> str:
-        return interval_text(task[key]) if key in task else "-"
-
-    report = tasks["retrieval"].get("report", {})
     vqa = results.get("vqa", {})
-    return {"method": method, "zero-shot AUC": cell(tasks["zero_shot"], "macro_auc_ci"),
-            "linear probe AUC": cell(tasks["linear_probe"], "macro_auc_ci"),
-            "image->report R@10": cell(report.get("image_to_text", {}), "R@10_ci"),
-            "report->image R@10": cell(report.get("text_to_image", {}), "R@10_ci"),
-            "VQA accuracy": cell(vqa, "accuracy_ci"),
+    return {"method": method, **{name: interval_cell(results, path) for name, path in SEED_METRICS.items()},
+            "VQA accuracy": interval_text(vqa["accuracy_ci"]) if "accuracy_ci" in vqa else "-",
             "VQA question only": f"{vqa['question_only_accuracy']:.3f}" if vqa else "-",
             "minutes": f"{results['pretrain_and_eval_minutes']:.1f}"}
 

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from radlab.bench.methods import across_seeds, task_metric
+from radlab.bench.methods import across_seeds, interval_cell, task_metric
 
 
 def _results(zero_shot: float | None, probe: float, i2t: float, t2i: float) -> dict:
@@ -29,3 +29,11 @@ def test_across_seeds_gives_mean_and_sample_sd_and_drops_skipped_runs() -> None:
     assert spread["image->report R@10"]["std"] == pytest.approx(0.02)
     assert spread["report->image R@10"] == {"mean": pytest.approx(0.10), "std": pytest.approx(0.0), "n": 3}
     assert spread["zero-shot AUC"]["n"] == 2 and spread["zero-shot AUC"]["mean"] == pytest.approx(0.65)
+
+
+def test_interval_cell_reads_the_interval_beside_the_estimate() -> None:
+    results = _results(None, 0.8, 0.1, 0.2)
+    results["tasks"]["linear_probe"]["macro_auc_ci"] = {"estimate": 0.8, "ci_low": 0.75, "ci_high": 0.851}
+    assert interval_cell(results, ("linear_probe", "macro_auc")) == "0.800 [0.750, 0.851]"
+    assert interval_cell(results, ("zero_shot", "macro_auc")) == "-"
+    assert interval_cell(results, ("retrieval", "report", "image_to_text", "R@10")) == "-"  # estimate, no interval

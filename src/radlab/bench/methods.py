@@ -60,14 +60,26 @@ def interval_text(interval: dict, digits: int = 3) -> str:
             f"{interval['ci_high']:.{digits}f}]")
 
 
-def task_metric(results: dict, path: tuple[str, ...]) -> float:
-    """The number at ``path`` under ``results["tasks"]``; NaN where a task was skipped or lacks it."""
+def task_entry(results: dict, path: tuple[str, ...]) -> Any:
+    """What sits at ``path`` under ``results["tasks"]``; None where a task was skipped or lacks it."""
     value: Any = results["tasks"]
     for key in path:
         if not isinstance(value, dict) or key not in value:
-            return float("nan")
+            return None
         value = value[key]
-    return float(value)
+    return value
+
+
+def task_metric(results: dict, path: tuple[str, ...]) -> float:
+    """The number at ``path`` under ``results["tasks"]``; NaN where a task was skipped or lacks it."""
+    value = task_entry(results, path)
+    return float("nan") if value is None else float(value)
+
+
+def interval_cell(results: dict, path: tuple[str, ...]) -> str:
+    """The estimate at ``path`` with its bootstrap interval (the ``<key>_ci`` beside it); "-" where absent."""
+    interval = task_entry(results, (*path[:-1], f"{path[-1]}_ci"))
+    return "-" if interval is None else interval_text(interval)
 
 
 def across_seeds(runs: list[dict]) -> dict[str, dict]:
