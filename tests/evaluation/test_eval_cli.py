@@ -12,13 +12,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from markers import cuda
 from radlab.cli import app
 from radlab.evaluation.runner import HEADLINES
 from radlab.models.checkpoint import save_encoder
 from radlab.models.encoder import RadEncoder
 
 runner = CliRunner()
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: this test checks the GPU path")
 
 
 @pytest.fixture(scope="module")

@@ -10,15 +10,13 @@ import torch
 from safetensors.torch import load_file
 from tiny_runs import CONFIGS, interrupted_copy, tiny_config
 
+from markers import cuda
 from radlab.models.checkpoint import load_encoder_checkpoint
 from radlab.objectives.clip import ClipObjective
 from radlab.train import distributed
 from radlab.train.engine import Trainer, pretrain
 from radlab.train.state import load_state, rng_state, set_rng_state
 from run_logs import logged, loss_curve
-
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: this test checks the GPU path")
-
 
 
 def test_cuda_without_a_gpu_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:

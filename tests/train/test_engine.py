@@ -8,6 +8,7 @@ import math
 import multiprocessing
 import pickle
 import random
+import re
 from pathlib import Path
 
 import numpy as np
@@ -248,11 +249,12 @@ def test_redirected_training_writes_progress_lines(tmp_path: Path, phantom16: Pa
     from radlab import progress
 
     monkeypatch.setattr(progress, "INTERVAL_S", 0.0)
-    cfg = tiny_config("supervised", phantom16, tmp_path, "optim.steps=3", "optim.batch_size=8")
+    cfg = tiny_config("supervised", phantom16, tmp_path, "optim.steps=3", "optim.batch_size=8", "optim.log_every=2")
     pretrain(cfg, progress=True)
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith(f"{cfg.name}: ")]
     assert [line.split(",")[0] for line in lines] == [f"{cfg.name}: {k}/3" for k in (1, 2, 3)]
-    assert all("loss " in line for line in lines)
+    assert "loss" not in lines[0], "no loss is shown before the first logged step"
+    assert all(re.search(r", loss \d", line) for line in lines[1:])
 
 
 def test_sources_that_reencode_the_same_images_get_an_image_audit(tmp_path: Path, phantom16: Path,

@@ -317,12 +317,12 @@ class Trainer:
         batches = stream(self.loader, self.sampler)
         self.started, first_step, reason = time.time(), self.step, "steps"
         columns = [TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                   TextColumn("{task.fields[rate]:.2f} step/s"), TextColumn("loss {task.fields[loss]:.4f}"),
+                   TextColumn("{task.fields[rate]:.2f} step/s"), TextColumn("loss {task.fields[loss]}"),
                    TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
         lines = ProgressLines(cfg.name, total) if progress and main and not CONSOLE.is_terminal else None
-        loss = float("nan")
+        shown: dict[str, float] = {}
         with Progress(*columns, console=CONSOLE, disable=not (progress and main) or lines is not None) as bar:
-            task = bar.add_task(cfg.name, total=total, completed=self.step, rate=0.0, loss=loss)
+            task = bar.add_task(cfg.name, total=total, completed=self.step, rate=0.0, loss="-")
             while self.step < total:
                 terms = self.train_step(batches)
                 rate = (self.step - first_step) / max(time.time() - self.started, 1e-9)
@@ -332,10 +332,10 @@ class Trainer:
                               "samples_per_s": round(rate * cfg.optim.batch_size, 2),
                               **{k: float(distrib.all_reduce_mean(v)) for k, v in terms.items()}}
                     self._log(record, "train", writer, metrics)
-                    loss = record["loss"]
-                bar.update(task, completed=self.step, rate=rate, loss=loss)
+                    shown = {"loss": record["loss"]}
+                bar.update(task, completed=self.step, rate=rate, loss=f"{shown['loss']:.4f}" if shown else "-")
                 if lines is not None:
-                    lines.update(self.step, loss=loss)
+                    lines.update(self.step, **shown)
                 if cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0:
                     self.checkpoint()
                 stop = False
