@@ -8,6 +8,7 @@ them the run is a single process and every helper here is a no-op.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -30,12 +31,15 @@ def init_distributed(device: str = "auto") -> DistEnv:
     """Join the process group torchrun describes (nccl on GPU, gloo on CPU) and pick this rank's device.
 
     ``device`` is "auto" (CUDA when available), "cpu" or "cuda"."""
-    use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
+    use_cuda = _resolve(device) == "cuda"
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if use_cuda:
-        _check_gpu(local_rank)
+        _check_gpu(local_rank, "runtime.device is 'cuda'", "runtime.device=auto or cpu",
+                   lambda count: f"LOCAL_RANK {local_rank} has no GPU: this node shows {count} CUDA device(s); "
+                   f"start at most {count} process(es) per node (torchrun --nproc_per_node={count}), or run "
+                   "the ranks on the CPU with runtime.device=cpu")
         torch.cuda.set_device(local_rank)
     target = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
     if world > 1 and not dist.is_initialized():
@@ -43,39 +47,37 @@ def init_distributed(device: str = "auto") -> DistEnv:
     return DistEnv(rank, world, local_rank, target)
 
 
-def _check_gpu(local_rank: int) -> None:
-    """A clear error instead of CUDA's own when this rank has no GPU of its own."""
-    _check_cuda("runtime.device is 'cuda'", "runtime.device=auto or cpu")
-    count = torch.cuda.device_count()
-    if local_rank >= count:
-        raise RuntimeError(f"LOCAL_RANK {local_rank} has no GPU: this node shows {count} CUDA device(s); start at "
-                           f"most {count} process(es) per node (torchrun --nproc_per_node={count}), or run the "
-                           "ranks on the CPU with runtime.device=cpu")
+def _resolve(name: str) -> str:
+    """"auto" becomes "cuda" when PyTorch sees a GPU, else "cpu"; other names pass through."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
 
 
-def _check_cuda(asked: str, instead: str) -> None:
+def _check_gpu(index: int, asked: str, instead: str, too_few: Callable[[int], str]) -> None:
+    """Clear errors instead of CUDA's own: no CUDA at all (use ``instead``), or no GPU number ``index``
+    (``too_few`` words it from the GPU count)."""
     if not torch.cuda.is_available():
         raise RuntimeError(f"{asked} but PyTorch sees no CUDA device (a CPU build of torch, no driver, or "
                            f"CUDA_VISIBLE_DEVICES empty); use {instead}")
+    count = torch.cuda.device_count()
+    if index >= count:
+        raise RuntimeError(too_few(count))
 
 
 def process_device(name: str) -> torch.device:
     """The device of a single-process job (evaluation): "cpu", "cuda", "cuda:N", or "auto" (CUDA when
     available); a clear error when the GPU asked for is not there."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
     try:
-        device = torch.device(name)
+        device = torch.device(_resolve(name))
     except RuntimeError as err:
         raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}") from err
     if device.type not in ("cpu", "cuda"):
         raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}")
     if device.type == "cuda":
-        _check_cuda(f"device {name!r} asked for", "--device cpu")
-        count = torch.cuda.device_count()
-        if (device.index or 0) >= count:
-            raise RuntimeError(f"device {name!r} asked for, but this machine shows {count} CUDA device(s) "
-                               f"(cuda:0 to cuda:{count - 1})")
+        _check_gpu(device.index or 0, f"device {name!r} asked for", "--device cpu",
+                   lambda count: f"device {name!r} asked for, but this machine shows {count} CUDA device(s) "
+                   f"(cuda:0 to cuda:{count - 1})")
     return device
 
 
