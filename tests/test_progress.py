@@ -8,7 +8,7 @@ import pytest
 from rich.console import Console
 
 from radlab import progress
-from radlab.progress import ProgressLines, tracked
+from radlab.progress import ProgressLines, StepProgress, tracked
 
 
 def _console() -> tuple[Console, io.StringIO]:
@@ -47,3 +47,27 @@ def test_tracked_yields_every_item_and_writes_lines_to_redirected_stderr(monkeyp
     assert list(tracked(iter("abc"), 3, "drawing")) == ["a", "b", "c"]
     captured = capsys.readouterr()
     assert captured.out == "" and "drawing: 3/3" in captured.err
+
+
+def test_step_progress_draws_a_bar_on_a_terminal_with_no_loss_before_the_first_log(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    out = io.StringIO()
+    monkeypatch.setattr(progress, "CONSOLE", Console(file=out, width=200, force_terminal=True))
+    with StepProgress("pretrain", 4, 0, enabled=True) as shown:
+        assert shown.lines is None
+        shown.update(1, 2.0, None)
+        shown.bar.refresh()
+        before = out.getvalue()
+        shown.update(2, 2.0, 0.5)
+        shown.bar.refresh()
+    assert "loss -" in before and "nan" not in before
+    assert "loss 0.5000" in out.getvalue()
+
+
+def test_step_progress_writes_nothing_when_disabled(monkeypatch: pytest.MonkeyPatch) -> None:
+    out = io.StringIO()
+    monkeypatch.setattr(progress, "CONSOLE", Console(file=out, width=200, force_terminal=True))
+    with StepProgress("pretrain", 2, 0, enabled=False) as shown:
+        shown.update(1, 1.0, 0.5)
+        shown.update(2, 1.0, 0.4)
+    assert out.getvalue() == ""

@@ -9,7 +9,7 @@ from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
 from rich.console import Console
-from rich.progress import track
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn, track
 
 CONSOLE = Console(stderr=True)
 INTERVAL_S = 30.0
@@ -52,6 +52,32 @@ def tracked(items: Iterable[T], total: int, description: str, interval: float | 
     for done, item in enumerate(items, 1):
         yield item
         lines.update(done)
+
+
+class StepProgress:
+    """A training run's progress on its main rank: a rich bar (steps, rate, last logged loss, ETA) on a
+    terminal, plain lines (``ProgressLines``) otherwise, nothing when not ``enabled``. A context manager."""
+
+    def __init__(self, name: str, total: int, start: int, enabled: bool) -> None:
+        self.lines = ProgressLines(name, total) if enabled and not CONSOLE.is_terminal else None
+        columns = [TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                   TextColumn("{task.fields[rate]:.2f} step/s"), TextColumn("loss {task.fields[loss]}"),
+                   TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
+        self.bar = Progress(*columns, console=CONSOLE, disable=not enabled or self.lines is not None)
+        self.task = self.bar.add_task(name, total=total, completed=start, rate=0.0, loss="-")
+
+    def __enter__(self) -> StepProgress:
+        self.bar.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.stop()
+
+    def update(self, step: int, rate: float, loss: float | None) -> None:
+        """``loss`` is None until the first logged step (shown as "-", left out of plain lines)."""
+        self.bar.update(self.task, completed=step, rate=rate, loss="-" if loss is None else f"{loss:.4f}")
+        if self.lines is not None:
+            self.lines.update(step, **({} if loss is None else {"loss": loss}))
 
 
 def _clock(seconds: float) -> str:

@@ -11,7 +11,6 @@ early, both with a resumable state written.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import time
 from collections.abc import Iterator
@@ -20,11 +19,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
-from torch.utils.tensorboard import SummaryWriter
 
 from radlab.data.dataset import (
     Collator,
@@ -38,7 +35,7 @@ from radlab.data.records import RecordTable
 from radlab.models.checkpoint import OBJECTIVE_FILE, save_encoder, strip_prefix
 from radlab.models.encoder import ClampedScale, RadEncoder
 from radlab.objectives import OBJECTIVES, Objective
-from radlab.progress import CONSOLE, ProgressLines
+from radlab.progress import StepProgress
 from radlab.train import distributed as distrib
 from radlab.train import sharding
 from radlab.train.config import TrainConfig
@@ -47,6 +44,7 @@ from radlab.train.ema import ModelEMA
 from radlab.train.initial_weights import load_encoder_weights, load_objective_state
 from radlab.train.loader import Position, RankedBatchSampler, SeededDataset, stream
 from radlab.train.optim import cosine_weight_decay, cosine_with_warmup, param_groups
+from radlab.train.run_log import RunLog
 from radlab.train.setup import build_model, build_objective, run_tables, seed_everything, training_labels
 from radlab.train.state import latest_state, load_state, rng_state, save_state, set_rng_state
 
@@ -312,17 +310,11 @@ class Trainer:
         cfg, main = self.cfg, self.env.is_main
         total = cfg.optim.steps
         self.module.train()
-        writer = SummaryWriter(str(self.out / "tb")) if main else None
-        metrics = (self.out / "metrics.jsonl").open("a" if cfg.resume else "w") if main else None
         batches = stream(self.loader, self.sampler)
         self.started, first_step, reason = time.time(), self.step, "steps"
-        columns = [TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                   TextColumn("{task.fields[rate]:.2f} step/s"), TextColumn("loss {task.fields[loss]}"),
-                   TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
-        lines = ProgressLines(cfg.name, total) if progress and main and not CONSOLE.is_terminal else None
-        shown: dict[str, float] = {}
-        with Progress(*columns, console=CONSOLE, disable=not (progress and main) or lines is not None) as bar:
-            task = bar.add_task(cfg.name, total=total, completed=self.step, rate=0.0, loss="-")
+        loss: float | None = None
+        with RunLog(self.out, main, append=cfg.resume) as run_log, \
+                StepProgress(cfg.name, total, self.step, progress and main) as shown:
             while self.step < total:
                 terms = self.train_step(batches)
                 rate = (self.step - first_step) / max(time.time() - self.started, 1e-9)
@@ -331,18 +323,15 @@ class Trainer:
                               "lr": self.scheduler.get_last_lr()[0], "seconds": round(self.elapsed(), 2),
                               "samples_per_s": round(rate * cfg.optim.batch_size, 2),
                               **{k: float(distrib.all_reduce_mean(v)) for k, v in terms.items()}}
-                    self._log(record, "train", writer, metrics)
-                    shown = {"loss": record["loss"]}
-                bar.update(task, completed=self.step, rate=rate, loss=f"{shown['loss']:.4f}" if shown else "-")
-                if lines is not None:
-                    lines.update(self.step, **shown)
+                    run_log.write(record, "train")
+                    loss = record["loss"]
+                shown.update(self.step, rate, loss)
                 if cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0:
                     self.checkpoint()
                 stop = False
                 if self.stopper is not None and self.step % cfg.early_stopping.every == 0:
                     values = self.validate()
-                    self._log({"step": self.step, **{f"val_{k}": v for k, v in values.items()}}, "val", writer,
-                              metrics)
+                    run_log.write({"step": self.step, **{f"val_{k}": v for k, v in values.items()}}, "val")
                     if self.stopper.update(values[cfg.early_stopping.metric], self.step,
                                            lambda: self._weights(every_rank=True)):
                         stop, reason = True, "early_stopping"
@@ -354,19 +343,7 @@ class Trainer:
         saved = cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0
         if not saved and (cfg.checkpoint.every or reason != "steps"):
             self.checkpoint()
-        if writer is not None:
-            writer.close()
-            metrics.close()
         return reason
-
-    def _log(self, record: dict, prefix: str, writer: SummaryWriter | None, metrics: object) -> None:
-        if writer is None:
-            return
-        metrics.write(json.dumps(record) + "\n")
-        metrics.flush()
-        for key, value in record.items():
-            if key != "step":
-                writer.add_scalar(f"{prefix}/{key.removeprefix('val_')}", value, record["step"])
 
     def save_encoder(self) -> Path:
         """Export the encoder (the best validation step's under early stopping with ``restore_best``);
