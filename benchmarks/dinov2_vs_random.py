@@ -34,7 +34,7 @@ import json
 import time
 from pathlib import Path
 
-from radlab.bench.methods import benchmark_sources, interval_text, sources_override
+from radlab.bench.methods import benchmark_sources, interval_cell, sources_override, task_entry
 from radlab.data.loading import load_tables
 from radlab.data.splits import DEFAULT_FRACTIONS
 from radlab.evaluation.runner import evaluate, write_json
@@ -46,6 +46,13 @@ from radlab.train.setup import seed_everything, training_labels
 
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = ["linear_probe", "demographics"]
+SUMMARY: dict[str, tuple[str, ...]] = {
+    "findings probe macro AUC": ("linear_probe", "macro_auc"),
+    "sex AUC": ("demographics", "sex", "auc"),
+    "age MAE (years)": ("demographics", "age", "mae"),
+    "text probe macro AUC": ("text_probe", "macro_auc"),
+    "findings->impression R@10": ("text_retrieval", "findings_to_impression", "R@10"),
+}
 
 
 def main() -> None:
@@ -58,6 +65,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="default: the config's optim.steps")
     parser.add_argument("--n-boot", type=int, default=1000)
     parser.add_argument("--set", nargs="*", default=[], help="extra config overrides key=value")
+    parser.add_argument("--tasks", nargs="*", default=TASKS, help=f"evaluation tasks (default: {' '.join(TASKS)})")
     args = parser.parse_args()
 
     sources = benchmark_sources(args.data, args.out, args.n, args.size)
@@ -72,8 +80,11 @@ def main() -> None:
     trained = load_encoder(pretrain(cfg, progress=True)).eval()
     minutes = (time.time() - start) / 60
     seed_everything(cfg.seed)
-    random_init = build_encoder(cfg.model.model_copy(update={"text_tower": None})).eval()
-    results = evaluate(trained, table, TASKS, labels, seed=0, encoder_name=cfg.objective.name,
+    if trained.has_text:
+        random_init = build_encoder(cfg.model, getattr(trained.text_tower, "tokenizer", None)).eval()
+    else:
+        random_init = build_encoder(cfg.model.model_copy(update={"text_tower": None})).eval()
+    results = evaluate(trained, table, args.tasks, labels, seed=0, encoder_name=cfg.objective.name,
                        n_boot=args.n_boot, compare=random_init, compare_name="random init")
     results["pretrain_minutes"] = round(minutes, 2)
     write_json(results, args.out / "results.json")
@@ -81,14 +92,15 @@ def main() -> None:
 
 
 def summary(results: dict) -> dict:
-    """Point estimates with 95% CIs for both encoders, and the paired differences."""
-    def pick(tasks: dict) -> dict:
-        probe, demo = tasks["linear_probe"], tasks["demographics"]
-        return {"macro_auc": interval_text(probe["macro_auc_ci"]), "sex_auc": interval_text(demo["sex"]["auc_ci"]),
-                "age_mae": interval_text(demo["age"]["mae_ci"]), "age_baseline_mae": round(demo["age"]["baseline_mae"], 2)}
+    """Point estimates with 95% CIs for both encoders (the ``SUMMARY`` metrics of the tasks run), and the
+    paired differences."""
+    def pick(run: dict) -> dict:
+        out = {name: interval_cell(run, path) for name, path in SUMMARY.items() if path[0] in run["tasks"]}
+        baseline = task_entry(run, ("demographics", "age", "baseline_mae"))
+        return {**out, **({} if baseline is None else {"age MAE of the train mean": round(baseline, 2)})}
 
-    return {"pretrain_minutes": results["pretrain_minutes"], results["encoder"]: pick(results["tasks"]),
-            "random init": pick(results["baseline"]["tasks"]),
+    return {"pretrain_minutes": results["pretrain_minutes"], results["encoder"]: pick(results),
+            "random init": pick(results["baseline"]),
             "paired_difference": {k: {"diff": round(v["difference"], 4), "ci": [round(v["ci_low"], 4),
                                                                              round(v["ci_high"], 4)],
                                       "p": v["p_value"]} for k, v in results["paired_difference"].items()

@@ -32,6 +32,12 @@ def tiny_encoder(split_table: RecordTable) -> RadEncoder:
 
 
 @pytest.fixture(scope="session")
+def tiny_model_config() -> ModelConfig:
+    """The tiny encoder's model section, to build others like it (other data, other towers)."""
+    return TINY
+
+
+@pytest.fixture(scope="session")
 def tiny_tower_spec() -> dict:
     """How ``save_encoder`` records the tiny encoder's image tower."""
     return {"name": TINY.image_tower.name, "kwargs": TINY.image_tower.kwargs}

@@ -53,13 +53,16 @@ def test_text_tasks_on_bundled_iu_reports(which: str, data_root: Path, checkpoin
     spec = ["--checkpoint", str(checkpoint)] if which == "checkpoint" else ["--encoder", f"open_clip:{open_clip_dir}"]
     data = f"iu_xray:{data_root / 'iu_xray_reports'}"
     metrics = _eval([*spec, "--data", data, "--task", "text_retrieval", "--task", "report_generation",
-                     "--task", "linear_probe", "--cache-dir", str(tmp_path / "cache")], tmp_path / "iu.json")
+                     "--task", "linear_probe", "--task", "text_probe", "--cache-dir", str(tmp_path / "cache")],
+                    tmp_path / "iu.json")
     tasks = metrics["tasks"]
     assert "no images" in tasks["linear_probe"]["skipped"]
     assert tasks["text_retrieval"]["findings_to_impression"]["n_queries"] > 300
     gen = tasks["report_generation"]
     assert gen["via"] == "text" and gen["n_test"] > 300 and 0 < gen["rouge_l"] < 1 and gen["bleu4"] > 0
     assert gen["rouge_l_ci"]["ci_low"] <= gen["rouge_l"] <= gen["rouge_l_ci"]["ci_high"]
+    probe = tasks["text_probe"]
+    assert probe["n_reports"]["test"] > 500 and probe["macro_auc_ci"]["ci_low"] <= probe["macro_auc"] <= 1
     assert metrics["n_text_records"]["test"] > 0 and metrics["n_records"]["test"] == 0
     assert metrics["config"]["n_boot"] == 50 and len(metrics["data_hash"]) == 16
 

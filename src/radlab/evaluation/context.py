@@ -77,10 +77,10 @@ class EvalContext:
     def image_features(self, split: str, kind: str = "pooled") -> np.ndarray:
         return self.features.get(self.encoder, self.table, self.rows(split), kind, self.batch_size)
 
-    def text_features(self, texts: list[str]) -> np.ndarray:
+    def text_features(self, texts: list[str], kind: str = "embedding") -> np.ndarray:
         if not self.encoder.has_text:
             raise TaskSkipped("this encoder has no text tower")
-        return self.features.text(self.encoder, texts, self.batch_size)
+        return self.features.text(self.encoder, texts, self.batch_size, kind)
 
     def labels(self, split: str) -> np.ndarray:
         return self.table.labels(self.label_names)[self.rows(split)]

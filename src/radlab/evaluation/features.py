@@ -19,6 +19,7 @@ from radlab.models.encoder import RadEncoder
 from radlab.progress import tracked
 
 FEATURE_KINDS = ("pooled", "embedding", "tokens")
+TEXT_KINDS = ("embedding", "pooled")
 FEATURE_FORMAT = "1"
 log = logging.getLogger(__name__)
 
@@ -106,12 +107,18 @@ def extract_local(encoder: RadEncoder, table: RecordTable, texts: list[str], bat
 
 
 @torch.no_grad()
-def extract_text(encoder: RadEncoder, texts: list[str], batch_size: int = 64) -> np.ndarray:
-    """Normalised joint-space text embeddings, in batches."""
+def extract_text(encoder: RadEncoder, texts: list[str], batch_size: int = 64, kind: str = "embedding") -> np.ndarray:
+    """``embedding``: normalised joint-space text embeddings; ``pooled``: the text tower's features before
+    projection (probes). In batches."""
+    if kind not in TEXT_KINDS:
+        raise ValueError(f"text feature kind must be one of {TEXT_KINDS}, got {kind!r}")
     encoder.eval()
-    chunks = [encoder.encode_text(texts[i:i + batch_size]).float().cpu().numpy()
-              for i in range(0, len(texts), batch_size)]
-    return np.concatenate(chunks) if chunks else np.zeros((0, encoder.embed_dim), np.float32)
+    embed = encoder.encode_text if kind == "embedding" else encoder.text_features
+    chunks = [embed(texts[i:i + batch_size]).float().cpu().numpy() for i in range(0, len(texts), batch_size)]
+    if chunks:
+        return np.concatenate(chunks)
+    width = encoder.embed_dim if kind == "embedding" else encoder.text_tower.embed_dim
+    return np.zeros((0, width), np.float32)
 
 
 class FeatureCache:
@@ -156,9 +163,10 @@ class FeatureCache:
         key = self.key(encoder, f"{table_hash(subset)}|{files_signature(subset)}", kind)
         return self._cached(key, lambda: extract_features(encoder, subset, kind, batch_size))
 
-    def text(self, encoder: RadEncoder, texts: list[str], batch_size: int = 64) -> np.ndarray:
-        return self._cached(self.key(encoder, texts_hash(texts), "text"),
-                            lambda: extract_text(encoder, texts, batch_size))
+    def text(self, encoder: RadEncoder, texts: list[str], batch_size: int = 64, kind: str = "embedding") -> np.ndarray:
+        key_kind = "text" if kind == "embedding" else f"text_{kind}"
+        return self._cached(self.key(encoder, texts_hash(texts), key_kind),
+                            lambda: extract_text(encoder, texts, batch_size, kind))
 
     def local(self, encoder: RadEncoder, table: RecordTable, rows: np.ndarray, texts: list[str],
               batch_size: int = 64) -> np.ndarray:

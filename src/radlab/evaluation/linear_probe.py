@@ -65,8 +65,10 @@ def standardised(ctx: EvalContext, kind: str = "pooled") -> tuple[dict[str, np.n
     return {s: scaler.transform(v) for s, v in feats.items()}, {s: ctx.labels(s) for s in feats}
 
 
-def auc_report(ctx: EvalContext, labels: np.ndarray, scores: np.ndarray, names: list[str]) -> dict:
-    """Per-finding AUC, macro AUC and its patient-bootstrap interval over the test rows."""
+def auc_report(ctx: EvalContext, labels: np.ndarray, scores: np.ndarray, names: list[str],
+               patients: np.ndarray | None = None) -> dict:
+    """Per-finding AUC, macro AUC and its patient-bootstrap interval over the test rows (the test images'
+    patients unless ``patients`` are given)."""
     cols = [ctx.label_names.index(n) for n in names]
     y, s = labels[:, cols], scores[:, cols]
     per_label = {}
@@ -74,7 +76,7 @@ def auc_report(ctx: EvalContext, labels: np.ndarray, scores: np.ndarray, names: 
         known = np.isin(y[:, j], (0, 1))
         per_label[name] = roc_auc(y[known, j], s[known, j])
     ci = ctx.interval("macro_auc", lambda idx: macro_auc(y[idx], s[idx], strict=True),
-                      ctx.patients(ctx.rows("test")), over=names)
+                      ctx.patients(ctx.rows("test")) if patients is None else patients, over=names)
     return {"auc": per_label, "macro_auc": macro_auc(y, s), "macro_auc_ci": ci}
 
 

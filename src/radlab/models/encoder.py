@@ -148,10 +148,16 @@ class RadEncoder(nn.Module):
         out = self.text_tower(ids.new_zeros(1, width), mask.new_ones(1, width))
         return TowerOutput(out.pooled[:0], out.tokens[:0], None if out.mask is None else out.mask[:0])
 
-    def encode_text(self, texts: list[str] | dict[str, torch.Tensor], normalize: bool = True) -> torch.Tensor:
-        if self.text_tower is None or self.text_proj is None:
+    def text_features(self, texts: list[str] | dict[str, torch.Tensor]) -> torch.Tensor:
+        """The text tower's pooled features before projection (texts, or their tokens)."""
+        if self.text_tower is None:
             raise ValueError("this encoder has no text tower")
         tokens = self.text_tower.tokenize(texts) if isinstance(texts, list) else texts
         device = next(self.text_tower.parameters()).device
-        z = self.text_proj(self.text_output({k: v.to(device) for k, v in tokens.items()}).pooled)
+        return self.text_output({k: v.to(device) for k, v in tokens.items()}).pooled
+
+    def encode_text(self, texts: list[str] | dict[str, torch.Tensor], normalize: bool = True) -> torch.Tensor:
+        if self.text_proj is None:
+            raise ValueError("this encoder has no text tower")
+        z = self.text_proj(self.text_features(texts))
         return F.normalize(z, dim=-1) if normalize else z
