@@ -24,7 +24,18 @@ Paired against random init, SimCLR gains on all three (findings +0.111, sex +0.0
 
 ``--data`` takes any registered source in its native layout (repeatable, paths also under $RADLAB_DATA), e.g.
 ``--data nih:nih_sample``; without it the script draws phantoms (the bundled real data has no images yet).
-Pre-training, probes and splits all use those records. ``--config`` picks the objective config (default configs/dinov2.yaml), so the same script compares SimCLR or MAE against random init.
+Pre-training, probes and splits all use those records. ``--config`` picks the objective config (default
+configs/dinov2.yaml), so the same script compares SimCLR or MAE against random init; ``--tasks`` picks the
+evaluation, e.g. report-only MLM on the bundled real IU X-ray reports (RADLAB_DATA=../shared/data; 3.4 min of
+pre-training, about 4 of evaluation):
+
+    --config configs/mlm.yaml --data iu_xray:iu_xray_reports --tasks text_probe text_retrieval
+
+    text probe macro AUC (CLS pooling)   0.907 [0.890, 0.923]  vs random init 0.947 [0.933, 0.958]  paired -0.040
+    text probe macro AUC (mean pooling)  0.949 [0.934, 0.962]  vs random init 0.955 [0.937, 0.971]  paired -0.007
+                                         [-0.016, 0.003]  (``--set model.text_tower.kwargs.pooling=mean``)
+
+(777 held-out studies, expert MeSH tags; discussion in docs/training.md.)
 """
 
 from __future__ import annotations
