@@ -6,10 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from radlab.evaluation.context import nonzero
 from radlab.evaluation.metrics import roc_auc
-from radlab.evaluation.report import append_run, render
+from radlab.evaluation.report import _bar_label, append_run, render
+from radlab.evaluation.runner import headline
 
 
 def _run(labels: list[str], seed: int, auc: float) -> dict:
@@ -32,3 +34,37 @@ def test_scales_of_constant_features_stay_one_and_diverged_scores_are_refused() 
     np.testing.assert_array_equal(nonzero(np.array([0.0, 2.0, 1e-12])), [1.0, 2.0, 1.0])
     with pytest.raises(ValueError, match="non-finite"):
         roc_auc(np.array([0, 1, 1]), np.array([0.1, np.nan, 0.3]))
+
+
+def test_paired_differences_and_demographics_are_reported_and_each_metric_gets_its_own_panel(tmp_path: Path) -> None:
+    store = tmp_path / "store.jsonl"
+    run = _run(["cardiomegaly"], 0, 0.75)
+    run["tasks"]["demographics"] = {"sex": {"auc": 0.9, "auc_ci": {"ci_low": 0.85, "ci_high": 0.94}},
+                                    "age": {"mae": 11.2}}
+    run["tasks"]["retrieval"] = {"mean_R@1": 0.05}
+    run["baseline"] = {"encoder": "random init", "tasks": {"linear_probe": {"macro_auc": 0.70}}}
+    run["paired_difference"] = {
+        "linear_probe/macro_auc": {"difference": 0.05, "ci_low": 0.02, "ci_high": 0.08, "p_value": 0.002},
+        "retrieval/R@1": {"difference": -0.01, "ci_low": -0.02, "ci_high": -0.004, "p_value": 0.0, "n_boot": 500},
+        "zero_shot/macro_auc": {"unpaired": "A and B average different findings"}}
+    append_run(run, store)
+    text = render(store).read_text()
+    assert "## Paired differences" in text
+    assert "| enc | random init | linear_probe/macro_auc | +0.050 | [+0.020, +0.080] | 0.002 |" in text
+    assert "| retrieval/R@1 | -0.010 | [-0.020, -0.004] | < 0.002 |" in text
+    assert "zero_shot" not in text
+    with Image.open(tmp_path / "store.png") as image:
+        assert image.width == round(2.8 * 4 * 120), "panels: linear probe, sex AUC, age MAE, retrieval"
+    assert "| enc | demographics | sex auc | 0.900 | [0.850, 0.940] |" in text
+    assert "| enc | demographics | age mae | 11.200 | - |" in text
+    rows = [{"encoder": "enc", "seed": s} for s in (0, 1)] + [{"encoder": "other", "seed": 0}]
+    assert [_bar_label(r, rows) for r in rows] == ["enc (seed 0)", "enc (seed 1)", "other"]
+
+
+def test_console_headlines_name_each_metric_with_its_interval() -> None:
+    assert headline({"macro_auc": 0.8, "macro_auc_ci": {"ci_low": 0.75, "ci_high": 0.85}}) == \
+        "macro_auc 0.800 [0.750, 0.850]"
+    assert headline({"sex": {"auc": 0.9, "auc_ci": {"ci_low": 0.85, "ci_high": 0.95}}, "age": {"mae": 11.25}}) == \
+        "sex auc 0.900 [0.850, 0.950], age mae 11.250"
+    assert headline({"skipped": "no images"}) == "skipped (no images)"
+    assert headline({"n": 3}) == "done"

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 
-from radlab.evaluation.runner import HEADLINES, json_safe
+from radlab.evaluation.runner import headline_metrics, json_safe
 
 
 def append_run(results: dict, store: Path | str) -> Path:
@@ -33,14 +34,12 @@ def headline_rows(runs: list[dict]) -> list[dict]:
             expanded.append({**run, **run["baseline"]})
     for run in expanded:
         for task, metrics in run.get("tasks", {}).items():
-            key = next((k for k in HEADLINES if isinstance(metrics.get(k), int | float)), None)
-            if key is None:
-                continue
-            ci = metrics.get(f"{key}_ci") or {}
-            rows.append({"encoder": run.get("encoder") or run.get("encoder_hash", "?"), "task": task, "metric": key,
-                         "value": metrics[key], "low": ci.get("ci_low"), "high": ci.get("ci_high"),
-                         "data_hash": run.get("data_hash", ""), "labels": label_set(run.get("labels", [])),
-                         "seed": run.get("seed", ""), "code_version": run.get("code_version", "")})
+            for name, group, key in headline_metrics(metrics):
+                ci = group.get(f"{key}_ci") or {}
+                rows.append({"encoder": run.get("encoder") or run.get("encoder_hash", "?"), "task": task,
+                             "metric": name, "value": group[key], "low": ci.get("ci_low"), "high": ci.get("ci_high"),
+                             "data_hash": run.get("data_hash", ""), "labels": label_set(run.get("labels", [])),
+                             "seed": run.get("seed", ""), "code_version": run.get("code_version", "")})
     return rows
 
 
@@ -50,17 +49,28 @@ def label_set(names: list[str]) -> str:
     return f"{len(names)} ({digest})"
 
 
+def paired_rows(runs: list[dict]) -> list[dict]:
+    """One row per paired statistic of each run evaluated against a second encoder (``--compare``)."""
+    rows = []
+    for run in runs:
+        baseline = run.get("baseline", {})
+        for statistic, diff in run.get("paired_difference", {}).items():
+            if "difference" in diff:
+                rows.append({"encoder": run.get("encoder") or run.get("encoder_hash", "?"),
+                             "versus": baseline.get("encoder") or baseline.get("encoder_hash", "?"),
+                             "statistic": statistic, **{k: diff.get(k) for k in ("difference", "ci_low", "ci_high",
+                                                                                 "p_value", "n_boot")}})
+    return rows
+
+
 def render(store: Path | str, out_dir: Path | str | None = None) -> Path:
-    """Write ``<store stem>.md`` and ``<store stem>.png`` beside the store (or into ``out_dir``)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """Write ``<store stem>.md`` (headline table, paired differences) and ``<store stem>.png`` (one panel per
+    task and metric, a bar with its interval per run) beside the store (or into ``out_dir``)."""
     store = Path(store)
     out = Path(out_dir) if out_dir else store.parent
     out.mkdir(parents=True, exist_ok=True)
-    rows = headline_rows(read_runs(store))
+    runs = read_runs(store)
+    rows = headline_rows(runs)
     lines = ["# radlab evaluation results", "", "Intervals: 95% percentile bootstrap over patients."]
     settings = {(r["data_hash"], r["labels"]) for r in rows}
     if len(settings) > 1:
@@ -69,23 +79,61 @@ def render(store: Path | str, out_dir: Path | str | None = None) -> Path:
     lines += ["", "| encoder | task | metric | value | 95% CI | data | labels | seed | code |",
               "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        ci = f"[{r['low']:.3f}, {r['high']:.3f}]" if r["low"] is not None and r["high"] is not None else "-"
-        lines.append(f"| {r['encoder']} | {r['task']} | {r['metric']} | {r['value']:.3f} | {ci} | "
+        lines.append(f"| {r['encoder']} | {r['task']} | {r['metric']} | {r['value']:.3f} | {_interval(r)} | "
                      f"{r['data_hash']} | {r['labels']} | {r['seed']} | {r['code_version']} |")
-    figure = out / f"{store.stem}.png"
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * len(rows) + 2), 3.5))
-    if rows:
-        values = [r["value"] for r in rows]
-        errors = [[max(0.0, r["value"] - r["low"]) if r["low"] is not None else 0.0 for r in rows],
-                  [max(0.0, r["high"] - r["value"]) if r["high"] is not None else 0.0 for r in rows]]
-        ax.bar(range(len(rows)), values, yerr=errors, capsize=3, color="#4c72b0")
-        ax.set_xticks(range(len(rows)), [f"{r['encoder'][-18:]}\n{r['task']}" for r in rows], rotation=60,
-                      ha="right", fontsize=7)
-    ax.set_ylabel("headline metric")
-    fig.tight_layout()
-    fig.savefig(figure, dpi=120)
-    plt.close(fig)
+    paired = paired_rows(runs)
+    if paired:
+        lines += ["", "## Paired differences", "", "Encoder minus the one it was compared with, on the same test "
+                  "rows; paired bootstrap over patients.", "", "| encoder | versus | statistic | difference | "
+                  "95% CI | p |", "|---|---|---|---|---|---|"]
+        for r in paired:
+            lines.append(f"| {r['encoder']} | {r['versus']} | {r['statistic']} | {r['difference']:+.3f} | "
+                         f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}] | {_p_value(r)} |")
+    figure = plot_rows(rows, out / f"{store.stem}.png")
     lines += ["", f"![results]({figure.name})", ""]
     markdown = out / f"{store.stem}.md"
     markdown.write_text("\n".join(lines))
     return markdown
+
+
+def _p_value(row: dict) -> str:
+    """A bootstrap p-value; 0 means below the resolution of its resamples, shown as ``< 1/n_boot``."""
+    if row["p_value"] == 0 and row["n_boot"]:
+        return f"< {1 / row['n_boot']:.2g}"
+    return f"{row['p_value']:.3g}"
+
+
+def _interval(row: dict) -> str:
+    low, high = row["low"], row["high"]
+    return f"[{low:.3f}, {high:.3f}]" if low is not None and high is not None else "-"
+
+
+def plot_rows(rows: list[dict], figure: Path) -> Path:
+    """One panel per task and metric (each its own scale), one bar per row with its interval as error bar."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = list(dict.fromkeys((r["task"], r["metric"]) for r in rows)) or [("(no results)", "")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(max(4.0, 2.8 * len(panels)), 3.8), squeeze=False)
+    for ax, (task, metric) in zip(axes[0], panels, strict=True):
+        mine = [r for r in rows if (r["task"], r["metric"]) == (task, metric)]
+        values = [r["value"] for r in mine]
+        errors = [[max(0.0, r["value"] - r["low"]) if r["low"] is not None else math.nan for r in mine],
+                  [max(0.0, r["high"] - r["value"]) if r["high"] is not None else math.nan for r in mine]]
+        ax.bar(range(len(mine)), values, yerr=errors, capsize=3, color="#4c72b0")
+        ax.set_xticks(range(len(mine)), [_bar_label(r, mine) for r in mine], rotation=60, ha="right", fontsize=7)
+        ax.set_title(task, fontsize=9)
+        ax.set_ylabel(metric)
+    fig.tight_layout()
+    fig.savefig(figure, dpi=120)
+    plt.close(fig)
+    return figure
+
+
+def _bar_label(row: dict, rows: list[dict]) -> str:
+    """The encoder's name (last 18 characters), with the seed when the panel has it more than once."""
+    name = row["encoder"][-18:]
+    repeated = sum(r["encoder"] == row["encoder"] for r in rows) > 1
+    return f"{name} (seed {row['seed']})" if repeated else name

@@ -127,16 +127,24 @@ def parse_options(items: list[str] | None) -> dict[str, dict[str, Any]]:
     return out
 
 
+def headline_metrics(metrics: dict) -> list[tuple[str, dict, str]]:
+    """(name, the dict holding it, key) of a task's headline: the first ``HEADLINES`` key it reports, else the
+    demographics task's sex AUC and age MAE; each may have its interval beside it as ``<key>_ci``."""
+    key = next((k for k in HEADLINES if isinstance(metrics.get(k), int | float)), None)
+    if key is not None:
+        return [(key, metrics, key)]
+    nested = [(f"{group} {key}", metrics.get(group), key) for group, key in (("sex", "auc"), ("age", "mae"))]
+    return [(name, group, key) for name, group, key in nested
+            if isinstance(group, dict) and isinstance(group.get(key), int | float)]
+
+
 def headline(metrics: dict) -> str:
-    """One line per task for the console: its main metric with the interval when there is one."""
+    """One line per task for the console: its headline metrics with their intervals where there are some."""
     if "skipped" in metrics:
         return f"skipped ({metrics['skipped']})"
-    for key in HEADLINES:
-        if key in metrics and isinstance(metrics[key], int | float):
-            ci = metrics.get(f"{key}_ci")
-            band = f" [{ci['ci_low']:.3f}, {ci['ci_high']:.3f}]" if isinstance(ci, dict) else ""
-            return f"{key} {metrics[key]:.3f}{band}"
-    if "sex" in metrics:
-        sex, age = metrics.get("sex") or {}, metrics.get("age") or {}
-        return f"sex AUC {sex.get('auc', float('nan')):.3f}, age MAE {age.get('mae', float('nan')):.2f}"
-    return "done"
+    parts = []
+    for name, group, key in headline_metrics(metrics):
+        ci = group.get(f"{key}_ci")
+        band = f" [{ci['ci_low']:.3f}, {ci['ci_high']:.3f}]" if isinstance(ci, dict) else ""
+        parts.append(f"{name} {group[key]:.3f}{band}")
+    return ", ".join(parts) or "done"
