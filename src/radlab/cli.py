@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from radlab.data.commands import data_app
+
+if TYPE_CHECKING:
+    from radlab.data.records import RecordTable
 
 app = typer.Typer(help="Pretrain radiology image encoders and benchmark them honestly.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
@@ -80,6 +84,9 @@ def evaluate(task: list[str] = typer.Option(..., help="task name(s), see `radlab
              compare: str = typer.Option(None, help="a second encoder (checkpoint or FORMAT:PATH): paired bootstrap"),
              seen_classes: str = typer.Option(None, help="zero-shot base-vs-new: comma-separated seen classes"),
              store: Path = typer.Option(None, help="results store (JSONL) to append to; renders STORE.md/.png"),
+             allow_overlap: bool = typer.Option(False, "--allow-overlap",
+                                                help="report even when an encoder pre-trained on test patients "
+                                                     "(recorded in the metrics JSON)"),
              device: str = typer.Option("cpu", help="where encoders run: cpu, cuda, cuda:N or auto (CUDA when "
                                                      "available); probes and statistics run on the CPU")) -> None:
     """Evaluate one encoder on named tasks and write a JSON of metrics with patient-bootstrap intervals."""
@@ -103,6 +110,7 @@ def evaluate(task: list[str] = typer.Option(..., help="task name(s), see `radlab
     except ValueError as err:
         raise typer.BadParameter(str(err)) from err
     table = load_tables(sources, DEFAULT_FRACTIONS, seed=0)
+    overlaps = pretraining_overlaps({"encoder": spec, "compare": compare}, table, allow_overlap)
     names = labels.split(",") if labels else training_labels(table, None)
     try:
         options = parse_options(option)
@@ -113,6 +121,7 @@ def evaluate(task: list[str] = typer.Option(..., help="task name(s), see `radlab
     results = run(load_encoder(spec).to(target), table, task, names, seed, encoder_name=spec, options=options,
                   n_boot=bootstrap, cache_dir=None if no_cache else (cache_dir or DEFAULT_CACHE_DIR),
                   compare=load_encoder(compare).to(target) if compare else None, compare_name=compare or "")
+    results["pretraining_overlap"] = overlaps
     path = write_json(results, out)
     if store is not None:
         from radlab.evaluation.report import append_run, render
@@ -126,6 +135,30 @@ def evaluate(task: list[str] = typer.Option(..., help="task name(s), see `radlab
         else:
             console.print(f"{key}: A - B = {diff['difference']:.3f} [{diff['ci_low']:.3f}, {diff['ci_high']:.3f}]")
     console.print(f"metrics: {path}")
+
+
+def pretraining_overlaps(encoders: dict[str, str | None], table: RecordTable, allow: bool) -> dict[str, dict]:
+    """``evaluation.leakage.check_pretraining`` for each encoder given: what could not be checked is printed;
+    an encoder that pre-trained on test patients stops the evaluation unless ``allow``."""
+    from radlab.evaluation.leakage import check_pretraining
+
+    found = {role: check_pretraining(spec, table) for role, spec in encoders.items() if spec}
+    for role, overlap in found.items():
+        for reason in overlap.unchecked:
+            console.print(f"leakage not checked: {reason}", markup=False, highlight=False)
+        if overlap.clean():
+            if overlap.checked:
+                console.print(f"leakage checked: none of the {overlap.test_patients} test patients is in the "
+                              f"pre-training data of {encoders[role]}", markup=False, highlight=False)
+            continue
+        message = overlap.message(encoders[role])
+        if not allow:
+            console.print(f"error: {message}, so its test figures would be optimistic. Evaluate on other patients "
+                          "(`radlab data audit` lists them), or pass --allow-overlap to report them anyway.",
+                          markup=False, highlight=False)
+            raise typer.Exit(1)
+        console.print(f"warning: {message} (--allow-overlap: reporting anyway)", markup=False, highlight=False)
+    return {role: overlap.as_dict() for role, overlap in found.items()}
 
 
 @app.command("export")

@@ -45,8 +45,14 @@ def training_labels(table: RecordTable, requested: list[str] | None) -> list[str
 
 
 def run_tables(cfg: TrainConfig, data_root: str | None) -> tuple[RecordTable, RecordTable]:
-    """(every record with its split, the records pre-training may use: the train split or its patient subset),
-    refusing patients of a declared evaluation set (``refuse_evaluation_patients``)."""
+    """``pretraining_tables``, refusing patients of a declared evaluation set (``refuse_evaluation_patients``)."""
+    table, train = pretraining_tables(cfg, data_root)
+    refuse_evaluation_patients(cfg, train, data_root)
+    return table, train
+
+
+def pretraining_tables(cfg: TrainConfig, data_root: str | None) -> tuple[RecordTable, RecordTable]:
+    """(every record with its split, the records pre-training may use: the train split or its patient subset)."""
     data = cfg.data
     table = load_tables([(s.source, s.path) for s in data.sources], data.split_fractions, data.split_seed, data_root)
     train = table.split("train")
@@ -56,7 +62,6 @@ def run_tables(cfg: TrainConfig, data_root: str | None) -> tuple[RecordTable, Re
                  chosen.frame["patient_id"].nunique(), train.frame["patient_id"].nunique(), len(chosen), len(train),
                  data.train_subset.fraction, data.train_subset.seed)
         train = chosen
-    refuse_evaluation_patients(cfg, train, data_root)
     return table, train
 
 

@@ -1,0 +1,102 @@
+"""Did the encoder pre-train on the evaluation's test patients? ``radlab eval`` asks before it reports:
+leakage is checked, never assumed.
+
+A radlab checkpoint records its training config. The records it pre-trained on are rebuilt from it (its
+sources, split settings and train subset: ``train.setup.pretraining_tables``) and audited against the test
+split (``data.audit.audit``): shared patient ids and, where a pre-training and an evaluation source can hold
+the same images under unrelated ids (NIH and RSNA/SIIM), exact and near-duplicate images. A run continued from
+another radlab checkpoint (``init_from``, ``model.external``) is followed back through it. What cannot be
+checked is listed, never taken as clean: public encoders (their pre-training data are not known here),
+checkpoints without a training config, and pre-training data not found on this machine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from radlab.data.audit import audit, share_images
+from radlab.data.records import RecordTable
+from radlab.models import ENCODERS
+from radlab.models.checkpoint import SPEC_FILE, read_spec
+from radlab.train.config import TrainConfig
+from radlab.train.setup import pretraining_tables
+
+
+@dataclass
+class PretrainingOverlap:
+    """Counts only (patient ids can come from DICOM PatientID); ``radlab data audit`` lists them."""
+
+    test_patients: int
+    checked: list[str] = field(default_factory=list)
+    unchecked: list[str] = field(default_factory=list)
+    shared_patients: int = 0
+    exact_duplicates: int = 0
+    near_duplicates: int = 0
+
+    def clean(self) -> bool:
+        return not (self.shared_patients or self.exact_duplicates or self.near_duplicates)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def message(self, encoder: str) -> str:
+        return (f"{encoder} pre-trained on {self.shared_patients} of the {self.test_patients} test patients "
+                f"({self.exact_duplicates} exact and {self.near_duplicates} near-duplicate test images) of this "
+                "evaluation")
+
+
+def pretraining_runs(spec: str | Path, unchecked: list[str], seen: set[Path] | None = None) -> list[tuple[Path, TrainConfig]]:
+    """The training configs behind an encoder, followed back through the radlab checkpoints it continued;
+    what cannot be followed goes to ``unchecked`` with the reason."""
+    seen = set() if seen is None else seen
+    name, sep, path = str(spec).partition(":")
+    if sep and name in ENCODERS:
+        if name != "radlab":
+            unchecked.append(f"{spec}: a public encoder, whose pre-training data are not known here")
+            return []
+        spec = path
+    folder = Path(spec).resolve()
+    if folder in seen:
+        return []
+    seen.add(folder)
+    if not (folder / SPEC_FILE).is_file():
+        unchecked.append(f"{spec}: not a radlab checkpoint folder here")
+        return []
+    raw = read_spec(folder).get("train_config")
+    if raw is None:
+        unchecked.append(f"{spec}: the checkpoint records no training config")
+        return []
+    try:
+        cfg = TrainConfig.model_validate(raw)
+    except ValidationError as err:
+        unchecked.append(f"{spec}: its training config does not validate ({err.error_count()} errors)")
+        return []
+    parent = cfg.init_from or cfg.model.external
+    return [(folder, cfg), *(pretraining_runs(parent, unchecked, seen) if parent else [])]
+
+
+def check_pretraining(spec: str | Path, table: RecordTable, data_root: str | None = None) -> PretrainingOverlap:
+    """How much of ``table``'s test split the encoder ``spec`` (checkpoint folder or FORMAT:PATH) pre-trained on."""
+    test = table.split("test")
+    test_sources = set(test.frame["source"])
+    result = PretrainingOverlap(int(test.frame["patient_id"].nunique()))
+    patients: set[str] = set()
+    exact: set[str] = set()
+    near: set[str] = set()
+    for folder, cfg in pretraining_runs(spec, result.unchecked):
+        try:
+            _, train = pretraining_tables(cfg, data_root)
+        except FileNotFoundError as err:
+            result.unchecked.append(f"{folder}: its pre-training data are not here ({err})")
+            continue
+        images = any(share_images(s.source, t) for s in cfg.data.sources for t in test_sources)
+        overlap = audit(train, {"test": test}, images=images).overlaps[0]
+        patients |= set(overlap.shared_patients)
+        exact |= {b for _, b in overlap.exact_duplicates}
+        near |= {b for _, b, _ in overlap.near_duplicates}
+        result.checked.append(", ".join(f"{s.source}:{s.path}" for s in cfg.data.sources) + f" (of {folder})")
+    result.shared_patients, result.exact_duplicates, result.near_duplicates = len(patients), len(exact), len(near - exact)
+    return result

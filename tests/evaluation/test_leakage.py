@@ -1,0 +1,102 @@
+"""`radlab eval` checks that an encoder did not pre-train on the test patients: checkpoints whose recorded
+training config covers them are refused (or, forced, reported with the counts), the check follows init_from
+chains, and what cannot be checked (public encoders, no config, data not here) is said, never taken as clean."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from radlab.cli import app
+from radlab.data.records import RecordTable
+from radlab.data.splits import DEFAULT_FRACTIONS, assign_splits
+from radlab.evaluation.leakage import check_pretraining
+from radlab.models.checkpoint import save_encoder
+from radlab.models.encoder import RadEncoder
+from radlab.train.config import TrainConfig
+
+runner = CliRunner()
+
+
+def _checkpoint(encoder: RadEncoder, tower: dict, out: Path, data: Path, **data_options: object) -> Path:
+    """A checkpoint whose recorded training config pre-trained on the phantoms at ``data``."""
+    init_from = data_options.pop("init_from", None)
+    cfg = TrainConfig.model_validate({"objective": {"name": "supervised"}, "init_from": init_from,
+                                      "data": {"sources": [{"source": "phantom", "path": str(data)}], **data_options}})
+    return save_encoder(encoder, out, tower, {"train_config": cfg.model_dump(), "step": 1, "external": None})
+
+
+@pytest.fixture(scope="module")
+def eval_table(phantom_table: RecordTable) -> RecordTable:
+    return assign_splits(phantom_table, DEFAULT_FRACTIONS, seed=0)
+
+
+def test_the_same_split_is_clean_and_another_split_overlaps(tiny_encoder: RadEncoder, tiny_tower_spec: dict,
+                                                            phantom_dir: Path, phantom_table: RecordTable,
+                                                            eval_table: RecordTable, tmp_path: Path) -> None:
+    same = _checkpoint(tiny_encoder, tiny_tower_spec, tmp_path / "same", phantom_dir)
+    found = check_pretraining(same, eval_table)
+    assert found.clean() and not found.unchecked and len(found.checked) == 1
+    assert found.test_patients == eval_table.split("test").frame["patient_id"].nunique()
+
+    everything = _checkpoint(tiny_encoder, tiny_tower_spec, tmp_path / "all", phantom_dir,
+                             split_fractions={"train": 1.0})
+    found = check_pretraining(everything, eval_table)
+    assert found.shared_patients == found.test_patients > 0 and not found.clean()
+
+    reseeded = _checkpoint(tiny_encoder, tiny_tower_spec, tmp_path / "seed1", phantom_dir, split_seed=1)
+    found = check_pretraining(reseeded, eval_table)
+    train_1 = set(assign_splits(phantom_table, DEFAULT_FRACTIONS, seed=1).split("train").frame["patient_id"])
+    assert found.shared_patients == len(train_1 & set(eval_table.split("test").frame["patient_id"])) > 0
+
+
+def test_a_continued_run_is_followed_back_to_its_first_data(tiny_encoder: RadEncoder, tiny_tower_spec: dict,
+                                                            phantom_dir: Path, eval_table: RecordTable,
+                                                            tmp_path: Path) -> None:
+    first = _checkpoint(tiny_encoder, tiny_tower_spec, tmp_path / "first", phantom_dir, split_fractions={"train": 1.0})
+    second = _checkpoint(tiny_encoder, tiny_tower_spec, tmp_path / "second", phantom_dir, init_from=str(first))
+    found = check_pretraining(second, eval_table)
+    assert len(found.checked) == 2 and found.shared_patients == found.test_patients
+
+    shutil.rmtree(first)
+    found = check_pretraining(second, eval_table)
+    assert found.clean() and len(found.checked) == 1
+    assert any("not a radlab checkpoint folder here" in line for line in found.unchecked)
+
+
+def test_what_cannot_be_checked_is_listed(tiny_encoder: RadEncoder, tiny_tower_spec: dict, phantom_dir: Path,
+                                          eval_table: RecordTable, tmp_path: Path) -> None:
+    assert "public encoder" in check_pretraining("open_clip:/somewhere", eval_table).unchecked[0]
+    bare = save_encoder(tiny_encoder, tmp_path / "bare", tiny_tower_spec)
+    assert "records no training config" in check_pretraining(bare, eval_table).unchecked[0]
+    moved = tmp_path / "moved_phantoms"
+    shutil.copytree(phantom_dir, moved)
+    elsewhere = _checkpoint(tiny_encoder, tiny_tower_spec, tmp_path / "elsewhere", moved)
+    shutil.rmtree(moved)
+    found = check_pretraining(elsewhere, eval_table)
+    assert not found.checked and "pre-training data are not here" in found.unchecked[0]
+
+
+def test_eval_refuses_an_encoder_that_saw_the_test_patients_unless_forced(tiny_encoder: RadEncoder,
+                                                                          tiny_tower_spec: dict, phantom_dir: Path,
+                                                                          tmp_path: Path) -> None:
+    leaky = _checkpoint(tiny_encoder, tiny_tower_spec, tmp_path / "leaky", phantom_dir, split_fractions={"train": 1.0})
+    args = ["eval", "--checkpoint", str(leaky), "--data", f"phantom:{phantom_dir}", "--task", "demographics",
+            "--bootstrap", "20", "--no-cache", "--out", str(tmp_path / "m.json")]
+    clean = _checkpoint(tiny_encoder, tiny_tower_spec, tmp_path / "clean", phantom_dir)
+    passed = runner.invoke(app, ["eval", "--checkpoint", str(clean), *args[3:]])
+    assert passed.exit_code == 0 and "leakage checked: none of the" in passed.output
+    assert json.loads((tmp_path / "m.json").read_text())["pretraining_overlap"]["encoder"]["shared_patients"] == 0
+    (tmp_path / "m.json").unlink()
+    refused = runner.invoke(app, args)
+    assert refused.exit_code == 1 and "test figures would be optimistic" in refused.output
+    assert not (tmp_path / "m.json").exists()
+
+    forced = runner.invoke(app, [*args, "--allow-overlap"])
+    assert forced.exit_code == 0, forced.output
+    recorded = json.loads((tmp_path / "m.json").read_text())["pretraining_overlap"]["encoder"]
+    assert recorded["shared_patients"] == recorded["test_patients"] > 0 and "warning:" in forced.output
