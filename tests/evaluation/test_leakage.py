@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from radlab.cli import app
 from radlab.data.records import RecordTable
 from radlab.data.splits import DEFAULT_FRACTIONS, assign_splits
-from radlab.evaluation.leakage import check_pretraining
+from radlab.evaluation.leakage import check_pretraining, public_encoder_note
 from radlab.models.checkpoint import save_encoder
 from radlab.models.encoder import RadEncoder
 from radlab.train.config import TrainConfig
@@ -70,7 +70,8 @@ def test_a_continued_run_is_followed_back_to_its_first_data(tiny_encoder: RadEnc
 
 def test_what_cannot_be_checked_is_listed(tiny_encoder: RadEncoder, tiny_tower_spec: dict, phantom_dir: Path,
                                           eval_table: RecordTable, tmp_path: Path) -> None:
-    assert "public encoder" in check_pretraining("open_clip:/somewhere", eval_table).unchecked[0]
+    assert "whose pre-training data are not known" in check_pretraining("open_clip:/x", eval_table).unchecked[0]
+    assert "none of this evaluation's sources" in check_pretraining("chexzero:/x", eval_table).unchecked[0]
     bare = save_encoder(tiny_encoder, tmp_path / "bare", tiny_tower_spec)
     assert "records no training config" in check_pretraining(bare, eval_table).unchecked[0]
     moved = tmp_path / "moved_phantoms"
@@ -100,3 +101,10 @@ def test_eval_refuses_an_encoder_that_saw_the_test_patients_unless_forced(tiny_e
     assert forced.exit_code == 0, forced.output
     recorded = json.loads((tmp_path / "m.json").read_text())["pretraining_overlap"]["encoder"]
     assert recorded["shared_patients"] == recorded["test_patients"] > 0 and "warning:" in forced.output
+
+
+def test_public_encoders_name_the_evaluation_sources_they_pre_trained_on() -> None:
+    rsna_on_rad_dino = public_encoder_note("rad-dino", "rad-dino:/x", {"rsna_pneumonia", "phantom"})
+    assert "its split of rsna_pneumonia is not known here" in rsna_on_rad_dino, "RSNA's images are NIH's"
+    assert "its split of chexpert" in public_encoder_note("gloria", "gloria:/x", {"chexpert"})
+    assert "none of this evaluation's sources" in public_encoder_note("gloria", "gloria:/x", {"mimic_cxr"})

@@ -24,6 +24,16 @@ from radlab.models.checkpoint import SPEC_FILE, read_spec
 from radlab.train.config import TrainConfig
 from radlab.train.setup import pretraining_tables
 
+# What public encoders were pre-trained on, as their papers and model cards state, by radlab source name (images
+# of sources with the same ``image_origin``, e.g. RSNA and SIIM's NIH images, count too). Splits are not known.
+PUBLIC_PRETRAINING: dict[str, tuple[str, ...]] = {
+    "rad-dino": ("mimic_cxr", "chexpert", "nih", "padchest"),  # and BRAX (Perez-Garcia et al. 2025)
+    "chexzero": ("mimic_cxr",),  # Tiu et al. 2022
+    "biovil": ("mimic_cxr",),  # Boecking et al. 2022
+    "gloria": ("chexpert",),  # Huang et al. 2021
+    "medclip": ("mimic_cxr", "chexpert"),  # Wang et al. 2022
+}
+
 
 @dataclass
 class PretrainingOverlap:
@@ -48,14 +58,27 @@ class PretrainingOverlap:
                 "evaluation")
 
 
-def pretraining_runs(spec: str | Path, unchecked: list[str], seen: set[Path] | None = None) -> list[tuple[Path, TrainConfig]]:
+def public_encoder_note(name: str, spec: str, test_sources: set[str]) -> str:
+    """Why a public encoder cannot be checked, naming the evaluation's sources among its pre-training data."""
+    known = PUBLIC_PRETRAINING.get(name)
+    if known is None:
+        return f"{spec}: a public encoder, whose pre-training data are not known here"
+    shared = sorted(t for t in test_sources if any(t == k or share_images(t, k) for k in known))
+    if not shared:
+        return f"{spec}: a public encoder pre-trained on {', '.join(known)}, none of this evaluation's sources"
+    return (f"{spec}: a public encoder pre-trained on {', '.join(known)}; its split of {', '.join(shared)} is not "
+            "known here, so unless this test split is the provider's held-out one its figures may be optimistic")
+
+
+def pretraining_runs(spec: str | Path, unchecked: list[str], test_sources: set[str],
+                     seen: set[Path] | None = None) -> list[tuple[Path, TrainConfig]]:
     """The training configs behind an encoder, followed back through the radlab checkpoints it continued;
     what cannot be followed goes to ``unchecked`` with the reason."""
     seen = set() if seen is None else seen
     name, sep, path = str(spec).partition(":")
     if sep and name in ENCODERS:
         if name != "radlab":
-            unchecked.append(f"{spec}: a public encoder, whose pre-training data are not known here")
+            unchecked.append(public_encoder_note(name, str(spec), test_sources))
             return []
         spec = path
     folder = Path(spec).resolve()
@@ -75,7 +98,7 @@ def pretraining_runs(spec: str | Path, unchecked: list[str], seen: set[Path] | N
         unchecked.append(f"{spec}: its training config does not validate ({err.error_count()} errors)")
         return []
     parent = cfg.init_from or cfg.model.external
-    return [(folder, cfg), *(pretraining_runs(parent, unchecked, seen) if parent else [])]
+    return [(folder, cfg), *(pretraining_runs(parent, unchecked, test_sources, seen) if parent else [])]
 
 
 def check_pretraining(spec: str | Path, table: RecordTable, data_root: str | None = None) -> PretrainingOverlap:
@@ -86,7 +109,7 @@ def check_pretraining(spec: str | Path, table: RecordTable, data_root: str | Non
     patients: set[str] = set()
     exact: set[str] = set()
     near: set[str] = set()
-    for folder, cfg in pretraining_runs(spec, result.unchecked):
+    for folder, cfg in pretraining_runs(spec, result.unchecked, test_sources):
         try:
             _, train = pretraining_tables(cfg, data_root)
         except FileNotFoundError as err:
