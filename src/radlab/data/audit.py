@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 from radlab.data.cache import to_uint8
 from radlab.data.images import read_image
 from radlab.data.records import RecordTable
+from radlab.progress import tracked
 
 log = logging.getLogger(__name__)
 DEFAULT_THRESHOLD = 4
@@ -62,7 +63,7 @@ def image_hashes(table: RecordTable, workers: int = 0) -> ImageHashes:
     exact, phash = [""] * len(rows), np.zeros(len(rows), dtype=np.uint64)
     loader = DataLoader(_HashJob(paths), batch_size=None, num_workers=workers,
                         prefetch_factor=8 if workers else None)
-    for i, digest, value in loader:
+    for i, digest, value in tracked(loader, len(paths), f"hashing {len(paths)} images"):
         exact[int(i)], phash[int(i)] = digest, np.uint64(int(value))
     return ImageHashes(table.frame["id"].to_numpy()[rows].tolist(), exact, phash)
 
