@@ -50,6 +50,7 @@ from pathlib import Path
 from radlab.bench.methods import benchmark_sources, interval_cell, sources_override, task_entry
 from radlab.data.loading import load_tables
 from radlab.data.splits import DEFAULT_FRACTIONS
+from radlab.evaluation.leakage import refuse_pretraining_overlap
 from radlab.evaluation.runner import evaluate, write_json
 from radlab.models import load_encoder
 from radlab.models.build import build_encoder
@@ -90,8 +91,10 @@ def main() -> None:
     labels = training_labels(table.split("train"), None)
 
     start = time.time()
-    trained = load_encoder(pretrain(cfg, progress=True)).eval()
+    checkpoint = pretrain(cfg, progress=True)
     minutes = (time.time() - start) / 60
+    overlap = refuse_pretraining_overlap(checkpoint, table)
+    trained = load_encoder(checkpoint).eval()
     seed_everything(cfg.seed)
     if trained.has_text:
         random_init = build_encoder(cfg.model, getattr(trained.text_tower, "tokenizer", None)).eval()
@@ -99,7 +102,7 @@ def main() -> None:
         random_init = build_encoder(cfg.model.model_copy(update={"text_tower": None})).eval()
     results = evaluate(trained, table, args.tasks, labels, seed=0, encoder_name=cfg.objective.name,
                        n_boot=args.n_boot, compare=random_init, compare_name="random init")
-    results["pretrain_minutes"] = round(minutes, 2)
+    results["pretrain_minutes"], results["pretraining_overlap"] = round(minutes, 2), {"encoder": overlap}
     write_json(results, args.out / "results.json")
     print(json.dumps(summary(results), indent=2))
 

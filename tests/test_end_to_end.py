@@ -36,6 +36,8 @@ def test_pretrain_then_probe_beats_chance_on_held_out_patients(method, phantom_d
     assert result.exit_code == 0, result.output
     metrics = json.loads(out.read_text())
     assert metrics["n_records"]["test"] > 40
+    overlap = metrics["pretraining_overlap"]["encoder"]
+    assert overlap["checked"] and not overlap["unchecked"] and overlap["shared_patients"] == 0, overlap
     assert metrics["tasks"]["linear_probe"]["macro_auc"] > 0.75
     zero_shot = metrics["tasks"]["zero_shot"]
     assert zero_shot["mode"] == ("prototypes" if method == "supervised" else "prompts")
@@ -69,5 +71,7 @@ def test_demo_compares_every_kind_of_supervision(tmp_path):
     for row in rows:
         assert 0.0 <= float(row["linear probe AUC"]) <= 1.0 and 0.0 <= float(row["sex AUC"]) <= 1.0
         assert float(row["age MAE"]) > 0
+    recorded = json.loads((tmp_path / "clip" / "metrics.json").read_text())["pretraining_overlap"]["encoder"]
+    assert recorded["checked"] and recorded["shared_patients"] == 0
     report = (tmp_path / "report.md").read_text().splitlines()
     assert report[2].startswith("| encoder | supervision |") and len(report) == 4 + len(rows)

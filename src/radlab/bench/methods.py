@@ -8,6 +8,7 @@ from typing import Any
 
 from radlab.data.loading import parse_sources
 from radlab.data.records import RecordTable
+from radlab.evaluation.leakage import refuse_pretraining_overlap
 from radlab.evaluation.runner import evaluate, write_json
 from radlab.evaluation.stats import DEFAULT_N_BOOT, mean_std
 from radlab.models import load_encoder
@@ -25,11 +26,14 @@ SEED_METRICS: dict[str, tuple[str, ...]] = {
 
 def pretrain_and_evaluate(method: str, overrides: list[str], out: Path, table: RecordTable, tasks: list[str],
                           labels: list[str], n_boot: int = DEFAULT_N_BOOT) -> tuple[dict, Path]:
-    """Pre-train ``configs/<method>.yaml`` with ``overrides`` into ``out``, evaluate its checkpoint on ``tasks``
-    and write ``<out>/metrics.json``; returns the results and the checkpoint folder."""
+    """Pre-train ``configs/<method>.yaml`` with ``overrides`` into ``out``, make sure it did not pre-train on
+    ``table``'s test patients, evaluate its checkpoint on ``tasks`` and write ``<out>/metrics.json``; returns the
+    results and the checkpoint folder."""
     cfg = TrainConfig.from_file(CONFIG_DIR / f"{method}.yaml", [f"out={out}", *overrides])
     checkpoint = pretrain(cfg)
+    overlap = refuse_pretraining_overlap(checkpoint, table)
     results = evaluate(load_encoder(checkpoint), table, tasks, labels, encoder_name=method, n_boot=n_boot)
+    results["pretraining_overlap"] = {"encoder": overlap}
     write_json(results, out / "metrics.json")
     return results, checkpoint
 

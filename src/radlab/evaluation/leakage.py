@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from radlab.data.audit import audit, share_images
+from radlab.data.audit import LeakageError, audit, share_images
 from radlab.data.records import RecordTable
 from radlab.models import ENCODERS
 from radlab.models.checkpoint import SPEC_FILE, read_spec
@@ -123,3 +123,12 @@ def check_pretraining(spec: str | Path, table: RecordTable, data_root: str | Non
         result.checked.append(", ".join(f"{s.source}:{s.path}" for s in cfg.data.sources) + f" (of {folder})")
     result.shared_patients, result.exact_duplicates, result.near_duplicates = len(patients), len(exact), len(near - exact)
     return result
+
+
+def refuse_pretraining_overlap(spec: str | Path, table: RecordTable, data_root: str | None = None) -> dict:
+    """``check_pretraining`` for in-process runs (benchmarks, the demo): LeakageError on any overlap, else the
+    check's record for the results."""
+    found = check_pretraining(spec, table, data_root)
+    if not found.clean():
+        raise LeakageError(found.message(str(spec)))
+    return found.as_dict()
