@@ -93,7 +93,7 @@ def main() -> None:
     start = time.time()
     checkpoint = pretrain(cfg, progress=True)
     minutes = (time.time() - start) / 60
-    overlap = refuse_pretraining_overlap(checkpoint, table)
+    overlap = refuse_pretraining_overlap(checkpoint, table).as_dict()
     trained = load_encoder(checkpoint).eval()
     seed_everything(cfg.seed)
     if trained.has_text:

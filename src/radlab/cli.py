@@ -138,26 +138,30 @@ def evaluate(task: list[str] = typer.Option(..., help="task name(s), see `radlab
 
 
 def pretraining_overlaps(encoders: dict[str, str | None], table: RecordTable, allow: bool) -> dict[str, dict]:
-    """``evaluation.leakage.check_pretraining`` for each encoder given: what could not be checked is printed;
-    an encoder that pre-trained on test patients stops the evaluation unless ``allow``."""
-    from radlab.evaluation.leakage import check_pretraining
+    """``evaluation.leakage.refuse_pretraining_overlap`` for each encoder given, with what it found or could not
+    check printed; an encoder that pre-trained on test patients stops the evaluation unless ``allow``."""
+    from radlab.data.audit import LeakageError
+    from radlab.evaluation.leakage import refuse_pretraining_overlap
 
-    found = {role: check_pretraining(spec, table) for role, spec in encoders.items() if spec}
-    for role, overlap in found.items():
-        for reason in overlap.unchecked:
-            console.print(f"leakage not checked: {reason}", markup=False, highlight=False)
-        if overlap.clean():
-            if overlap.checked:
-                console.print(f"leakage checked: none of the {overlap.test_patients} test patients is in the "
-                              f"pre-training data of {encoders[role]}", markup=False, highlight=False)
+    found = {}
+    for role, spec in encoders.items():
+        if not spec:
             continue
-        message = overlap.message(encoders[role])
-        if not allow:
-            console.print(f"error: {message}, so its test figures would be optimistic. Evaluate on other patients "
+        try:
+            found[role] = overlap = refuse_pretraining_overlap(spec, table, force=allow)
+        except LeakageError as err:
+            console.print(f"error: {err}, so its test figures would be optimistic. Evaluate on other patients "
                           "(`radlab data audit` lists them), or pass --allow-overlap to report them anyway.",
                           markup=False, highlight=False)
-            raise typer.Exit(1)
-        console.print(f"warning: {message} (--allow-overlap: reporting anyway)", markup=False, highlight=False)
+            raise typer.Exit(1) from err
+        for reason in overlap.unchecked:
+            console.print(f"leakage not checked: {reason}", markup=False, highlight=False)
+        if not overlap.clean():
+            console.print(f"warning: {overlap.message(spec)} (--allow-overlap: reporting anyway)", markup=False,
+                          highlight=False)
+        elif overlap.checked:
+            console.print(f"leakage checked: none of the {overlap.test_patients} test patients is in the "
+                          f"pre-training data of {spec}", markup=False, highlight=False)
     return {role: overlap.as_dict() for role, overlap in found.items()}
 
 

@@ -12,6 +12,7 @@ checkpoints without a training config, and pre-training data not found on this m
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -23,6 +24,8 @@ from radlab.models import ENCODERS
 from radlab.models.checkpoint import SPEC_FILE, read_spec
 from radlab.train.config import TrainConfig
 from radlab.train.setup import pretraining_tables
+
+log = logging.getLogger(__name__)
 
 # What public encoders were pre-trained on, as their papers and model cards state, by radlab source name (images
 # of sources with the same ``image_origin``, e.g. RSNA and SIIM's NIH images, count too). Splits are not known.
@@ -125,10 +128,12 @@ def check_pretraining(spec: str | Path, table: RecordTable, data_root: str | Non
     return result
 
 
-def refuse_pretraining_overlap(spec: str | Path, table: RecordTable, data_root: str | None = None) -> dict:
-    """``check_pretraining`` for in-process runs (benchmarks, the demo): LeakageError on any overlap, else the
-    check's record for the results."""
+def refuse_pretraining_overlap(spec: str | Path, table: RecordTable, force: bool = False,
+                               data_root: str | None = None) -> PretrainingOverlap:
+    """``check_pretraining``, raising LeakageError on any overlap unless ``force`` (then a logged warning)."""
     found = check_pretraining(spec, table, data_root)
     if not found.clean():
-        raise LeakageError(found.message(str(spec)))
-    return found.as_dict()
+        if not force:
+            raise LeakageError(found.message(str(spec)))
+        log.warning("%s (forced: reporting anyway)", found.message(str(spec)))
+    return found
