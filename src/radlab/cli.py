@@ -83,6 +83,8 @@ def evaluate(task: list[str] = typer.Option(..., help="task name(s), see `radlab
              no_cache: bool = typer.Option(False, "--no-cache", help="keep extracted features in memory only"),
              compare: str = typer.Option(None, help="a second encoder (checkpoint or FORMAT:PATH): paired bootstrap"),
              seen_classes: str = typer.Option(None, help="zero-shot base-vs-new: comma-separated seen classes"),
+             subgroups: str = typer.Option(None, help="comma-separated attributes of sex, age, view, source: the "
+                                                      "AUC tasks also score each group, with the best-worst gap"),
              store: Path = typer.Option(None, help="results store (JSONL) to append to; renders STORE.md/.png"),
              allow_overlap: bool = typer.Option(False, "--allow-overlap",
                                                 help="report even when an encoder pre-trained on test patients "
@@ -92,8 +94,16 @@ def evaluate(task: list[str] = typer.Option(..., help="task name(s), see `radlab
     """Evaluate one encoder on named tasks and write a JSON of metrics with patient-bootstrap intervals."""
     from radlab.data.loading import load_tables, parse_sources
     from radlab.data.splits import DEFAULT_FRACTIONS
-    from radlab.evaluation.runner import DEFAULT_CACHE_DIR, headline, parse_options, write_json
+    from radlab.evaluation.runner import (
+        DEFAULT_CACHE_DIR,
+        headline,
+        interval_text,
+        parse_options,
+        subgroup_lines,
+        write_json,
+    )
     from radlab.evaluation.runner import evaluate as run
+    from radlab.evaluation.subgroups import ATTRIBUTES, TASKS_WITH_SUBGROUPS
     from radlab.models import load_encoder
     from radlab.train.distributed import process_device
     from radlab.train.setup import training_labels
@@ -118,6 +128,17 @@ def evaluate(task: list[str] = typer.Option(..., help="task name(s), see `radlab
         raise typer.BadParameter(str(err)) from err
     if seen_classes:
         options.setdefault("zero_shot", {})["seen_classes"] = seen_classes
+    if subgroups:
+        unknown = set(subgroups.split(",")) - set(ATTRIBUTES)
+        if unknown:
+            raise typer.BadParameter(f"unknown attribute(s) {sorted(unknown)}; choose from {ATTRIBUTES}",
+                                     param_hint="--subgroups")
+        scored = [name for name in task if name in TASKS_WITH_SUBGROUPS]
+        if not scored:
+            raise typer.BadParameter(f"subgroups are scored by {', '.join(TASKS_WITH_SUBGROUPS)}; none was asked",
+                                     param_hint="--subgroups")
+        for name in scored:
+            options.setdefault(name, {}).setdefault("subgroups", subgroups)
     results = run(load_encoder(spec).to(target), table, task, names, seed, encoder_name=spec, options=options,
                   n_boot=bootstrap, cache_dir=None if no_cache else (cache_dir or DEFAULT_CACHE_DIR),
                   compare=load_encoder(compare).to(target) if compare else None, compare_name=compare or "")
@@ -129,11 +150,13 @@ def evaluate(task: list[str] = typer.Option(..., help="task name(s), see `radlab
         console.print(f"report: {render(append_run(results, store))}")
     for name, metrics in results["tasks"].items():
         console.print(f"{name}: {headline(metrics)}")
+        for line in subgroup_lines(metrics):
+            console.print(line)
     for key, diff in results.get("paired_difference", {}).items():
         if "unpaired" in diff:
             console.print(f"{key}: not paired ({diff['unpaired']})")
         else:
-            console.print(f"{key}: A - B = {diff['difference']:.3f} [{diff['ci_low']:.3f}, {diff['ci_high']:.3f}]")
+            console.print(f"{key}: A - B = {diff['difference']:.3f} {interval_text(diff)}")
     console.print(f"metrics: {path}")
 
 

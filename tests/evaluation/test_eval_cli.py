@@ -72,22 +72,32 @@ def test_image_tasks_on_phantoms_with_paired_comparison(phantom_dir: Path, check
     metrics = _eval(["--checkpoint", str(checkpoint), "--compare", f"open_clip:{open_clip_dir}",
                      "--data", f"phantom:{phantom_dir}", "--task", "linear_probe", "--task", "zero_shot",
                      "--task", "retrieval", "-o", "zero_shot.modes=[names]", "--seen-classes", "cardiomegaly",
+                     "--subgroups", "sex", "-o", "linear_probe.min_patients=5",
                      "--no-cache", "--store", str(tmp_path / "store.jsonl")], tmp_path / "ph.json")
     assert metrics["tasks"]["linear_probe"]["macro_auc"] > 0.5
     assert metrics["tasks"]["zero_shot"]["seen_classes"] == ["cardiomegaly"]
-    assert metrics["config"]["options"] == {"zero_shot": {"modes": ["names"], "seen_classes": "cardiomegaly"}}
+    assert metrics["config"]["options"] == {"zero_shot": {"modes": ["names"], "seen_classes": "cardiomegaly",
+                                                          "subgroups": "sex"},
+                                            "linear_probe": {"min_patients": 5, "subgroups": "sex"}}
+    sexes = metrics["tasks"]["linear_probe"]["subgroups"]["sex"]
+    assert set(sexes["groups"]) == {"F", "M"} and sexes["gap_ci"]["ci_low"] <= sexes["gap"]
     assert metrics["baseline"]["encoder"].startswith("open_clip:")
     diff = metrics["paired_difference"]["linear_probe/macro_auc"]
     assert diff["ci_low"] <= diff["difference"] <= diff["ci_high"] and diff["unit"] == "patient"
     assert "retrieval/report/i2t/R@1" in metrics["paired_difference"]
     report = (tmp_path / "store.md").read_text()
     assert "| linear_probe | macro_auc |" in report and (tmp_path / "store.png").stat().st_size > 0
+    assert "## Subgroups" in report and "| linear_probe | sex=F |" in report and "| linear_probe | sex gap |" in report
+    assert "linear_probe/subgroups/sex/gap" in metrics["paired_difference"]
 
 
-def test_bad_option_is_rejected(phantom_dir: Path, checkpoint: Path) -> None:
+@pytest.mark.parametrize(("args", "problem"), [(["-o", "knn-k=5"], "TASK.KEY=VALUE"),
+                                               (["--subgroups", "sex,race"], "unknown attribute"),
+                                               (["--subgroups", "sex", "--task", "retrieval"], "none was asked")])
+def test_bad_option_is_rejected(args: list[str], problem: str, phantom_dir: Path, checkpoint: Path) -> None:
     result = runner.invoke(app, ["eval", "--checkpoint", str(checkpoint), "--data", f"phantom:{phantom_dir}",
-                                 "--task", "knn", "-o", "knn-k=5"])
-    assert result.exit_code != 0
+                                 *(args if "retrieval" in args else ["--task", "knn", *args])])
+    assert result.exit_code != 0 and problem in result.output
 
 
 @pytest.mark.parametrize(("device", "problem"), [("cuda", "no CUDA device"), ("cuda:3", "no CUDA device"),

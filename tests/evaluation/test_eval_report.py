@@ -11,7 +11,7 @@ from PIL import Image
 from radlab.evaluation.context import nonzero
 from radlab.evaluation.metrics import roc_auc
 from radlab.evaluation.report import _bar_label, append_run, render
-from radlab.evaluation.runner import headline
+from radlab.evaluation.runner import headline, subgroup_lines
 
 
 def _run(labels: list[str], seed: int, auc: float) -> dict:
@@ -68,3 +68,22 @@ def test_console_headlines_name_each_metric_with_its_interval() -> None:
         "sex auc 0.900 [0.850, 0.950], age mae 11.250"
     assert headline({"skipped": "no images"}) == "skipped (no images)"
     assert headline({"n": 3}) == "done"
+
+
+def test_subgroups_read_in_the_console_and_the_report(tmp_path: Path) -> None:
+    ci = {"ci_low": 0.7, "ci_high": 0.9}
+    sexes = {"groups": {"F": {"n_patients": 40, "macro_auc": 0.8, "macro_auc_ci": ci},
+                        "M": {"n_patients": 30, "macro_auc": 0.75, "macro_auc_ci": ci}},
+             "best": "F", "worst": "M", "gap": 0.05, "gap_ci": {"ci_low": -0.02, "ci_high": 0.12}}
+    ages = {"groups": {"<40": {"n_patients": 4}}, "skipped": "fewer than two groups with at least 10 patients"}
+    metrics = {"macro_auc": 0.78, "subgroups": {"sex": sexes, "age": ages}}
+    assert subgroup_lines(metrics) == [
+        "  sex: F 0.800 [0.700, 0.900], M 0.750 [0.700, 0.900]; gap F - M +0.050 [-0.020, +0.120]",
+        "  age: not compared (fewer than two groups with at least 10 patients)"]
+    baseline = {"encoder": "base", "tasks": {"knn": {"macro_auc": 0.7, "subgroups": {"age": ages}}}}
+    store = append_run({"encoder": "enc", "tasks": {"knn": metrics}, "baseline": baseline}, tmp_path / "runs.jsonl")
+    text = render(store).read_text()
+    assert "| base | knn | age=<40 | 4 | - | - |" in text
+    assert "| enc | knn | sex=M | 30 | 0.750 | [0.700, 0.900] |" in text
+    assert "| enc | knn | sex gap | | F - M: +0.050 | [-0.020, +0.120] |" in text
+    assert "| enc | knn | age=<40 | 4 | - | - |" in text and "| age gap | | fewer than two groups" in text

@@ -10,6 +10,7 @@ from threadpoolctl import threadpool_limits
 
 from radlab.evaluation.context import TASKS, EvalContext, TaskSkipped
 from radlab.evaluation.metrics import macro_auc, roc_auc
+from radlab.evaluation.subgroups import subgroup_report
 
 C_GRID = (0.01, 0.1, 1.0, 10.0)
 
@@ -66,18 +67,25 @@ def standardised(ctx: EvalContext, kind: str = "pooled") -> tuple[dict[str, np.n
 
 
 def auc_report(ctx: EvalContext, labels: np.ndarray, scores: np.ndarray, names: list[str],
-               patients: np.ndarray | None = None) -> dict:
-    """Per-finding AUC, macro AUC and its patient-bootstrap interval over the test rows (the test images'
-    patients unless ``patients`` are given)."""
+               rows: np.ndarray | None = None) -> dict:
+    """Per-finding AUC, macro AUC and its patient-bootstrap interval over the test rows (the table rows of
+    ``labels``/``scores``: the test images unless ``rows`` are given), and subgroups when the task asks."""
     cols = [ctx.label_names.index(n) for n in names]
     y, s = labels[:, cols], scores[:, cols]
     per_label = {}
     for j, name in enumerate(names):
         known = np.isin(y[:, j], (0, 1))
         per_label[name] = roc_auc(y[known, j], s[known, j])
-    ci = ctx.interval("macro_auc", lambda idx: macro_auc(y[idx], s[idx], strict=True),
-                      ctx.patients(ctx.rows("test")) if patients is None else patients, over=names)
-    return {"auc": per_label, "macro_auc": macro_auc(y, s), "macro_auc_ci": ci}
+    return {"auc": per_label, "macro_auc": macro_auc(y, s),
+            **macro_auc_interval(ctx, y, s, names, ctx.rows("test") if rows is None else rows)}
+
+
+def macro_auc_interval(ctx: EvalContext, y: np.ndarray, s: np.ndarray, names: list[str], rows: np.ndarray) -> dict:
+    """The patient-bootstrap interval of the macro AUC over ``names`` (the columns of ``y``/``s``, whose rows are
+    the table's ``rows``), and its subgroups when the task asks (``evaluation/subgroups.py``)."""
+    ci = ctx.interval("macro_auc", lambda idx: macro_auc(y[idx], s[idx], strict=True), ctx.patients(rows),
+                      over=names)
+    return {"macro_auc_ci": ci, **subgroup_report(ctx, y, s, names, rows)}
 
 
 @TASKS.register("linear_probe", "per-finding logistic regression on frozen features; test AUC with CI")

@@ -8,7 +8,7 @@ import json
 import math
 from pathlib import Path
 
-from radlab.evaluation.runner import headline_metrics, json_safe
+from radlab.evaluation.runner import headline_metrics, interval_text, json_safe
 
 
 def append_run(results: dict, store: Path | str) -> Path:
@@ -27,12 +27,7 @@ def read_runs(store: Path | str) -> list[dict]:
 def headline_rows(runs: list[dict]) -> list[dict]:
     """One row per (run, task): the task's headline metric, its interval, and provenance."""
     rows = []
-    expanded = []
-    for run in runs:
-        expanded.append(run)
-        if "baseline" in run:
-            expanded.append({**run, **run["baseline"]})
-    for run in expanded:
+    for run in with_baselines(runs):
         for task, metrics in run.get("tasks", {}).items():
             for name, group, key in headline_metrics(metrics):
                 ci = group.get(f"{key}_ci") or {}
@@ -41,6 +36,11 @@ def headline_rows(runs: list[dict]) -> list[dict]:
                              "data_hash": run.get("data_hash", ""), "labels": label_set(run.get("labels", [])),
                              "seed": run.get("seed", ""), "code_version": run.get("code_version", "")})
     return rows
+
+
+def with_baselines(runs: list[dict]) -> list[dict]:
+    """The runs, each followed by the encoder it was compared with (``--compare``) as a run of its own."""
+    return [entry for run in runs for entry in [run, *([{**run, **run["baseline"]}] if "baseline" in run else [])]]
 
 
 def label_set(names: list[str]) -> str:
@@ -88,12 +88,36 @@ def render(store: Path | str, out_dir: Path | str | None = None) -> Path:
                   "95% CI | p |", "|---|---|---|---|---|---|"]
         for r in paired:
             lines.append(f"| {r['encoder']} | {r['versus']} | {r['statistic']} | {r['difference']:+.3f} | "
-                         f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}] | {_p_value(r)} |")
+                         f"{interval_text(r, '+')} | {_p_value(r)} |")
+    lines += subgroup_section(runs)
     figure = plot_rows(rows, out / f"{store.stem}.png")
     lines += ["", f"![results]({figure.name})", ""]
     markdown = out / f"{store.stem}.md"
     markdown.write_text("\n".join(lines))
     return markdown
+
+
+def subgroup_section(runs: list[dict]) -> list[str]:
+    """Markdown of every task's subgroups (``evaluation/subgroups.py``): per group its patients and macro AUC,
+    per attribute the best-minus-worst gap; [] when no run asked for subgroups."""
+    lines = []
+    for run in with_baselines(runs):
+        encoder = run.get("encoder") or run.get("encoder_hash", "?")
+        for task, metrics in run.get("tasks", {}).items():
+            for attribute, report in metrics.get("subgroups", {}).items():
+                for group, entry in report["groups"].items():
+                    auc = f"{entry['macro_auc']:.3f}" if "macro_auc" in entry else "-"
+                    lines.append(f"| {encoder} | {task} | {attribute}={group} | {entry['n_patients']} | {auc} | "
+                                 f"{interval_text(entry.get('macro_auc_ci'))} |")
+                gap = (f"{report['best']} - {report['worst']}: {report['gap']:+.3f}" if "gap" in report
+                       else report.get("skipped", ""))
+                lines.append(f"| {encoder} | {task} | {attribute} gap | | {gap} | "
+                             f"{interval_text(report.get('gap_ci'), '+')} |")
+    if not lines:
+        return []
+    return ["", "## Subgroups", "", "Macro AUC within each group, over the findings every scored group can score; "
+            "gap: best minus worst group on the same patient resamples.", "",
+            "| encoder | task | group | patients | macro AUC | 95% CI |", "|---|---|---|---|---|---|", *lines]
 
 
 def _p_value(row: dict) -> str:
@@ -104,8 +128,7 @@ def _p_value(row: dict) -> str:
 
 
 def _interval(row: dict) -> str:
-    low, high = row["low"], row["high"]
-    return f"[{low:.3f}, {high:.3f}]" if low is not None and high is not None else "-"
+    return interval_text({"ci_low": row["low"], "ci_high": row["high"]})
 
 
 def plot_rows(rows: list[dict], figure: Path) -> Path:

@@ -46,14 +46,15 @@ def run_tasks(ctx: EvalContext, tasks: list[str]) -> dict:
 
 def compare_contexts(a: EvalContext, b: EvalContext) -> dict:
     """Paired patient bootstrap of A minus B for every statistic both runs computed on the same rows; one
-    computed over different findings (say zero-shot by prompts vs by a label head) is reported as unpaired."""
+    computed over different findings (say zero-shot by prompts vs by a label head), or a subgroup gap between
+    different groups, is reported as unpaired."""
     out: dict = {}
     for key, (fn_a, patients, over_a) in a.statistics.items():
         if key not in b.statistics or not np.array_equal(patients, b.statistics[key][1]):
             continue
         fn_b, _, over_b = b.statistics[key]
         if over_a != over_b:
-            out[key] = {"unpaired": "A and B average different findings", "a_over": list(over_a),
+            out[key] = {"unpaired": "A and B cover different findings (or gap groups)", "a_over": list(over_a),
                         "b_over": list(over_b)}
             continue
         out[key] = paired_bootstrap(fn_a, fn_b, patients, a.n_boot, a.seed)
@@ -138,6 +139,13 @@ def headline_metrics(metrics: dict) -> list[tuple[str, dict, str]]:
             if isinstance(group, dict) and isinstance(group.get(key), int | float)]
 
 
+def interval_text(ci: dict | None, sign: str = "") -> str:
+    """``[low, high]`` of an interval dict (``ci_low``/``ci_high``; ``sign="+"`` for differences); "-" if none."""
+    if not isinstance(ci, dict) or ci.get("ci_low") is None or ci.get("ci_high") is None:
+        return "-"
+    return f"[{ci['ci_low']:{sign}.3f}, {ci['ci_high']:{sign}.3f}]"
+
+
 def headline(metrics: dict) -> str:
     """One line per task for the console: its headline metrics with their intervals where there are some."""
     if "skipped" in metrics:
@@ -145,6 +153,20 @@ def headline(metrics: dict) -> str:
     parts = []
     for name, group, key in headline_metrics(metrics):
         ci = group.get(f"{key}_ci")
-        band = f" [{ci['ci_low']:.3f}, {ci['ci_high']:.3f}]" if isinstance(ci, dict) else ""
+        band = f" {interval_text(ci)}" if isinstance(ci, dict) else ""
         parts.append(f"{name} {group[key]:.3f}{band}")
     return ", ".join(parts) or "done"
+
+
+def subgroup_lines(metrics: dict) -> list[str]:
+    """One console line per subgroup attribute of a task: each scored group's macro AUC, and the gap."""
+    lines = []
+    for attribute, report in metrics.get("subgroups", {}).items():
+        if "skipped" in report:
+            lines.append(f"  {attribute}: not compared ({report['skipped']})")
+            continue
+        groups = ", ".join(f"{g} {v['macro_auc']:.3f} {interval_text(v['macro_auc_ci'])}"
+                           for g, v in report["groups"].items() if "macro_auc" in v)
+        lines.append(f"  {attribute}: {groups}; gap {report['best']} - {report['worst']} {report['gap']:+.3f} "
+                     f"{interval_text(report['gap_ci'], '+')}")
+    return lines

@@ -48,5 +48,5 @@ def text_probe(ctx: EvalContext) -> dict:
     scores, fitted = probe_scores(ctx, x, y)
     if not fitted:
         raise TaskSkipped("no finding has both classes among the train and test reports")
-    return {**auc_report(ctx, y["test"], scores, fitted, ctx.patients(rows["test"])), "kind": kind,
+    return {**auc_report(ctx, y["test"], scores, fitted, rows["test"]), "kind": kind,
             "n_reports": {s: int(len(r)) for s, r in rows.items()}, "c_grid": list(C_GRID)}

@@ -24,8 +24,8 @@ import torch
 
 from radlab.data.taxonomy import FINDING_NAMES, ancestors
 from radlab.evaluation.context import TASKS, EvalContext, TaskSkipped
-from radlab.evaluation.linear_probe import two_class
-from radlab.evaluation.metrics import accuracy, macro_auc, roc_auc
+from radlab.evaluation.linear_probe import macro_auc_interval, two_class
+from radlab.evaluation.metrics import accuracy, roc_auc
 from radlab.evaluation.prompts import PROMPT_MODES, prompts
 from radlab.evaluation.similarity import combine, similarity_kind
 
@@ -205,10 +205,9 @@ def zero_shot(ctx: EvalContext) -> dict:
     scored = [names.index(n) for n in results[primary]["auc"]]
     binary, per_class = scores[primary]
     y, s = labels[:, scored], binary[:, scored]
-    ci = ctx.interval("macro_auc", lambda idx: macro_auc(y[idx], s[idx], strict=True),
-                      ctx.patients(ctx.rows("test")), over=[names[j] for j in scored])
     return {"mode": mode, "prompt_mode": primary, "similarity": similarity_kind(ctx) if mode == "prompts" else None,
-            "macro_auc": results[primary]["macro_auc"], "macro_auc_ci": ci,
+            "macro_auc": results[primary]["macro_auc"],
+            **macro_auc_interval(ctx, y, s, [names[j] for j in scored], ctx.rows("test")),
             "auc": results[primary]["auc"], "modes": results,
             "exclusive": exclusive_accuracy(ctx, names, labels, per_class),
             "seen_classes": sorted(seen) if seen is not None else None}
