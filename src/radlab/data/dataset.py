@@ -3,6 +3,7 @@ that turns samples into training batches."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
@@ -18,6 +19,7 @@ from radlab.models.towers import Preprocess
 if TYPE_CHECKING:
     from radlab.data.cache import ImageCache
 
+log = logging.getLogger(__name__)
 ImageTransform = Callable[[torch.Tensor], torch.Tensor | list[torch.Tensor]]
 
 
@@ -33,10 +35,16 @@ def train_augment(image_size: int) -> ImageTransform:
 
 class RecordDataset(Dataset):
     """Images in [0, 1] brought to the tower's geometry (``preprocess``), optionally augmented, then
-    normalised; with the record's labels (NaN = not annotated) and report text."""
+    normalised; with the record's labels (NaN = not annotated) and report text.
+
+    An image that cannot be read is an ``OSError`` naming its row, record and file; with ``skip_unreadable``
+    (pre-training's ``data.unreadable_images=skip``) the sample is instead the next readable record's (rows
+    wrap around), the file is logged once per process and the sample is marked ``replaced``; the same rows always
+    stand in, so a resumed run reads what the original read."""
 
     def __init__(self, table: RecordTable, preprocess: Preprocess, label_names: Sequence[str] = (),
-                 transform: ImageTransform | None = None, cache: ImageCache | None = None) -> None:
+                 transform: ImageTransform | None = None, cache: ImageCache | None = None,
+                 skip_unreadable: bool = False) -> None:
         if not table.has_images().all():
             rows = np.flatnonzero(~table.has_images())
             raise ValueError(f"{len(rows)} records have no image (first: row {rows[0]}, id "
@@ -48,6 +56,8 @@ class RecordDataset(Dataset):
         self.texts = table.texts()
         self.transform = transform
         self.cache = cache
+        self.skip_unreadable = skip_unreadable
+        self.unreadable: set[int] = set()
         if cache is not None:  # a pre-resized uint8 cache (radlab.data.cache); refused when stale
             if (preprocess.fit, preprocess.resize) != ("pad", None):
                 raise ValueError(f"the image cache holds padded squares; this tower's geometry is "
@@ -66,14 +76,32 @@ class RecordDataset(Dataset):
         array = fit_square(read_image(self.table.image_path(i)), p.image_size, p.fit, p.resize)
         return torch.from_numpy(array).unsqueeze(0)
 
+    def readable_image(self, i: int) -> tuple[int, torch.Tensor]:
+        """Row ``i``'s image, or with ``skip_unreadable`` the first readable one from row ``i`` on, and its row."""
+        for offset in range(len(self) if self.skip_unreadable else 1):
+            row = (i + offset) % len(self)
+            if row in self.unreadable:
+                continue
+            try:
+                return row, self.load_image(row)
+            except OSError as err:
+                problem = f"row {row} (record {self.table.frame['id'].iat[row]!r}): {err}"
+                if not self.skip_unreadable:
+                    raise OSError(f"{problem}; fix the file or drop its record (pre-training: "
+                                  "data.unreadable_images=skip stands the next readable record in)") from err
+                log.warning("skipping an unreadable image, %s", problem)
+                self.unreadable.add(row)
+        raise OSError(f"none of the {len(self)} images of this table can be read")
+
     def __getitem__(self, i: int) -> dict:
-        image = self.load_image(i)
+        row, image = self.readable_image(i)
         views = self.transform(image) if self.transform is not None else image
         if isinstance(views, list):
             normalised: torch.Tensor | list[torch.Tensor] = [self._normalise(v) for v in views]
         else:
             normalised = self._normalise(views)
-        return {"index": i, "image": normalised, "labels": torch.from_numpy(self.labels[i]), "text": self.texts[i]}
+        return {"index": row, "image": normalised, "labels": torch.from_numpy(self.labels[row]),
+                "text": self.texts[row], "replaced": row != i}
 
     def _normalise(self, image: torch.Tensor) -> torch.Tensor:
         return self.preprocess.normalise(image.clamp(0, 1).unsqueeze(0))[0]
@@ -116,7 +144,8 @@ class Collator:
         if "image" in samples[0]:
             labels = torch.stack([s["labels"] for s in samples])
             batch.update(image=_stack_views([s["image"] for s in samples]), labels=labels,
-                         label_mask=~torch.isnan(labels))
+                         label_mask=~torch.isnan(labels),
+                         replaced=torch.tensor(sum(s["replaced"] for s in samples)))
         return batch
 
 

@@ -37,12 +37,15 @@ class SubsetConfig(BaseModel):
 
 class DataConfig(BaseModel):
     """``eval_sources``: evaluation sets whose patients must not be pre-trained on (checked at start-up;
-    ``allow_eval_overlap`` forces the run with a logged warning)."""
+    ``allow_eval_overlap`` forces the run with a logged warning). ``unreadable_images``: ``error`` stops at an
+    image file that cannot be read, naming it; ``skip`` stands the next readable record in, logs the file and
+    counts the replacements (``replaced_images`` in the metrics)."""
 
     model_config = ConfigDict(extra="forbid")
     sources: list[DataSource]
     eval_sources: list[DataSource] = []
     allow_eval_overlap: bool = False
+    unreadable_images: Literal["error", "skip"] = "error"
     labels: list[str] | None = None
     split_seed: int = 0
     split_fractions: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_FRACTIONS))

@@ -122,6 +122,7 @@ class Trainer:
         self.ema = ModelEMA(self.module, cfg.ema.decay, cfg.ema.warmup) if cfg.ema is not None else None
         self.stopper = EarlyStopper(cfg.early_stopping) if cfg.early_stopping is not None else None
         self.step = 0
+        self.replaced = 0  # samples of this rank that stood in for an unreadable image (data.unreadable_images)
         self.elapsed_before = 0.0
         self.started = time.time()
 
@@ -151,7 +152,8 @@ class Trainer:
         return chosen
 
     def _loader(self, table: RecordTable, transform: object, shuffle: bool) -> tuple[DataLoader, RankedBatchSampler]:
-        records = (RecordDataset(table, self.model.preprocess, self.class_names, transform)
+        skip = self.cfg.data.unreadable_images == "skip"
+        records = (RecordDataset(table, self.model.preprocess, self.class_names, transform, skip_unreadable=skip)
                    if self.objective.requires_images else ReportDataset(table))
         dataset = SeededDataset(records, self.cfg.seed)
         sampler = RankedBatchSampler(len(dataset), self.micro_batch, self.cfg.seed, self.env.rank,
@@ -182,6 +184,7 @@ class Trainer:
         pos = self.sampler.position
         model, objective, optimizer = self._model_states()
         return {"step": self.step, "elapsed": self.elapsed(), "epoch": pos.epoch, "samples": pos.samples,
+                "replaced": self.replaced,
                 "model": model, "objective": objective,
                 "optimizer": optimizer, "scheduler": self.scheduler.state_dict(),
                 "ema": self.ema.state_dict() if self.ema else None,
@@ -224,6 +227,7 @@ class Trainer:
         if self.stopper is not None and state["early_stopping"] is not None:
             self.stopper.load_state_dict(state["early_stopping"])
         self.step, self.elapsed_before = int(state["step"]), float(state["elapsed"])
+        self.replaced = int(state.get("replaced", 0))
         self.sampler.position = Position(int(state["epoch"]), int(state["samples"]))
         rngs = state["rng"]
         if len(rngs) != self.env.world_size:
@@ -257,7 +261,9 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         sums: dict[str, torch.Tensor] = {}
         for micro in range(accumulation):
-            batch = self._on_device(next(batches))
+            batch = next(batches)
+            self.replaced += int(batch.get("replaced", 0))  # before the device: no GPU sync for it
+            batch = self._on_device(batch)
             last = micro == accumulation - 1
             if self.sharded:
                 self.module.set_requires_gradient_sync(last)
@@ -323,6 +329,8 @@ class Trainer:
                               "lr": self.scheduler.get_last_lr()[0], "seconds": round(self.elapsed(), 2),
                               "samples_per_s": round(rate * cfg.optim.batch_size, 2),
                               **{k: float(distrib.all_reduce_mean(v)) for k, v in terms.items()}}
+                    if cfg.data.unreadable_images == "skip":
+                        record["replaced_images"] = distrib.global_count(self.replaced, self.env.device)
                     run_log.write(record, "train")
                     loss = record["loss"]
                 shown.update(self.step, rate, loss)
