@@ -96,9 +96,13 @@ def build_cache(table: RecordTable, folder: Path | str, size: int, workers: int 
     entries: list[dict[str, Any]] = [{} for _ in rows]
     loader = DataLoader(_Preprocess(paths, size), batch_size=None, num_workers=workers,
                         persistent_workers=False, prefetch_factor=8 if workers else None)
-    for i, image, entry in loader:
-        array[i] = image.numpy() if isinstance(image, torch.Tensor) else image
-        entries[i] = {"id": ids[i], **entry}
+    try:
+        for i, image, entry in loader:
+            array[i] = image.numpy() if isinstance(image, torch.Tensor) else image
+            entries[i] = {"id": ids[i], **entry}
+    except OSError as err:
+        raise OSError(f"{err}\n`radlab data check TABLE` lists every image that cannot be read (--drop OUT writes "
+                      "the table without them)") from err
     array.flush()
     del array
     os.replace(tmp, folder / ARRAY_FILE)

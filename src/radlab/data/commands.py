@@ -93,6 +93,32 @@ def cache(table: Path = typer.Argument(..., help="record table (folder or .parqu
         typer.echo(f"{shards}: {len(written)} WebDataset shards")
 
 
+@data_app.command("check")
+def check(table: Path = typer.Argument(..., help="record table (folder or .parquet)"),
+          workers: int = typer.Option(0, help="DataLoader worker processes for reading"),
+          report: Path = typer.Option(None, help="write every unreadable image as CSV (row, record, path, problem)"),
+          drop: Path = typer.Option(None, help="write the table without the unreadable records here")) -> None:
+    """Read every image once and list those that cannot be read; exit 1 when there are some and --drop is not
+    given."""
+    from radlab.data.check import unreadable_images, without_unreadable, write_unreadable
+    from radlab.data.records import RecordTable
+
+    records = RecordTable.read(table)
+    found = unreadable_images(records, workers)
+    typer.echo(f"{table}: {len(found)} of {int(records.has_images().sum())} images cannot be read")
+    for item in found[:10]:
+        typer.echo(f"  row {item.row} (record {item.record!r}): {item.problem}")
+    if len(found) > 10:
+        typer.echo(f"  ... and {len(found) - 10} more" + ("" if report else " (--report lists them all)"))
+    if report is not None and found:
+        typer.echo(f"unreadable images: {write_unreadable(found, report)}")
+    if drop is not None:
+        cleaned = without_unreadable(records, found)
+        typer.echo(f"{cleaned.write(drop)}: {len(cleaned)} of {len(records)} records kept")
+    elif found:
+        raise typer.Exit(1)
+
+
 @data_app.command("audit")
 def audit(tables: list[Path] = typer.Argument(..., help="PRETRAIN EVAL [EVAL ...] record tables"),
           exclude: Path = typer.Option(None, help="write the pre-training table without flagged patients here"),

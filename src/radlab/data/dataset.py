@@ -131,8 +131,9 @@ class ReportDataset(Dataset):
 
 
 class Collator:
-    """Stack samples and add label masks (annotated = not NaN). Samples without images (``ReportDataset``) give
-    batches of index and text."""
+    """Stack samples and add label masks (annotated = not NaN) and ``replaced``, how many samples stood in for an
+    unreadable image (``RecordDataset``). Samples without images (``ReportDataset``) give batches of index and
+    text."""
 
     def __call__(self, samples: list[dict]) -> dict:
         texts = [s["text"] for s in samples]
@@ -145,7 +146,7 @@ class Collator:
             labels = torch.stack([s["labels"] for s in samples])
             batch.update(image=_stack_views([s["image"] for s in samples]), labels=labels,
                          label_mask=~torch.isnan(labels),
-                         replaced=torch.tensor(sum(s["replaced"] for s in samples)))
+                         replaced=torch.tensor(sum(s.get("replaced", False) for s in samples)))
         return batch
 
 
