@@ -1,16 +1,11 @@
-"""Synthetic phantoms written by ``radlab data synth``."""
+"""Synthetic phantoms written by ``radlab data synth``: a record table (``table``) under their own name."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from radlab.data.records import RecordTable
-from radlab.data.sources.base import SOURCES, Source
+from radlab.data.sources.base import SOURCES
+from radlab.data.sources.table import TableSource
 
 
 @SOURCES.register("phantom", "synthetic chest X-ray phantoms from `radlab data synth` (records.parquet)")
-class PhantomSource(Source):
+class PhantomSource(TableSource):
     name = "phantom"
-
-    def load(self, root: Path) -> RecordTable:
-        return RecordTable.read(self.require(Path(root) / "records.parquet"))
