@@ -108,3 +108,18 @@ def test_public_encoders_name_the_evaluation_sources_they_pre_trained_on() -> No
     assert "its split of rsna_pneumonia is not known here" in rsna_on_rad_dino, "RSNA's images are NIH's"
     assert "its split of chexpert" in public_encoder_note("gloria", "gloria:/x", {"chexpert"})
     assert "none of this evaluation's sources" in public_encoder_note("gloria", "gloria:/x", {"mimic_cxr"})
+
+
+def test_torchxrayvision_weights_name_their_datasets(tmp_path: Path) -> None:
+    assert "its split of iu_xray is not known" in public_encoder_note("xrv", "xrv:densenet121-res224-all", {"iu_xray"})
+    named = tmp_path / "pc-nih-rsna-siim-vin-resnet50-test512-e400-state.pt"
+    named.write_bytes(b"")
+    note = public_encoder_note("xrv", f"xrv:{named}", {"siim", "chexpert"})
+    assert "pre-trained on padchest, nih, rsna_pneumonia, siim, vindr; its split of siim is" in note
+    folder = tmp_path / "chex"
+    folder.mkdir()
+    (folder / "chex-densenet121-d121-tw-lr001-rot45-tr15-sc15-seed0-best.pt").write_bytes(b"")
+    assert "its split of chexpert" in public_encoder_note("xrv", f"xrv:{folder}", {"chexpert"})
+    renamed = tmp_path / "out.pt"
+    renamed.write_bytes(b"")
+    assert "not known here" in public_encoder_note("xrv", f"xrv:{renamed}", {"nih"})

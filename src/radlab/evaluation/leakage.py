@@ -22,6 +22,7 @@ from radlab.data.audit import LeakageError, audit, share_images
 from radlab.data.records import RecordTable
 from radlab.models import ENCODERS
 from radlab.models.checkpoint import SPEC_FILE, read_spec
+from radlab.models.external.xrv import training_sources
 from radlab.train.config import TrainConfig
 from radlab.train.setup import pretraining_tables
 
@@ -61,10 +62,18 @@ class PretrainingOverlap:
                 "evaluation")
 
 
+def public_pretraining(name: str, path: str) -> tuple[str, ...]:
+    """The sources a public encoder pre-trained on: its paper's (``PUBLIC_PRETRAINING``), or for torchxrayvision
+    weights the datasets their file name lists; () when unknown."""
+    if name == "xrv":
+        return training_sources(path)
+    return PUBLIC_PRETRAINING.get(name, ())
+
+
 def public_encoder_note(name: str, spec: str, test_sources: set[str]) -> str:
     """Why a public encoder cannot be checked, naming the evaluation's sources among its pre-training data."""
-    known = PUBLIC_PRETRAINING.get(name)
-    if known is None:
+    known = public_pretraining(name, spec.partition(":")[2])
+    if not known:
         return f"{spec}: a public encoder, whose pre-training data are not known here"
     shared = sorted(t for t in test_sources if any(t == k or share_images(t, k) for k in known))
     if not shared:

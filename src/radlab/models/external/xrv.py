@@ -130,6 +130,39 @@ def xrv_labels(path_or_name: str) -> list[str] | None:
     return next((list(u["labels"]) for u in urls.values() if u["weights_url"].rsplit("/", 1)[-1] == name), None)
 
 
+# The dataset tokens torchxrayvision's weights file names start with ("nih-pc-chex-mimic_ch-google-openi-kaggle-
+# densenet121-..."), as radlab sources: "google" relabels NIH images, "kaggle" is the RSNA Pneumonia challenge,
+# "openi" the Indiana University studies (radlab's openi and iu_xray).
+WEIGHTS_DATASETS: dict[str, tuple[str, ...]] = {
+    "nih": ("nih",), "google": ("nih",), "pc": ("padchest",), "chex": ("chexpert",), "mimic_ch": ("mimic_cxr",),
+    "mimic_nb": ("mimic_cxr",), "openi": ("openi", "iu_xray"), "kaggle": ("rsna_pneumonia",),
+    "rsna": ("rsna_pneumonia",), "siim": ("siim",), "vin": ("vindr",),
+}
+
+
+def training_sources(path_or_name: str) -> tuple[str, ...]:
+    """The radlab sources torchxrayvision weights were trained on, read from the dataset tokens their file name
+    starts with (a weights name stands for its file, a folder for the weights file in it); () when the name
+    says nothing (a file saved under another name)."""
+    name = Path(path_or_name).name
+    local = Path(path_or_name).expanduser()
+    if local.is_dir():
+        name = find_file(local, (), WEIGHT_PATTERNS).name
+    else:
+        try:
+            import torchxrayvision as xrv
+
+            name = xrv.models.model_urls[path_or_name]["weights_url"].rsplit("/", 1)[-1]
+        except (ImportError, KeyError):
+            pass
+    sources: list[str] = []
+    for token in name.split("-"):
+        if token not in WEIGHTS_DATASETS:
+            break
+        sources += WEIGHTS_DATASETS[token]
+    return tuple(dict.fromkeys(sources))
+
+
 def classifier_head(linear: nn.Linear, labels: list[str], origin: str) -> ClassifierHead:
     """The trained outputs of the classifier (named, and known to radlab's taxonomy) as a label head."""
     if len(labels) != linear.out_features:
