@@ -21,6 +21,7 @@ import numpy as np
 
 from radlab.evaluation.context import EvalContext
 from radlab.evaluation.metrics import macro_auc
+from radlab.evaluation.stats import Statistic
 
 ATTRIBUTES = ("sex", "age", "view", "source")
 TASKS_WITH_SUBGROUPS = ("linear_probe", "knn", "finetune", "text_probe", "zero_shot")  # the macro-AUC tasks
@@ -61,7 +62,7 @@ def two_class_findings(y: np.ndarray, masks: list[np.ndarray]) -> list[int]:
     return [k for k in range(y.shape[1]) if all((y[m, k] == 1).any() and (y[m, k] == 0).any() for m in masks)]
 
 
-def group_statistic(y: np.ndarray, s: np.ndarray, member: np.ndarray):
+def group_statistic(y: np.ndarray, s: np.ndarray, member: np.ndarray) -> Statistic:
     """Macro AUC (strict: a resample missing a class of one finding is dropped) over the rows in ``member``."""
     return lambda idx: macro_auc(y[idx][member[idx]], s[idx][member[idx]], strict=True)
 
