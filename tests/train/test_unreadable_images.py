@@ -47,7 +47,7 @@ def test_an_unreadable_image_is_an_error_naming_row_record_and_file(damaged: Pat
     dataset = RecordDataset(table, Preprocess(image_size=32))
     assert dataset[2]["index"] == 2
     with pytest.raises(OSError, match=rf"row 3 \(record '{table.frame['id'].iat[3]}'\): .*{table.frame['id'].iat[3]}"
-                                      r"\.png: cannot read image.*data\.unreadable_images=skip"):
+                                      r"\.png: cannot read image.*radlab data check.*data\.unreadable_images=skip"):
         dataset[3]
 
 

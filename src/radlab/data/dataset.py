@@ -87,8 +87,9 @@ class RecordDataset(Dataset):
             except OSError as err:
                 problem = f"row {row} (record {self.table.frame['id'].iat[row]!r}): {err}"
                 if not self.skip_unreadable:
-                    raise OSError(f"{problem}; fix the file or drop its record (pre-training: "
-                                  "data.unreadable_images=skip stands the next readable record in)") from err
+                    raise OSError(f"{problem}; fix the file, or list every unreadable one with `radlab data check "
+                                  "TABLE` (--drop OUT writes the table without them); pre-training can also stand "
+                                  "the next readable record in (data.unreadable_images=skip)") from err
                 log.warning("skipping an unreadable image, %s", problem)
                 self.unreadable.add(row)
         raise OSError(f"none of the {len(self)} images of this table can be read")
