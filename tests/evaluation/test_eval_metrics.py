@@ -21,6 +21,19 @@ def test_auc_matches_sklearn_with_ties(seed: int) -> None:
     assert m.roc_auc(y, scores) == pytest.approx(skm.roc_auc_score(y, scores), abs=1e-12)
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_average_precision_matches_sklearn_with_ties(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    y = (rng.random(300) < 0.08).astype(int)  # a rare finding, where AP and AUC part ways
+    scores = np.round(rng.normal(size=300) + y, 1)
+    assert m.average_precision(y, scores) == pytest.approx(skm.average_precision_score(y, scores), abs=1e-12)
+    assert m.average_precision(y, -scores) < y.mean() + 0.05 < m.average_precision(y, scores)
+    assert math.isnan(m.average_precision(np.zeros(4), np.arange(4)))
+    assert math.isnan(m.average_precision(np.ones(4), np.arange(4))), "undefined where AUC is: same findings"
+    with pytest.raises(ValueError, match="0/1 labels"):
+        m.average_precision(np.array([1.0, -1.0]), np.array([0.3, 0.2]))
+
+
 def test_auc_single_class_is_nan_and_macro_skips_it() -> None:
     assert math.isnan(m.roc_auc(np.ones(5), np.arange(5)))
     rng = np.random.default_rng(0)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import average_precision_score, roc_auc_score
 
 from radlab.data.records import RecordTable
 from radlab.evaluation import TASKS
@@ -202,6 +202,12 @@ def test_probe_auc_cross_checked_with_sklearn(tiny_encoder: RadEncoder, split_ta
         known = np.isin(y["test"][:, k], (0, 1))
         expected = roc_auc_score(y["test"][known, k], scores[known, k])
         assert report["tasks"]["linear_probe"]["auc"][name] == pytest.approx(expected)
+        ap = average_precision_score(y["test"][known, k], scores[known, k])
+        assert report["tasks"]["linear_probe"]["ap"][name] == pytest.approx(ap)
+        assert report["tasks"]["linear_probe"]["prevalence"][name] == pytest.approx(y["test"][known, k].mean())
+    probe = report["tasks"]["linear_probe"]
+    assert probe["macro_ap"] == pytest.approx(np.mean([probe["ap"][n] for n in fitted]))
+    assert probe["macro_ap_ci"]["n_valid"] > 0 and probe["macro_ap_ci"]["ci_low"] <= probe["macro_ap_ci"]["ci_high"]
 
 
 def test_kshot_draws_k_positives_and_k_negatives_from_train(tiny_encoder: RadEncoder, split_table: RecordTable,

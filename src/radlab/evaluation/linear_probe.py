@@ -9,7 +9,7 @@ from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
 from radlab.evaluation.context import TASKS, EvalContext, TaskSkipped
-from radlab.evaluation.metrics import macro_auc, roc_auc
+from radlab.evaluation.metrics import average_precision, macro_ap, macro_auc, roc_auc
 from radlab.evaluation.subgroups import subgroup_report
 
 C_GRID = (0.01, 0.1, 1.0, 10.0)
@@ -68,24 +68,29 @@ def standardised(ctx: EvalContext, kind: str = "pooled") -> tuple[dict[str, np.n
 
 def auc_report(ctx: EvalContext, labels: np.ndarray, scores: np.ndarray, names: list[str],
                rows: np.ndarray | None = None) -> dict:
-    """Per-finding AUC, macro AUC and its patient-bootstrap interval over the test rows (the table rows of
-    ``labels``/``scores``: the test images unless ``rows`` are given), and subgroups when the task asks."""
+    """Per-finding AUC, average precision and prevalence (AP's chance level), and ``macro_statistics`` over the
+    test rows (the table rows of ``labels``/``scores``: the test images unless ``rows`` are given)."""
     cols = [ctx.label_names.index(n) for n in names]
     y, s = labels[:, cols], scores[:, cols]
-    per_label = {}
+    per_finding: dict[str, dict[str, float]] = {"auc": {}, "ap": {}, "prevalence": {}}
     for j, name in enumerate(names):
         known = np.isin(y[:, j], (0, 1))
-        per_label[name] = roc_auc(y[known, j], s[known, j])
-    return {"auc": per_label, "macro_auc": macro_auc(y, s),
-            **macro_auc_interval(ctx, y, s, names, ctx.rows("test") if rows is None else rows)}
+        per_finding["auc"][name] = roc_auc(y[known, j], s[known, j])
+        per_finding["ap"][name] = average_precision(y[known, j], s[known, j])
+        per_finding["prevalence"][name] = float(y[known, j].mean())
+    return {**per_finding, "macro_auc": macro_auc(y, s),
+            **macro_statistics(ctx, y, s, names, ctx.rows("test") if rows is None else rows)}
 
 
-def macro_auc_interval(ctx: EvalContext, y: np.ndarray, s: np.ndarray, names: list[str], rows: np.ndarray) -> dict:
-    """The patient-bootstrap interval of the macro AUC over ``names`` (the columns of ``y``/``s``, whose rows are
-    the table's ``rows``), and its subgroups when the task asks (``evaluation/subgroups.py``)."""
-    ci = ctx.interval("macro_auc", lambda idx: macro_auc(y[idx], s[idx], strict=True), ctx.patients(rows),
-                      over=names)
-    return {"macro_auc_ci": ci, **subgroup_report(ctx, y, s, names, rows)}
+def macro_statistics(ctx: EvalContext, y: np.ndarray, s: np.ndarray, names: list[str], rows: np.ndarray) -> dict:
+    """Over ``names`` (the columns of ``y``/``s``, whose rows are the table's ``rows``): the macro AUC's
+    patient-bootstrap interval, the macro average precision with its interval (for rare findings, where AUC
+    flatters; chance is the mean prevalence), and subgroups when the task asks (``evaluation/subgroups.py``)."""
+    patients = ctx.patients(rows)
+    auc = ctx.interval("macro_auc", lambda idx: macro_auc(y[idx], s[idx], strict=True), patients, over=names)
+    ap = ctx.interval("macro_ap", lambda idx: macro_ap(y[idx], s[idx], strict=True), patients, over=names)
+    return {"macro_auc_ci": auc, "macro_ap": macro_ap(y, s), "macro_ap_ci": ap,
+            **subgroup_report(ctx, y, s, names, rows)}
 
 
 @TASKS.register("linear_probe", "per-finding logistic regression on frozen features; test AUC with CI")

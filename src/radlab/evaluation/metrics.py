@@ -6,11 +6,22 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
 RECALL_KS = (1, 5, 10, 50)
+
+
+def _binary(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """0/1 labels as booleans and finite scores as float64, or a ValueError saying what is wrong."""
+    labels = np.asarray(labels)
+    if not np.isin(labels, (0, 1)).all():
+        raise ValueError("ranking metrics take 0/1 labels; drop unannotated (NaN) and uncertain (-1) entries first")
+    scores = np.asarray(scores, dtype=np.float64)
+    if not np.isfinite(scores).all():
+        raise ValueError("ranking metrics got non-finite scores (a diverged model?); they have no order")
+    return labels.astype(bool), scores
 
 
 def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -18,13 +29,7 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
 
     Labels must be 0/1: unannotated (NaN) and uncertain (-1) entries are the caller's to drop; scores must
     be finite."""
-    labels = np.asarray(labels)
-    if not np.isin(labels, (0, 1)).all():
-        raise ValueError("roc_auc takes 0/1 labels; drop unannotated (NaN) and uncertain (-1) entries first")
-    labels = labels.astype(bool)
-    scores = np.asarray(scores, dtype=np.float64)
-    if not np.isfinite(scores).all():
-        raise ValueError("roc_auc got non-finite scores (a diverged model?); they have no order")
+    labels, scores = _binary(labels, scores)
     n_pos, n_neg = int(labels.sum()), int((~labels).sum())
     if n_pos == 0 or n_neg == 0:
         return float("nan")
@@ -40,19 +45,45 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
     return float(u / (n_pos * n_neg))
 
 
-def macro_auc(labels: np.ndarray, scores: np.ndarray, strict: bool = False) -> float:
-    """Mean AUC over columns, each over its annotated (0/1) entries; columns with one class are skipped, or
-    with ``strict`` make the result NaN (a bootstrap resample must average the same findings as the estimate,
-    so it is dropped rather than averaged over fewer)."""
+def average_precision(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the precision-recall step curve as scikit-learn computes it: over distinct score thresholds,
+    highest first (tied scores enter together), the recall each adds times the precision there. Chance is the
+    prevalence; NaN if one class (as ``roc_auc``, so both average the same findings). Same input rules."""
+    labels, scores = _binary(labels, scores)
+    n_pos = int(labels.sum())
+    if n_pos == 0 or n_pos == len(labels):
+        return float("nan")
+    order = np.argsort(-scores, kind="mergesort")
+    last = np.append(np.flatnonzero(np.diff(scores[order])), len(order) - 1)  # last item of each tie group
+    hits = np.cumsum(labels[order])[last]
+    precision, recall = hits / (last + 1), hits / n_pos
+    return float(np.sum(np.diff(recall, prepend=0.0) * precision))
+
+
+def macro_mean(metric: Callable[[np.ndarray, np.ndarray], float], labels: np.ndarray, scores: np.ndarray,
+               strict: bool = False) -> float:
+    """Mean of ``metric`` over columns, each over its annotated (0/1) entries; columns with one class are
+    skipped, or with ``strict`` make the result NaN (a bootstrap resample must average the same findings as the
+    estimate, so it is dropped rather than averaged over fewer)."""
     values = []
     for k in range(labels.shape[1]):
         known = np.isin(labels[:, k], (0, 1))
-        value = roc_auc(labels[known, k], scores[known, k])
+        value = metric(labels[known, k], scores[known, k])
         if math.isnan(value) and strict:
             return float("nan")
         if not math.isnan(value):
             values.append(value)
     return float(np.mean(values)) if values else float("nan")
+
+
+def macro_auc(labels: np.ndarray, scores: np.ndarray, strict: bool = False) -> float:
+    """``macro_mean`` of ``roc_auc``."""
+    return macro_mean(roc_auc, labels, scores, strict)
+
+
+def macro_ap(labels: np.ndarray, scores: np.ndarray, strict: bool = False) -> float:
+    """``macro_mean`` of ``average_precision``."""
+    return macro_mean(average_precision, labels, scores, strict)
 
 
 def accuracy(truth: np.ndarray, predicted: np.ndarray) -> float:

@@ -24,7 +24,7 @@ import torch
 
 from radlab.data.taxonomy import FINDING_NAMES, ancestors
 from radlab.evaluation.context import TASKS, EvalContext, TaskSkipped
-from radlab.evaluation.linear_probe import macro_auc_interval, two_class
+from radlab.evaluation.linear_probe import macro_statistics, two_class
 from radlab.evaluation.metrics import accuracy, roc_auc
 from radlab.evaluation.prompts import PROMPT_MODES, prompts
 from radlab.evaluation.similarity import combine, similarity_kind
@@ -207,7 +207,7 @@ def zero_shot(ctx: EvalContext) -> dict:
     y, s = labels[:, scored], binary[:, scored]
     return {"mode": mode, "prompt_mode": primary, "similarity": similarity_kind(ctx) if mode == "prompts" else None,
             "macro_auc": results[primary]["macro_auc"],
-            **macro_auc_interval(ctx, y, s, [names[j] for j in scored], ctx.rows("test")),
+            **macro_statistics(ctx, y, s, [names[j] for j in scored], ctx.rows("test")),
             "auc": results[primary]["auc"], "modes": results,
             "exclusive": exclusive_accuracy(ctx, names, labels, per_class),
             "seen_classes": sorted(seen) if seen is not None else None}
