@@ -80,7 +80,7 @@ def _batch(model: _FeatureEncoder, n: int, dim: int, seed: int, reports: list[st
     texts = [reports[i % len(reports)] for i in range(n)]
     return {"image": [torch.randn(n, dim, generator=g, dtype=torch.float64) for _ in range(2)],
             "text": texts, "has_text": torch.tensor([bool(t) for t in texts]),
-            "index": torch.arange(n) + 10 * seed,
+            "index": torch.arange(n) + 10 * seed, "study": torch.arange(n) + 10 * seed,
             "tokens": model.text_tower.tokenize(texts)}
 
 
@@ -143,9 +143,9 @@ def test_terms_match_a_loop_reference_with_a_prefilled_queue() -> None:
     batch = _batch(model, n, d_img, 1)
     keep = batch["has_text"].tolist()
     texts = [t for t, k in zip(batch["text"], keep, strict=True) if k]
-    ids = [int(i) for i, k in zip(batch["index"], keep, strict=True) if k]
+    ids = [int(i) for i, k in zip(batch["study"], keep, strict=True) if k]
     t = [F.normalize(model.text_tower.vector(x), dim=0).tolist() for x in texts]
-    # A full queue whose best match for the first report is that report itself (same record: excluded).
+    # A full queue whose best match for the first report is that report itself (same study: excluded).
     g = torch.Generator().manual_seed(5)
     queue = F.normalize(torch.randn(size, d, generator=g, dtype=torch.float64), dim=-1)
     queue[2] = torch.tensor(t[0], dtype=torch.float64)
@@ -198,7 +198,7 @@ def test_terms_match_a_loop_reference_with_a_prefilled_queue() -> None:
     pushed = torch.tensor(t + t_aug, dtype=torch.float64)
     order = torch.arange(len(pushed))
     torch.testing.assert_close(objective.queue[order], pushed, rtol=0, atol=1e-12)
-    assert objective.queue_index[order].tolist() == ids + ids
+    assert objective.queue_study[order].tolist() == ids + ids
 
 
 def test_queue_is_a_checkpointed_fifo_and_nns_waits_until_it_is_full() -> None:
@@ -210,17 +210,17 @@ def test_queue_is_a_checkpointed_fifo_and_nns_waits_until_it_is_full() -> None:
 
     push(0, 3)
     assert (int(objective.queue_filled), int(objective.queue_ptr)) == (3, 3)
-    assert objective.queue_index.tolist() == [0, 1, 2, -1, -1]
+    assert objective.queue_study.tolist() == [0, 1, 2, -1, -1]
     push(3, 4)  # wraps around, overwriting the oldest (0, 1)
     assert (int(objective.queue_filled), int(objective.queue_ptr)) == (5, 2)
-    assert objective.queue_index.tolist() == [5, 6, 2, 3, 4]
+    assert objective.queue_study.tolist() == [5, 6, 2, 3, 4]
     push(7, 7)  # more than the queue holds: the last five survive, in order from the pointer
     assert (int(objective.queue_filled), int(objective.queue_ptr)) == (5, 4)
-    assert objective.queue_index.roll(-int(objective.queue_ptr)).tolist() == [9, 10, 11, 12, 13]
+    assert objective.queue_study.roll(-int(objective.queue_ptr)).tolist() == [9, 10, 11, 12, 13]
     torch.testing.assert_close(objective.queue.roll(-4, 0), rows[9:14])
 
     state = objective.state_dict()
-    assert {"queue", "queue_index", "queue_ptr", "queue_filled"} <= state.keys()
+    assert {"queue", "queue_study", "queue_ptr", "queue_filled"} <= state.keys()
     restored = DeCLIPObjective(embed_dim=2, image_dim=3, queue_size=5, tss_weight=0.0)
     restored.load_state_dict(state)
     assert torch.equal(restored.queue, objective.queue) and int(restored.queue_ptr) == 4
@@ -234,10 +234,10 @@ def test_queue_is_a_checkpointed_fifo_and_nns_waits_until_it_is_full() -> None:
     assert float(first["nns"]) == 0.0 and float(first["queue_fill"]) == 1.0
     first["loss"].backward()
     assert model.image_proj.weight.grad is not None
-    queued = objective.queue_index.clone()
+    queued = objective.queue_study.clone()
     objective.eval()
     assert float(objective(model, _batch(model, 6, 6, 2))["nns"]) > 0
-    assert torch.equal(objective.queue_index, queued)  # evaluation looks up but does not push
+    assert torch.equal(objective.queue_study, queued)  # evaluation looks up but does not push
     second = objective.train()(model, _batch(model, 6, 6, 3))
     assert float(second["nns"]) > 0
     objective.zero_grad()
@@ -458,7 +458,7 @@ def test_two_processes_equal_one_process_with_the_global_batch(tmp_path: Path, h
     for r in range(2):
         rank = torch.load(tmp_path / f"rank{r}.pt", weights_only=True)
         torch.testing.assert_close(rank["values"], single, rtol=0, atol=1e-9)
-        for key in ("queue", "queue_index", "queue_ptr", "queue_filled"):
+        for key in ("queue", "queue_study", "queue_ptr", "queue_filled"):
             torch.testing.assert_close(rank["queue"][key], objective.state_dict()[key], rtol=0, atol=1e-12)
 
 
@@ -522,3 +522,12 @@ def test_low_data_recipe_trains_its_local_term_on_phantoms(phantoms_with_label_o
     trained = load_file(str(checkpoint / "objective.safetensors"))["matcher.embedder.weight"]
     assert torch.equal(encoder.local_match.embedder.weight, trained)
     assert encoder.text_tower.hidden_layers == 2
+
+
+def test_nearest_neighbours_skip_every_entry_of_the_querys_study() -> None:
+    """A study's frontal and lateral images carry one report: the sibling's queued copy is no neighbour."""
+    objective = DeCLIPObjective(embed_dim=2, image_dim=3, queue_size=4, tss_weight=0.0)
+    queued = F.normalize(torch.tensor([[1.0, 0.0], [1.0, 0.01], [0.0, 1.0], [0.6, 0.8]]), dim=-1)
+    objective.push(queued, torch.tensor([7, 7, 8, 9]))
+    _, slots = objective.nearest(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([7, 5]))
+    assert slots.tolist() == [3, 2]

@@ -203,6 +203,7 @@ def test_a_batch_without_reports_trains_and_keeps_every_text_parameter_in_the_gr
     labels = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0], [1.0, 1.0]])
     batch = {"image": torch.rand(4, 1, 32, 32), "labels": labels, "label_mask": torch.ones(4, 2, dtype=torch.bool),
              "has_text": torch.zeros(4, dtype=torch.bool), "text": [""] * 4, "index": torch.arange(4),
+             "study": torch.arange(4),
              "tokens": model.text_tower.tokenize([""] * 4)}
     terms = objective(model, batch)
     terms["loss"].backward()

@@ -54,7 +54,7 @@ def test_targets_from_real_labels(iu_train: RecordTable) -> None:
     shared = (y @ y.T) > 0
     assert torch.equal(t, (shared | torch.eye(64, dtype=torch.bool)).float())
     assert t.sum() > 64  # real reports share findings: off-diagonal positives exist
-    s = semantic_targets(y, y, batch["index"], batch["index"])
+    s = semantic_targets(y, y, batch["study"], batch["study"])
     assert torch.all(s.diagonal() == 1) and s.min() >= 0 and s.max() <= 1 + 1e-6
     assert torch.allclose(s, s.T)
 

@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
+import pandas as pd
 import torch
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
@@ -58,6 +59,7 @@ class RecordDataset(Dataset):
         self.cache = cache
         self.skip_unreadable = skip_unreadable
         self.unreadable: set[int] = set()
+        self.studies = pd.factorize(study_keys(table.frame))[0]
         if cache is not None:  # a pre-resized uint8 cache (radlab.data.cache); refused when stale
             if (preprocess.fit, preprocess.resize) != ("pad", None):
                 raise ValueError(f"the image cache holds padded squares; this tower's geometry is "
@@ -101,20 +103,24 @@ class RecordDataset(Dataset):
             normalised: torch.Tensor | list[torch.Tensor] = [self._normalise(v) for v in views]
         else:
             normalised = self._normalise(views)
-        return {"index": row, "image": normalised, "labels": torch.from_numpy(self.labels[row]),
-                "text": self.texts[row], "replaced": row != i}
+        return {"index": row, "study": int(self.studies[row]), "image": normalised,
+                "labels": torch.from_numpy(self.labels[row]), "text": self.texts[row], "replaced": row != i}
 
     def _normalise(self, image: torch.Tensor) -> torch.Tensor:
         return self.preprocess.normalise(image.clamp(0, 1).unsqueeze(0))[0]
+
+
+def study_keys(frame: pd.DataFrame) -> pd.Series:
+    """Each record's study: its ``study_id``, or the record's own id where it has none. A study's images share
+    its report."""
+    return frame["study_id"].where(frame["study_id"] != "", frame["id"])
 
 
 def study_reports(table: RecordTable) -> RecordTable:
     """One record per study with a non-empty report (its first), images or not: what text-only objectives
     read, so a study's report counts once however many images it has."""
     rows = np.flatnonzero((table.frame["report"].fillna("").str.strip() != "").to_numpy())
-    reported = table.frame.iloc[rows]
-    study = reported["study_id"].where(reported["study_id"] != "", reported["id"])  # no study: the record
-    return table.subset(rows[~study.duplicated().to_numpy()])
+    return table.subset(rows[~study_keys(table.frame.iloc[rows]).duplicated().to_numpy()])
 
 
 class ReportDataset(Dataset):
@@ -133,13 +139,15 @@ class ReportDataset(Dataset):
 
 class Collator:
     """Stack samples and add label masks (annotated = not NaN) and ``replaced``, how many samples stood in for an
-    unreadable image (``RecordDataset``). Samples without images (``ReportDataset``) give batches of index and
-    text."""
+    unreadable image (``RecordDataset``). ``study`` numbers each sample's study (records of one study share a
+    report; a sample without one is its own). Samples without images (``ReportDataset``) give batches of index,
+    study and text."""
 
     def __call__(self, samples: list[dict]) -> dict:
         texts = [s["text"] for s in samples]
         batch: dict = {
             "index": torch.tensor([s["index"] for s in samples]),
+            "study": torch.tensor([s.get("study", s["index"]) for s in samples]),
             "text": texts,
             "has_text": torch.tensor([bool(t.strip()) for t in texts]),
         }

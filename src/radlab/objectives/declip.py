@@ -111,8 +111,9 @@ class DeCLIPObjective(Objective):
 
     NNS: a FIFO queue (buffers, checkpointed) of the last ``queue_size`` (4096) detached text embeddings,
     both views, gathered from all ranks so every rank holds the same queue. nn(b_i) is the queue entry of
-    highest cosine to b_i that comes from another record (the dataset index; in a small data set the queue
-    holds a report's own earlier embedding, a stale copy of the positive). Lookups precede this step's
+    highest cosine to b_i that comes from another study (the batch's ``study``: in a small data set the queue
+    holds a report's own earlier embedding, or a sibling image's copy of it, a stale copy of the positive).
+    Lookups precede this step's
     push. Until the queue is full L_NNS is 0 (logged as such). The reference instead starts from random
     vectors and keeps a per-rank queue.
     """
@@ -152,7 +153,7 @@ class DeCLIPObjective(Objective):
         self.sentence_drop, self.section_shuffle = sentence_drop, section_shuffle
         self.crop_scale, self.hflip = tuple(crop_scale), hflip
         self.register_buffer("queue", torch.zeros(queue_size, embed_dim))
-        self.register_buffer("queue_index", torch.full((queue_size,), -1, dtype=torch.long))
+        self.register_buffer("queue_study", torch.full((queue_size,), -1, dtype=torch.long))
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
         self.register_buffer("queue_filled", torch.zeros((), dtype=torch.long))
 
@@ -164,29 +165,29 @@ class DeCLIPObjective(Objective):
         return TwoViews(image_size, scale=self.crop_scale, hflip=self.hflip)
 
     @torch.no_grad()
-    def push(self, entries: torch.Tensor, index: torch.Tensor) -> None:
+    def push(self, entries: torch.Tensor, study: torch.Tensor) -> None:
         """Enqueue rows (oldest first) over the oldest entries; only the last ``queue_size`` rows survive."""
         n, size, ptr = len(entries), self.queue_size, int(self.queue_ptr)
         slots = (ptr + max(0, n - size) + torch.arange(min(n, size), device=entries.device)) % size
         self.queue[slots] = entries[-size:].to(self.queue.dtype)
-        self.queue_index[slots] = index[-size:]
+        self.queue_study[slots] = study[-size:]
         self.queue_ptr.fill_((ptr + n) % size)
         self.queue_filled.fill_(min(size, int(self.queue_filled) + n))
 
     @torch.no_grad()
-    def nearest(self, query: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each row's highest-cosine queue entry from another record (its own record's entries only if the
-        queue holds nothing else), and the queue slots chosen."""
+    def nearest(self, query: torch.Tensor, study: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each row's highest-cosine queue entry from another study (``study``: each row's; its own study's
+        entries only if the queue holds nothing else), and the queue slots chosen."""
         cosine = F.normalize(query.to(self.queue.dtype), dim=-1) @ F.normalize(self.queue, dim=-1).T
-        slots = (cosine - 4.0 * (index[:, None] == self.queue_index[None, :])).argmax(1)
+        slots = (cosine - 4.0 * (study[:, None] == self.queue_study[None, :])).argmax(1)
         return self.queue[slots], slots
 
     def terms(self, image: tuple[torch.Tensor, torch.Tensor], text: tuple[torch.Tensor, torch.Tensor],
-              iss: tuple[torch.Tensor, torch.Tensor], index: torch.Tensor,
+              iss: tuple[torch.Tensor, torch.Tensor], study: torch.Tensor,
               tss: tuple[torch.Tensor, torch.Tensor] | None = None,
               local: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """The loss from embeddings: ``image`` (x1, x2) and ``text`` (t, t') normalised, rows paired, for this
-        rank's samples with a report (dataset ``index``); ``iss`` the projections of both views of all its
+        rank's samples with a report (their ``study`` numbers); ``iss`` the projections of both views of all its
         images; ``tss`` this rank's shares of L_TSS and of the masked-token accuracy, when TSS is on; ``local``
         this rank's share of L_local, when it is on. Pushes (t, t') to the queue in training mode."""
         scale = self.logit_scale()
@@ -194,15 +195,15 @@ class DeCLIPObjective(Objective):
         mvs = torch.stack(pairs).mean()
         iss_loss = nt_xent(*iss, self.iss_temperature)
         if int(self.queue_filled) >= self.queue_size:
-            neighbours = [self.nearest(t.detach(), index)[0].to(t.dtype) for t in text]
+            neighbours = [self.nearest(t.detach(), study)[0].to(t.dtype) for t in text]
             nns = torch.stack([clip_loss(x, nb, scale, weight_image=1.0)  # image -> text only, as DeCLIP
                                for nb in neighbours for x in image]).mean()
         else:
             nns = (image[0].sum() + image[1].sum()) * 0.0  # keeps the graph (DDP) until the queue is full
         if self.training:
             entries = torch.cat([gather_with_grad(t.detach())[0] for t in text])
-            all_index = gather_with_grad(index)[0]
-            self.push(entries, torch.cat([all_index, all_index]))
+            all_study = gather_with_grad(study)[0]
+            self.push(entries, torch.cat([all_study, all_study]))
         loss = self.mvs_weight * mvs + self.iss_weight * iss_loss + self.nns_weight * nns
         out = {"clip": pairs[0].detach(), "mvs": mvs.detach(), "nns": nns.detach(), "iss": iss_loss.detach(),
                "logit_scale": scale.detach(), "queue_fill": self.queue_filled.float() / self.queue_size}
@@ -235,4 +236,4 @@ class DeCLIPObjective(Objective):
             words, word_mask = m.words(text_out, tokens, model.text_tower.tokenizer)
             local = local_loss(regions, words, word_mask, m.temp_attention, m.temp_words, self.local_scale,
                                m.word_softmax)
-        return self.terms((x1, x2), (text, text_aug), (z1, z2), batch["index"].to(keep.device)[keep], tss, local)
+        return self.terms((x1, x2), (text, text_aug), (z1, z2), batch["study"].to(keep.device)[keep], tss, local)

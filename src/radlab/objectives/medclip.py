@@ -14,7 +14,8 @@ from radlab.train.distributed import gather_with_grad, global_mean
 def semantic_targets(labels_image: torch.Tensor, labels_text: torch.Tensor, ids_image: torch.Tensor,
                      ids_text: torch.Tensor) -> torch.Tensor:
     """S_ij = cos(y_i, y_j) between image and text label vectors; 1 where image and text come from the same
-    record (so a paired report stays a full match even when neither carries a positive finding)."""
+    study (``ids``: study numbers), so an image's own report, also when a sibling image of its study brought it,
+    stays a full match even when neither carries a positive finding."""
     similarity = F.normalize(labels_image, dim=-1) @ F.normalize(labels_text, dim=-1).T
     return torch.where(ids_image[:, None] == ids_text[None, :], torch.ones_like(similarity), similarity)
 
@@ -44,7 +45,7 @@ class MedCLIPObjective(Objective):
     """MedCLIP (Wang et al., 2022, "MedCLIP: Contrastive Learning from Unpaired Medical Images and Text").
 
     Images i and texts j carry label vectors y (binary positives; the text's are its record's labels). With
-    S_ij = cos(y_i^img, y_j^txt) (1 for an image and its own report), target temperature τ_t and learnable
+    S_ij = cos(y_i^img, y_j^txt) (1 for an image and its study's report), target temperature τ_t and learnable
     scale s (1/0.07, clamped at 100) on normalised embeddings u_i, v_j:
 
         L = 1/2 [ -1/N_img sum_i sum_j softmax_j(S_ij/τ_t) log softmax_j(s u_i·v_j)
@@ -70,6 +71,6 @@ class MedCLIPObjective(Objective):
         image = model.encode_image(batch["image"])
         text = model.encode_text({k: v[keep] for k, v in batch["tokens"].items()})
         scale = self.logit_scale()
-        loss = medclip_loss(image, text, labels, labels[keep], batch["index"], batch["index"][keep], scale,
+        loss = medclip_loss(image, text, labels, labels[keep], batch["study"], batch["study"][keep], scale,
                             self.target_temperature)
         return {"loss": loss, "medclip": loss.detach(), "logit_scale": scale.detach()}
