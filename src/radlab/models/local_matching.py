@@ -13,7 +13,9 @@ words as GLoRIA's ``aggregate_tokens`` does; special tokens and padding dropped)
 The paper's Eq. 3 writes the attention as softmax_j(τ1 s_ij); the released code (``gloria/loss/gloria_loss.py``
 ``attention_fn``, whose τ1 = 4 the published models were trained with) first normalises each region's scores
 over the words, then applies τ1 and the softmax over regions. ``word_softmax=True`` is the released code,
-False the paper's equation. The GLoRIA objective trains a ``LocalMatcher``; the encoder keeps it
+False the paper's equation. The paper's Eq. 5 also raises the sum to 1/τ2 (Z = log (sum_i exp(τ2 R_i))^(1/τ2));
+the released code (``local_loss``, after AttnGAN's) drops that exponent, as Z above does: Z is then τ2 times the
+paper's, a scale the objective's τ3 absorbs. The GLoRIA objective trains a ``LocalMatcher``; the encoder keeps it
 (``RadEncoder.local_match``) so zero-shot and retrieval can score with it as GLoRIA's own evaluation does.
 """
 
