@@ -106,3 +106,26 @@ def test_collapse_monitors() -> None:
     line = torch.randn(32, 1) * torch.randn(1, 10)
     assert float(effective_rank(line)) == pytest.approx(1.0, abs=1e-3)
     assert float(effective_rank(torch.randn(256, 10))) > 8.0
+
+
+def test_koleo_and_nt_xent_keep_float32_under_bf16_autocast() -> None:
+    """Near-identical class tokens (early training): bf16 similarities would pick wrong nearest neighbours."""
+    from radlab.objectives.simclr import nt_xent
+
+    g = torch.Generator().manual_seed(0)
+    features = torch.randn(1, 64, generator=g) + 0.03 * torch.randn(64, 64, generator=g)
+    views = [features + 0.01 * torch.randn(64, 64, generator=g) for _ in range(2)]
+    plain_koleo, plain_nt = koleo_loss(features), nt_xent(*views, 0.1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert koleo_loss(features) == plain_koleo
+        torch.testing.assert_close(nt_xent(*views, 0.1), plain_nt)
+
+
+def test_ibot_without_masked_patches_is_zero_and_leaves_the_center() -> None:
+    loss = IBOTPatchLoss(8)
+    loss.center.fill_(0.5)
+    empty = torch.zeros(0, 8, requires_grad=True)
+    value = loss(empty, torch.zeros(0, 8), torch.zeros(3, 4, dtype=torch.bool), 0.04)
+    assert float(value) == 0.0 and torch.equal(loss.center, torch.full((1, 8), 0.5))
+    value.backward()
+    assert empty.grad is not None

@@ -150,7 +150,7 @@ def test_masks_differ_by_step_and_repeat_for_the_same_step() -> None:
     objective.steps_done.fill_(1)
     assert not torch.equal(first, draw())
     objective.steps_done.fill_(0)
-    objective._draws = (-1, 0)
+    objective._draws = {True: (-1, 0), False: (-1, 0)}
     assert torch.equal(first, draw())
 
 
@@ -217,3 +217,36 @@ def test_dinov2_pretraining_beats_random_init_on_held_out_patients(phantom_dir: 
     records = logged(tmp_path / "run")
     assert len(records) >= 2 and all(np.isfinite(r["loss"]) for r in records)
     assert records[-1]["teacher_entropy"] < math.log(TINY_HEADS["n_prototypes"]) - 0.1, "uniform collapse"
+
+
+def test_a_frozen_last_layer_gets_no_gradient_so_adamw_neither_moves_nor_counts_it() -> None:
+    model = tiny_model()
+    objective = DINOv2Objective(model, n_local=2, local_size=16, freeze_last_layer_steps=1, **TINY_HEADS).train()
+    last = [p for p in objective.heads["dino_head"].last_layer.parameters() if p.requires_grad]
+    assert last, "the prototypes' direction (weight_v) trains"
+    before = [p.detach().clone() for p in last]
+    optimizer = torch.optim.AdamW([*model.parameters(), *objective.parameters()], lr=1e-2, weight_decay=0.1)
+    objective(model, multi_crop_batch(objective))["loss"].backward()
+    objective.before_optimizer_step()
+    assert all(p.grad is None for p in last)
+    optimizer.step()
+    assert all(torch.equal(p, b) for p, b in zip(last, before, strict=True))
+    assert all(p not in optimizer.state for p in last), "no Adam moments or step count while frozen"
+    objective.steps_done.fill_(1)
+    optimizer.zero_grad()
+    objective(model, multi_crop_batch(objective))["loss"].backward()
+    objective.before_optimizer_step()
+    assert all(p.grad is not None for p in last)
+
+
+def test_validation_draws_masks_apart_from_training() -> None:
+    objective = DINOv2Objective(tiny_model(), **TINY_HEADS).train()
+    draw = lambda: batch_masks(8, (4, 4), 0.5, (0.1, 0.5), objective._mask_rng())  # noqa: E731
+    straight = [draw(), draw()]
+    objective._draws = {True: (-1, 0), False: (-1, 0)}
+    first = draw()
+    objective.eval()
+    validation = draw()
+    objective.train()
+    assert torch.equal(first, straight[0]) and torch.equal(draw(), straight[1])
+    assert not torch.equal(validation, straight[1])

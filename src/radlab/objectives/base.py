@@ -57,5 +57,9 @@ class Objective(nn.Module):
         return [p for name in ("image_proj", "text_proj") if getattr(model, name, None) is not None
                 for p in getattr(model, name).parameters()]
 
+    def before_optimizer_step(self) -> None:
+        """Called after the backward passes and gradient clipping, before the optimiser step (DINO drops its last
+        layer's gradients there while that layer is frozen)."""
+
     def after_step(self, model: nn.Module, step: int, total_steps: int) -> None:
         """Called after each optimiser step (EMA teachers, schedules of temperatures or momenta)."""

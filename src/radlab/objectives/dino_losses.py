@@ -80,6 +80,8 @@ class _TeacherTargets(nn.Module):
         """c <- m c + (1 - m) mean(t), the mean over the global batch (all ranks' rows) under DDP."""
         batch_sum = teacher_logits.float().sum(dim=0, keepdim=True)
         n = global_count(len(teacher_logits), teacher_logits.device)
+        if n == 0:  # no rank has rows (nothing masked anywhere): the center stays
+            return
         if world_size() > 1:
             dist.all_reduce(batch_sum)
         batch_center = batch_sum / max(n, 1)
@@ -143,9 +145,7 @@ class IBOTPatchLoss(_TeacherTargets):
                 teacher_temp: float, update: bool = True) -> torch.Tensor:
         """Logits [M, K] of the masked patches in ``mask[mask]`` order; ``mask`` [B, ...] bool."""
         mask = mask.flatten(1)
-        if student_logits.shape[0] == 0:
-            return student_logits.sum() * 0.0
-        targets = self.targets(teacher_logits, teacher_temp, update)
+        targets = self.targets(teacher_logits, teacher_temp, update)  # also with no rows: collectives run
         per_patch = -(targets * F.log_softmax(student_logits.float() / self.student_temp, dim=-1)).sum(dim=-1)
         weight = (1.0 / mask.sum(dim=1, keepdim=True).clamp(min=1)).expand_as(mask)[mask]
         return (per_patch * weight).sum() / mask.shape[0]
@@ -156,15 +156,18 @@ def koleo_loss(features: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
 
         L = -1/n sum_i log( min_{j != i} ||x_i - x_j|| )   on L2-normalised x,
 
-    which pushes the features of a batch apart. DINOv2 applies it per global view with weight 0.1.
+    which pushes the features of a batch apart. DINOv2 applies it per global view with weight 0.1. It runs in
+    float32 with autocast off, as DINOv2's does: near-identical features' nearest neighbours need more than
+    bf16's precision (about 0.004 near cosine 1).
     """
-    x = F.normalize(features.float(), dim=-1, eps=eps)
-    with torch.no_grad():
-        similarity = x @ x.T
-        similarity.fill_diagonal_(-2.0)
-        nearest = similarity.argmax(dim=1)
-    distance = (x - x[nearest]).norm(dim=-1)
-    return -(distance + eps).log().mean()
+    with torch.autocast(features.device.type, enabled=False):
+        x = F.normalize(features.float(), dim=-1, eps=eps)
+        with torch.no_grad():
+            similarity = x @ x.T
+            similarity.fill_diagonal_(-2.0)
+            nearest = similarity.argmax(dim=1)
+        distance = (x - x[nearest]).norm(dim=-1)
+        return -(distance + eps).log().mean()
 
 
 @torch.no_grad()

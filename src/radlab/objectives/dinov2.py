@@ -177,12 +177,8 @@ class DINOv2Objective(Objective):
                           local_scale=tuple(local_scale), ratio=tuple(crop_ratio), jitter=jitter, gamma=gamma,
                           hflip=hflip)
         self.export = export
-        self.seed, self._draws = seed, (-1, 0)
+        self.seed, self._draws = seed, {True: (-1, 0), False: (-1, 0)}  # per mode: (step, draws in it)
         self.freeze_last_layer_steps = freeze_last_layer_steps
-        for head in self.heads.values():
-            for param in head.last_layer.parameters():
-                if param.requires_grad:
-                    param.register_hook(self._maybe_freeze)
 
     def unused_parameters(self, model: nn.Module) -> list[nn.Parameter]:
         """Besides the projections: the mask tokens when iBOT is off (nothing is masked)."""
@@ -192,9 +188,13 @@ class DINOv2Objective(Objective):
             unused += [self.mask_token] if self.mask_token is not None else [hf.embeddings.mask_token]
         return unused
 
-    def _maybe_freeze(self, grad: torch.Tensor) -> torch.Tensor:
-        """DINO keeps the prototypes still for the first steps (zero gradient) to stabilise the start."""
-        return torch.zeros_like(grad) if int(self.steps_done) < self.freeze_last_layer_steps else grad
+    def before_optimizer_step(self) -> None:
+        """DINO keeps the prototypes still for the first steps to stabilise the start: their gradients are
+        dropped (None, as DINO's ``cancel_gradients_last_layer``), so AdamW neither moves, decays nor counts them."""
+        if int(self.steps_done) < self.freeze_last_layer_steps:
+            for head in self.heads.values():
+                for param in head.last_layer.parameters():
+                    param.grad = None
 
     def train(self, mode: bool = True) -> DINOv2Objective:
         super().train(mode)
@@ -206,12 +206,15 @@ class DINOv2Objective(Objective):
         return MultiCrop(image_size, local, **{k: v for k, v in self.crops.items() if k != "local_size"})
 
     def _mask_rng(self) -> random.Random:
-        """A generator keyed by (seed, rank, step, draw within the step): each rank masks differently, and a
-        resumed run draws the masks the uninterrupted run would have drawn (``steps_done`` is saved state)."""
-        step = int(self.steps_done)
-        draw = self._draws[1] + 1 if self._draws[0] == step else 0
-        self._draws = (step, draw)
-        return random.Random(f"dinov2-masks:{self.seed}:{distrib.rank()}:{step}:{draw}")
+        """A generator keyed by (seed, rank, mode, step, draw within the step): each rank masks differently,
+        validation draws apart from training, and a resumed run draws the masks the uninterrupted run would
+        have drawn (``steps_done`` is saved state)."""
+        step, mode = int(self.steps_done), self.training
+        last, count = self._draws[mode]
+        draw = count + 1 if last == step else 0
+        self._draws[mode] = (step, draw)
+        kind = "train" if mode else "val"
+        return random.Random(f"dinov2-masks:{self.seed}:{distrib.rank()}:{kind}:{step}:{draw}")
 
     def _ibot_head(self, heads: nn.ModuleDict) -> nn.Module:
         return heads["ibot_head"] if "ibot_head" in heads else heads["dino_head"]
@@ -241,7 +244,7 @@ class DINOv2Objective(Objective):
         koleo = sum(koleo_loss(x) for x in s_cls.chunk(n_global))
         loss = self.weights["dino"] * dino + self.weights["koleo"] * koleo
         terms = {"dino": dino.detach(), "koleo": koleo.detach()}
-        if use_ibot and mask is not None and mask.any():
+        if use_ibot and mask is not None:  # also where this rank masked nothing: the loss's collectives run
             with torch.no_grad():
                 t_ibot = self._ibot_head(self.teacher)(t_patches[mask])
             s_ibot = self._ibot_head(self.heads)(s_patches[mask])

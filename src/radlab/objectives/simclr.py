@@ -36,13 +36,14 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Ten
     ``z1[i]`` and ``z2[i]`` are the two views of this rank's i-th image. The columns are all ranks' first
     views then all ranks' second views (gathered with gradients); this rank scores its own 2B rows against
     them and returns its share of the global mean (``global_mean``). Ranks may hold different B. On a single
-    process this is the usual NT-Xent over the batch."""
+    process this is the usual NT-Xent over the batch. The similarities are float32 (autocast off)."""
     dtype = torch.promote_types(z1.dtype, torch.float32)
     z1, z2 = F.normalize(z1.to(dtype), dim=-1), F.normalize(z2.to(dtype), dim=-1)
     all_z1, offset = gather_with_grad(z1)
     all_z2, _ = gather_with_grad(z2)
     n_global = len(all_z1)
-    logits = torch.cat([z1, z2]) @ torch.cat([all_z1, all_z2]).T / temperature
+    with torch.autocast(z1.device.type, enabled=False):
+        logits = torch.cat([z1, z2]) @ torch.cat([all_z1, all_z2]).T / temperature
     local = torch.arange(len(z1), device=z1.device) + offset
     own = torch.cat([local, local + n_global])  # each row's own column
     pair = torch.cat([local + n_global, local])

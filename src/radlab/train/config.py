@@ -56,7 +56,8 @@ class DataConfig(BaseModel):
 class OptimConfig(BaseModel):
     """``batch_size`` is the global batch of one optimiser step: each of W ranks takes
     batch_size / (W * accumulation) samples per micro-batch, so W and accumulation leave the run unchanged
-    (contrastive negatives, though, come from one micro-batch gathered over ranks)."""
+    (contrastive negatives, though, come from one micro-batch gathered over ranks, and DINOv2's centre,
+    Sinkhorn-Knopp and KoLeo work per micro-batch: docs/training.md)."""
 
     model_config = ConfigDict(extra="forbid")
     steps: int = 200

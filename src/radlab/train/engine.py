@@ -278,6 +278,7 @@ class Trainer:
             params = [p for g in self.optimizer.param_groups for p in g["params"]]
             norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.grad_clip).detach()
             sums["grad_norm"] = norm.full_tensor() if self.sharded else norm  # a DTensor when sharded
+        self.objective.before_optimizer_step()
         self.optimizer.step()
         self.scheduler.step()
         self.step += 1
