@@ -95,7 +95,8 @@ def test_retrieval_local_ranks_reports_by_word_region_similarity(gloria_encoder:
     reports = [str(split_table.texts()[r]) for r in rows[first]]
     scores = _local_reference(gloria_encoder, split_table, rows, reports)
     dummy = np.zeros((len(rows), 1))
-    expected = recall_at_k(*correct_key_positions(dummy, dummy[first], studies, studies[first], scores=scores))
+    above, tied, correct = correct_key_positions(dummy, dummy[first], studies, studies[first], scores=scores)
+    expected = recall_at_k(above, tied, tied_correct=correct)
     found = out["report"]["image_to_text"]
     assert out["similarity"] == "local" and {k: found[k] for k in expected} == pytest.approx(expected)
     cosine = retrieval(_context(gloria_encoder, split_table, "retrieval", "global"))["report"]["image_to_text"]

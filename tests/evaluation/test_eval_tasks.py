@@ -244,6 +244,24 @@ def test_shots_come_from_distinct_patients() -> None:
         assert len(set(patients[rows])) == 4 and set(rows) <= set(candidates)
 
 
+def test_no_patient_gives_both_a_positive_and_a_negative_shot() -> None:
+    """Longitudinal data: each of 6 patients has a positive and a negative visit; K = 3 takes them all."""
+    from types import SimpleNamespace
+
+    from radlab.evaluation.kshot import draw_shots, kshot_findings
+
+    patients = np.repeat([f"p{i}" for i in range(6)], 2)
+    labels = np.tile([1.0, 0.0], 6)
+    for seed in range(50):
+        rng = np.random.default_rng(seed)
+        positives = draw_shots(rng, np.flatnonzero(labels == 1), patients, 3)
+        negatives = draw_shots(rng, np.flatnonzero(labels == 0), patients, 3, exclude=patients[positives])
+        assert not set(patients[positives]) & set(patients[negatives])
+    ctx = SimpleNamespace(label_names=["a"], rows=lambda split: np.arange(12), patients=lambda rows: patients[rows])
+    y = {"train": labels[:, None], "test": np.array([[1.0], [0.0]])}
+    assert kshot_findings(ctx, y, 3) == [0] and kshot_findings(ctx, y, 4) == []
+
+
 def test_every_shot_and_fraction_averages_the_same_findings(tiny_encoder: RadEncoder, split_table: RecordTable,
                                                             labels: list[str], cache_dir: Path) -> None:
     from radlab.evaluation import kshot

@@ -29,10 +29,11 @@ def first_per_study(studies: np.ndarray) -> np.ndarray:
 
 def direction(ctx: EvalContext, name: str, queries: np.ndarray, keys: np.ndarray, q_groups: np.ndarray,
               k_groups: np.ndarray, q_patients: np.ndarray, scores: np.ndarray | None = None) -> dict:
-    above, tied = correct_key_positions(queries, keys, q_groups, k_groups, int(ctx.option("chunk", 4096)), scores)
-    out = {**recall_at_k(above, tied), "n_queries": int(len(above)), "n_keys": int(len(keys))}
+    above, tied, correct = correct_key_positions(queries, keys, q_groups, k_groups, int(ctx.option("chunk", 4096)),
+                                                 scores)
+    out = {**recall_at_k(above, tied, tied_correct=correct), "n_queries": int(len(above)), "n_keys": int(len(keys))}
     for k in (1, 10):
-        hits = expected_hits(above, tied, k)
+        hits = expected_hits(above, tied, k, correct)
         out[f"R@{k}_ci"] = ctx.interval(f"{name}/R@{k}", lambda i, h=hits: float(h[i].mean()), q_patients)
     return out
 

@@ -1,10 +1,11 @@
-"""Label-efficient probes: K positives and K negatives per finding (K-shot), and fractions of the training
-patients; every setting repeated over seeds and reported as mean and standard deviation of macro AUC.
+"""Label-efficient probes: K positive and K other negative patients per finding (K-shot), and fractions of the
+training patients; every setting repeated over seeds and reported as mean and standard deviation of macro AUC.
 
 Every setting averages the same findings, so a curve over K or over fractions measures the probe, not which
-findings happened to be drawable: K-shot uses the findings with at least max(K) positive and max(K) negative
-training patients; the fractions use the linear probe's findings, and a finding a sampled fraction has no
-positives (or no negatives) for scores as chance (a constant score, AUC 0.5), counted in ``n_unfit``.
+findings happened to be drawable: K-shot uses the findings whose training patients always allow max(K)
+positive and max(K) other negative patients; the fractions use the linear probe's findings, and a finding a
+sampled fraction has no positives (or no negatives) for scores as chance (a constant score, AUC 0.5), counted
+in ``n_unfit``.
 """
 
 from __future__ import annotations
@@ -22,28 +23,36 @@ N_SEEDS = 5
 
 
 def kshot_findings(ctx: EvalContext, y: dict, k_max: int) -> list[int]:
-    """Label columns with at least ``k_max`` positive and negative training patients and both classes in test."""
+    """Label columns with both classes in test whose training patients always allow ``k_max`` positive and
+    ``k_max`` other negative patients (a patient can have both: positive at one visit, negative at the next)."""
     patients = ctx.patients(ctx.rows("train"))
-    return [j for j in range(len(ctx.label_names))
-            if min(len(np.unique(patients[y["train"][:, j] == c])) for c in (0, 1)) >= k_max
-            and two_class(y["test"][:, j])]
+    columns = []
+    for j in range(len(ctx.label_names)):
+        positive, negative = (set(patients[y["train"][:, j] == c]) for c in (1, 0))
+        if len(positive) >= k_max and len(negative) - min(k_max, len(positive & negative)) >= k_max \
+                and two_class(y["test"][:, j]):
+            columns.append(j)
+    return columns
 
 
-def draw_shots(rng: np.random.Generator, candidates: np.ndarray, patients: np.ndarray, k: int) -> np.ndarray:
-    """One image from each of ``k`` distinct patients among the candidate rows."""
+def draw_shots(rng: np.random.Generator, candidates: np.ndarray, patients: np.ndarray, k: int,
+               exclude: np.ndarray = np.array([], dtype=str)) -> np.ndarray:
+    """One image from each of ``k`` distinct patients among the candidate rows, none of them in ``exclude``."""
     owners = patients[candidates]
-    chosen = rng.choice(np.unique(owners), k, replace=False)
+    chosen = rng.choice(np.setdiff1d(np.unique(owners), exclude), k, replace=False)
     return np.array([rng.choice(candidates[owners == p]) for p in chosen])
 
 
 def kshot_macro_auc(ctx: EvalContext, x: dict, y: dict, columns: list[int], k: int, seed: int) -> float:
-    """Macro test AUC over ``columns`` of per-finding probes, each trained on K positive and K negative
+    """Macro test AUC over ``columns`` of per-finding probes, each trained on K positive and K other negative
     patients (one image each) drawn with ``seed``."""
     rng = np.random.default_rng(seed)
     patients = ctx.patients(ctx.rows("train"))
     values = []
     for j in columns:
-        rows = np.concatenate([draw_shots(rng, np.flatnonzero(y["train"][:, j] == c), patients, k) for c in (1, 0)])
+        positives = draw_shots(rng, np.flatnonzero(y["train"][:, j] == 1), patients, k)
+        negatives = draw_shots(rng, np.flatnonzero(y["train"][:, j] == 0), patients, k, exclude=patients[positives])
+        rows = np.concatenate([positives, negatives])
         known_val, known_test = np.isin(y["val"][:, j], (0, 1)), np.isin(y["test"][:, j], (0, 1))
         probe = fit_binary_probe(x["train"][rows], y["train"][rows, j], x["val"][known_val],
                                  y["val"][known_val, j], seed)

@@ -122,17 +122,27 @@ def dice_iou(truth: np.ndarray, predicted: np.ndarray) -> tuple[np.ndarray, np.n
     return dice, iou
 
 
-def expected_hits(above: np.ndarray, tied: np.ndarray, k: int) -> np.ndarray:
+def expected_hits(above: np.ndarray, tied: np.ndarray, k: int, tied_correct: np.ndarray | None = None) -> np.ndarray:
     """Per query, the chance that a correct key is in the top ``k`` when ``above`` keys score higher than the
-    best correct key and ``tied`` incorrect keys score the same, ties broken uniformly at random."""
-    return np.clip((k - np.asarray(above)) / (np.asarray(tied) + 1.0), 0.0, 1.0)
+    best correct key and ``tied`` incorrect and ``tied_correct`` correct keys (the best one included; 1 when
+    not given) score the same as it, ties broken uniformly at random: with m = k - above places left in the tie
+    group, 1 - C(tied, m) / C(tied + tied_correct, m)."""
+    above, tied = np.asarray(above, np.float64), np.asarray(tied, np.float64)
+    correct = np.ones_like(tied) if tied_correct is None else np.asarray(tied_correct, np.float64)
+    places = np.clip(k - above, 0.0, None)
+    miss = np.ones_like(tied)
+    for i in range(1, int(correct.max(initial=1)) + 1):  # C(t, m) / C(t + c, m) = prod_i (t - m + i) / (t + i)
+        miss *= np.where(i <= correct, np.clip((tied - places + i) / (tied + i), 0.0, 1.0), 1.0)
+    return np.where(places > 0, 1.0 - miss, 0.0)
 
 
-def recall_at_k(above: np.ndarray, tied: np.ndarray, ks: Sequence[int] = RECALL_KS) -> dict[str, float]:
-    """Expected R@K and the median of expected ranks (1 + above + tied / 2): an encoder that scores every
-    key alike gets chance recall, not perfect recall."""
-    out = {f"R@{k}": float(expected_hits(above, tied, k).mean()) for k in ks}
-    out["median_rank"] = float(np.median(1 + np.asarray(above) + np.asarray(tied) / 2))
+def recall_at_k(above: np.ndarray, tied: np.ndarray, ks: Sequence[int] = RECALL_KS,
+                tied_correct: np.ndarray | None = None) -> dict[str, float]:
+    """Expected R@K and the median of expected ranks of the first correct key (1 + above + tied /
+    (tied_correct + 1)): an encoder that scores every key alike gets chance recall, not perfect recall."""
+    correct = np.ones(len(np.asarray(tied))) if tied_correct is None else np.asarray(tied_correct, np.float64)
+    out = {f"R@{k}": float(expected_hits(above, tied, k, correct).mean()) for k in ks}
+    out["median_rank"] = float(np.median(1 + np.asarray(above) + np.asarray(tied) / (correct + 1)))
     return out
 
 

@@ -42,15 +42,17 @@ def chunked_topk(queries: np.ndarray, keys: np.ndarray, k: int, chunk: int = CHU
 @torch.no_grad()
 def correct_key_positions(queries: np.ndarray, keys: np.ndarray, query_groups: np.ndarray,
                           key_groups: np.ndarray, chunk: int = CHUNK,
-                          scores: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                          scores: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per query, where its best-scoring correct key lands: (keys scoring higher, incorrect keys tying with
-    it within ``TIE_TOLERANCE``). ``metrics.recall_at_k`` turns them into expected recall under random
-    tie-breaking, so identical reports or a collapsed tower do not count as hits. Scores are the dot products
-    of ``queries`` and ``keys``, or the given [Q, K] ``scores`` (e.g. word-region similarities)."""
+    it within ``TIE_TOLERANCE``, correct keys tying with it, itself included). ``metrics.recall_at_k`` turns
+    them into expected recall under random tie-breaking, so identical reports or a collapsed tower do not count
+    as hits, and a query with several correct keys (a study's images) gets its chance, not less. Scores are
+    the dot products of ``queries`` and ``keys``, or the given [Q, K] ``scores`` (e.g. word-region
+    similarities)."""
     _, qg = np.unique(np.concatenate([query_groups, key_groups]), return_inverse=True)
     qg, kg = torch.as_tensor(qg[:len(query_groups)]), torch.as_tensor(qg[len(query_groups):])
     q, kk = _as_tensor(queries), _as_tensor(keys)
-    above, tied = [], []
+    above, tied, tied_correct = [], [], []
     for start in range(0, q.shape[0], chunk):
         sims = _as_tensor(scores[start:start + chunk]) if scores is not None else q[start:start + chunk] @ kk.T
         correct = qg[start:start + chunk, None] == kg[None, :]
@@ -58,8 +60,10 @@ def correct_key_positions(queries: np.ndarray, keys: np.ndarray, query_groups: n
             raise ValueError("every query needs at least one correct key")
         best = sims.masked_fill(~correct, -torch.inf).max(1).values[:, None]
         above.append((sims > best + TIE_TOLERANCE).sum(1).numpy())
-        tied.append((((sims - best).abs() <= TIE_TOLERANCE) & ~correct).sum(1).numpy())
-    return np.concatenate(above), np.concatenate(tied)
+        tie = (sims - best).abs() <= TIE_TOLERANCE
+        tied.append((tie & ~correct).sum(1).numpy())
+        tied_correct.append((tie & correct).sum(1).numpy())
+    return np.concatenate(above), np.concatenate(tied), np.concatenate(tied_correct)
 
 
 SECTION = re.compile(r"\b(FINDINGS|IMPRESSION|INDICATION|COMPARISON|HISTORY|TECHNIQUE)\s*:", re.IGNORECASE)
