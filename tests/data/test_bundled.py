@@ -13,6 +13,20 @@ def test_mesh_tags_map_to_canonical_labels():
     assert mesh_labels("normal")["no_finding"] == 1
 
 
+@pytest.mark.parametrize(("mesh", "expected"), [
+    ("Cardiac Shadow/enlarged/mild", {"cardiomegaly": 1, "enlarged_cardiomediastinum": 1}),
+    ("Costophrenic Angle/right/blunted", {"pleural_effusion": -1, "pleural_thickening": 0}),
+    ("Costophrenic Angle/right/blunted;Pleural Effusion/right", {"pleural_effusion": 1}),
+    ("Mediastinum/prominent", {"enlarged_cardiomediastinum": -1, "cardiomegaly": 0}),
+    ("Hydropneumothorax/right", {"pneumothorax": 1}),
+    ("Bullous Emphysema/lung/apex", {"emphysema": 1}),
+    ("Aortic Aneurysm", {"aortic_enlargement": 1}),
+])
+def test_mesh_synonyms_are_not_read_as_negatives(mesh: str, expected: dict[str, float]) -> None:
+    labels = mesh_labels(mesh)
+    assert {name: labels[name] for name in expected} == expected
+
+
 def test_bundled_iu_xray_reports_load_as_records(data_root):
     tables = load_bundled(data_root)
     if "iu_xray_reports" not in tables:

@@ -13,3 +13,15 @@ def test_covid_xray_only_diagnosis_paths_and_todo(tmp_path):
     normal = frame.loc["covid_normal-7"]
     assert normal["label_no_finding"] == 1 and normal["label_pneumonia"] == 0 and normal["view"] == "LAT"
     assert np.isnan(frame.loc["covid_todo-8", ["label_pneumonia", "label_no_finding"]].astype(float)).all()
+
+
+def test_unknown_diagnosis_and_supine_code(tmp_path):
+    import pandas as pd
+
+    root = fx.build_covid(tmp_path)
+    meta = pd.read_csv(root / "metadata.csv")
+    meta.loc[meta["finding"] == "todo", ["finding", "view"]] = ["Unknown", "APS"]
+    meta.to_csv(root / "metadata.csv", index=False)
+    row = CovidIEEESource().load(root).frame.set_index("id").loc["covid_todo-8"]
+    assert np.isnan(row[["label_pneumonia", "label_tuberculosis", "label_no_finding"]].astype(float)).all()
+    assert row["view"] == "AP"

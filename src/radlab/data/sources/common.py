@@ -115,7 +115,7 @@ def age_years(value: Any) -> float:
     return years if 0 <= years <= 120 else NAN
 
 
-_VIEWS = {"PA": "PA", "POSTEROANTERIOR": "PA", "AP": "AP", "ANTEROPOSTERIOR": "AP", "AP SUPINE": "AP",
+_VIEWS = {"PA": "PA", "POSTEROANTERIOR": "PA", "AP": "AP", "ANTEROPOSTERIOR": "AP", "AP SUPINE": "AP", "APS": "AP",
           "AP SEMI ERECT": "AP", "AP ERECT": "AP", "AP_HORIZONTAL": "AP", "AP HORIZONTAL": "AP",
           "L": "LAT", "LL": "LAT", "RL": "LAT", "LAT": "LAT", "LATERAL": "LAT", "XTABLE LATERAL": "LAT",
           "FRONTAL": "FRONTAL"}

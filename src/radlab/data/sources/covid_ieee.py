@@ -23,7 +23,7 @@ LABEL_MAP: dict[str, str] = {
     "Mycobacterium": "tuberculosis",
     "No Finding": "no_finding",
 }
-UNDIAGNOSED = {"todo", ""}
+UNDIAGNOSED = {"todo", "unknown", ""}  # no diagnosis: every finding stays unannotated
 COLUMNS = ["patientid", "offset", "sex", "age", "finding", "view", "modality", "folder", "filename"]
 
 

@@ -3,7 +3,8 @@
 MeSH tags are expert-coded for every indexed report, so a finding without a tag is read as negative (0), and
 the "normal" tag sets no_finding. A report that was not indexed (no terms, or only "No Indexing" /
 "Technical Quality of Image Unsatisfactory") is unlabelled: every finding NaN. A "borderline" qualifier such
-as ``Cardiomegaly/borderline`` is read as uncertain (-1). Images, when present, are expected at
+as ``Cardiomegaly/borderline`` is read as uncertain (-1), and so are tags that suggest a finding without
+naming it (``UNCERTAIN_MAP``: ``Costophrenic Angle/blunted`` for effusion). Images, when present, are expected at
 ``images/images_normalized/<filename>``.
 """
 
@@ -57,6 +58,9 @@ MESH_MAP: dict[str, str] = {
     "Pulmonary Fibrosis": "fibrosis",
     "Lung Diseases, Interstitial": "interstitial_lung_disease",
     "Tuberculosis": "tuberculosis",
+    "Hydropneumothorax": "pneumothorax",
+    "Bullous Emphysema": "emphysema",
+    "Aortic Aneurysm": "aortic_enlargement",
 }
 QUALIFIED_MAP: dict[tuple[str, str], str] = {
     ("Thickening", "pleura"): "pleural_thickening",
@@ -64,12 +68,19 @@ QUALIFIED_MAP: dict[tuple[str, str], str] = {
     ("Aorta", "enlarged"): "aortic_enlargement",
     ("Aorta, Thoracic", "tortuous"): "aortic_enlargement",
     ("Aorta, Thoracic", "enlarged"): "aortic_enlargement",
-    ("Cardiac Shadow", "enlarged"): "enlarged_cardiomediastinum",
+    ("Cardiac Shadow", "enlarged"): "cardiomegaly",  # an enlarged cardiac silhouette (its parent follows)
     ("Mediastinum", "enlarged"): "enlarged_cardiomediastinum",
+}
+# Tags that suggest a finding without naming it: a blunted costophrenic angle (a small effusion, or pleural
+# scarring), a prominent mediastinum or aorta (possibly widened).
+UNCERTAIN_MAP: dict[tuple[str, str], str] = {
+    ("Costophrenic Angle", "blunted"): "pleural_effusion",
+    ("Mediastinum", "prominent"): "enlarged_cardiomediastinum",
+    ("Aorta", "prominent"): "aortic_enlargement",
 }
 UNCERTAIN_QUALIFIERS = {"borderline"}
 NOT_INDEXED = {"No Indexing", "Technical Quality of Image Unsatisfactory"}  # terms that say nothing of findings
-_TAGGED = set(MESH_MAP.values()) | set(QUALIFIED_MAP.values())
+_TAGGED = set(MESH_MAP.values()) | set(QUALIFIED_MAP.values()) | set(UNCERTAIN_MAP.values())
 LABELLED = sorted(_TAGGED | {p for name in _TAGGED for p in ancestors(name)} | {"no_finding"})
 PROJECTION_VIEW = {"Frontal": "FRONTAL", "Lateral": "LAT"}
 
@@ -85,11 +96,12 @@ def mesh_labels(mesh: str) -> dict[str, float]:
     for term in terms:
         head, *qualifiers = [p.strip() for p in term.split("/")]
         value = UNCERTAIN if UNCERTAIN_QUALIFIERS & set(qualifiers) else POSITIVE
-        names = [MESH_MAP[head]] if head in MESH_MAP else []
-        names += [QUALIFIED_MAP[(head, q)] for q in qualifiers if (head, q) in QUALIFIED_MAP]
-        for name in names:
+        found = [(MESH_MAP[head], value)] if head in MESH_MAP else []
+        found += [(QUALIFIED_MAP[(head, q)], value) for q in qualifiers if (head, q) in QUALIFIED_MAP]
+        found += [(UNCERTAIN_MAP[(head, q)], UNCERTAIN) for q in qualifiers if (head, q) in UNCERTAIN_MAP]
+        for name, tagged in found:
             if labels[name] != POSITIVE:
-                labels[name] = value
+                labels[name] = tagged
     return propagate_to_parents(labels)
 
 
