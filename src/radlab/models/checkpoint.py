@@ -8,8 +8,6 @@ architecture and tokenizer from there before every weight is replaced by the fol
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -18,6 +16,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 
 from radlab import __version__
+from radlab.atomic import replace_folder, temp_folder
 from radlab.models.encoder import LabelHead, RadEncoder
 from radlab.models.image_towers import IMAGE_TOWERS, INITIAL_WEIGHTS
 from radlab.models.local_matching import LocalMatcher
@@ -42,7 +41,7 @@ def save_encoder(model: RadEncoder, directory: Path | str, image_tower_spec: dic
     objective's heads, ``Objective.checkpoint_files``)."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
+    tmp = temp_folder(directory)
     spec = {
         "radlab_version": __version__,
         "image_tower": image_tower_spec,
@@ -67,9 +66,7 @@ def save_encoder(model: RadEncoder, directory: Path | str, image_tower_spec: dic
         save_file({k: v.detach().cpu().clone(memory_format=torch.contiguous_format)
                    for k, v in tensors.items()}, str(tmp / name))  # contiguous, no shared storage
     (tmp / SPEC_FILE).write_text(json.dumps(spec, indent=2))
-    if directory.exists():
-        shutil.rmtree(directory)
-    tmp.replace(directory)
+    replace_folder(tmp, directory)
     return directory
 
 

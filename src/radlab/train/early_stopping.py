@@ -45,4 +45,5 @@ class EarlyStopper:
 
     def load_state_dict(self, state: dict) -> None:
         self.best, self.bad = float(state["best"]), int(state["bad"])
-        self.best_step, self.snapshot = state["best_step"], state["snapshot"]
+        self.best_step = state["best_step"]
+        self.snapshot = cpu_copy(state["snapshot"])  # on the CPU, where a state loaded onto the GPU put it

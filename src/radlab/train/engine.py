@@ -46,7 +46,15 @@ from radlab.train.loader import Position, RankedBatchSampler, SeededDataset, str
 from radlab.train.optim import cosine_weight_decay, cosine_with_warmup, param_groups
 from radlab.train.run_log import RunLog
 from radlab.train.setup import build_model, build_objective, run_tables, seed_everything, training_labels
-from radlab.train.state import latest_state, load_state, rng_state, save_state, set_rng_state
+from radlab.train.state import (
+    changed_fields,
+    latest_state,
+    load_state,
+    rng_state,
+    run_fingerprint,
+    save_state,
+    set_rng_state,
+)
 
 log = logging.getLogger(__name__)
 
@@ -146,9 +154,10 @@ class Trainer:
                 raise FileNotFoundError(
                     f"{len(missing)} of {len(probe)} probed image files of the {split} split are missing (e.g. "
                     f"{chosen.image_path(int(missing[0]))}); image objectives need the images on disk")
-        if len(chosen) < self.micro_batch * self.env.world_size:
+        needed = self.cfg.optim.batch_size if split == "train" else self.micro_batch * self.env.world_size
+        if len(chosen) < needed:
             raise ValueError(f"the {split} split has {len(chosen)} {kind} (of {len(table)} records), fewer than "
-                             f"one global batch of {self.micro_batch * self.env.world_size}")
+                             f"one batch of {needed}")
         return chosen
 
     def _loader(self, table: RecordTable, transform: object, shuffle: bool) -> tuple[DataLoader, RankedBatchSampler]:
@@ -157,7 +166,7 @@ class Trainer:
                    if self.objective.requires_images else ReportDataset(table))
         dataset = SeededDataset(records, self.cfg.seed)
         sampler = RankedBatchSampler(len(dataset), self.micro_batch, self.cfg.seed, self.env.rank,
-                                     self.env.world_size, shuffle)
+                                     self.env.world_size, shuffle, self.cfg.optim.accumulation if shuffle else 1)
         # The loader's own generator: creating an iterator (each epoch) must not draw from the global RNG,
         # whose state training states restore; augmentation is seeded per sample by SeededDataset.
         loader = DataLoader(dataset, batch_sampler=sampler, num_workers=self.cfg.optim.num_workers,
@@ -184,7 +193,7 @@ class Trainer:
         pos = self.sampler.position
         model, objective, optimizer = self._model_states()
         return {"step": self.step, "elapsed": self.elapsed(), "epoch": pos.epoch, "samples": pos.samples,
-                "replaced": self.replaced,
+                "replaced": distrib.global_count(self.replaced, self.env.device), "config": run_fingerprint(self.cfg),
                 "model": model, "objective": objective,
                 "optimizer": optimizer, "scheduler": self.scheduler.state_dict(),
                 "ema": self.ema.state_dict() if self.ema else None,
@@ -227,7 +236,7 @@ class Trainer:
         if self.stopper is not None and state["early_stopping"] is not None:
             self.stopper.load_state_dict(state["early_stopping"])
         self.step, self.elapsed_before = int(state["step"]), float(state["elapsed"])
-        self.replaced = int(state.get("replaced", 0))
+        self.replaced = int(state.get("replaced", 0)) if self.env.is_main else 0  # every rank's, summed
         self.sampler.position = Position(int(state["epoch"]), int(state["samples"]))
         rngs = state["rng"]
         if len(rngs) != self.env.world_size:
@@ -250,7 +259,12 @@ class Trainer:
         if path is None:
             log.warning("resume requested but %s has no saved state; starting from scratch", self.out / "state")
             return
-        self.load_state_dict(load_state(path, self.env.device))
+        state = load_state(path, self.env.device)
+        changed = changed_fields(state.get("config"), run_fingerprint(self.cfg))
+        if changed:
+            raise ValueError(f"cannot resume {path}: the config differs from that run's in {changed}; resume "
+                             "needs the same run (a new run can start from its checkpoint with init_from=...)")
+        self.load_state_dict(state)
         log.info("resumed from %s at step %d", path, self.step)
 
     # --- the loop --------------------------------------------------------------------------------------
@@ -278,14 +292,15 @@ class Trainer:
             params = [p for g in self.optimizer.param_groups for p in g["params"]]
             norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.grad_clip).detach()
             sums["grad_norm"] = norm.full_tensor() if self.sharded else norm  # a DTensor when sharded
+        if self.cfg.optim.weight_decay_end is not None:  # this step's value, as the lr below
+            sums["weight_decay"] = torch.tensor(cosine_weight_decay(
+                self.optimizer, self.step, self.cfg.optim.steps, self.cfg.optim.weight_decay,
+                self.cfg.optim.weight_decay_end))
+        sums["lr"] = torch.tensor(self.scheduler.get_last_lr()[0])
         self.objective.before_optimizer_step()
         self.optimizer.step()
         self.scheduler.step()
         self.step += 1
-        if self.cfg.optim.weight_decay_end is not None:
-            sums["weight_decay"] = torch.tensor(cosine_weight_decay(
-                self.optimizer, self.step, self.cfg.optim.steps, self.cfg.optim.weight_decay,
-                self.cfg.optim.weight_decay_end))
         for scale in self.scales:
             scale.clamp_scale_()
         self.objective.after_step(self.model, self.step, self.cfg.optim.steps)
@@ -295,7 +310,15 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
-        """Mean of each objective term over the validation split (all ranks), in eval mode."""
+        """Mean of each objective term over the validation split (all ranks), in eval mode; the random
+        generators are left as validation found them, so validating changes nothing of the training run."""
+        saved = rng_state()
+        try:
+            return self._validate()
+        finally:
+            set_rng_state(saved)
+
+    def _validate(self) -> dict[str, float]:
         loader, sampler = self.val
         limit = self.cfg.early_stopping.max_batches
         self.module.eval()
@@ -320,14 +343,13 @@ class Trainer:
         batches = stream(self.loader, self.sampler)
         self.started, first_step, reason = time.time(), self.step, "steps"
         loss: float | None = None
-        with RunLog(self.out, main, append=cfg.resume) as run_log, \
+        with RunLog(self.out, main, after=self.step if cfg.resume else None) as run_log, \
                 StepProgress(cfg.name, total, self.step, progress and main) as shown:
             while self.step < total:
                 terms = self.train_step(batches)
                 rate = (self.step - first_step) / max(time.time() - self.started, 1e-9)
                 if self.step % cfg.optim.log_every == 0 or self.step == total:
-                    record = {"step": self.step, "epoch": self.sampler.position.epoch,
-                              "lr": self.scheduler.get_last_lr()[0], "seconds": round(self.elapsed(), 2),
+                    record = {"step": self.step, "epoch": self.sampler.position.epoch, "seconds": round(self.elapsed(), 2),
                               "samples_per_s": round(rate * cfg.optim.batch_size, 2),
                               **{k: float(distrib.all_reduce_mean(v)) for k, v in terms.items()}}
                     if cfg.data.unreadable_images == "skip":
@@ -335,8 +357,6 @@ class Trainer:
                     run_log.write(record, "train")
                     loss = record["loss"]
                 shown.update(self.step, rate, loss)
-                if cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0:
-                    self.checkpoint()
                 stop = False
                 if self.stopper is not None and self.step % cfg.early_stopping.every == 0:
                     values = self.validate()
@@ -347,6 +367,8 @@ class Trainer:
                 over = cfg.max_minutes is not None and self.elapsed() > 60 * cfg.max_minutes
                 if distrib.any_rank(over, self.env.device) and not stop:
                     stop, reason = True, "max_minutes"
+                if cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0:
+                    self.checkpoint()  # after this step's validation: a resumed run does not repeat it
                 if stop:
                     break
         saved = cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0

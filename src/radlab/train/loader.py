@@ -50,14 +50,15 @@ class Position:
 
 class RankedBatchSampler(Sampler[list[tuple[int, int]]]):
     """Yields this rank's micro-batches of (epoch, index) keys from ``position`` on; drops the last partial
-    global batch of each epoch."""
+    optimiser batch (``accumulation`` global micro-batches) of each epoch, so accumulation leaves the stream of
+    optimiser batches as one process with the whole batch would see it."""
 
     def __init__(self, n: int, micro_batch: int, seed: int, rank: int = 0, world_size: int = 1,
-                 shuffle: bool = True) -> None:
+                 shuffle: bool = True, accumulation: int = 1) -> None:
         self.n, self.micro_batch, self.seed = n, micro_batch, seed
         self.rank, self.world_size, self.shuffle = rank, world_size, shuffle
         self.global_batch = micro_batch * world_size
-        self.batches_per_epoch = n // self.global_batch
+        self.batches_per_epoch = n // (self.global_batch * accumulation) * accumulation
         self.position = Position()
 
     def __len__(self) -> int:

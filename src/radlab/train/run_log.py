@@ -10,12 +10,18 @@ from torch.utils.tensorboard import SummaryWriter
 
 
 class RunLog:
-    """Records like ``{"step": 10, "loss": 0.7, ...}`` go to both files; ``append`` keeps the lines of the
-    run being resumed. On other ranks (``main`` false) it writes nothing. A context manager."""
+    """Records like ``{"step": 10, "loss": 0.7, ...}`` go to both files. ``after``: the step a resumed run
+    starts from; the lines of the run up to it are kept, later ones (logged after its last saved state, and
+    logged again now) dropped. On other ranks (``main`` false) it writes nothing. A context manager."""
 
-    def __init__(self, out: Path, main: bool, append: bool) -> None:
+    def __init__(self, out: Path, main: bool, after: int | None = None) -> None:
         self.writer = SummaryWriter(str(out / "tb")) if main else None
-        self.metrics = (out / "metrics.jsonl").open("a" if append else "w") if main else None
+        path = out / "metrics.jsonl"
+        kept = [line for line in (path.read_text().splitlines() if after is not None and path.exists() else [])
+                if line.strip() and json.loads(line)["step"] <= after]
+        self.metrics = path.open("w") if main else None
+        if self.metrics is not None and kept:
+            self.metrics.write("\n".join(kept) + "\n")
 
     def write(self, record: dict, prefix: str) -> None:
         """One record; TensorBoard tags are ``prefix/name`` (a ``val_`` prefix of a name is dropped)."""
@@ -34,3 +40,4 @@ class RunLog:
         if self.metrics is not None:
             self.metrics.close()
             self.writer.close()
+

@@ -16,6 +16,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from pydantic import BaseModel
+
+from radlab.atomic import sync_folder, umask
 
 STATE_DIR = "state"
 _PATTERN = re.compile(r"^step_(\d{8})\.pt$")
@@ -52,11 +55,13 @@ def save_state(out: Path | str, step: int, state: dict[str, Any], keep_last: int
     path = folder / f"step_{step:08d}.pt"
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~umask())
         with os.fdopen(fd, "wb") as handle:
             torch.save(state, handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+        sync_folder(folder)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -94,3 +99,29 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"].cpu())  # a state loaded onto a GPU comes back to where the RNG lives
     if "cuda" in state and torch.cuda.is_initialized():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+RESUME_FREE = {"name", "out", "resume", "max_minutes", "runtime", "checkpoint"}  # a resumed run may change these
+RESUME_FREE_DATA = {"sources", "eval_sources"}  # data may move to other paths
+
+
+def run_fingerprint(cfg: BaseModel) -> dict[str, Any]:
+    """The config fields a resumed run must share with the run it continues: all but ``RESUME_FREE`` and the
+    data paths (a changed batch, schedule, seed, model or objective would silently misread the state)."""
+    dumped = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in RESUME_FREE}
+    dumped["data"] = {k: v for k, v in dumped.get("data", {}).items() if k not in RESUME_FREE_DATA}
+    return dumped
+
+
+def changed_fields(saved: dict[str, Any] | None, current: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted names of the fields that differ between two fingerprints; [] when a state holds none (older)."""
+    if saved is None:
+        return []
+    changed = []
+    for key in sorted(set(saved) | set(current)):
+        a, b = saved.get(key), current.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            changed += changed_fields(a, b, f"{prefix}{key}.")
+        elif a != b:
+            changed.append(prefix + key)
+    return changed

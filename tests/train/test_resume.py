@@ -1,0 +1,76 @@
+"""Resuming the same run: validation at a saved step, accumulation at epoch ends, the logged schedule, the config
+a resumed run must keep, its metrics file, and files readable as the umask allows."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+from pathlib import Path
+
+import pytest
+import torch
+from tiny_runs import interrupted_copy, tiny_config
+
+from radlab.train.engine import pretrain
+from radlab.train.loader import Position, RankedBatchSampler
+from radlab.train.state import latest_state, load_state
+from run_logs import logged
+
+VALIDATED = ["optim.steps=4", "optim.batch_size=8", "data.split_fractions={train: 0.8, val: 0.2}",
+             "checkpoint={every: 2, keep_last: 5}", "early_stopping={metric: loss, every: 2, patience: 5, max_batches: 1}"]
+
+
+def test_a_state_holds_its_steps_validation_and_validation_draws_nothing(tmp_path: Path, phantom_dir: Path) -> None:
+    """MAE draws its masks from the global RNG, in validation too: resumed at a validated step, the run goes on
+    exactly as the straight one."""
+    pretrain(tiny_config("mae", phantom_dir, tmp_path / "a", *VALIDATED), progress=False)
+    assert load_state(tmp_path / "a" / "state" / "step_00000002.pt")["early_stopping"]["best_step"] == 2
+    resumed = interrupted_copy(tmp_path / "a", tmp_path / "b", 2)
+    pretrain(tiny_config("mae", phantom_dir, resumed, *VALIDATED, "resume=true"), progress=False)
+    a, b = (load_state(latest_state(out))["model"] for out in (tmp_path / "a", resumed))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_accumulation_keeps_the_optimiser_batches_across_epochs() -> None:
+    def optimiser_batches(sampler: RankedBatchSampler, per_step: int) -> list[list[tuple[int, int]]]:
+        micro = []
+        for epoch in range(3):
+            sampler.position = Position(epoch, 0)
+            micro += list(sampler)
+        return [sum(micro[i:i + per_step], []) for i in range(0, len(micro), per_step)]
+
+    whole = optimiser_batches(RankedBatchSampler(10, 4, seed=0), 1)
+    assert optimiser_batches(RankedBatchSampler(10, 2, seed=0, accumulation=2), 2) == whole and len(whole) == 6
+
+
+def test_each_logged_step_shows_the_learning_rate_it_trained_with(tmp_path: Path, phantom_dir: Path) -> None:
+    cfg = tiny_config("supervised", phantom_dir, tmp_path, "optim.steps=3", "optim.batch_size=8")
+    pretrain(cfg, progress=False)
+    rates = [r["lr"] for r in logged(tmp_path)]
+    assert rates[:2] == pytest.approx([cfg.optim.lr / 2, cfg.optim.lr]), "warm-up of 2: (s + 1) / 2 at step s"
+
+
+def test_resume_refuses_a_changed_run_and_keeps_one_line_per_step(tmp_path: Path, phantom_dir: Path) -> None:
+    extra = ["optim.steps=4", "optim.batch_size=8", "checkpoint={every: 2, keep_last: 5}"]
+    pretrain(tiny_config("supervised", phantom_dir, tmp_path / "a", *extra), progress=False)
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    (tmp_path / "b" / "state" / "step_00000004.pt").unlink()  # interrupted after logging steps 3 and 4
+    with pytest.raises(ValueError, match=r"differs from that run's in \['optim.batch_size'\]"):
+        pretrain(tiny_config("supervised", phantom_dir, tmp_path / "b", *extra, "optim.batch_size=4", "resume=true"),
+                 progress=False)
+    pretrain(tiny_config("supervised", phantom_dir, tmp_path / "b", *extra, "max_minutes=60", "resume=true"),
+             progress=False)
+    assert [r["step"] for r in logged(tmp_path / "b")] == [1, 2, 3, 4]
+
+
+def test_states_and_checkpoints_are_as_readable_as_the_umask_says(tmp_path: Path, phantom_dir: Path) -> None:
+    previous = os.umask(0o022)
+    try:
+        folder = pretrain(tiny_config("supervised", phantom_dir, tmp_path, "optim.steps=1", "optim.batch_size=8",
+                                      "checkpoint={every: 1, keep_last: 1}"), progress=False)
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(latest_state(tmp_path).stat().st_mode) == 0o644
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o755
+    assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")], "no temporary left behind"
