@@ -1,6 +1,6 @@
 """Zero-shot and retrieval with GLoRIA's word-region similarity: the matcher survives the checkpoint, and the
-tasks' scores are the local similarities of the images' regions and the texts' words (``local``) or GLoRIA's
-standardised average with the cosine (``both``)."""
+tasks' scores are the local similarities of the images' regions and the texts' words as GLoRIA evaluates them
+(the best word's, ``local``) or their average with the cosine (``both``)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from radlab.evaluation.features import FeatureCache, image_batches
 from radlab.evaluation.metrics import recall_at_k
 from radlab.evaluation.prompts import prompts
 from radlab.evaluation.retrieval import correct_key_positions
-from radlab.evaluation.similarity import combine, standardise
+from radlab.evaluation.similarity import combine
 from radlab.evaluation.zero_shot import prompt_scores
 from radlab.models.checkpoint import load_encoder_checkpoint, save_encoder
 from radlab.models.encoder import RadEncoder
@@ -26,12 +26,26 @@ from radlab.models.local_matching import local_similarity
 from radlab.objectives.gloria import GloriaObjective
 
 
-def test_standardise_and_combine_hand_computed() -> None:
+def test_combine_hand_computed() -> None:
     g = np.array([[1.0, 0.0], [3.0, 0.0]])
     z = np.array([[10.0, 2.0], [20.0, 6.0]])
-    assert np.allclose(standardise(g), [[-1.0, 0.0], [1.0, 0.0]])  # a constant column becomes zeros
-    assert np.allclose(combine(g, z, "both"), [[-1.0, -0.5], [1.0, 0.5]])
+    assert np.allclose(combine(g, z, "both"), [[5.5, 1.0], [11.5, 3.0]])  # GLoRIA's plain mean
     assert combine(g, z, "global") is g and combine(g, z, "local") is z
+
+
+def test_gloria_evaluation_scores_a_report_by_its_best_word() -> None:
+    """GLoRIA's get_local_similarities: log max_i exp(τ2 cos_i), against its loss's log sum_i exp(τ2 cos_i)."""
+    torch.manual_seed(0)
+    regions, words = torch.randn(3, 5, 8), torch.randn(2, 4, 8)
+    mask = torch.tensor([[True, True, True, False], [True, True, False, False]])
+    best = local_similarity(regions, words, mask, 4.0, 5.0, word_softmax=False, over_words="max")
+    total = local_similarity(regions, words, mask, 4.0, 5.0, word_softmax=False)
+    assert (best < total).all()
+    for i in range(3):  # without the softmax over words, each word attends on its own: score them one by one
+        for t in range(2):
+            one = [local_similarity(regions[i:i + 1], words[t:t + 1, w:w + 1], mask[t:t + 1, w:w + 1], 4.0, 5.0,
+                                    word_softmax=False, over_words="max") for w in range(int(mask[t].sum()))]
+            assert float(best[i, t]) == pytest.approx(max(float(s) for s in one), abs=1e-5)
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +76,8 @@ def _local_reference(encoder: RadEncoder, table: RecordTable, rows: np.ndarray, 
     words, mask = m.words(encoder.text_output(tokens), tokens, tower.tokenizer)
     batches = image_batches(encoder, table.subset(rows), 64, "")
     regions = torch.cat([m.regions(encoder.image_output(x)) for x in batches])
-    return local_similarity(regions, words, mask, m.temp_attention, m.temp_words, m.word_softmax).numpy()
+    return local_similarity(regions, words, mask, m.temp_attention, m.temp_words, m.word_softmax,
+                            over_words="max").numpy()
 
 
 def test_zero_shot_local_and_both_score_with_the_matcher(gloria_encoder: RadEncoder, split_table: RecordTable) -> None:

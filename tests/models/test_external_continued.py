@@ -124,3 +124,21 @@ def test_refusals(open_clip_dir: Path, phantom_dir: Path, tmp_path: Path) -> Non
         _run("simclr", tmp_path / "d", phantom_dir, f"init_from={checkpoint}", "optim.steps=1")
     with pytest.raises(RuntimeError, match="continued the public encoder"):
         load_encoder(checkpoint)
+
+
+def test_parameters_no_embedding_reaches_are_frozen_so_ddp_sees_none_without_a_gradient(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """RAD-DINO's mask token and GLoRIA's BERT pooler get no gradient from any embedding; a DINOv2 objective that
+    masks turns the mask token back on."""
+    from radlab.models.build import external_encoder, freeze_unreached
+    from radlab.objectives.dinov2 import DINOv2Objective
+
+    rad_dino = external_encoder(f"rad-dino:{make_rad_dino_dir(tmp_path / 'rad-dino')}", keep_text=False)
+    assert freeze_unreached(rad_dino) == ["image_tower.model.embeddings.mask_token"]
+    rad_dino.encode_image(torch.rand(2, 1, 56, 56)).sum().backward()
+    assert all(p.grad is not None for p in rad_dino.parameters() if p.requires_grad)
+    DINOv2Objective(rad_dino, n_prototypes=16, hidden_dim=16, bottleneck_dim=8)
+    assert rad_dino.image_tower.model.embeddings.mask_token.requires_grad
+    gloria = external_encoder(f"gloria:{make_gloria_dir(tmp_path / 'gloria', monkeypatch)[0]}", keep_text=True)
+    idle = freeze_unreached(gloria)
+    assert idle and all(".pooler." in name for name in idle)

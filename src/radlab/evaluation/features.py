@@ -102,7 +102,8 @@ def extract_local(encoder: RadEncoder, table: RecordTable, texts: list[str], bat
     rows = []
     for images in image_batches(encoder, table, batch_size, f"word-region scores against {len(texts)} texts"):
         regions = matcher.regions(encoder.image_output(images))
-        rows.append(torch.cat([matcher.similarity(regions, *words) for words in reports], 1).float().cpu().numpy())
+        rows.append(torch.cat([matcher.similarity(regions, *words, over_words="max") for words in reports], 1)
+                    .float().cpu().numpy())  # GLoRIA's evaluation: the best word's
     return np.concatenate(rows) if rows else np.zeros((0, len(texts)), np.float32)
 
 

@@ -1,10 +1,12 @@
 """Which image-text similarity zero-shot and retrieval score with (their ``similarity`` option).
 
 - ``global`` (default, every encoder): the cosine of the joint embeddings.
-- ``local``: the word-region similarity Z of an encoder that carries a word-region matcher
-  (``RadEncoder.local_match``: trained with GLoRIA's objective, or GLoRIA's own checkpoint).
-- ``both``: GLoRIA's evaluation (``gloria/gloria.py`` ``get_similarities``): global and local similarities,
-  each standardised over the images (per text: minus the mean, over the standard deviation), averaged.
+- ``local``: the word-region similarity of an encoder that carries a word-region matcher
+  (``RadEncoder.local_match``: trained with GLoRIA's objective, or GLoRIA's own checkpoint), as GLoRIA's
+  evaluation computes it (``get_local_similarities``): τ2 times the cosine of the report's best-matched word.
+- ``both``: GLoRIA's evaluation (``gloria/gloria.py`` ``get_similarities``): the mean of the global cosine and
+  that local similarity, as they are (GLoRIA's zero-shot then standardises each class over the images, which
+  leaves its AUCs as they are).
 
 ``global`` keeps one protocol for every encoder; ``both`` reproduces how GLoRIA reports its own zero-shot
 and retrieval, so compare GLoRIA-style encoders with both settings and others with ``global``.
@@ -30,20 +32,11 @@ def similarity_kind(ctx: EvalContext) -> str:
     return kind
 
 
-def standardise(scores: np.ndarray) -> np.ndarray:
-    """Each column (text) over the rows (images): zero mean, unit standard deviation; a constant column
-    becomes zeros."""
-    std = scores.std(axis=0, keepdims=True)
-    return (scores - scores.mean(axis=0, keepdims=True)) / np.where(std > 0, std, 1.0)
-
-
 def combine(global_scores: np.ndarray, local_scores: np.ndarray, kind: str) -> np.ndarray:
     """[N images, ...] scores of the chosen kind from both similarities of the same shape."""
     if kind == "global":
         return global_scores
     if kind == "local":
         return local_scores
-    shape = global_scores.shape
-    flat = [standardise(s.reshape(len(s), -1)) for s in (global_scores, local_scores)]
-    return ((flat[0] + flat[1]) / 2).reshape(shape)
+    return (global_scores + local_scores) / 2
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Literal
 
+import torch
 from pydantic import BaseModel, ConfigDict
 from transformers import PreTrainedTokenizerBase
 
@@ -11,6 +13,8 @@ from radlab.models.encoder import RadEncoder
 from radlab.models.image_towers import IMAGE_TOWERS
 from radlab.models.text_towers import TEXT_TOWERS, builds_own_tokenizer
 from radlab.models.towers import Preprocess
+
+log = logging.getLogger(__name__)
 
 
 class TowerConfig(BaseModel):
@@ -56,9 +60,8 @@ def build_encoder(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase | None = 
 
 
 def external_encoder(spec: str, keep_text: bool) -> RadEncoder:
-    """A public encoder (``load_encoder`` spec) made ready to train: every weight trainable, in train mode,
-    without its own classifier head (an objective attaches its own), and without its text tower when the
-    objective uses none (DDP refuses parameters that get no gradient)."""
+    """A public encoder (``load_encoder`` spec) made ready to train: every weight trainable, in train mode, without its own classifier head (an objective attaches its own), and without its text tower
+    when the objective uses none (DDP refuses parameters that get no gradient)."""
     from radlab.models import load_encoder
 
     model = load_encoder(spec)
@@ -69,3 +72,26 @@ def external_encoder(spec: str, keep_text: bool) -> RadEncoder:
     model.label_head = None
     model.requires_grad_(True)
     return model.train()
+
+
+def freeze_unreached(model: RadEncoder) -> list[str]:
+    """Freeze, and name, the tower and projection parameters that neither embedding reaches: a probe pass (two
+    blank images, two short texts) and its backward. Public checkpoints carry poolers, classifier layers and mask
+    tokens that no embedding uses (an objective that does, as DINOv2's iBOT the mask token, turns it back on)."""
+    was_training = model.training
+    model.eval().zero_grad(set_to_none=True)
+    size = model.preprocess.image_size
+    total = model.encode_image(model.preprocess.normalise(torch.zeros(2, 1, size, size))).sum()
+    if model.has_text:
+        total = total + model.encode_text(["no acute disease", "small left effusion"]).sum()
+    total.backward()
+    idle = [name for name, p in model.named_parameters()  # a public GLoRIA's matcher is its objective's to train
+            if p.requires_grad and p.grad is None and not name.startswith("local_match.")]
+    for name, p in model.named_parameters():
+        p.grad = None
+        if name in idle:
+            p.requires_grad_(False)
+    model.train(was_training)
+    if idle:
+        log.info("%d tensors no embedding reaches stay frozen (%s)", len(idle), ", ".join(idle[:4]))
+    return idle

@@ -16,7 +16,8 @@ over the words, then applies τ1 and the softmax over regions. ``word_softmax=Tr
 False the paper's equation. The paper's Eq. 5 also raises the sum to 1/τ2 (Z = log (sum_i exp(τ2 R_i))^(1/τ2));
 the released code (``local_loss``, after AttnGAN's) drops that exponent, as Z above does: Z is then τ2 times the
 paper's, a scale the objective's τ3 absorbs. The GLoRIA objective trains a ``LocalMatcher``; the encoder keeps it
-(``RadEncoder.local_match``) so zero-shot and retrieval can score with it as GLoRIA's own evaluation does.
+(``RadEncoder.local_match``) so zero-shot and retrieval can score with it as GLoRIA's own evaluation does
+(there over words by the best word, not the log-sum-exp: ``over_words="max"``).
 """
 
 from __future__ import annotations
@@ -57,10 +58,13 @@ def word_membership(input_ids: torch.Tensor, attention_mask: torch.Tensor,
 
 
 def local_similarity(regions: torch.Tensor, words: torch.Tensor, word_mask: torch.Tensor, temp_attention: float,
-                     temp_words: float, word_softmax: bool = True, chunk_elements: int = 2**24) -> torch.Tensor:
+                     temp_words: float, word_softmax: bool = True, chunk_elements: int = 2**24,
+                     over_words: str = "logsumexp") -> torch.Tensor:
     """Z(x_v, x_t) of every image against every report: [Bi, Bt] from regions [Bi, R, D], words [Bt, W, D] and
-    word_mask [Bt, W] (True for real words). Reports are scored in chunks of at most ``chunk_elements``
-    attention entries (Bi x chunk x W x R) so memory stays bounded on large batches."""
+    word_mask [Bt, W] (True for real words). ``over_words``: "logsumexp" (Z above, GLoRIA's loss) or "max"
+    (log max_i exp(τ2 cos), i.e. τ2 times the best word's cosine: GLoRIA's evaluation, ``get_local_similarities``).
+    Reports are scored in chunks of at most ``chunk_elements`` attention entries (Bi x chunk x W x R) so memory
+    stays bounded on large batches."""
     n_images, n_regions, _ = regions.shape
     n_words = words.shape[1]
     chunk = max(1, chunk_elements // max(1, n_images * n_words * n_regions))
@@ -77,7 +81,7 @@ def local_similarity(regions: torch.Tensor, words: torch.Tensor, word_mask: torc
         context = torch.einsum("itwr,ird->itwd", attention, regions)
         cosine = F.cosine_similarity(context, t[None].expand_as(context), dim=-1, eps=1e-8)
         cosine = (temp_words * cosine).masked_fill(~mask[None], float("-inf"))
-        columns.append(torch.logsumexp(cosine, dim=2))
+        columns.append(torch.logsumexp(cosine, dim=2) if over_words == "logsumexp" else cosine.amax(dim=2))
     return torch.cat(columns, dim=1)
 
 
@@ -114,6 +118,8 @@ class LocalMatcher(nn.Module):
             raise ValueError(f"no word after tokenisation, so no word-region similarity, for {', '.join(which[:5])}")
         return membership.to(text_out.tokens.dtype) @ text_out.tokens, mask
 
-    def similarity(self, regions: torch.Tensor, words: torch.Tensor, word_mask: torch.Tensor) -> torch.Tensor:
-        """Z of every image against every report, [Bi, Bt]."""
-        return local_similarity(regions, words, word_mask, self.temp_attention, self.temp_words, self.word_softmax)
+    def similarity(self, regions: torch.Tensor, words: torch.Tensor, word_mask: torch.Tensor,
+                   over_words: str = "logsumexp") -> torch.Tensor:
+        """Z of every image against every report, [Bi, Bt] (``local_similarity``'s ``over_words``)."""
+        return local_similarity(regions, words, word_mask, self.temp_attention, self.temp_words, self.word_softmax,
+                                over_words=over_words)

@@ -160,7 +160,10 @@ class DINOv2Objective(Objective):
         self.heads = nn.ModuleDict(heads)
         self.teacher = nn.ModuleDict({"image_tower": copy.deepcopy(model.image_tower),
                                       **copy.deepcopy(heads)}).requires_grad_(False)
-        self.mask_token = nn.Parameter(torch.zeros(dim)) if hf_dinov2(model.image_tower) is None else None
+        hf = hf_dinov2(model.image_tower)
+        self.mask_token = nn.Parameter(torch.zeros(dim)) if hf is None else None
+        if hf is not None and ibot_weight > 0 and mask_probability > 0:
+            hf.embeddings.mask_token.requires_grad_(True)  # iBOT masks with it (a continued tower froze it idle)
         dino_k = heads["dino_head"].last_layer.weight_v.shape[0]
         self.dino_loss = DINOLoss(dino_k, student_temp, center_momentum, centering)
         self.watch = CollapseWatch(dino_k)

@@ -17,7 +17,7 @@ from radlab.data.audit import refuse_overlap, share_images
 from radlab.data.loading import load_tables
 from radlab.data.records import RecordTable
 from radlab.data.splits import patient_subset
-from radlab.models.build import build_encoder, external_encoder
+from radlab.models.build import build_encoder, external_encoder, freeze_unreached
 from radlab.models.encoder import RadEncoder
 from radlab.models.text_towers import builds_own_tokenizer
 from radlab.models.tokenizer import train_wordpiece
@@ -88,13 +88,15 @@ def build_model(cfg: TrainConfig, env: distrib.DistEnv, train_table: RecordTable
                              "(model.external also takes a radlab checkpoint folder)")
         model = external_encoder(model_cfg.external, with_text)
         torch.manual_seed(cfg.seed)  # identical objective heads on every rank
-        return model
-    model_cfg = model_cfg if with_text else model_cfg.model_copy(update={"text_tower": None})
-    tokenizer = None
-    if model_cfg.text_tower is not None and not builds_own_tokenizer(model_cfg.text_tower.name):
-        tokenizer = run_tokenizer(cfg, env, train_table)
-    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-    return build_encoder(model_cfg, tokenizer)
+    else:
+        model_cfg = model_cfg if with_text else model_cfg.model_copy(update={"text_tower": None})
+        tokenizer = None
+        if model_cfg.text_tower is not None and not builds_own_tokenizer(model_cfg.text_tower.name):
+            tokenizer = run_tokenizer(cfg, env, train_table)
+        torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+        model = build_encoder(model_cfg, tokenizer)
+    freeze_unreached(model)  # DDP refuses parameters no gradient reaches (public poolers, classifiers); no RNG
+    return model
 
 
 def run_tokenizer(cfg: TrainConfig, env: distrib.DistEnv, table: RecordTable) -> PreTrainedTokenizerBase:
