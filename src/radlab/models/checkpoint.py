@@ -18,7 +18,7 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer
 from radlab import __version__
 from radlab.atomic import replace_folder, temp_folder
 from radlab.models.encoder import LabelHead, RadEncoder
-from radlab.models.image_towers import IMAGE_TOWERS, INITIAL_WEIGHTS
+from radlab.models.image_towers import INITIAL_WEIGHTS, build_image_tower
 from radlab.models.local_matching import LocalMatcher
 from radlab.models.text_towers import HFTextTower
 from radlab.models.towers import Preprocess
@@ -110,7 +110,7 @@ def load_encoder_checkpoint(directory: Path | str) -> RadEncoder:
     kwargs = {k: v for k, v in tower.get("kwargs", {}).items() if k not in INITIAL_WEIGHTS}  # all in the file
     if (directory / IMAGE_DIR).is_dir():
         kwargs["path"] = str(directory / IMAGE_DIR)
-    image = IMAGE_TOWERS.build(tower["name"], image_size=preprocess.image_size, **kwargs)
+    image = build_image_tower(tower["name"], preprocess.image_size, preprocess.mean, preprocess.std, **kwargs)
     state = upgrade_state(load_file(str(directory / WEIGHTS_FILE)))
     text = None
     if spec["text_tower"] is not None:

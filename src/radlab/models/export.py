@@ -108,7 +108,10 @@ def _usage(meta: dict) -> str:
                 f"normalised with mean {p['mean']:.4g} and std {p['std']:.4g}\n"
                 "features = model.forward_head(model.forward_features(x), pre_logits=True)")
     if meta["image"]["library"] == "transformers":
-        return ('from transformers import AutoModel\nmodel = AutoModel.from_pretrained("image").eval()\n'
+        return ('from transformers import AutoImageProcessor, AutoModel\n'
+                'processor = AutoImageProcessor.from_pretrained("image")  # its per-channel mean/std\n'
+                'model = AutoModel.from_pretrained("image").eval()\n'
+                'x = processor(images, return_tensors="pt")["pixel_values"]\n'
                 "features = model(pixel_values=x).last_hidden_state[:, 0]")
     return "from radlab.models import load_encoder  # this tower needs radlab"
 
@@ -149,7 +152,9 @@ def model_card(meta: dict, train_config: dict | None, results: dict | None, name
              f"folder `image/`",
              f"- input: {p['channels']} channel(s), {p['image_size']} x {p['image_size']} px (the radiograph's "
              f"{Preprocess(**p).geometry()}), pixels in [0, 1] normalised with mean {p['mean']:.6g}, "
-             f"std {p['std']:.6g}",
+             f"std {p['std']:.6g}" + (" (radlab's; the transformers model reads its own per-channel statistics, "
+                                      "`image/preprocessor_config.json`)" if meta["image"]["library"] ==
+                                     "transformers" else ""),
              f"- joint embedding: {meta['embed_dim']}-d ({PROJECTION_WORDS[meta['projection']]}, weights in "
              f"`{HEADS_FILE}`)",
              "```python\n" + _usage(meta) + "\n```"]

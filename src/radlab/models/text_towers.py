@@ -9,7 +9,14 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoModel,
+    AutoTokenizer,
+    BertConfig,
+    BertModel,
+    BertTokenizer,
+    PreTrainedTokenizerBase,
+)
 
 from radlab.models.towers import TowerOutput
 from radlab.registry import Registry
@@ -70,8 +77,11 @@ class HFTextTower(nn.Module):
         return {"pooling": self.pooling, "max_length": self.max_length, "hidden_layers": self.hidden_layers}
 
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
-        tokens = dict(self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
-                                     return_tensors="pt"))
+        """Input ids and attention mask (what ``forward`` takes; token type ids, which some tokenizers add, are
+        all 0 for one segment)."""
+        encoded = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
+                                 return_tensors="pt")
+        tokens = {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
         return pad_length(tokens, self.tokenizer.pad_token_id, self.max_length)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> TowerOutput:
@@ -134,13 +144,23 @@ def load_bert_family(path: str) -> nn.Module:
     return BertModel.from_pretrained(path, config=config, add_pooling_layer=False)
 
 
+def load_bert_tokenizer(path: str) -> PreTrainedTokenizerBase:
+    """The folder's tokenizer; one that names custom code (CXR-BERT's ``CXRBertTokenizer``, which AutoTokenizer
+    will not run without ``trust_remote_code``) as a plain ``BertTokenizer`` on its vocabulary, as BioViL's."""
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except ValueError as err:
+        log.info("%s: reading the tokenizer as a plain BertTokenizer (%s)", path, str(err).splitlines()[0])
+    return BertTokenizer.from_pretrained(path)
+
+
 def _pretrained_bert_entry(name: str, hub_id: str) -> None:
     def build(path: str | None = None, pooling: str = "cls", max_length: int = 128,
               hidden_layers: int = 1) -> HFTextTower:
         """Pretrained weights and vocabulary from ``path`` (a local folder), else the hub id (internet or
         cache)."""
         source = path or hub_id
-        return HFTextTower(load_bert_family(source), AutoTokenizer.from_pretrained(source), pooling, max_length,
+        return HFTextTower(load_bert_family(source), load_bert_tokenizer(source), pooling, max_length,
                            hidden_layers)
 
     build.own_tokenizer = True  # type: ignore[attr-defined]

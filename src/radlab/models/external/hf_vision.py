@@ -124,7 +124,11 @@ def build_hf_vision(path: str, input_mean: float | None = None,
     if folder.is_dir() and not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")):
         model = AutoModel.from_config(AutoConfig.from_pretrained(folder)).float().eval()
     else:
-        model = AutoModel.from_pretrained(path).float().eval()
+        model, info = AutoModel.from_pretrained(path, output_loading_info=True)
+        problems = {k: info.get(k) for k in ("missing_keys", "mismatched_keys") if info.get(k)}
+        if problems:  # transformers would start those tensors at random, with a log line only
+            raise ValueError(f"{path}: the weights do not fit the model's config: {problems}")
+        model = model.float().eval()
     settings = processor_settings(path, getattr(model.config, "image_size", None))
     adapter = ChannelAdapter(settings.mean, settings.std, input_mean, input_std)
     return HFVisionTower(model, adapter), adapter.preprocess(settings.image_size, settings.fit, settings.resize)
