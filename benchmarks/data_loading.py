@@ -60,8 +60,8 @@ def nih_layout(table: RecordTable, folder: Path) -> Path:
     for i in range(len(table)):
         name = f"{i:08d}_000.png"
         target = folder / "images" / name
-        if not target.exists():
-            os.link(table.image_path(i), target)
+        target.unlink(missing_ok=True)  # an earlier run's link may point at other phantoms
+        os.link(table.image_path(i), target)
         rows.append({"Image Index": name, "Finding Labels": "No Finding", "Follow-up #": 0, "Patient ID": i,
                      "Patient Age": 50, "Patient Gender": "M", "View Position": "PA"})
     pd.DataFrame(rows).to_csv(folder / "Data_Entry_2017.csv", index=False)

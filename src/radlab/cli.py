@@ -7,15 +7,33 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
+import yaml
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperGroup
 
 from radlab.data.commands import data_app
 
 if TYPE_CHECKING:
     from radlab.data.records import RecordTable
 
-app = typer.Typer(help="Pretrain radiology image encoders and benchmark them honestly.", no_args_is_help=True)
+class UserErrorGroup(TyperGroup):
+    """Input a user can fix (a missing file, an unknown name, a bad value in a config or table) ends a command
+    with its one-line message and exit code 1; ``--verbose`` shows the traceback instead."""
+
+    def invoke(self, ctx: typer.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except (OSError, KeyError, ValueError, yaml.YAMLError) as err:
+            if ctx.params.get("verbose"):
+                raise
+            message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+            typer.echo(f"error: {message}\n(radlab -v ... shows the traceback)", err=True)
+            raise typer.Exit(1) from err
+
+
+app = typer.Typer(help="Pretrain radiology image encoders and benchmark them honestly.", no_args_is_help=True,
+                  cls=UserErrorGroup)
 app.add_typer(data_app, name="data")
 console = Console()
 
@@ -122,10 +140,17 @@ def evaluate(task: list[str] = typer.Option(..., help="task name(s), see `radlab
     table = load_tables(sources, DEFAULT_FRACTIONS, seed=0)
     overlaps = pretraining_overlaps({"encoder": spec, "compare": compare}, table, allow_overlap)
     names = labels.split(",") if labels else training_labels(table, None)
+    unknown = [n for n in names if n not in table.label_names]
+    if unknown:
+        raise typer.BadParameter(f"{unknown} not among the findings this data annotates: {table.label_names}",
+                                 param_hint="--labels")
     try:
         options = parse_options(option)
     except ValueError as err:
         raise typer.BadParameter(str(err)) from err
+    stray = sorted(set(options) - set(task))
+    if stray:
+        raise typer.BadParameter(f"options for task(s) {stray}, which this run does not ask for", param_hint="--option")
     if seen_classes:
         options.setdefault("zero_shot", {})["seen_classes"] = seen_classes
     if subgroups:

@@ -4,7 +4,8 @@ import math
 
 import pytest
 
-from radlab.bench.methods import across_seeds, interval_cell, task_metric
+from radlab.bench.methods import across_seeds, drawn_phantoms, interval_cell, task_metric
+from radlab.data.records import RecordTable
 
 
 def _results(zero_shot: float | None, probe: float, i2t: float, t2i: float) -> dict:
@@ -37,3 +38,14 @@ def test_interval_cell_reads_the_interval_beside_the_estimate() -> None:
     assert interval_cell(results, ("linear_probe", "macro_auc")) == "0.800 [0.750, 0.851]"
     assert interval_cell(results, ("zero_shot", "macro_auc")) == "-"
     assert interval_cell(results, ("retrieval", "report", "image_to_text", "R@10")) == "-"  # estimate, no interval
+
+
+def test_phantoms_drawn_for_another_count_or_size_are_drawn_again(tmp_path) -> None:
+    from PIL import Image
+
+    folder = drawn_phantoms(tmp_path / "phantoms", 10, 32)
+    stamp = (folder / "records.parquet").stat().st_mtime_ns
+    assert drawn_phantoms(folder, 10, 32) == folder and (folder / "records.parquet").stat().st_mtime_ns == stamp
+    table = RecordTable.read(drawn_phantoms(folder, 12, 48))
+    with Image.open(table.image_path(0)) as image:
+        assert len(table) == 12 and image.size == (48, 48)

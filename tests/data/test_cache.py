@@ -81,6 +81,9 @@ def test_webdataset_shards_round_trip(table, tmp_path):
     assert [s["id"] for s in samples] == table.frame["id"].tolist()
     np.testing.assert_array_equal((samples[4]["image"][0].numpy() * 255).round(), cache.get("s4"))
     assert samples[1]["labels"][0] == 1 and torch.isnan(samples[1]["labels"][1]) and samples[3]["labels"][1] == 1
+    again = write_webdataset_shards(table, cache, tmp_path / "shards", shard_size=100)  # same folder, fewer shards
+    assert [s.name for s in again] == ["shard-000000.tar"] and sorted((tmp_path / "shards").glob("*.tar")) == again
+    assert len(list(read_webdataset([str(s) for s in again], ["cardiomegaly"]))) == len(table)
 
 
 def test_cache_command(table, tmp_path):

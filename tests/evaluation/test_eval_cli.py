@@ -92,6 +92,8 @@ def test_image_tasks_on_phantoms_with_paired_comparison(phantom_dir: Path, check
 
 
 @pytest.mark.parametrize(("args", "problem"), [(["-o", "knn-k=5"], "TASK.KEY=VALUE"),
+                                               (["-o", "kshot.seeds=2"], "does not ask for"),
+                                               (["--labels", "cardiomegaly,nosuch"], "['nosuch'] not among"),
                                                (["--subgroups", "sex,race"], "unknown attribute"),
                                                (["--subgroups", "sex", "--task", "retrieval"], "none was asked")])
 def test_bad_option_is_rejected(args: list[str], problem: str, phantom_dir: Path, checkpoint: Path) -> None:
@@ -148,3 +150,11 @@ def test_gpu_evaluation_matches_the_cpu(phantom_dir: Path, checkpoint: Path, tmp
                 assert gpu[key] == pytest.approx(cpu[key], abs=0.02), (task, key)
     assert runs["cuda"]["demographics"]["sex"]["auc"] == pytest.approx(runs["cpu"]["demographics"]["sex"]["auc"],
                                                                        abs=0.02)
+
+
+def test_user_mistakes_end_with_one_error_line_not_a_traceback(tmp_path: Path) -> None:
+    typo = runner.invoke(app, ["pretrain", "--config", "configs/simclr.yaml", "optim.stepz=3"])
+    missing = runner.invoke(app, ["data", "check", str(tmp_path / "nowhere")])
+    for result, problem in ((typo, "optim.stepz"), (missing, "no record table at")):
+        assert result.exit_code == 1 and "error:" in result.output and problem in result.output
+        assert "Traceback" not in result.output and isinstance(result.exception, SystemExit)

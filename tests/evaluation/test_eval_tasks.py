@@ -312,3 +312,10 @@ def test_segmentation_reads_0_1_masks_and_scores_the_empty_prediction(tmp_path: 
     assert masks[0, 0].sum() == 64 and masks[1, 0].sum() == 0
     dice, _ = dice_iou(masks[:, 0], np.zeros_like(masks[:, 0]))
     assert list(dice) == [0.0, 1.0]  # what all_zero_dice averages: predicting nothing is right on empty masks
+
+
+def test_options_no_task_reads_are_named(tiny_encoder: RadEncoder, split_table: RecordTable, labels: list[str],
+                                          cache_dir: Path) -> None:
+    out = evaluate(tiny_encoder, split_table, ["knn"], labels, n_boot=10, cache_dir=cache_dir,
+                   options={"knn": {"kk": 3, "k_grid": [1, 3]}})
+    assert out["unread_options"] == ["knn.kk"] and out["tasks"]["knn"]["k"] in (1, 3)

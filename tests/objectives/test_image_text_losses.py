@@ -209,3 +209,15 @@ def test_a_batch_without_reports_trains_and_keeps_every_text_parameter_in_the_gr
     terms["loss"].backward()
     assert torch.isfinite(terms["loss"])
     assert all(p.grad is not None for p in model.text_tower.parameters())
+
+
+def test_medclip_without_any_report_keeps_its_scale_in_the_graph() -> None:
+    """DDP needs a gradient for every parameter, also on a step whose global batch brought no report."""
+    from radlab.objectives.medclip import medclip_loss
+
+    scale = torch.tensor(14.0, requires_grad=True)
+    image = torch.randn(3, 4, requires_grad=True)
+    labels = torch.ones(3, 2)
+    loss = medclip_loss(image, image[:0], labels, labels[:0], torch.arange(3), torch.arange(0), scale, 0.1)
+    loss.backward()
+    assert float(loss) == 0.0 and scale.grad is not None and image.grad is not None

@@ -193,6 +193,23 @@ def test_fsdp_resume_continues_exactly(tmp_path: Path, phantom_dir: Path) -> Non
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_fsdp_resume_of_dinov2_with_a_frozen_last_layer_continues_exactly(tmp_path: Path, phantom_dir: Path) -> None:
+    """The step-2 state holds no optimiser state for the still-frozen prototypes (no gradient yet): loading it
+    leaves them without, as the straight run had them, instead of refusing or inventing a step."""
+    common = ["optim.steps=4", "optim.batch_size=8", "optim.warmup_steps=1", "model.image_size=32",
+              "model.image_tower.kwargs={patch_size: 8, depth: 2, embed_dim: 48, num_heads: 3}",
+              f"data.sources=[{{source: phantom, path: {phantom_dir}}}]", "runtime.device=cpu",
+              "runtime.strategy=fsdp", "objective.kwargs.n_local=2", "objective.kwargs.local_size=16",
+              "objective.kwargs.n_prototypes=32", "objective.kwargs.freeze_last_layer_steps=3",
+              "checkpoint={every: 2, keep_last: 2}"]
+    start_ranks(_engine_worker, (2, free_port(), [*common, f"out={tmp_path / 'a'}"], "dinov2"))
+    interrupted_copy(tmp_path / "a", tmp_path / "b", 2)
+    start_ranks(_engine_worker, (2, free_port(), [*common, f"out={tmp_path / 'b'}", "resume=true"], "dinov2"))
+    a, b = (load_state(latest_state(tmp_path / run)) for run in ("a", "b"))
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert all(torch.equal(a["objective"][k], b["objective"][k]) for k in a["objective"])
+
+
 def test_fsdp_early_stopping_exports_the_best_step(tmp_path: Path, phantom_dir: Path) -> None:
     """Only the first validation improves (huge min_delta): the sharded run gathers step 1's weights as its
     best snapshot and scatters them back before export."""

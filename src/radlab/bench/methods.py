@@ -3,8 +3,11 @@ loop behind the demo and the method-comparison benchmarks."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
+
+from PIL import Image
 
 from radlab.data.loading import parse_sources
 from radlab.data.records import RecordTable
@@ -39,11 +42,17 @@ def pretrain_and_evaluate(method: str, overrides: list[str], out: Path, table: R
 
 
 def drawn_phantoms(folder: Path, n: int, size: int) -> Path:
-    """``n`` phantoms under ``folder``, drawn once (seed 0) and reused by later runs."""
-    if not (folder / "records.parquet").exists():
-        from radlab.data.phantoms import synthesize
+    """``n`` phantoms of ``size`` px under ``folder``, drawn once (seed 0) and reused by later runs that ask for
+    the same; a folder drawn with another count or size is drawn again."""
+    from radlab.data.phantoms import synthesize
 
-        synthesize(folder, n=n, size=size, seed=0, progress=True)
+    if (folder / "records.parquet").exists():
+        table = RecordTable.read(folder)
+        with Image.open(table.image_path(0)) as first:
+            if len(table) == n and first.size == (size, size):
+                return folder
+        shutil.rmtree(folder)
+    synthesize(folder, n=n, size=size, seed=0, progress=True)
     return folder
 
 

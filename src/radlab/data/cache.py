@@ -203,6 +203,8 @@ def write_webdataset_shards(table: RecordTable, cache: ImageCache, out: Path | s
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     cache.validate(table)
+    for stale in out.glob("shard-*.tar"):  # an earlier run's shards would be listed (and read) with these
+        stale.unlink()
     names, labels = table.label_names, table.labels()
     frame = table.frame
     with wds.ShardWriter(str(out / "shard-%06d.tar"), maxcount=shard_size, verbose=0) as sink:

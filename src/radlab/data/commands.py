@@ -55,7 +55,11 @@ def import_source(source: str = typer.Argument(..., help="source name (`radlab l
     except KeyError as err:
         raise typer.BadParameter(str(err)) from err
     kwargs: dict[str, object] = dict(_options(option))
-    if "mask_dir" in inspect.signature(factory).parameters:
+    accepted = inspect.signature(factory).parameters
+    if set(kwargs) - set(accepted):
+        raise typer.BadParameter(f"{source} takes no option(s) {sorted(set(kwargs) - set(accepted))}; it takes "
+                                 f"{sorted(accepted) or 'none'}", param_hint="--option")
+    if "mask_dir" in accepted:
         kwargs.setdefault("mask_dir", out / "masks")
     try:
         table = factory(**kwargs).load(root)

@@ -38,11 +38,17 @@ class EvalContext:
     n_boot: int = DEFAULT_N_BOOT
     task: str = ""
     statistics: dict[str, tuple[Statistic, np.ndarray, tuple[str, ...]]] = field(default_factory=dict)
+    read: set[tuple[str, str]] = field(default_factory=set)  # (task, option key) pairs a task asked for
     _image_ok: np.ndarray | None = None
 
     def option(self, key: str, default: Any) -> Any:
         """The current task's option ``key`` (from ``--option task.key=value``), else ``default``."""
+        self.read.add((self.task, key))
         return self.options.get(self.task, {}).get(key, default)
+
+    def unread_options(self) -> list[str]:
+        """``task.key`` of the options given that no task asked for (a typo, or an option of another task)."""
+        return [f"{task}.{key}" for task, keys in self.options.items() for key in keys if (task, key) not in self.read]
 
     def option_list(self, key: str, default: Any) -> list:
         """A list option given as a YAML list, a comma-separated string or a single value."""

@@ -4,6 +4,7 @@ metrics, patient-bootstrap intervals, the task options, data and encoder hashes,
 from __future__ import annotations
 
 import json
+import logging
 import math
 import subprocess
 import time
@@ -18,6 +19,8 @@ from radlab.evaluation.context import SPLITS, TASKS, EvalContext, TaskSkipped
 from radlab.evaluation.features import FeatureCache, table_hash
 from radlab.evaluation.stats import DEFAULT_N_BOOT, paired_bootstrap
 from radlab.models.encoder import RadEncoder
+
+log = logging.getLogger(__name__)
 
 
 def code_version() -> str:
@@ -79,6 +82,10 @@ def evaluate(encoder: RadEncoder, table: RecordTable, tasks: list[str], label_na
         "n_records": {s: int(len(ctx.rows(s))) for s in SPLITS},
         "n_text_records": {s: int(len(ctx.text_rows(s))) for s in SPLITS},
         "tasks": run_tasks(ctx, tasks)}
+    unread = ctx.unread_options()
+    if unread:
+        log.warning("options no task read (a typo?): %s", ", ".join(unread))
+        results["unread_options"] = unread
     if compare is not None:
         other = EvalContext(compare, table, label_names, seed, features=cache, options=options or {}, n_boot=n_boot)
         results["baseline"] = {"encoder": compare_name, "encoder_hash": cache.encoder_key(compare),

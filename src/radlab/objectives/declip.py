@@ -227,7 +227,8 @@ class DeCLIPObjective(Objective):
         tokens = {k: v[keep] for k, v in batch["tokens"].items()}
         text_out = model.text_output(tokens)
         text = F.normalize(model.text_proj(text_out.pooled), dim=-1)
-        text_aug = model.encode_text(model.text_tower.tokenize(augmented)) if reports else text
+        # without reports the empty tokens run the tower's stand-in row, as on ranks with reports (FSDP gathers)
+        text_aug = model.encode_text(model.text_tower.tokenize(augmented) if reports else tokens)
         tss = self.mlm(model.text_tower, tokens, step_seed()) if self.mlm is not None else None
         local = None
         if self.matcher is not None:

@@ -121,8 +121,11 @@ class MaskedLanguageModelling(nn.Module):
         if len(input_ids):
             hidden = text_tower.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
             hidden = hidden[chosen]
-        else:  # BERT refuses an empty batch; the head and embeddings still join the graph
-            hidden = embeddings.new_zeros(0, self.head.dense.in_features)
+        else:  # BERT refuses an empty batch: a stand-in row, sliced away, runs the tower as other ranks do
+            width = max(1, input_ids.shape[1])
+            stand_in = text_tower.model(input_ids=input_ids.new_zeros(1, width),
+                                        attention_mask=attention_mask.new_ones(1, width)).last_hidden_state
+            hidden = stand_in[:0, 0]
         logits = self.head(hidden, embeddings)
         targets = labels[chosen]
         n_global = global_count(len(targets), labels.device)

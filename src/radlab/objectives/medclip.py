@@ -28,7 +28,7 @@ def medclip_loss(image: torch.Tensor, text: torch.Tensor, labels_image: torch.Te
     all_image, offset_image = gather_with_grad(image)
     all_text, offset_text = gather_with_grad(text)
     if len(all_image) == 0 or len(all_text) == 0:
-        return (image.sum() + text.sum()) * 0.0
+        return (image.sum() + text.sum() + logit_scale) * 0.0  # every parameter in the graph (DDP)
     similarity = semantic_targets(gather_with_grad(labels_image)[0], gather_with_grad(labels_text)[0],
                                   gather_with_grad(ids_image)[0], gather_with_grad(ids_text)[0])
     rows_image = slice(offset_image, offset_image + len(image))

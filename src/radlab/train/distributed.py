@@ -32,8 +32,8 @@ def init_distributed(device: str = "auto") -> DistEnv:
 
     ``device`` is "auto" (CUDA when available), "cpu" or "cuda"."""
     use_cuda = _resolve(device) == "cuda"
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
+    world = dist.get_world_size() if dist.is_initialized() else int(os.environ.get("WORLD_SIZE", "1"))
+    rank = dist.get_rank() if dist.is_initialized() else int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if use_cuda:
         _check_gpu(local_rank, "runtime.device is 'cuda'", "runtime.device=auto or cpu",
@@ -142,7 +142,7 @@ class _GatherRows(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        grad = grad.contiguous()
+        grad = grad.clone(memory_format=torch.contiguous_format)  # autograd may hand this tensor to others too
         dist.all_reduce(grad)
         start = sum(ctx.sizes[: ctx.rank])
         return grad[start: start + ctx.sizes[ctx.rank]], None

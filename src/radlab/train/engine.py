@@ -131,6 +131,7 @@ class Trainer:
         self.stopper = EarlyStopper(cfg.early_stopping) if cfg.early_stopping is not None else None
         self.step = 0
         self.replaced = 0  # samples of this rank that stood in for an unreadable image (data.unreadable_images)
+        self.schedule: dict[str, float] = {}  # the last step's learning rate (and weight decay), for the log
         self.elapsed_before = 0.0
         self.started = time.time()
 
@@ -292,11 +293,11 @@ class Trainer:
             params = [p for g in self.optimizer.param_groups for p in g["params"]]
             norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.grad_clip).detach()
             sums["grad_norm"] = norm.full_tensor() if self.sharded else norm  # a DTensor when sharded
-        if self.cfg.optim.weight_decay_end is not None:  # this step's value, as the lr below
-            sums["weight_decay"] = torch.tensor(cosine_weight_decay(
+        self.schedule = {"lr": self.scheduler.get_last_lr()[0]}  # this step's values (the same on every rank)
+        if self.cfg.optim.weight_decay_end is not None:
+            self.schedule["weight_decay"] = cosine_weight_decay(
                 self.optimizer, self.step, self.cfg.optim.steps, self.cfg.optim.weight_decay,
-                self.cfg.optim.weight_decay_end))
-        sums["lr"] = torch.tensor(self.scheduler.get_last_lr()[0])
+                self.cfg.optim.weight_decay_end)
         self.objective.before_optimizer_step()
         self.optimizer.step()
         self.scheduler.step()
@@ -349,7 +350,8 @@ class Trainer:
                 terms = self.train_step(batches)
                 rate = (self.step - first_step) / max(time.time() - self.started, 1e-9)
                 if self.step % cfg.optim.log_every == 0 or self.step == total:
-                    record = {"step": self.step, "epoch": self.sampler.position.epoch, "seconds": round(self.elapsed(), 2),
+                    record = {"step": self.step, "epoch": self.sampler.position.epoch, **self.schedule,
+                              "seconds": round(self.elapsed(), 2),
                               "samples_per_s": round(rate * cfg.optim.batch_size, 2),
                               **{k: float(distrib.all_reduce_mean(v)) for k, v in terms.items()}}
                     if cfg.data.unreadable_images == "skip":

@@ -104,13 +104,12 @@ def run_tokenizer(cfg: TrainConfig, env: distrib.DistEnv, table: RecordTable) ->
     rank and every resumed session loads that copy, so the vocabulary cannot drift if the training reports
     change between sessions."""
     folder = Path(cfg.out) / "tokenizer"
-    if not (cfg.resume and folder.is_dir()):
-        if env.is_main:
-            start = checkpoint_tokenizer_dir(cfg.init_from) if cfg.init_from else None
-            tokenizer = AutoTokenizer.from_pretrained(start) if start else \
-                train_wordpiece(table.texts(), cfg.data.vocab_size)
-            tokenizer.save_pretrained(folder)
-        distrib.barrier()
+    if env.is_main and not (cfg.resume and folder.is_dir()):  # rank 0 decides; every rank waits below
+        start = checkpoint_tokenizer_dir(cfg.init_from) if cfg.init_from else None
+        tokenizer = AutoTokenizer.from_pretrained(start) if start else \
+            train_wordpiece(table.texts(), cfg.data.vocab_size)
+        tokenizer.save_pretrained(folder)
+    distrib.barrier()
     return AutoTokenizer.from_pretrained(folder)
 
 

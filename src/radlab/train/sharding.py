@@ -62,4 +62,11 @@ def load_full_model_state(module: nn.Module, model_state: dict) -> None:
 
 
 def load_full_optimizer_state(module: nn.Module, optimizer: torch.optim.Optimizer, optimizer_state: dict) -> None:
-    set_optimizer_state_dict(module, optimizer, optimizer_state, options=StateDictOptions(full_state_dict=True))
+    """Scatter a full optimizer state back. Parameters the state has none for (no gradient yet, as DINO's frozen
+    prototypes) stay without: torch would otherwise make them one by a zero-gradient step, counting it."""
+    saved = set(optimizer_state["state"])
+    set_optimizer_state_dict(module, optimizer, optimizer_state,
+                             options=StateDictOptions(full_state_dict=True, strict=False))
+    names = {param: name for name, param in module.named_parameters()}
+    for param in [p for p in optimizer.state if names.get(p) not in saved]:
+        del optimizer.state[param]
