@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from radlab.data.dataset import study_keys
 from radlab.evaluation.context import TASKS, EvalContext, TaskSkipped
 from radlab.evaluation.metrics import expected_hits, recall_at_k
 from radlab.evaluation.retrieval import correct_key_positions, split_sentences
@@ -17,9 +18,8 @@ from radlab.evaluation.similarity import combine, similarity_kind
 
 
 def study_ids(ctx: EvalContext, rows: np.ndarray) -> np.ndarray:
-    frame = ctx.table.frame
-    study, ids = frame["study_id"].to_numpy()[rows].astype(str), frame["id"].to_numpy()[rows].astype(str)
-    return np.where(study != "", study, ids)
+    """Each row's study (``data.dataset.study_keys``: its study_id, else its own id), as strings."""
+    return study_keys(ctx.table.frame.iloc[rows]).to_numpy().astype(str)
 
 
 def first_per_study(studies: np.ndarray) -> np.ndarray:
