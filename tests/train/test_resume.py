@@ -62,6 +62,11 @@ def test_resume_refuses_a_changed_run_and_keeps_one_line_per_step(tmp_path: Path
     pretrain(tiny_config("supervised", phantom_dir, tmp_path / "b", *extra, "max_minutes=60", "resume=true"),
              progress=False)
     assert [r["step"] for r in logged(tmp_path / "b")] == [1, 2, 3, 4]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    board = EventAccumulator(str(tmp_path / "b" / "tb"))
+    board.Reload()
+    assert [e.step for e in board.Scalars("train/loss")] == [1, 2, 3, 4], "no point twice"
 
 
 def test_states_and_checkpoints_are_as_readable_as_the_umask_says(tmp_path: Path, phantom_dir: Path) -> None:

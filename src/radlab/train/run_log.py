@@ -15,7 +15,8 @@ class RunLog:
     logged again now) dropped. On other ranks (``main`` false) it writes nothing. A context manager."""
 
     def __init__(self, out: Path, main: bool, after: int | None = None) -> None:
-        self.writer = SummaryWriter(str(out / "tb")) if main else None
+        # purge_step: TensorBoard drops the earlier session's points from the resumed step on, as the file below
+        self.writer = SummaryWriter(str(out / "tb"), purge_step=None if after is None else after + 1) if main else None
         path = out / "metrics.jsonl"
         kept = [line for line in (path.read_text().splitlines() if after is not None and path.exists() else [])
                 if line.strip() and json.loads(line)["step"] <= after]
