@@ -17,6 +17,7 @@ from radlab.data.commands import data_app
 if TYPE_CHECKING:
     from radlab.data.records import RecordTable
 
+
 class UserErrorGroup(TyperGroup):
     """Input a user can fix (a missing file, an unknown name, a bad value in a config or table) ends a command
     with its one-line message and exit code 1; ``--verbose`` shows the traceback instead."""

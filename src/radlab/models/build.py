@@ -60,8 +60,9 @@ def build_encoder(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase | None = 
 
 
 def external_encoder(spec: str, keep_text: bool) -> RadEncoder:
-    """A public encoder (``load_encoder`` spec) made ready to train: every weight trainable, in train mode, without its own classifier head (an objective attaches its own), and without its text tower
-    when the objective uses none (DDP refuses parameters that get no gradient)."""
+    """A public encoder (``load_encoder`` spec) made ready to train: every weight trainable, in train mode,
+    without its own classifier head (an objective attaches its own), and without its text tower when the
+    objective uses none (DDP refuses parameters that get no gradient)."""
     from radlab.models import load_encoder
 
     model = load_encoder(spec)
@@ -87,9 +88,10 @@ def freeze_unreached(model: RadEncoder) -> list[str]:
     total.backward()
     idle = [name for name, p in model.named_parameters()  # a public GLoRIA's matcher is its objective's to train
             if p.requires_grad and p.grad is None and not name.startswith("local_match.")]
+    frozen = set(idle)
     for name, p in model.named_parameters():
         p.grad = None
-        if name in idle:
+        if name in frozen:
             p.requires_grad_(False)
     model.train(was_training)
     if idle:
