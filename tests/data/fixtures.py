@@ -120,6 +120,22 @@ def build_nih(root: Path) -> Path:
     return root
 
 
+def build_nih_sample(root: Path) -> Path:
+    """Kaggle's random sample of NIH ChestX-ray14: sample_labels.csv (flattened size/spacing headers) and PNGs
+    in sample/images/; no official split lists."""
+    header = ("Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
+              "OriginalImageWidth,OriginalImageHeight,OriginalImagePixelSpacing_x,OriginalImagePixelSpacing_y\n")
+    rows = ["00000013_005.png,Emphysema|Infiltration|Pleural_Thickening|Pneumothorax,5,13,060Y,M,AP,3056,2544,0.139,0.139",
+            "00000013_026.png,Cardiomegaly|Emphysema,26,13,057Y,M,AP,2500,2048,0.168,0.168",
+            "00000017_001.png,No Finding,1,17,077Y,M,AP,2500,2048,0.168,0.168",
+            "00000032_001.png,Cardiomegaly|Edema|Effusion,1,32,055Y,F,AP,2500,2048,0.168,0.168"]
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "sample_labels.csv").write_text(header + "\n".join(rows) + "\n")
+    for i, row in enumerate(rows):
+        png(root / "sample" / "images" / row.split(",")[0], image(30 + i))
+    return root
+
+
 CHEXPERT_LABELS = ["No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion",
                    "Edema", "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion",
                    "Pleural Other", "Fracture", "Support Devices"]

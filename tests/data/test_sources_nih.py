@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from data import fixtures as fx
+from radlab.data.loading import load_tables
 from radlab.data.sources.common import SourceFormatError
 from radlab.data.sources.nih import NIHSource
 
@@ -25,6 +26,24 @@ def test_nih_labels_splits_boxes_and_demographics(tmp_path):
     boxes = json.loads(frame.loc["nih_00000003_000", "boxes"])
     assert [b["finding"] for b in boxes] == ["nodule", "infiltration"] and boxes[0]["w"] == pytest.approx(86.77)
     assert frame.loc["nih_00000001_000", "boxes"] == ""  # not box-annotated, which is not "no boxes"
+
+
+def test_nih_kaggle_sample_layout(tmp_path):
+    """sample_labels.csv with PNGs in sample/images/: the same records, no provider split, so load_tables draws
+    patient-level splits (both images of patient 13 land together)."""
+    root = fx.build_nih_sample(tmp_path / "nih_sample")
+    frame = NIHSource().load(root).frame.set_index("id")
+    assert frame.loc["nih_00000013_026", "image_path"] == "sample/images/00000013_026.png"
+    assert (root / frame.loc["nih_00000013_026", "image_path"]).is_file()
+    assert set(frame["split"]) == {""}
+    row = frame.loc["nih_00000032_001"]
+    assert (row["sex"], row["age"], row["patient_id"], row["study_id"]) == ("F", 55.0, "nih_00032", "nih_00032_001")
+    assert row["label_pleural_effusion"] == 1 and row["label_edema"] == 1 and row["label_pneumothorax"] == 0
+    assert frame.loc["nih_00000013_005", "label_pleural_thickening"] == 1
+    assert frame.loc["nih_00000017_001", "label_no_finding"] == 1
+    splits = load_tables([("nih", str(root))], {"train": 0.5, "test": 0.5}, seed=0).frame
+    assert set(splits["split"]) <= {"train", "test"} and "" not in set(splits["split"])
+    assert splits.groupby("patient_id")["split"].nunique().max() == 1
 
 
 def test_nih_unknown_label_names_file_and_row(tmp_path):

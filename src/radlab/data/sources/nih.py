@@ -6,6 +6,9 @@ in the ``images_001/images/ ... images_012/images/`` folders of the split downlo
 text-mined for every image, so a label an image does not list is negative (0); "No Finding" sets no_finding.
 Official lists map to split train (train_val_list) and test. Boxes go to the ``boxes`` column as JSON in
 original pixel units.
+
+Kaggle's random sample of 5,606 images is read too: ``sample_labels.csv`` (the same columns, ages as '060Y')
+with its PNGs in ``images/`` or ``sample/images/``. It ships no official split, so patient-level splits are drawn.
 """
 
 from __future__ import annotations
@@ -50,13 +53,13 @@ LABEL_MAP: dict[str, str] = {
     "No Finding": "no_finding",
 }
 BOX_LABEL_MAP: dict[str, str] = {**LABEL_MAP, "Infiltrate": "infiltration"}  # BBox_List spells it so
-ENTRY_FILES = ("Data_Entry_2017_v2020.csv", "Data_Entry_2017.csv")
+ENTRY_FILES = ("Data_Entry_2017_v2020.csv", "Data_Entry_2017.csv", "sample_labels.csv")
 SPLIT_FILES = {"train_val_list.txt": "train", "test_list.txt": "test"}
 
 
 def image_index(root: Path) -> dict[str, str]:
-    """PNG file name -> path relative to ROOT, over ``images/`` and ``images_*/images/``."""
-    folders = [root / "images"] + sorted(p / "images" for p in root.glob("images_*"))
+    """PNG file name -> path relative to ROOT, over ``images/``, ``images_*/images/`` and ``sample/images/``."""
+    folders = [root / "images"] + sorted(p / "images" for p in root.glob("images_*")) + [root / "sample" / "images"]
     index: dict[str, str] = {}
     for folder in folders:
         if folder.is_dir():
