@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from radlab.data.bundled import load_bundled
+from radlab.data.bundled import bundled_sources, load_bundled
+from radlab.data.images import read_image
 from radlab.data.sources.iu_xray import mesh_labels
 
 
@@ -42,3 +43,20 @@ def test_bundled_iu_xray_reports_load_as_records(data_root):
     assert frame.loc[unlabelled, "patient_id"].nunique() == 98  # MeSH "No Indexing" (92) or image quality only (6)
     assert not np.isnan(table.labels(["fracture", "pleural_other"])[~unlabelled]).any()
     assert frame["report"].str.contains("FINDINGS:|IMPRESSION:").mean() > 0.95
+
+
+def test_every_bundled_folder_with_images_reads_them(data_root):
+    """Whatever image set lands in the bundled data is recognised by its layout and its images read as 2-D
+    arrays in [0, 1] (a spread of up to 16 per folder; `radlab data check` reads them all)."""
+    tables = load_bundled(data_root)
+    assert set(tables) == set(bundled_sources(data_root)) and tables
+    present = {name: [i for i in np.flatnonzero(t.has_images()) if t.image_path(int(i)).is_file()]
+               for name, t in tables.items()}
+    present = {name: rows for name, rows in present.items() if rows}
+    if not present:
+        pytest.skip(f"no bundled folder holds image files yet ({sorted(tables)}): images are tested on fixtures")
+    for name, rows in present.items():
+        for i in np.asarray(rows)[np.linspace(0, len(rows) - 1, min(16, len(rows))).astype(int)]:
+            image = read_image(tables[name].image_path(int(i)))
+            assert image.ndim == 2 and min(image.shape) >= 64, (name, tables[name].image_path(int(i)))
+            assert 0 <= image.min() and image.max() <= 1 and image.std() > 0.01, (name, tables[name].image_path(int(i)))

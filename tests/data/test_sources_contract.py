@@ -17,7 +17,7 @@ CASES = {
     "manifest": fx.build_manifest,
 }
 LAYOUTS = {"vindr_kaggle": ("vindr", fx.build_vindr_kaggle), "chexpert_test": ("chexpert", fx.build_chexpert_test),
-           "siim_stage2": ("siim", fx.build_siim_stage2)}
+           "siim_stage2": ("siim", fx.build_siim_stage2), "nih_sample": ("nih", fx.build_nih_sample)}
 PREFIXES = {"openi": "iu", "covid_ieee": "covid_", "rsna_pneumonia": "rsna_", "manifest": "p"}
 
 

@@ -1,17 +1,17 @@
-"""Finding the bundled real data (``--data`` or ``RADLAB_DATA``) and loading each folder through its source."""
+"""Finding the bundled real data (``--data`` or ``RADLAB_DATA``) and loading each folder through the source
+whose layout it holds, so a folder added there is read without a code change."""
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
 from radlab.data.records import RecordTable
-from radlab.data.sources import SOURCES
+from radlab.data.sources import SOURCES, detect_source
 
 ENV_VAR = "RADLAB_DATA"
-BUNDLED_FOLDERS: dict[str, str] = {
-    "iu_xray_reports": "iu_xray",
-}
+log = logging.getLogger(__name__)
 
 
 def data_root(path: Path | str | None = None) -> Path:
@@ -25,11 +25,23 @@ def data_root(path: Path | str | None = None) -> Path:
     return root
 
 
-def load_bundled(root: Path | str | None = None) -> dict[str, RecordTable]:
-    """Every known folder under the data root, loaded through its registered source."""
+def bundled_sources(root: Path | str | None = None) -> dict[str, str]:
+    """Folder name -> the source whose layout it holds, for every folder under the data root; folders in no
+    known layout (or in several) are logged and left out, with a count."""
     root = data_root(root)
-    return {
-        folder: SOURCES.build(source).load(root / folder)
-        for folder, source in BUNDLED_FOLDERS.items()
-        if (root / folder).is_dir()
-    }
+    found, unknown = {}, []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        try:
+            found[folder.name] = detect_source(folder)
+        except (FileNotFoundError, ValueError) as err:
+            unknown.append(folder.name)
+            log.warning("bundled data: %s", err)
+    if unknown:
+        log.warning("bundled data: %d folder(s) left out, in no single known layout: %s", len(unknown), unknown)
+    return found
+
+
+def load_bundled(root: Path | str | None = None) -> dict[str, RecordTable]:
+    """Every recognised folder under the data root, loaded through its source."""
+    root = data_root(root)
+    return {folder: SOURCES.build(source).load(root / folder) for folder, source in bundled_sources(root).items()}

@@ -34,7 +34,8 @@ def _options(items: list[str] | None) -> dict[str, str]:
 
 
 @data_app.command("import")
-def import_source(source: str = typer.Argument(..., help="source name (`radlab list sources`)"),
+def import_source(source: str = typer.Argument(..., help="source name (`radlab list sources`), or auto: the one "
+                                                         "whose layout ROOT holds"),
                   root: Path = typer.Argument(..., help="the provider's folder in its native layout (or a manifest)"),
                   out: Path = typer.Option(..., "--out", help="folder for records.parquet and derived files (masks/)"),
                   option: list[str] = typer.Option(None, "--option", help="KEY=VALUE for the source, e.g. labeler=negbio"),
@@ -45,11 +46,18 @@ def import_source(source: str = typer.Argument(..., help="source name (`radlab l
     import inspect
 
     from radlab.data.labeller import add_report_labels
+    from radlab.data.loading import AUTO
     from radlab.data.prompts import add_prompts
     from radlab.data.records import RecordError
-    from radlab.data.sources import SOURCES
+    from radlab.data.sources import SOURCES, detect_source
     from radlab.data.sources.common import SourceFormatError
 
+    if source == AUTO:
+        try:
+            source = detect_source(root)
+        except (FileNotFoundError, ValueError) as err:
+            raise _fail(err) from err
+        typer.echo(f"{root}: {source} layout")
     try:
         factory = SOURCES.get(source)
     except KeyError as err:
@@ -155,14 +163,13 @@ def label_agreement(data: list[str] = typer.Argument(..., help="SOURCE:PATH of s
                     out: Path = typer.Option(Path("docs/report_labeller.md"), help="markdown file to (re)write")) -> None:
     """Measure the rule-based report labeller against sources that ship both text and labels."""
     from radlab.data.labeller import agreement, agreement_markdown
-    from radlab.data.loading import parse_sources, resolve_data_path
-    from radlab.data.sources import SOURCES
+    from radlab.data.loading import load_source, parse_sources, resolve_data_path
 
     try:
         sources = parse_sources(data)
     except ValueError as err:
         raise typer.BadParameter(str(err)) from err
-    results = {f"{name} ({Path(path).name})": agreement(SOURCES.build(name).load(resolve_data_path(path)))
+    results = {f"{name} ({Path(path).name})": agreement(load_source(name, resolve_data_path(path)))
                for name, path in sources}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(agreement_markdown(results))

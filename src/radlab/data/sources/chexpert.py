@@ -125,6 +125,7 @@ def consensus_fields(path: Path, row: int, r: dict[str, Any], file: str) -> dict
                               "test_labels.csv; frontal and lateral; JPEG")
 class CheXpertSource(Source):
     name = "chexpert"
+    markers = ("valid.csv", TEST_FILE)
     label_map = LABEL_MAP
 
     def load(self, root: Path) -> RecordTable:

@@ -30,6 +30,7 @@ COLUMNS = ["patientid", "offset", "sex", "age", "finding", "view", "modality", "
 @SOURCES.register("covid_ieee", "COVID-19 image data collection: metadata.csv diagnosis paths; X-ray only")
 class CovidIEEESource(Source):
     name = "covid_ieee"
+    markers = ("metadata.csv",)
     label_map = LABEL_MAP
 
     def load(self, root: Path) -> RecordTable:

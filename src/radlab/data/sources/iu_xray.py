@@ -113,6 +113,7 @@ def full_report(findings: str, impression: str) -> str:
 @SOURCES.register("iu_xray", "IU X-ray / OpenI two-CSV form: reports with expert MeSH tags, frontal+lateral")
 class IUXraySource(Source):
     name = "iu_xray"
+    markers = ("indiana_reports.csv",)
     label_map = MESH_MAP
 
     def load(self, root: Path) -> RecordTable:

@@ -41,6 +41,7 @@ def read_jsonl(path: Path) -> pd.DataFrame:
 @SOURCES.register("manifest", "generic CSV/JSONL manifest with record-table columns (image_path, patient_id, label_*)")
 class ManifestSource(Source):
     name = "manifest"
+    markers = FILES
     label_map = LABEL_MAP
 
     def load(self, root: Path) -> RecordTable:

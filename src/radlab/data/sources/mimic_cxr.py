@@ -71,6 +71,7 @@ def read_patients(path: Path | None) -> dict[int, tuple[str, float, float]]:
 @SOURCES.register("mimic_cxr", "MIMIC-CXR-JPG: files tree, split/metadata/chexpert CSVs, reports zip, MIMIC-IV ages")
 class MIMICCXRSource(Source):
     name = "mimic_cxr"
+    markers = (f"{PREFIX}split.csv.gz",)
     label_map = LABEL_MAP
 
     def __init__(self, labeler: str = "chexpert", patients: str | None = None) -> None:

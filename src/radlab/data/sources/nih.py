@@ -86,6 +86,7 @@ def read_boxes(path: Path) -> dict[str, list[dict]]:
 @SOURCES.register("nih", "NIH ChestX-ray14: Data_Entry CSV, official train/test lists, boxes; PNG")
 class NIHSource(Source):
     name = "nih"
+    markers = ENTRY_FILES
     label_map = LABEL_MAP
 
     def load(self, root: Path) -> RecordTable:

@@ -44,6 +44,7 @@ def parse_report(path: Path) -> dict[str, object]:
 @SOURCES.register("openi", "OpenI / IU X-ray XML reports (ecgen-radiology) with MeSH tags; PNG")
 class OpenISource(Source):
     name = "openi"
+    markers = ("ecgen-radiology",)
     label_map = LABEL_MAP
 
     def load(self, root: Path) -> RecordTable:

@@ -137,6 +137,7 @@ def row_labels(labels: list[str] | None) -> dict[str, float] | None:
 @SOURCES.register("padchest", "PadChest: labels CSV with 174-finding lists, exhaustive; 16-bit PNG")
 class PadChestSource(Source):
     name = "padchest"
+    markers = CSV_NAMES
     label_map = LABEL_MAP
 
     def load(self, root: Path) -> RecordTable:

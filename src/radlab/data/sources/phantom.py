@@ -9,3 +9,4 @@ from radlab.data.sources.table import TableSource
 @SOURCES.register("phantom", "synthetic chest X-ray phantoms from `radlab data synth` (records.parquet)")
 class PhantomSource(TableSource):
     name = "phantom"
+    markers = ()  # a phantom folder is a record table: `table` recognises it

@@ -39,6 +39,7 @@ FOLDERS = {"stage_2_train_images": "train", "stage_2_test_images": "test"}
 @SOURCES.register("rsna_pneumonia", "RSNA Pneumonia: DICOM, Target + detailed class info, boxes")
 class RSNAPneumoniaSource(Source):
     name = "rsna_pneumonia"
+    markers = ("stage_2_train_labels.csv",)
     image_origin = "nih"
     label_map = LABEL_MAP
 

@@ -136,6 +136,7 @@ def study_of(path: Path, root: Path) -> str:
                           "to PNG with mask_dir")
 class SIIMSource(Source):
     name = "siim"
+    markers = (STAGE_1.labels, STAGE_2.labels)
     image_origin = "nih"
     label_map = LABEL_MAP
 

@@ -22,6 +22,7 @@ REQUIRED = ("img_name", "question", "answer", "answer_type")
 @SOURCES.register("slake", "SLAKE release (train/validate/test.json + imgs/): one record per English question")
 class SlakeSource(Source):
     name = "slake"
+    markers = (FILES["val"],)
 
     def load(self, root: Path) -> RecordTable:
         root = Path(root)

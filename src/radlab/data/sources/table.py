@@ -13,6 +13,7 @@ from radlab.data.sources.base import SOURCES, Source
 @SOURCES.register("table", "a record table radlab wrote (records.parquet: data import, check --drop, audit --exclude)")
 class TableSource(Source):
     name = "table"
+    markers = (TABLE_FILE,)
 
     def load(self, root: Path) -> RecordTable:
         root = Path(root)

@@ -95,6 +95,7 @@ class _TBSource(Source):
 class MontgomerySource(_TBSource):
     name = "montgomery"
     prefix = "MCUCXR"
+    markers = ("CXR_png/MCUCXR_*.png",)
     readings_pattern = _MONTGOMERY
 
     def __init__(self, mask_dir: str | Path | None = None) -> None:
@@ -118,6 +119,7 @@ class MontgomerySource(_TBSource):
 class ShenzhenSource(_TBSource):
     name = "shenzhen"
     prefix = "CHNCXR"
+    markers = ("CXR_png/CHNCXR_*.png",)
     readings_pattern = _SHENZHEN
 
     def masks(self, root: Path, stem: str) -> dict[str, str]:

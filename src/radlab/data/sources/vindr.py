@@ -160,6 +160,15 @@ class VinDrSource(Source):
     name = "vindr"
     label_map = LABEL_MAP
 
+    @classmethod
+    def recognises(cls, root: Path) -> bool:
+        """Either VinDr layout (the Kaggle one by its train.csv's columns, not the file name alone)."""
+        try:
+            layout(Path(root))
+        except FileNotFoundError:
+            return False
+        return True
+
     def load(self, root: Path) -> RecordTable:
         root = Path(root)
         return self.load_physionet(root) if layout(root) == "physionet" else self.load_kaggle(root)

@@ -35,6 +35,7 @@ def qa_record(qid: str, image: str, image_path: str, question: str, answer: obje
 @SOURCES.register("vqa_rad", "VQA-RAD release (VQA_RAD Dataset Public.json + image folder): one record per question")
 class VQARadSource(Source):
     name = "vqa_rad"
+    markers = (ANNOTATIONS,)
     split_unit = "question"
 
     def load(self, root: Path) -> RecordTable:
