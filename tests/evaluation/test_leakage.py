@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from data import fixtures as fx
 from radlab.cli import app
 from radlab.data.records import RecordTable
+from radlab.data.sources.rsna import RSNAPneumoniaSource
 from radlab.data.splits import DEFAULT_FRACTIONS, assign_splits
 from radlab.evaluation.leakage import check_pretraining, public_encoder_note
 from radlab.models.checkpoint import save_encoder
@@ -22,11 +24,12 @@ from radlab.train.config import TrainConfig
 runner = CliRunner()
 
 
-def _checkpoint(encoder: RadEncoder, tower: dict, out: Path, data: Path, **data_options: object) -> Path:
-    """A checkpoint whose recorded training config pre-trained on the phantoms at ``data``."""
+def _checkpoint(encoder: RadEncoder, tower: dict, out: Path, data: Path, source: str = "phantom",
+                **data_options: object) -> Path:
+    """A checkpoint whose recorded training config pre-trained on ``data`` (phantoms unless ``source`` says)."""
     init_from = data_options.pop("init_from", None)
     cfg = TrainConfig.model_validate({"objective": {"name": "supervised"}, "init_from": init_from,
-                                      "data": {"sources": [{"source": "phantom", "path": str(data)}], **data_options}})
+                                      "data": {"sources": [{"source": source, "path": str(data)}], **data_options}})
     return save_encoder(encoder, out, tower, {"train_config": cfg.model_dump(), "step": 1, "external": None})
 
 
@@ -123,3 +126,23 @@ def test_torchxrayvision_weights_name_their_datasets(tmp_path: Path) -> None:
     renamed = tmp_path / "out.pt"
     renamed.write_bytes(b"")
     assert "not known here" in public_encoder_note("xrv", f"xrv:{renamed}", {"nih"})
+
+
+@pytest.mark.parametrize("source", ["auto", "table", "rsna_pneumonia"])
+def test_images_are_audited_by_the_records_sources_not_the_configs_name(source: str, tiny_encoder: RadEncoder,
+                                                                         tiny_tower_spec: dict, tmp_path: Path) -> None:
+    """RSNA's images are NIH's under other ids: pre-training read through `auto` (or an imported table) must
+    still be audited image by image against an NIH test split, as when the config names rsna_pneumonia."""
+    rsna = fx.build_rsna(tmp_path / "rsna")
+    seen = sorted((rsna / "stage_2_train_images").glob("*.dcm"))[0]
+    copy = tmp_path / "nih" / "00000007_000.dcm"
+    copy.parent.mkdir()
+    shutil.copy(seen, copy)
+    test = RecordTable.from_records([{"id": "nih_00000007_000", "image_path": copy.name, "source": "nih",
+                                      "patient_id": "nih_00007", "split": "test"}], copy.parent)
+    if source == "table":  # what `radlab data import rsna_pneumonia` writes
+        rsna = RSNAPneumoniaSource().load(rsna).write(tmp_path / "imported").parent
+    ckpt = _checkpoint(tiny_encoder, tiny_tower_spec, tmp_path / "ckpt", rsna, source=source,
+                       split_fractions={"train": 1.0})
+    found = check_pretraining(ckpt, test)
+    assert found.shared_patients == 0 and found.exact_duplicates == 1 and not found.clean()

@@ -127,7 +127,7 @@ def check_pretraining(spec: str | Path, table: RecordTable, data_root: str | Non
         except FileNotFoundError as err:
             result.unchecked.append(f"{folder}: its pre-training data are not here ({err})")
             continue
-        images = any(share_images(s.source, t) for s in cfg.data.sources for t in test_sources)
+        images = any(share_images(s, t) for s in set(train.frame["source"]) for t in test_sources)
         overlap = audit(train, {"test": test}, images=images).overlaps[0]
         patients |= set(overlap.shared_patients)
         exact |= {b for _, b in overlap.exact_duplicates}
