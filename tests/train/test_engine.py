@@ -276,8 +276,9 @@ def test_sources_that_reencode_the_same_images_get_an_image_audit(tmp_path: Path
 
     monkeypatch.setattr(setup, "refuse_overlap", spy)
     rsna = fx.build_rsna(tmp_path / "rsna")
-    for source, expected in (("nih", True), ("phantom", False)):
-        data = fx.build_nih(tmp_path / "nih") if source == "nih" else phantom16
+    nih = fx.build_nih(tmp_path / "nih")
+    for source, expected in (("nih", True), ("auto", True), ("phantom", False)):
+        data = phantom16 if source == "phantom" else nih
         cfg = tiny_config("supervised", data, tmp_path / source, "optim.steps=1",
                       f"data.sources=[{{source: {source}, path: {data}}}]",
                       f"data.eval_sources=[{{source: rsna_pneumonia, path: {rsna}}}]")

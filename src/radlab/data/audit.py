@@ -163,6 +163,12 @@ def share_images(a: str, b: str) -> bool:
     return a != b and origin(a) == origin(b)
 
 
+def tables_share_images(a: RecordTable, b: RecordTable) -> bool:
+    """Whether a source of ``a``'s records can hold images of ``b``'s under unrelated ids (``share_images``):
+    decided by the sources the records carry, whatever loader read them (``table``, ``auto``)."""
+    return any(share_images(x, y) for x in set(a.frame["source"]) for y in set(b.frame["source"]))
+
+
 def refuse_overlap(pretrain: RecordTable, evals: Mapping[str, RecordTable], force: bool = False,
                    images: bool = False, threshold: int = DEFAULT_THRESHOLD, workers: int = 0) -> AuditReport:
     """Raise LeakageError when pre-training data shares patients (or, with ``images``, duplicate images) with

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from radlab.data.audit import LeakageError, audit, share_images
+from radlab.data.audit import LeakageError, audit, share_images, tables_share_images
 from radlab.data.records import RecordTable
 from radlab.models import ENCODERS
 from radlab.models.checkpoint import SPEC_FILE, read_spec
@@ -127,8 +127,7 @@ def check_pretraining(spec: str | Path, table: RecordTable, data_root: str | Non
         except FileNotFoundError as err:
             result.unchecked.append(f"{folder}: its pre-training data are not here ({err})")
             continue
-        images = any(share_images(s, t) for s in set(train.frame["source"]) for t in test_sources)
-        overlap = audit(train, {"test": test}, images=images).overlaps[0]
+        overlap = audit(train, {"test": test}, images=tables_share_images(train, test)).overlaps[0]
         patients |= set(overlap.shared_patients)
         exact |= {b for _, b in overlap.exact_duplicates}
         near |= {b for _, b, _ in overlap.near_duplicates}

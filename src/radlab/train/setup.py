@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from radlab.data.audit import refuse_overlap, share_images
+from radlab.data.audit import refuse_overlap, tables_share_images
 from radlab.data.loading import load_tables
 from radlab.data.records import RecordTable
 from radlab.data.splits import patient_subset
@@ -73,7 +73,7 @@ def refuse_evaluation_patients(cfg: TrainConfig, train_table: RecordTable, data_
     if data.eval_sources:
         evals = {f"{s.source}:{s.path}": load_tables([(s.source, s.path)], data.split_fractions,
                                                      data.split_seed, data_root) for s in data.eval_sources}
-        images = any(share_images(t.source, e.source) for t in data.sources for e in data.eval_sources)
+        images = any(tables_share_images(train_table, e) for e in evals.values())
         refuse_overlap(train_table, evals, force=data.allow_eval_overlap, images=images)
 
 
