@@ -24,6 +24,15 @@ log = logging.getLogger(__name__)
 ImageTransform = Callable[[torch.Tensor], torch.Tensor | list[torch.Tensor]]
 
 
+def cache_size(preprocess: Preprocess) -> int:
+    """The image size a cache (``radlab.data.cache``, padded squares) must hold for this preprocessing; an
+    error when the tower crops or resizes first, which the cache cannot serve."""
+    if (preprocess.fit, preprocess.resize) != ("pad", None):
+        raise ValueError(f"the image cache holds padded squares; this tower's geometry is {preprocess.geometry()}: "
+                         "run without the cache")
+    return preprocess.image_size
+
+
 def train_augment(image_size: int) -> ImageTransform:
     """Mild augmentation for radiographs: crops that keep most anatomy, small rotations and contrast changes.
     No horizontal flip: it would swap laterality (heart side, left/right findings)."""
@@ -61,10 +70,7 @@ class RecordDataset(Dataset):
         self.unreadable: set[int] = set()
         self.studies = pd.factorize(study_keys(table.frame))[0]
         if cache is not None:  # a pre-resized uint8 cache (radlab.data.cache); refused when stale
-            if (preprocess.fit, preprocess.resize) != ("pad", None):
-                raise ValueError(f"the image cache holds padded squares; this tower's geometry is "
-                                 f"{preprocess.geometry()}: run without the cache")
-            cache.validate(table, preprocess.image_size)
+            cache.validate(table, cache_size(preprocess))
             self.cache_rows = [cache.rows[r] for r in table.frame["id"]]
 
     def __len__(self) -> int:

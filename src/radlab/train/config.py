@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from radlab.config import apply_overrides, load_yaml
 from radlab.data.splits import DEFAULT_FRACTIONS
@@ -39,18 +39,29 @@ class DataConfig(BaseModel):
     """``eval_sources``: evaluation sets whose patients must not be pre-trained on (checked at start-up;
     ``allow_eval_overlap`` forces the run with a logged warning). ``unreadable_images``: ``error`` stops at an
     image file that cannot be read, naming it; ``skip`` stands the next readable record in, logs the file and
-    counts the replacements (``replaced_images`` in the metrics)."""
+    counts the replacements (``replaced_images`` in the metrics). ``image_cache``: a folder for the run's images
+    pre-resized to the model's size as uint8 (``radlab.data.cache``), built by rank 0 before training, reused
+    while it matches the records and rebuilt when stale; every epoch then reads memory-mapped rows instead of
+    decoding full-size files (pixels rounded to 1/255). It needs the tower's padded-square geometry."""
 
     model_config = ConfigDict(extra="forbid")
     sources: list[DataSource]
     eval_sources: list[DataSource] = []
     allow_eval_overlap: bool = False
     unreadable_images: Literal["error", "skip"] = "error"
+    image_cache: str | None = None
     labels: list[str] | None = None
     split_seed: int = 0
     split_fractions: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_FRACTIONS))
     train_subset: SubsetConfig | None = None
     vocab_size: int = 4000
+
+    @model_validator(mode="after")
+    def _cache_reads_every_image(self) -> DataConfig:
+        if self.image_cache is not None and self.unreadable_images == "skip":
+            raise ValueError("data.image_cache reads every image before training, so it cannot skip unreadable "
+                             "ones: list and drop them with `radlab data check TABLE --drop OUT` and train on OUT")
+        return self
 
 
 class OptimConfig(BaseModel):

@@ -23,6 +23,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
+from radlab.data.cache import ImageCache
 from radlab.data.dataset import (
     Collator,
     RecordDataset,
@@ -45,7 +46,14 @@ from radlab.train.initial_weights import load_encoder_weights, load_objective_st
 from radlab.train.loader import Position, RankedBatchSampler, SeededDataset, stream
 from radlab.train.optim import cosine_weight_decay, cosine_with_warmup, param_groups
 from radlab.train.run_log import RunLog
-from radlab.train.setup import build_model, build_objective, run_tables, seed_everything, training_labels
+from radlab.train.setup import (
+    build_model,
+    build_objective,
+    run_image_cache,
+    run_tables,
+    seed_everything,
+    training_labels,
+)
 from radlab.train.state import (
     changed_fields,
     latest_state,
@@ -118,11 +126,13 @@ class Trainer:
         size = self.model.preprocess.image_size
         transform = self.objective.train_transform(size) or train_augment(size)
         self.tokenize = self.model.text_tower.tokenize if self.objective.requires_text else None
-        self.loader, self.sampler = self._loader(self._records(train_table, "train"), transform, shuffle=True)
-        self.val = None
+        records = [self._records(train_table, "train")]
         if cfg.early_stopping is not None:
-            # the training transform (seeded per sample, epoch 0): multi-view objectives need their views
-            self.val = self._loader(self._records(table.split("val"), "val"), transform, shuffle=False)
+            records.append(self._records(table.split("val"), "val"))
+        cache = run_image_cache(cfg, env, records, self.model.preprocess) if self.objective.requires_images else None
+        self.loader, self.sampler = self._loader(records[0], transform, shuffle=True, cache=cache)
+        # validation reads the training transform (seeded per sample, epoch 0): multi-view objectives need views
+        self.val = self._loader(records[1], transform, shuffle=False, cache=cache) if len(records) > 1 else None
         opt = cfg.optim
         groups = param_groups(self.module, opt.weight_decay, opt.lr, opt.layer_decay, opt.patch_embed_lr_scale)
         self.optimizer = torch.optim.AdamW(groups, lr=opt.lr, betas=opt.betas)
@@ -161,9 +171,10 @@ class Trainer:
                              f"one batch of {needed}")
         return chosen
 
-    def _loader(self, table: RecordTable, transform: object, shuffle: bool) -> tuple[DataLoader, RankedBatchSampler]:
+    def _loader(self, table: RecordTable, transform: object, shuffle: bool,
+                cache: ImageCache | None = None) -> tuple[DataLoader, RankedBatchSampler]:
         skip = self.cfg.data.unreadable_images == "skip"
-        records = (RecordDataset(table, self.model.preprocess, self.class_names, transform, skip_unreadable=skip)
+        records = (RecordDataset(table, self.model.preprocess, self.class_names, transform, cache, skip)
                    if self.objective.requires_images else ReportDataset(table))
         dataset = SeededDataset(records, self.cfg.seed)
         sampler = RankedBatchSampler(len(dataset), self.micro_batch, self.cfg.seed, self.env.rank,

@@ -14,6 +14,8 @@ import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from radlab.data.audit import refuse_overlap, tables_share_images
+from radlab.data.cache import ImageCache, ensure_cache
+from radlab.data.dataset import cache_size
 from radlab.data.loading import load_tables
 from radlab.data.records import RecordTable
 from radlab.data.splits import patient_subset
@@ -21,6 +23,7 @@ from radlab.models.build import build_encoder, external_encoder, freeze_unreache
 from radlab.models.encoder import RadEncoder
 from radlab.models.text_towers import builds_own_tokenizer
 from radlab.models.tokenizer import train_wordpiece
+from radlab.models.towers import Preprocess
 from radlab.objectives import OBJECTIVES, Objective
 from radlab.train import distributed as distrib
 from radlab.train.config import TrainConfig
@@ -111,6 +114,20 @@ def run_tokenizer(cfg: TrainConfig, env: distrib.DistEnv, table: RecordTable) ->
         tokenizer.save_pretrained(folder)
     distrib.barrier()
     return AutoTokenizer.from_pretrained(folder)
+
+
+def run_image_cache(cfg: TrainConfig, env: distrib.DistEnv, tables: list[RecordTable],
+                    preprocess: Preprocess) -> ImageCache | None:
+    """``data.image_cache``: the run's image records (``tables``) pre-resized for ``preprocess``, built or reused
+    by rank 0 (``ensure_cache``: rebuilt when stale); every rank opens it after the barrier."""
+    folder = cfg.data.image_cache
+    if folder is None:
+        return None
+    size = cache_size(preprocess)
+    if env.is_main:
+        ensure_cache(RecordTable.concat(tables), folder, size, cfg.optim.num_workers)
+    distrib.barrier()
+    return ImageCache(folder)
 
 
 def build_objective(cfg: TrainConfig, class_names: list[str], model: RadEncoder | None = None) -> Objective:
