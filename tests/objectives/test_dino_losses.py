@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from radlab.objectives.dino_losses import (
+    CENTERINGS,
     DINOLoss,
     IBOTPatchLoss,
     effective_rank,
@@ -121,11 +122,13 @@ def test_koleo_and_nt_xent_keep_float32_under_bf16_autocast() -> None:
         torch.testing.assert_close(nt_xent(*views, 0.1), plain_nt)
 
 
-def test_ibot_without_masked_patches_is_zero_and_leaves_the_center() -> None:
-    loss = IBOTPatchLoss(8)
+@pytest.mark.parametrize("centering", CENTERINGS)
+def test_ibot_without_masked_patches_is_zero_and_leaves_the_center(centering: str) -> None:
+    loss = IBOTPatchLoss(8, centering=centering)
     loss.center.fill_(0.5)
     empty = torch.zeros(0, 8, requires_grad=True)
     value = loss(empty, torch.zeros(0, 8), torch.zeros(3, 4, dtype=torch.bool), 0.04)
     assert float(value) == 0.0 and torch.equal(loss.center, torch.full((1, 8), 0.5))
     value.backward()
     assert empty.grad is not None
+    assert sinkhorn_knopp(torch.zeros(0, 8), 0.04).shape == (0, 8)

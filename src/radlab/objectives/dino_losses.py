@@ -33,6 +33,8 @@ def sinkhorn_knopp(teacher_logits: torch.Tensor, temperature: float, iterations:
     log_q = (teacher_logits.float() / temperature).T
     k = log_q.shape[0]
     b = global_count(log_q.shape[1], log_q.device)
+    if b == 0:  # no rank has a row (iBOT with nothing masked anywhere): every rank returns here alike
+        return teacher_logits.float().new_zeros(teacher_logits.shape)
     log_q = log_q - _global_logsumexp(torch.logsumexp(log_q.flatten(), dim=0, keepdim=True))
     for _ in range(iterations):
         log_q = log_q - _global_logsumexp(torch.logsumexp(log_q, dim=1, keepdim=True)) - math.log(k)
