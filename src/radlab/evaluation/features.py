@@ -20,7 +20,7 @@ from radlab.progress import tracked
 
 FEATURE_KINDS = ("pooled", "embedding", "tokens")
 TEXT_KINDS = ("embedding", "pooled")
-FEATURE_FORMAT = "1"
+FEATURE_FORMAT = "2"  # part of every cache key: bump it when what an extractor computes changes (2: local = max over words)
 log = logging.getLogger(__name__)
 
 
