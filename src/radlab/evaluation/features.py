@@ -20,7 +20,8 @@ from radlab.progress import tracked
 
 FEATURE_KINDS = ("pooled", "embedding", "tokens")
 TEXT_KINDS = ("embedding", "pooled")
-FEATURE_FORMAT = "2"  # part of every cache key: bump it when what an extractor computes changes (2: local = max over words)
+# Part of every cache key: bump it when what an extractor computes changes (2: local scores are max over words).
+FEATURE_FORMAT = "2"
 log = logging.getLogger(__name__)
 
 
