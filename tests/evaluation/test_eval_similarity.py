@@ -18,8 +18,8 @@ from radlab.evaluation.features import FeatureCache, image_batches
 from radlab.evaluation.metrics import recall_at_k
 from radlab.evaluation.prompts import prompts
 from radlab.evaluation.retrieval import correct_key_positions
-from radlab.evaluation.similarity import combine
-from radlab.evaluation.zero_shot import prompt_scores
+from radlab.evaluation.similarity import combine, decision_scores
+from radlab.evaluation.zero_shot import exclusive_accuracy, prompt_scores, single_label
 from radlab.models.checkpoint import load_encoder_checkpoint, save_encoder
 from radlab.models.encoder import RadEncoder
 from radlab.models.local_matching import local_similarity
@@ -31,6 +31,29 @@ def test_combine_hand_computed() -> None:
     z = np.array([[10.0, 2.0], [20.0, 6.0]])
     assert np.allclose(combine(g, z, "both"), [[5.5, 1.0], [11.5, 3.0]])  # GLoRIA's plain mean
     assert combine(g, z, "global") is g and combine(g, z, "local") is z
+
+
+def test_both_standardises_each_class_over_the_images_before_top1_as_gloria() -> None:
+    """GLoRIA's zero_shot_classification: (s - s.mean(axis=0)) / s.std(axis=0), then argmax over classes."""
+    scores = np.array([[0.9, 0.2], [0.8, 0.1], [0.7, 0.3]])
+    standardised = (scores - scores.mean(axis=0)) / scores.std(axis=0)
+    assert np.allclose(decision_scores(scores, "both"), standardised)
+    assert scores.argmax(1).tolist() == [0, 0, 0] and standardised.argmax(1).tolist() == [0, 0, 1]
+    assert decision_scores(scores, "global") is scores and decision_scores(scores, "local") is scores
+    labels = np.array([[1, 0], [1, 0], [0, 1]], dtype=float)
+    assert single_label(labels, scores)["accuracy"] == pytest.approx(2 / 3)
+    assert single_label(labels, scores, "both")["accuracy"] == 1.0
+
+
+def test_exclusive_accuracy_standardises_over_the_drawn_images(gloria_encoder: RadEncoder,
+                                                               split_table: RecordTable) -> None:
+    ctx = _context(gloria_encoder, split_table, "zero_shot", "both")
+    names = ["cardiomegaly", "pleural_effusion"]
+    labels = ctx.labels("test")[:, [ctx.label_names.index(n) for n in names]]
+    scores = 0.5 * (labels == 1) + np.array([3.0, 0.0])  # raw, class 0 always wins; per class, the positives stand out
+    raw, both = (exclusive_accuracy(ctx, names, labels, scores, kind) for kind in ("global", "both"))
+    assert raw["n"] == both["n"] > 0 and min(raw["n_per_class"]) > 0
+    assert raw["accuracy"] == pytest.approx(raw["n_per_class"][0] / raw["n"]) and both["accuracy"] == 1.0
 
 
 def test_gloria_evaluation_scores_a_report_by_its_best_word() -> None:

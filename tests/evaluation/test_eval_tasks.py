@@ -71,6 +71,8 @@ def test_zero_shot_modes_and_seen_vs_unseen(results: dict) -> None:
     assert set(names["seen_classes"]) | set(names["unseen_classes"]) == set(names["auc"])
     assert "cardiomegaly" in names["seen_classes"] and "edema" in names["unseen_classes"]
     assert names["single_label"]["n"] > 0
+    assert set(zs["ap"]) == set(zs["prevalence"]) == set(zs["auc"])
+    assert all(0 < p < 1 for p in zs["prevalence"].values()) and all(0 <= a <= 1 for a in zs["ap"].values())
 
 
 def test_exclusive_sample_takes_images_positive_for_exactly_one_class() -> None:

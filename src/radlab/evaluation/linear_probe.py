@@ -72,14 +72,19 @@ def auc_report(ctx: EvalContext, labels: np.ndarray, scores: np.ndarray, names: 
     test rows (the table rows of ``labels``/``scores``: the test images unless ``rows`` are given)."""
     cols = [ctx.label_names.index(n) for n in names]
     y, s = labels[:, cols], scores[:, cols]
-    per_finding: dict[str, dict[str, float]] = {"auc": {}, "ap": {}, "prevalence": {}}
+    return {**per_finding(y, s, names), "macro_auc": macro_auc(y, s),
+            **macro_statistics(ctx, y, s, names, ctx.rows("test") if rows is None else rows)}
+
+
+def per_finding(y: np.ndarray, s: np.ndarray, names: list[str]) -> dict[str, dict[str, float]]:
+    """AUC, average precision and prevalence of each finding (the columns of ``y``/``s``) on its known rows."""
+    out: dict[str, dict[str, float]] = {"auc": {}, "ap": {}, "prevalence": {}}
     for j, name in enumerate(names):
         known = np.isin(y[:, j], (0, 1))
-        per_finding["auc"][name] = roc_auc(y[known, j], s[known, j])
-        per_finding["ap"][name] = average_precision(y[known, j], s[known, j])
-        per_finding["prevalence"][name] = float(y[known, j].mean())
-    return {**per_finding, "macro_auc": macro_auc(y, s),
-            **macro_statistics(ctx, y, s, names, ctx.rows("test") if rows is None else rows)}
+        out["auc"][name] = roc_auc(y[known, j], s[known, j])
+        out["ap"][name] = average_precision(y[known, j], s[known, j])
+        out["prevalence"][name] = float(y[known, j].mean())
+    return out
 
 
 def macro_statistics(ctx: EvalContext, y: np.ndarray, s: np.ndarray, names: list[str], rows: np.ndarray) -> dict:

@@ -5,8 +5,9 @@
   (``RadEncoder.local_match``: trained with GLoRIA's objective, or GLoRIA's own checkpoint), as GLoRIA's
   evaluation computes it (``get_local_similarities``): τ2 times the cosine of the report's best-matched word.
 - ``both``: GLoRIA's evaluation (``gloria/gloria.py`` ``get_similarities``): the mean of the global cosine and
-  that local similarity, as they are (GLoRIA's zero-shot then standardises each class over the images, which
-  leaves its AUCs as they are).
+  that local similarity, as they are. Its zero-shot classification then standardises each class over the
+  images it classifies before the argmax (``zero_shot_classification``, "normalize across class"):
+  ``decision_scores`` does so for the top-1 decisions (single-label, 5x200 exclusive); AUCs are unchanged by it.
 
 ``global`` keeps one protocol for every encoder; ``both`` reproduces how GLoRIA reports its own zero-shot
 and retrieval, so compare GLoRIA-style encoders with both settings and others with ``global``.
@@ -30,6 +31,15 @@ def similarity_kind(ctx: EvalContext) -> str:
         raise TaskSkipped(f"similarity={kind} needs a word-region matcher (an encoder trained with GLoRIA's "
                           "objective, or GLoRIA's checkpoint); this encoder has none")
     return kind
+
+
+def decision_scores(class_scores: np.ndarray, kind: str) -> np.ndarray:
+    """The [N, K] class scores a top-1 decision over these N images reads: with ``both``, each class
+    standardised over the images first, as GLoRIA's zero-shot classification does; as they are otherwise."""
+    if kind != "both" or len(class_scores) < 2:
+        return class_scores
+    spread = class_scores.std(0)
+    return (class_scores - class_scores.mean(0)) / np.where(spread > 0, spread, 1.0)
 
 
 def combine(global_scores: np.ndarray, local_scores: np.ndarray, kind: str) -> np.ndarray:

@@ -24,10 +24,10 @@ import torch
 
 from radlab.data.taxonomy import FINDING_NAMES, ancestors
 from radlab.evaluation.context import TASKS, EvalContext, TaskSkipped
-from radlab.evaluation.linear_probe import macro_statistics, two_class
+from radlab.evaluation.linear_probe import macro_statistics, per_finding, two_class
 from radlab.evaluation.metrics import accuracy, roc_auc
 from radlab.evaluation.prompts import PROMPT_MODES, prompts
-from radlab.evaluation.similarity import combine, similarity_kind
+from radlab.evaluation.similarity import combine, decision_scores, similarity_kind
 
 
 def descendants(name: str) -> list[str]:
@@ -104,15 +104,17 @@ def prototype_scores(ctx: EvalContext, names: list[str]) -> tuple[np.ndarray, di
     return scores, definitions
 
 
-def single_label(labels: np.ndarray, class_scores: np.ndarray) -> dict:
-    """Top-1 accuracy on images with exactly one positive among the scored findings."""
+def single_label(labels: np.ndarray, class_scores: np.ndarray, kind: str = "global") -> dict:
+    """Top-1 accuracy on images with exactly one positive among the scored findings (``kind``: the similarity,
+    for ``decision_scores``)."""
     usable = ~np.isnan(class_scores).any(0)
     y, s = labels[:, usable], class_scores[:, usable]
     one = ((y == 1).sum(1) == 1) & np.isin(y, (0, 1)).all(1)
     if usable.sum() < 2 or not one.any():
         return {"n": 0}
     truth = np.argmax(y[one] == 1, axis=1)
-    return {"accuracy": accuracy(truth, s[one].argmax(1)), "chance": 1.0 / int(usable.sum()), "n": int(one.sum())}
+    return {"accuracy": accuracy(truth, decision_scores(s[one], kind).argmax(1)), "chance": 1.0 / int(usable.sum()),
+            "n": int(one.sum())}
 
 
 EXCLUSIVE_CLASSES = ("atelectasis", "cardiomegaly", "consolidation", "edema", "pleural_effusion")
@@ -132,8 +134,10 @@ def exclusive_sample(labels: np.ndarray, per_class: int, seed: int) -> tuple[np.
     return np.concatenate(rows), np.concatenate(truth)
 
 
-def exclusive_accuracy(ctx: EvalContext, names: list[str], labels: np.ndarray, class_scores: np.ndarray) -> dict:
-    """The 5x200-style top-1 accuracy (module docstring) over the exclusive classes this encoder can score."""
+def exclusive_accuracy(ctx: EvalContext, names: list[str], labels: np.ndarray, class_scores: np.ndarray,
+                       kind: str = "global") -> dict:
+    """The 5x200-style top-1 accuracy (module docstring) over the exclusive classes this encoder can score
+    (``kind``: the similarity, for ``decision_scores`` over the drawn images)."""
     wanted = ctx.option_list("exclusive_classes", list(EXCLUSIVE_CLASSES))
     classes = [n for n in wanted if n in names and not np.isnan(class_scores[:, names.index(n)]).any()]
     if len(classes) < 2:
@@ -143,7 +147,7 @@ def exclusive_accuracy(ctx: EvalContext, names: list[str], labels: np.ndarray, c
     rows, truth = exclusive_sample(labels[:, columns], per_class, ctx.seed)
     if not len(rows):
         return {"n": 0, "reason": "no test image is positive for exactly one of the classes"}
-    predicted = class_scores[np.ix_(rows, columns)].argmax(1)
+    predicted = decision_scores(class_scores[np.ix_(rows, columns)], kind).argmax(1)
     ci = ctx.interval("exclusive_accuracy", lambda idx: accuracy(truth[idx], predicted[idx]),
                       ctx.patients(ctx.rows("test")[rows]), over=classes)
     counts = np.bincount(truth, minlength=len(classes)).tolist()
@@ -190,7 +194,8 @@ def zero_shot(ctx: EvalContext) -> dict:
     if ctx.encoder.has_text:
         for mode in ctx.option_list("modes", PROMPT_MODES):
             binary, per_class = scores[mode] = prompt_scores(ctx, names, mode)
-            results[mode] = {**summarise(labels, binary, names, seen), "single_label": single_label(labels, per_class)}
+            results[mode] = {**summarise(labels, binary, names, seen),
+                             "single_label": single_label(labels, per_class, similarity_kind(ctx))}
         primary = ctx.option("primary", "names" if "names" in results else next(iter(results)))
         mode = "prompts"
     if ctx.encoder.label_head is not None:
@@ -205,9 +210,10 @@ def zero_shot(ctx: EvalContext) -> dict:
     scored = [names.index(n) for n in results[primary]["auc"]]
     binary, per_class = scores[primary]
     y, s = labels[:, scored], binary[:, scored]
-    return {"mode": mode, "prompt_mode": primary, "similarity": similarity_kind(ctx) if mode == "prompts" else None,
+    kind = similarity_kind(ctx) if mode == "prompts" else None
+    return {"mode": mode, "prompt_mode": primary, "similarity": kind,
             "macro_auc": results[primary]["macro_auc"],
             **macro_statistics(ctx, y, s, [names[j] for j in scored], ctx.rows("test")),
-            "auc": results[primary]["auc"], "modes": results,
-            "exclusive": exclusive_accuracy(ctx, names, labels, per_class),
+            **per_finding(y, s, [names[j] for j in scored]), "modes": results,
+            "exclusive": exclusive_accuracy(ctx, names, labels, per_class, kind or "global"),
             "seen_classes": sorted(seen) if seen is not None else None}
