@@ -65,6 +65,17 @@ def test_unreadable_dicom_names_the_file(tmp_path):
         read_image(bad)
 
 
+@pytest.mark.parametrize("element", ["Rows", "BitsAllocated", "BitsStored", "PhotometricInterpretation"])
+def test_a_header_missing_what_the_pixels_need_is_an_unreadable_image(tmp_path, element):
+    """pydicom raises AttributeError for these; the caller's skip policy and `data check` expect OSError."""
+    path = fx.dicom(tmp_path / "ok.dcm", PIXELS, bits=12)
+    ds = pydicom.dcmread(path)
+    delattr(ds, element)
+    ds.save_as(tmp_path / "broken.dcm", enforce_file_format=False)
+    with pytest.raises(OSError, match="broken.dcm: cannot decode pixel data"):
+        read_image(tmp_path / "broken.dcm")
+
+
 def test_window_functions():
     x = np.array([0.0, 50.0, 100.0])
     np.testing.assert_allclose(window(x, 50, 100, "LINEAR_EXACT"), [0.0, 0.5, 1.0])

@@ -164,6 +164,8 @@ def _decode(path: Path, ds: Dataset) -> np.ndarray:
         syntax = ds.file_meta.get("TransferSyntaxUID", "unknown")
         raise OSError(f"{path}: cannot decode pixel data with transfer syntax {syntax} "
                       f"(install pylibjpeg plugins or python-gdcm): {err}") from err
+    except (AttributeError, KeyError, TypeError) as err:  # pydicom: an element the pixel data need is missing
+        raise OSError(f"{path}: cannot decode pixel data: {err}") from err
     if int(ds.get("NumberOfFrames", 1) or 1) > 1:
         pixels = pixels[0]
     return to_unit_range(ds, pixels)
