@@ -3,10 +3,14 @@ are private to the owner), then renamed into place, the rename made durable."""
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import os
 import shutil
 import tempfile
 from pathlib import Path
+
+_AT_FDCWD, _RENAME_EXCHANGE = -100, 2
 
 
 def umask() -> int:
@@ -35,9 +39,44 @@ def temp_folder(directory: Path) -> Path:
     return tmp
 
 
+def sync_tree(folder: Path) -> None:
+    """Flush every file under ``folder`` and the folders themselves to disk, so a rename of ``folder`` that
+    survives a power loss does not bring empty files with it."""
+    for root, _, names in os.walk(folder):
+        for name in names:
+            fd = os.open(Path(root) / name, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        sync_folder(Path(root))
+
+
+def exchange(a: Path, b: Path) -> bool:
+    """Swap two existing paths in one step (Linux ``renameat2`` with ``RENAME_EXCHANGE``); False where the
+    platform or file system cannot, leaving both as they were."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
+        return False
+    raise OSError(code, os.strerror(code), str(b))
+
+
 def replace_folder(tmp: Path, directory: Path) -> None:
-    """Put the filled ``tmp`` at ``directory``; an existing one is moved aside first and removed last, so a
-    crash leaves the old folder or the new one, never neither."""
+    """Put the filled ``tmp`` at ``directory``, its files flushed first. An existing ``directory`` is swapped
+    with ``tmp`` in one step where the platform can (Linux), so no moment leaves neither; elsewhere it is moved
+    aside, then the new one moved in (a crash between the two leaves the old one under ``.NAME.old.*``). The
+    old one is removed last."""
+    sync_tree(tmp)
+    if directory.exists() and exchange(tmp, directory):
+        sync_folder(directory.parent)
+        shutil.rmtree(tmp)
+        return
     old = None
     if directory.exists():
         old = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.old."))
