@@ -56,6 +56,8 @@ def test_resume_refuses_a_changed_run_and_keeps_one_line_per_step(tmp_path: Path
     pretrain(tiny_config("supervised", phantom_dir, tmp_path / "a", *extra), progress=False)
     shutil.copytree(tmp_path / "a", tmp_path / "b")
     (tmp_path / "b" / "state" / "step_00000004.pt").unlink()  # interrupted after logging steps 3 and 4
+    with (tmp_path / "b" / "metrics.jsonl").open("a") as metrics:  # and while writing step 5's line
+        metrics.write('{"step": 5, "lo' + "\0" * 8)
     with pytest.raises(ValueError, match=r"differs from that run's in \['optim.batch_size'\]"):
         pretrain(tiny_config("supervised", phantom_dir, tmp_path / "b", *extra, "optim.batch_size=4", "resume=true"),
                  progress=False)

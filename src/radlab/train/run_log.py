@@ -4,9 +4,12 @@ TensorBoard scalars in ``<out>/tb``, written by the main rank only."""
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 from torch.utils.tensorboard import SummaryWriter
+
+log = logging.getLogger(__name__)
 
 
 class RunLog:
@@ -18,8 +21,7 @@ class RunLog:
         # purge_step: TensorBoard drops the earlier session's points from the resumed step on, as the file below
         self.writer = SummaryWriter(str(out / "tb"), purge_step=None if after is None else after + 1) if main else None
         path = out / "metrics.jsonl"
-        kept = [line for line in (path.read_text().splitlines() if after is not None and path.exists() else [])
-                if line.strip() and json.loads(line)["step"] <= after]
+        kept = kept_lines(path, after) if main and after is not None and path.exists() else []
         self.metrics = path.open("w") if main else None
         if self.metrics is not None and kept:
             self.metrics.write("\n".join(kept) + "\n")
@@ -42,3 +44,20 @@ class RunLog:
             self.metrics.close()
             self.writer.close()
 
+
+
+def kept_lines(path: Path, after: int) -> list[str]:
+    """The lines of an interrupted run's metrics file up to step ``after``; a line that does not parse (the
+    last one, cut short by a crash or a full disk) is dropped with a logged count."""
+    kept, broken = [], 0
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            step = json.loads(line)["step"] if line.strip() else None
+        except (ValueError, KeyError, TypeError):
+            broken += 1
+            continue
+        if step is not None and step <= after:
+            kept.append(line)
+    if broken:
+        log.warning("%s: dropped %d line(s) that do not parse (a write cut short)", path, broken)
+    return kept
