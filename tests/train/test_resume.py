@@ -44,8 +44,12 @@ def test_accumulation_keeps_the_optimiser_batches_across_epochs() -> None:
     assert optimiser_batches(RankedBatchSampler(10, 2, seed=0, accumulation=2), 2) == whole and len(whole) == 6
 
 
-def test_each_logged_step_shows_the_learning_rate_it_trained_with(tmp_path: Path, phantom_dir: Path) -> None:
-    cfg = tiny_config("supervised", phantom_dir, tmp_path, "optim.steps=3", "optim.batch_size=8")
+@pytest.mark.parametrize("layer_decay", [None, 0.5])
+def test_each_logged_step_shows_the_learning_rate_it_trained_with(tmp_path: Path, phantom_dir: Path,
+                                                                 layer_decay: float | None) -> None:
+    """The scheduled rate, not that of a group scaled down by layer-wise decay (the embeddings' come first)."""
+    cfg = tiny_config("supervised", phantom_dir, tmp_path, "optim.steps=3", "optim.batch_size=8",
+                      f"optim.layer_decay={'null' if layer_decay is None else layer_decay}")
     pretrain(cfg, progress=False)
     rates = [r["lr"] for r in logged(tmp_path)]
     assert rates[:2] == pytest.approx([cfg.optim.lr / 2, cfg.optim.lr]), "warm-up of 2: (s + 1) / 2 at step s"

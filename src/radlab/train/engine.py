@@ -304,7 +304,8 @@ class Trainer:
             params = [p for g in self.optimizer.param_groups for p in g["params"]]
             norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.grad_clip).detach()
             sums["grad_norm"] = norm.full_tensor() if self.sharded else norm  # a DTensor when sharded
-        self.schedule = {"lr": self.scheduler.get_last_lr()[0]}  # this step's values (the same on every rank)
+        # this step's values, the same on every rank; lr as scheduled, before any group's layer-decay scale
+        self.schedule = {"lr": self.scheduler.get_last_lr()[0] / self.optimizer.param_groups[0]["lr_scale"]}
         if self.cfg.optim.weight_decay_end is not None:
             self.schedule["weight_decay"] = cosine_weight_decay(
                 self.optimizer, self.step, self.cfg.optim.steps, self.cfg.optim.weight_decay,
