@@ -14,7 +14,7 @@ from tiny_runs import interrupted_copy, tiny_config
 
 from radlab.train.engine import pretrain
 from radlab.train.loader import Position, RankedBatchSampler
-from radlab.train.state import latest_state, load_state
+from radlab.train.state import changed_fields, latest_state, load_state, run_fingerprint
 from run_logs import logged
 
 VALIDATED = ["optim.steps=4", "optim.batch_size=8", "data.split_fractions={train: 0.8, val: 0.2}",
@@ -85,3 +85,15 @@ def test_states_and_checkpoints_are_as_readable_as_the_umask_says(tmp_path: Path
     assert stat.S_IMODE(latest_state(tmp_path).stat().st_mode) == 0o644
     assert stat.S_IMODE(folder.stat().st_mode) == 0o755
     assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")], "no temporary left behind"
+
+
+def test_a_resume_may_move_data_caches_and_change_workers_not_what_is_trained(tmp_path: Path, phantom_dir: Path) -> None:
+    def fingerprint(*extra: str) -> dict:
+        return run_fingerprint(tiny_config("supervised", phantom_dir, tmp_path, "optim.batch_size=8", *extra))
+
+    base = fingerprint(f"data.image_cache={tmp_path / 'c1'}")
+    moved = fingerprint(f"data.image_cache={tmp_path / 'c2'}", "optim.num_workers=3", "runtime.device=cpu",
+                        f"data.sources=[{{source: phantom, path: {tmp_path / 'moved'}}}]", "max_minutes=5")
+    assert changed_fields(base, moved) == []
+    assert changed_fields(base, fingerprint()) == ["data.cached"]
+    assert changed_fields(base, fingerprint(f"data.image_cache={tmp_path / 'c1'}", "optim.lr=0.5")) == ["optim.lr"]

@@ -101,15 +101,21 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
-RESUME_FREE = {"name", "out", "resume", "max_minutes", "runtime", "checkpoint"}  # a resumed run may change these
-RESUME_FREE_DATA = {"sources", "eval_sources"}  # data may move to other paths
+# What a resumed run may change: where it writes, its budget and runtime, the data's paths, the loader's worker
+# count (samples are seeded per sample, whatever the workers), and where the image cache lies (whether there is
+# one stays: it rounds pixels to 1/255).
+RESUME_FREE = {"name", "out", "resume", "max_minutes", "runtime", "checkpoint"}
+RESUME_FREE_PARTS = {"data": {"sources", "eval_sources", "image_cache"}, "optim": {"num_workers"}}
 
 
 def run_fingerprint(cfg: BaseModel) -> dict[str, Any]:
-    """The config fields a resumed run must share with the run it continues: all but ``RESUME_FREE`` and the
-    data paths (a changed batch, schedule, seed, model or objective would silently misread the state)."""
-    dumped = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in RESUME_FREE}
-    dumped["data"] = {k: v for k, v in dumped.get("data", {}).items() if k not in RESUME_FREE_DATA}
+    """The config fields a resumed run must share with the run it continues: all but those above (a changed
+    batch, schedule, seed, model or objective would silently misread the state)."""
+    full = cfg.model_dump(mode="json")
+    dumped = {k: v for k, v in full.items() if k not in RESUME_FREE}
+    for part, free in RESUME_FREE_PARTS.items():
+        dumped[part] = {k: v for k, v in full.get(part, {}).items() if k not in free}
+    dumped["data"]["cached"] = full.get("data", {}).get("image_cache") is not None
     return dumped
 
 
