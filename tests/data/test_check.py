@@ -52,7 +52,10 @@ def test_cli_lists_them_exits_1_and_drops_them_on_request(damaged: Path, tmp_pat
     clean = RecordTable.read(tmp_path / "clean")
     assert len(clean) == 8 and not set(clean.frame["id"]) & {f"s{r}" for r in BAD}
     assert all(read_image(clean.image_path(i)).size for i in range(len(clean)))
-    assert runner.invoke(app, ["data", "check", str(tmp_path / "clean")]).exit_code == 0
+    again = runner.invoke(app, ["data", "check", str(tmp_path / "clean"), "--report", str(tmp_path / "bad.csv")])
+    assert again.exit_code == 0, again.output
+    with (tmp_path / "bad.csv").open() as handle:
+        assert list(csv.DictReader(handle)) == [], "the clean table's report replaces the earlier list"
 
 
 def test_a_cache_build_that_meets_one_points_to_the_check(damaged: Path, tmp_path: Path) -> None:

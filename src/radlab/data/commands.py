@@ -122,7 +122,7 @@ def check(table: Path = typer.Argument(..., help="record table (folder or .parqu
         typer.echo(f"  row {item.row} (record {item.record!r}): {item.problem}")
     if len(found) > 10:
         typer.echo(f"  ... and {len(found) - 10} more" + ("" if report else " (--report lists them all)"))
-    if report is not None and found:
+    if report is not None:  # also when empty: an earlier check's list must not stay behind
         typer.echo(f"unreadable images: {write_unreadable(found, report)}")
     if drop is not None:
         cleaned = without_unreadable(records, found)

@@ -47,7 +47,7 @@ class RecordDataset(Dataset):
     """Images in [0, 1] brought to the tower's geometry (``preprocess``), optionally augmented, then
     normalised; with the record's labels (NaN = not annotated) and report text.
 
-    An image that cannot be read is an ``OSError`` naming its row, record and file; with ``skip_unreadable``
+    An image that cannot be read is an ``OSError`` naming its record and file; with ``skip_unreadable``
     (pre-training's ``data.unreadable_images=skip``) the sample is instead the next readable record's (rows
     wrap around), the file is logged once per process and the sample is marked ``replaced``; the same rows always
     stand in, so a resumed run reads what the original read."""
@@ -93,7 +93,8 @@ class RecordDataset(Dataset):
             try:
                 return row, self.load_image(row)
             except OSError as err:
-                problem = f"row {row} (record {self.table.frame['id'].iat[row]!r}): {err}"
+                # a record, not a row: the rows of a merged table's split are no file's rows
+                problem = f"record {self.table.frame['id'].iat[row]!r}: {err}"
                 if not self.skip_unreadable:
                     raise OSError(f"{problem}; fix the file, or list every unreadable one with `radlab data check "
                                   "TABLE` (--drop OUT writes the table without them); pre-training can also stand "
