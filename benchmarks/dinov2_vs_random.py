@@ -23,8 +23,10 @@ Paired against random init, SimCLR gains on all three (findings +0.111, sex +0.0
 -0.67 [-1.03, -0.29]); MAE at 1,500 steps on findings (+0.071) and sex (+0.024 [0.015, 0.034]), not age.
 
 ``--data`` takes any registered source in its native layout (repeatable, paths also under $RADLAB_DATA), e.g.
-``--data nih:nih_sample``, or ``auto:FOLDER`` for the source whose layout the folder holds; without it the script draws phantoms (the bundled real data has no images yet).
-Pre-training, probes and splits all use those records. ``--config`` picks the objective config (default
+``--data nih:nih_sample``, or ``auto:FOLDER`` for the source whose layout the folder holds; without it the
+script draws phantoms (the bundled real data has no images yet). Pre-training, probes and splits all use those
+records; on full-size radiographs add ``--set data.image_cache=runs/cache/NAME`` so pre-training decodes each
+file once (docs/training.md, "Image cache"). ``--config`` picks the objective config (default
 configs/dinov2.yaml), so the same script compares SimCLR or MAE against random init; ``--tasks`` picks the
 evaluation, e.g. report-only MLM on the bundled real IU X-ray reports (RADLAB_DATA=../shared/data; 3.4 min of
 pre-training, about 4 of evaluation):
