@@ -97,3 +97,11 @@ def test_a_resume_may_move_data_caches_and_change_workers_not_what_is_trained(tm
     assert changed_fields(base, moved) == []
     assert changed_fields(base, fingerprint()) == ["data.cached"]
     assert changed_fields(base, fingerprint(f"data.image_cache={tmp_path / 'c1'}", "optim.lr=0.5")) == ["optim.lr"]
+
+
+def test_a_state_saved_before_fields_were_added_or_freed_still_resumes(tmp_path: Path, phantom_dir: Path) -> None:
+    current = run_fingerprint(tiny_config("supervised", phantom_dir, tmp_path, "optim.batch_size=8"))
+    older = {**current, "data": {k: v for k, v in current["data"].items() if k != "cached"},
+             "optim": {**current["optim"], "num_workers": 4}}  # as a state of an earlier radlab recorded it
+    assert changed_fields(older, current) == []
+    assert changed_fields({**older, "seed": current["seed"] + 1}, current) == ["seed"]

@@ -120,11 +120,13 @@ def run_fingerprint(cfg: BaseModel) -> dict[str, Any]:
 
 
 def changed_fields(saved: dict[str, Any] | None, current: dict[str, Any], prefix: str = "") -> list[str]:
-    """Dotted names of the fields that differ between two fingerprints; [] when a state holds none (older)."""
+    """Dotted names of the fields that differ between two fingerprints; [] when a state holds none (older).
+    Fields one side lacks are not compared: they were added to the config, or made free to change, after the
+    state was saved (an older state then resumes as before)."""
     if saved is None:
         return []
     changed = []
-    for key in sorted(set(saved) | set(current)):
+    for key in sorted(set(saved) & set(current)):
         a, b = saved.get(key), current.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
             changed += changed_fields(a, b, f"{prefix}{key}.")
