@@ -49,6 +49,14 @@ def test_without_exchange_the_folder_is_still_replaced(tmp_path: Path, monkeypat
     assert (tmp_path / "fresh" / "weights").read_text() == "first"
 
 
+def test_a_linked_folder_is_replaced_by_the_new_folder(tmp_path: Path) -> None:
+    real = _folder(tmp_path / "real", "old")
+    (tmp_path / "checkpoint").symlink_to(real)
+    replace_folder(_folder(temp_folder(tmp_path / "checkpoint"), "new"), tmp_path / "checkpoint")
+    assert (tmp_path / "checkpoint" / "weights").read_text() == "new" and not (tmp_path / "checkpoint").is_symlink()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint", "real"]
+
+
 def test_every_file_is_flushed_before_the_folder_moves(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     flushed: list[str] = []
     real_fsync = os.fsync

@@ -69,11 +69,11 @@ def exchange(a: Path, b: Path) -> bool:
 
 def replace_folder(tmp: Path, directory: Path) -> None:
     """Put the filled ``tmp`` at ``directory``, its files flushed first. An existing ``directory`` is swapped
-    with ``tmp`` in one step where the platform can (Linux), so no moment leaves neither; elsewhere it is moved
-    aside, then the new one moved in (a crash between the two leaves the old one under ``.NAME.old.*``). The
-    old one is removed last."""
+    with ``tmp`` in one step where the platform can (Linux), so no moment leaves neither; elsewhere, or where
+    ``directory`` is a link, it is moved aside, then the new one moved in (a crash between the two leaves the
+    old one under ``.NAME.old.*``). The old one is removed last."""
     sync_tree(tmp)
-    if directory.exists() and exchange(tmp, directory):
+    if directory.is_dir() and not directory.is_symlink() and exchange(tmp, directory):
         sync_folder(directory.parent)
         shutil.rmtree(tmp)
         return

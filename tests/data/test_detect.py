@@ -39,6 +39,13 @@ def test_auto_loads_what_the_named_source_loads(tmp_path: Path) -> None:
     assert load_tables([("auto", str(root))], fractions, 0).frame.equals(load_tables([("nih", str(root))], fractions, 0).frame)
 
 
+@pytest.mark.parametrize("content", [b"", b"\xff\xfe\x00binary", b"Path,Sex\nx.jpg,Male\n"])
+def test_a_train_csv_that_is_not_vindrs_does_not_hide_the_layout(content: bytes, tmp_path: Path) -> None:
+    root = fx.build_nih_sample(tmp_path / "nih")
+    (root / "train.csv").write_bytes(content)
+    assert detect_source(root) == "nih"
+
+
 def test_unknown_and_ambiguous_folders_are_refused_by_name(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match=r"empty holds no layout a registered source recognises"):

@@ -162,10 +162,11 @@ class VinDrSource(Source):
 
     @classmethod
     def recognises(cls, root: Path) -> bool:
-        """Either VinDr layout (the Kaggle one by its train.csv's columns, not the file name alone)."""
+        """Either VinDr layout (the Kaggle one by its train.csv's columns, not the file name alone); another
+        provider's or an unreadable train.csv is not VinDr's."""
         try:
             layout(Path(root))
-        except FileNotFoundError:
+        except (FileNotFoundError, ValueError):
             return False
         return True
 
