@@ -1,4 +1,5 @@
 import os
+import pickle
 
 import numpy as np
 import pytest
@@ -35,12 +36,28 @@ def test_cache_holds_each_preprocessed_image(table, tmp_path):
     assert cache.config.policy.startswith("png/jpeg") and "MONOCHROME1" in cache.config.policy
 
 
+def test_a_rebuild_for_other_records_never_changes_what_a_reader_sees(table, tmp_path):
+    """Two runs sharing a cache folder: the second's rebuild leaves the first's mapped pixels as they were, and
+    a reader that reopens the array (a new loader worker, each epoch) is told, not handed other images."""
+    folder = tmp_path / "cache"
+    first = ensure_cache(table, folder, size=32)
+    mapped = ImageCache(folder)
+    before = np.array(mapped.get("s0"))
+    worker = pickle.loads(pickle.dumps(ImageCache(folder)))  # as a spawned worker receives it: not yet mapped
+    other = fx.image_table(tmp_path / "other", n=6, prefix="t")
+    rebuilt = ensure_cache(other, folder, size=32)
+    assert rebuilt.key != first.key and [p.name for p in folder.glob("images*.npy")] == [rebuilt.array_file.name]
+    np.testing.assert_array_equal(mapped.get("s0"), before)
+    with pytest.raises(StaleCache, match="rebuilt for other records since this run opened it"):
+        worker.get("s0")
+
+
 def test_config_or_source_changes_invalidate(table, tmp_path):
     folder = tmp_path / "cache"
     first = ensure_cache(table, folder, size=32)
-    built = (folder / "images.npy").stat().st_mtime_ns
+    built = first.array_file.stat().st_mtime_ns
     again = ensure_cache(table, folder, size=32)
-    assert again.key == first.key and (folder / "images.npy").stat().st_mtime_ns == built  # reused
+    assert again.key == first.key and again.array_file.stat().st_mtime_ns == built  # reused
     path = table.image_path(3)
     os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
     again.validate(table)  # touched but same bytes: still valid

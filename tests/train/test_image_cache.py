@@ -33,7 +33,7 @@ def test_a_run_builds_the_cache_and_the_next_one_reads_only_from_it(phantom16: P
     pretrain(cached, progress=False)
     built = ImageCache(cache)
     assert len(built) == len(RecordTable.read(phantom16)) and built.size == 32
-    stamp = (cache / "images.npy").stat().st_mtime_ns
+    stamp = built.array_file.stat().st_mtime_ns
 
     def no_file_reads(path: object) -> None:
         raise AssertionError(f"an image file was read during training: {path}")
@@ -41,7 +41,7 @@ def test_a_run_builds_the_cache_and_the_next_one_reads_only_from_it(phantom16: P
     monkeypatch.setattr(dataset_module, "read_image", no_file_reads)
     again = tiny_config("supervised", phantom16, tmp_path / "again", *STEPS, f"data.image_cache={cache}")
     pretrain(again, progress=False)
-    assert (cache / "images.npy").stat().st_mtime_ns == stamp, "a matching cache is reused, not rebuilt"
+    assert built.array_file.stat().st_mtime_ns == stamp, "a matching cache is reused, not rebuilt"
     assert loss_curve(tmp_path / "again") == loss_curve(tmp_path / "cached")
     assert loss_curve(tmp_path / "cached") == pytest.approx(loss_curve(tmp_path / "files"), rel=1e-2)
 
@@ -69,7 +69,7 @@ def _cached_worker(rank: int, world: int, port: int, overrides: list[str]) -> No
 def test_two_ranks_share_the_cache_rank_0_builds(phantom16: Path, tmp_path: Path) -> None:
     common = [*STEPS, f"data.image_cache={tmp_path / 'cache'}", "checkpoint={every: 4, keep_last: 1}"]
     one = pretrain(tiny_config("supervised", phantom16, tmp_path / "one", *common), progress=False)
-    (tmp_path / "cache" / "images.npy").unlink()  # the two-rank run must build it again
+    ImageCache(tmp_path / "cache").array_file.unlink()  # the two-rank run must build it again
     start_ranks(_cached_worker, (2, free_port(), [str(phantom16), str(tmp_path / "two"), *common]))
     assert len(ImageCache(tmp_path / "cache")) == len(RecordTable.read(phantom16))
     a, b = load_file(str(one / "model.safetensors")), load_file(str(tmp_path / "two" / "checkpoint" / "model.safetensors"))

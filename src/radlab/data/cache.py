@@ -1,12 +1,14 @@
 """A pre-resized uint8 image cache (memory-mapped), and WebDataset shards for data beyond one disk.
 
 ``build_cache`` reads every image of a record table once (``read_image`` + ``resize_pad``, DataLoader
-workers), stores it as uint8 in ``images.npy`` [N, S, S] (memory-mapped when read) and writes
+workers), stores it as uint8 in ``images-<key>.npy`` [N, S, S] (memory-mapped when read) and writes
 ``cache.json``: the preprocessing config (size, intensity policy, version), one entry per record (id,
 resolved source path, byte size, mtime, and a BLAKE2b hash of the source file's bytes) and a key hashing
 config and content hashes together. ``ImageCache.validate`` checks a table against it: a changed config,
 a record the cache lacks, a moved file, or a file whose bytes changed (size/mtime differ and the re-hash
-differs; a mere touch does not) make it stale, and ``ensure_cache`` rebuilds it.
+differs; a mere touch does not) make it stale, and ``ensure_cache`` rebuilds it. The array is named by the
+key, so a rebuild for other records (another run sharing the folder) never changes the pixels a reader mapped:
+a reader that reopens it (a new loader worker) gets a clear error instead of another table's images.
 """
 
 from __future__ import annotations
@@ -29,8 +31,8 @@ from radlab.data.images import INTENSITY_POLICY, read_image, resize_pad
 from radlab.data.records import RecordTable
 
 log = logging.getLogger(__name__)
-CACHE_VERSION = 1
-META_FILE, ARRAY_FILE = "cache.json", "images.npy"
+CACHE_VERSION = 2
+META_FILE = "cache.json"
 
 
 class StaleCache(ValueError):
@@ -91,7 +93,7 @@ def build_cache(table: RecordTable, folder: Path | str, size: int, workers: int 
     rows = np.flatnonzero(table.has_images())
     ids = table.frame["id"].to_numpy()[rows].tolist()
     paths = [table.image_path(int(i)).resolve() for i in rows]
-    tmp = folder / f"{ARRAY_FILE}.tmp"
+    tmp = folder / "images.npy.tmp"
     array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(rows), size, size))
     entries: list[dict[str, Any]] = [{} for _ in rows]
     loader = DataLoader(_Preprocess(paths, size), batch_size=None, num_workers=workers,
@@ -105,12 +107,17 @@ def build_cache(table: RecordTable, folder: Path | str, size: int, workers: int 
                       "the table without them)") from err
     array.flush()
     del array
-    os.replace(tmp, folder / ARRAY_FILE)
     config = CacheConfig(size)
-    meta = {"config": asdict(config), "config_hash": config.digest(), "key": _key(config, entries),
+    key = _key(config, entries)
+    name = f"images-{key[:16]}.npy"
+    os.replace(tmp, folder / name)
+    meta = {"config": asdict(config), "config_hash": config.digest(), "key": key, "array": name,
             "shape": [len(rows), size, size], "entries": entries}
     (folder / f"{META_FILE}.tmp").write_text(json.dumps(meta))
     os.replace(folder / f"{META_FILE}.tmp", folder / META_FILE)
+    for stale in folder.glob("images*.npy"):  # earlier builds' arrays; a reader that mapped one keeps its pixels
+        if stale.name != name:
+            stale.unlink()
     log.info("cached %d images at %d px in %s", len(rows), size, folder)
     return ImageCache(folder)
 
@@ -122,9 +129,10 @@ class ImageCache:
     def __init__(self, folder: Path | str) -> None:
         self.folder = Path(folder)
         meta_path = self.folder / META_FILE
-        if not meta_path.exists() or not (self.folder / ARRAY_FILE).exists():
+        meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+        if "array" not in meta or not (self.folder / meta["array"]).exists():
             raise FileNotFoundError(f"no image cache in {self.folder} (run `radlab data cache`)")
-        meta = json.loads(meta_path.read_text())
+        self.array_file = self.folder / meta["array"]
         self.config = CacheConfig(**meta["config"])
         self.key: str = meta["key"]
         self.entries: list[dict[str, Any]] = meta["entries"]
@@ -138,7 +146,10 @@ class ImageCache:
     @property
     def array(self) -> np.ndarray:
         if self._array is None:
-            self._array = np.load(self.folder / ARRAY_FILE, mmap_mode="r")
+            if not self.array_file.exists():
+                raise StaleCache(f"{self.folder} was rebuilt for other records since this run opened it (another "
+                                 "run sharing the folder?): give each run's table its own cache folder")
+            self._array = np.load(self.array_file, mmap_mode="r")
         return self._array
 
     def __len__(self) -> int:

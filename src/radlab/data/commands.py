@@ -87,7 +87,7 @@ def import_source(source: str = typer.Argument(..., help="source name (`radlab l
 
 @data_app.command("cache")
 def cache(table: Path = typer.Argument(..., help="record table (folder or .parquet)"),
-          out: Path = typer.Option(..., "--out", help="cache folder (images.npy + cache.json)"),
+          out: Path = typer.Option(..., "--out", help="cache folder (images-<key>.npy + cache.json)"),
           size: int = typer.Option(256, help="square side in pixels"),
           workers: int = typer.Option(4, help="DataLoader worker processes"),
           rebuild: bool = typer.Option(False, help="rebuild even when the cache is valid"),
