@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from external_checkpoints import RAD_DINO_MEAN, RAD_DINO_STD, make_rad_dino_dir
-from transformers import AutoModel, ViTConfig, ViTModel
+from transformers import AutoModel, ViTConfig, ViTForImageClassification, ViTModel
 
 from radlab.models import ENCODERS, load_encoder
 from radlab.models.external.hf_vision import processor_settings
@@ -54,6 +54,22 @@ def test_vit_with_imagenet_statistics_is_normalised_per_channel(tmp_path: Path) 
         rgb = (images.expand(-1, 3, -1, -1) - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
         theirs = reference(pixel_values=rgb).last_hidden_state[:, 0]
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+
+
+def test_a_classification_checkpoint_without_a_pooler_loads(tmp_path: Path) -> None:
+    """google/vit-*'s layout: ViTForImageClassification ships no pooler, which the tower never reads; its
+    backbone weights all load (a missing encoder weight is still refused, below)."""
+    torch.manual_seed(2)
+    config = ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                       image_size=32, patch_size=16, num_labels=3)
+    classifier = ViTForImageClassification(config).eval()
+    classifier.save_pretrained(tmp_path)
+    encoder = ENCODERS.get("hf-vision")(str(tmp_path))
+    images = torch.rand(2, 1, 32, 32)
+    with torch.no_grad():
+        rgb = encoder.image_tower.adapter(encoder.preprocess.normalise(images))
+        theirs = classifier.vit(pixel_values=rgb).last_hidden_state[:, 0]
+        torch.testing.assert_close(encoder.image_features(encoder.preprocess.normalise(images)), theirs)
 
 
 def test_processor_settings_reads_size_crop_and_statistics(rad_dino_dir: Path, tmp_path: Path) -> None:
@@ -154,6 +170,26 @@ def test_a_tower_built_from_a_config_feeds_the_model_its_own_statistics(rad_dino
         torch.testing.assert_close(built.image_features(built.preprocess.normalise(image)), expected)
         saved = load_encoder_checkpoint(save_encoder(built, rad_dino_dir.parent / "ckpt", tower.model_dump()))
         torch.testing.assert_close(saved.image_features(saved.preprocess.normalise(image)), expected)
+
+
+def test_a_checkpoint_saved_before_towers_adapted_their_input_loads_as_it_was_trained(rad_dino_dir: Path,
+                                                                                     tmp_path: Path) -> None:
+    """Checkpoints now record the statistics the tower adapted from; an older one (none recorded) was trained
+    with the model's own statistics fed straight in, and loads so, not re-mapped from 0.5/0.25."""
+    from radlab.models.build import ModelConfig, TowerConfig, build_encoder
+    from radlab.models.checkpoint import SPEC_FILE, load_encoder_checkpoint, save_encoder
+
+    tower = TowerConfig(name="hf_vision", kwargs={"path": str(rad_dino_dir)})
+    built = build_encoder(ModelConfig(image_tower=tower, text_tower=None, image_size=56, embed_dim=16)).eval()
+    folder = save_encoder(built, tmp_path / "ckpt", tower.model_dump())
+    spec = json.loads((folder / SPEC_FILE).read_text())
+    assert (spec["image_tower"]["kwargs"]["input_mean"], spec["image_tower"]["kwargs"]["input_std"]) == (0.5, 0.25)
+    assert not load_encoder_checkpoint(folder).image_tower.adapter.identity
+    for key in ("input_mean", "input_std"):
+        del spec["image_tower"]["kwargs"][key]
+    (folder / SPEC_FILE).write_text(json.dumps(spec))
+    older = load_encoder_checkpoint(folder)
+    assert older.image_tower.adapter.identity  # RAD-DINO's one statistic on every channel, fed as it is
 
 
 def test_a_folder_missing_weights_is_refused_not_filled_at_random(tmp_path: Path) -> None:

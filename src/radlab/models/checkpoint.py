@@ -18,7 +18,7 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer
 from radlab import __version__
 from radlab.atomic import replace_folder, temp_folder
 from radlab.models.encoder import LabelHead, RadEncoder
-from radlab.models.image_towers import INITIAL_WEIGHTS, build_image_tower
+from radlab.models.image_towers import INITIAL_WEIGHTS, build_image_tower, takes_input_statistics
 from radlab.models.local_matching import LocalMatcher
 from radlab.models.text_towers import HFTextTower
 from radlab.models.towers import Preprocess
@@ -42,6 +42,10 @@ def save_encoder(model: RadEncoder, directory: Path | str, image_tower_spec: dic
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_folder(directory)
+    if image_tower_spec is not None and takes_input_statistics(image_tower_spec["name"]):  # what it adapted from
+        image_tower_spec = {**image_tower_spec, "kwargs": {"input_mean": model.preprocess.mean,
+                                                           "input_std": model.preprocess.std,
+                                                           **image_tower_spec.get("kwargs", {})}}
     spec = {
         "radlab_version": __version__,
         "image_tower": image_tower_spec,
@@ -110,6 +114,8 @@ def load_encoder_checkpoint(directory: Path | str) -> RadEncoder:
     kwargs = {k: v for k, v in tower.get("kwargs", {}).items() if k not in INITIAL_WEIGHTS}  # all in the file
     if (directory / IMAGE_DIR).is_dir():
         kwargs["path"] = str(directory / IMAGE_DIR)
+    if takes_input_statistics(tower["name"]) and "input_mean" not in kwargs:
+        kwargs.update(input_mean=None, input_std=None)  # saved before towers adapted radlab's input: as trained
     image = build_image_tower(tower["name"], preprocess.image_size, preprocess.mean, preprocess.std, **kwargs)
     state = upgrade_state(load_file(str(directory / WEIGHTS_FILE)))
     text = None

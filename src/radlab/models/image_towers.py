@@ -97,10 +97,16 @@ _timm_entry("vit_tiny_patch14", "ViT-Tiny with 14 px patches (timm vit_tiny_patc
             "vit_tiny_patch16_224", patch_size=14)
 
 
+def takes_input_statistics(name: str) -> bool:
+    """Whether a registered tower adapts its input to its model's own statistics (``input_mean``/``input_std``,
+    as ``hf_vision``)."""
+    return {"input_mean", "input_std"} <= set(inspect.signature(IMAGE_TOWERS.get(name)).parameters)
+
+
 def build_image_tower(name: str, image_size: int, mean: float, std: float, **kwargs: Any) -> nn.Module:
     """A registered image tower for images normalised with ``mean``/``std``: a tower that adapts its input to
-    its model's own statistics (``input_mean``/``input_std``, as ``hf_vision``) is told them unless ``kwargs``
-    already say; without them it would take the input as already in its model's statistics."""
-    if {"input_mean", "input_std"} <= set(inspect.signature(IMAGE_TOWERS.get(name)).parameters):
+    its model's own statistics is told them unless ``kwargs`` already say; without them it would take the
+    input as already in its model's statistics."""
+    if takes_input_statistics(name):
         kwargs = {"input_mean": mean, "input_std": std, **kwargs}
     return IMAGE_TOWERS.build(name, image_size=image_size, **kwargs)

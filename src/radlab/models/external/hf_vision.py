@@ -32,6 +32,8 @@ from radlab.models.towers import Preprocess, TowerOutput
 
 RAD_DINO_HUB_ID = "microsoft/rad-dino"
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+# Parameters the tower never reads (it takes last_hidden_state): a classification checkpoint ships no pooler.
+UNREAD_PREFIXES = ("pooler.",)
 
 
 class ProcessorSettings(NamedTuple):
@@ -125,7 +127,9 @@ def build_hf_vision(path: str, input_mean: float | None = None,
         model = AutoModel.from_config(AutoConfig.from_pretrained(folder)).float().eval()
     else:
         model, info = AutoModel.from_pretrained(path, output_loading_info=True)
-        problems = {k: info.get(k) for k in ("missing_keys", "mismatched_keys") if info.get(k)}
+        missing = {k for k in info.get("missing_keys") or () if not k.startswith(UNREAD_PREFIXES)}
+        problems = {k: v for k, v in (("missing_keys", missing), ("mismatched_keys", info.get("mismatched_keys")))
+                    if v}
         if problems:  # transformers would start those tensors at random, with a log line only
             raise ValueError(f"{path}: the weights do not fit the model's config: {problems}")
         model = model.float().eval()
