@@ -124,6 +124,37 @@ def test_hf_vision_tower_export_loads_with_automodel(tmp_path: Path) -> None:
     assert (out / "README.md").read_text().startswith("---\nlibrary_name: transformers")
 
 
+@pytest.mark.parametrize("fit", ["pad", "crop"])
+def test_the_cards_transformers_code_feeds_the_geometry_the_encoder_trained_with(tmp_path: Path, fit: str) -> None:
+    """A RAD-DINO tower (a 56 px model) trained at 28 px from a config (padded), or RAD-DINO itself (its
+    shortest-edge crop): the card's code on a non-square radiograph gives the input radlab gives, and so its
+    features."""
+    import numpy as np
+    from PIL import Image
+
+    from radlab.data.images import fit_square
+
+    start = make_rad_dino_dir(tmp_path / "rd")
+    if fit == "pad":
+        tower = TowerConfig(name="hf_vision", kwargs={"path": str(start)})
+        encoder = build_encoder(ModelConfig(image_tower=tower, text_tower=None, image_size=28, embed_dim=16)).eval()
+    else:
+        encoder = load_encoder(f"rad-dino:{start}")
+    p = encoder.preprocess
+    assert p.fit == fit
+    out = export_encoder(encoder, tmp_path / "export")
+    card = (out / "README.md").read_text()
+    snippet = card.split("## Image tower")[1].split("```python\n")[1].split("```")[0]
+    pixels = (np.linspace(0, 255, 80 * 56).reshape(80, 56) % 256).astype(np.uint8)
+    scope = {"images": [Image.fromarray(pixels)]}
+    with torch.no_grad():
+        exec(snippet.replace('"image"', repr(str(out / "image"))), scope)  # the card's code, as a user runs it
+        assert tuple(scope["x"].shape) == (1, 3, p.image_size, p.image_size)
+        ours = torch.from_numpy(fit_square(pixels / 255.0, p.image_size, fit, p.resize)).float()[None, None]
+        ours = encoder.image_features(encoder.preprocess.normalise(ours))
+    assert torch.nn.functional.cosine_similarity(scope["features"], ours).item() > 0.995
+
+
 def test_export_checkpoint_carries_train_config_and_results(tmp_path: Path, encoder) -> None:
     checkpoint = save_encoder(encoder, tmp_path / "run" / "checkpoint",
                               {"name": "vit_tiny_patch16_224", "kwargs": {"depth": 2}},

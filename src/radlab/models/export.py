@@ -55,7 +55,7 @@ def export_image_tower(model: RadEncoder, directory: Path) -> dict[str, Any]:
         save_for_hf(tower.backbone, str(directory), safe_serialization=True, data_config=data)
         return {"library": "timm", "architecture": tower.name}
     if hasattr(tower, "save_pretrained"):
-        tower.save_pretrained(directory)
+        tower.save_pretrained(directory, p)
         return {"library": "transformers", "architecture": type(tower.model).__name__}
     save_file(_tensors(tower, "image_tower"), str(directory / "model.safetensors"))
     (directory / "tower.json").write_text(json.dumps({"class": type(tower).__name__, "embed_dim": tower.embed_dim}))
@@ -108,8 +108,11 @@ def _usage(meta: dict) -> str:
                 f"normalised with mean {p['mean']:.4g} and std {p['std']:.4g}\n"
                 "features = model.forward_head(model.forward_features(x), pre_logits=True)")
     if meta["image"]["library"] == "transformers":
-        return ('from transformers import AutoImageProcessor, AutoModel\n'
-                'processor = AutoImageProcessor.from_pretrained("image")  # its per-channel mean/std\n'
+        pad = ("from PIL import ImageOps\n"
+               "images = [ImageOps.pad(im, (max(im.size),) * 2, color=0) for im in images]  # zero-pad to a square"
+               "\n" if p["fit"] == "pad" else "")
+        return ('from transformers import AutoImageProcessor, AutoModel\n' + pad +
+                'processor = AutoImageProcessor.from_pretrained("image")  # the trained size, its mean/std\n'
                 'model = AutoModel.from_pretrained("image").eval()\n'
                 'x = processor(images, return_tensors="pt")["pixel_values"]\n'
                 "features = model(pixel_values=x).last_hidden_state[:, 0]")

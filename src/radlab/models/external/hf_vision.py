@@ -99,23 +99,28 @@ class HFVisionTower(nn.Module):
         grid = (x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size)
         return TowerOutput(hidden[:, 0], hidden[:, self.num_prefix_tokens:], grid=grid)
 
-    def save_pretrained(self, directory: str | Path) -> None:
-        """The backbone as a Hugging Face model folder, with a preprocessor config for its input statistics."""
+    def save_pretrained(self, directory: str | Path, preprocess: Preprocess | None = None) -> None:
+        """The backbone as a Hugging Face model folder, with a preprocessor config for its input statistics
+        (and ``preprocess``'s geometry: ``save_architecture``)."""
         self.model.save_pretrained(directory)
-        self.save_architecture(directory)
+        self.save_architecture(directory, preprocess)
 
-    def save_architecture(self, directory: str | Path) -> None:
+    def save_architecture(self, directory: str | Path, preprocess: Preprocess | None = None) -> None:
         """What rebuilds this tower without weights (a radlab checkpoint holds them): the model's config.json
-        and a preprocessor config with its per-channel statistics."""
+        and a preprocessor config with its per-channel statistics, in ``preprocess``'s geometry (the size an
+        encoder trained at; "pad" as a resize of the already zero-padded square, which the processor cannot
+        pad itself) or else the model's own (shortest edge to its image size, centre crop)."""
         directory = Path(directory)
         self.model.config.save_pretrained(directory)
-        size = int(getattr(self.model.config, "image_size", 224))
-        mean, std = self.adapter.mean, self.adapter.std
+        size = preprocess.image_size if preprocess else int(getattr(self.model.config, "image_size", 224))
+        side = (preprocess.resize if preprocess else None) or size
+        padded = preprocess is not None and preprocess.fit == "pad"
         (directory / "preprocessor_config.json").write_text(json.dumps({
-            "image_processor_type": "BitImageProcessor", "do_resize": True, "size": {"shortest_edge": size},
-            "do_center_crop": True, "crop_size": {"height": size, "width": size}, "do_rescale": True,
-            "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": mean, "image_std": std,
-            "do_convert_rgb": True, "resample": 3}, indent=2))
+            "image_processor_type": "BitImageProcessor", "do_resize": True,
+            "size": {"height": side, "width": side} if padded else {"shortest_edge": side},
+            "do_center_crop": not padded or side != size, "crop_size": {"height": size, "width": size},
+            "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": self.adapter.mean,
+            "image_std": self.adapter.std, "do_convert_rgb": True, "resample": 2}, indent=2))
 
 
 def build_hf_vision(path: str, input_mean: float | None = None,
