@@ -245,6 +245,20 @@ def test_queue_is_a_checkpointed_fifo_and_nns_waits_until_it_is_full() -> None:
     assert objective.logit_scale.log_scale.grad is not None
 
 
+def test_a_state_with_the_older_record_numbered_queue_loads_with_the_queue_emptied(
+        caplog: pytest.LogCaptureFixture) -> None:
+    saved = DeCLIPObjective(embed_dim=2, image_dim=3, queue_size=5, tss_weight=0.0)
+    saved.push(torch.ones(5, 2), torch.arange(5))
+    state = saved.state_dict()
+    state["queue_index"] = state.pop("queue_study")  # as radlab before study numbers saved it
+    restored = DeCLIPObjective(embed_dim=2, image_dim=3, queue_size=5, tss_weight=0.0)
+    with caplog.at_level("WARNING", logger="radlab.objectives.declip"):
+        restored.load_state_dict(state)
+    assert "queue starts empty" in caplog.text
+    assert int(restored.queue_filled) == 0 and int(restored.queue_ptr) == 0 and (restored.queue_study == -1).all()
+    torch.testing.assert_close(restored.projection[0].weight, saved.projection[0].weight)  # the rest as saved
+
+
 def test_report_augmentation_is_seeded_keeps_a_sentence_and_changes_multi_sentence_reports() -> None:
     multi = [r for r in REPORTS if sum(len(s) for _, s in report_sections(r)) > 1]
     single = ["No acute cardiopulmonary process.", "IMPRESSION: Normal chest radiograph.", "Clear lungs"]

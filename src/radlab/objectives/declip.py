@@ -3,6 +3,7 @@ data; with GLoRIA's local term it is the low-data study's combined recipe."""
 
 from __future__ import annotations
 
+import logging
 import random
 import re
 from collections.abc import Callable
@@ -18,6 +19,8 @@ from radlab.objectives.gloria import local_loss, start_matcher
 from radlab.objectives.masked_language import MaskedLanguageModelling
 from radlab.objectives.simclr import nt_xent
 from radlab.train.distributed import gather_with_grad
+
+log = logging.getLogger(__name__)
 
 SECTION_HEADER = re.compile(r"\b([A-Z][A-Z /&-]*[A-Z]):\s*")  # FINDINGS:, IMPRESSION:, CLINICAL HISTORY:
 SENTENCE_BREAK = re.compile(r"(?<=[.!?])\s+")
@@ -156,6 +159,18 @@ class DeCLIPObjective(Objective):
         self.register_buffer("queue_study", torch.full((queue_size,), -1, dtype=torch.long))
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
         self.register_buffer("queue_filled", torch.zeros((), dtype=torch.long))
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: object, **kwargs: object) -> None:
+        """A state from before the queue held study numbers (``queue_index``: record numbers, which cannot be
+        turned into studies) loads with the neighbour queue emptied; it refills in queue_size / batch steps."""
+        records = state_dict.pop(prefix + "queue_index", None)
+        if records is not None and prefix + "queue_study" not in state_dict:
+            log.warning("DeCLIP state from an older radlab (record-numbered neighbour queue): the queue starts "
+                        "empty and refills, so this resume differs from the uninterrupted run until then")
+            state_dict[prefix + "queue_study"] = torch.full_like(records, -1)
+            state_dict[prefix + "queue_filled"] = torch.zeros_like(self.queue_filled)
+            state_dict[prefix + "queue_ptr"] = torch.zeros_like(self.queue_ptr)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def attach(self, model: nn.Module) -> None:
         if self.matcher is not None:
