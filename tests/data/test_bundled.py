@@ -22,8 +22,22 @@ def test_mesh_tags_map_to_canonical_labels():
     ("Hydropneumothorax/right", {"pneumothorax": 1}),
     ("Bullous Emphysema/lung/apex", {"emphysema": 1}),
     ("Aortic Aneurysm", {"aortic_enlargement": 1}),
+    ("Hydropneumothorax/left/large", {"pneumothorax": 1, "pleural_effusion": 1}),
+    ("Hemopneumothorax/right/moderate", {"pneumothorax": 1, "pleural_effusion": 1}),
+    ("Hemothorax/left/small", {"pleural_effusion": 1, "pneumothorax": 0}),
+    ("Hernia, Diaphragmatic/small", {"hernia": 1}),
+    ("Fibrosis/diffuse", {"fibrosis": 1, "interstitial_lung_disease": 1}),
+    ("Cavitation/lung/apex/right", {"lung_cavity": 1, "lung_lesion": 1}),
+    ("Cysts/lung/upper lobe/left", {"lung_cyst": 1, "lung_lesion": 1}),
+    ("Cysts/humerus/left", {"lung_cyst": 0, "lung_lesion": 0}),
+    ("Blister/lung/upper lobe/bilateral", {"emphysema": 1}),
+    ("Cardiac Shadow/borderline", {"cardiomegaly": -1}),
+    ("Density/breast/bilateral", {"lung_opacity": 0}),
+    ("Mass/breast/large", {"mass": 0, "lung_lesion": 0}),
+    ("Density/mitral valve", {"lung_opacity": 0}),
+    ("Opacity/lung/base/left", {"lung_opacity": 1}),
 ])
-def test_mesh_synonyms_are_not_read_as_negatives(mesh: str, expected: dict[str, float]) -> None:
+def test_mesh_terms_map_as_their_tags_say(mesh: str, expected: dict[str, float]) -> None:
     labels = mesh_labels(mesh)
     assert {name: labels[name] for name in expected} == expected
 

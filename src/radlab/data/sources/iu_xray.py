@@ -4,7 +4,9 @@ MeSH tags are expert-coded for every indexed report, so a finding without a tag 
 the "normal" tag sets no_finding. A report that was not indexed (no terms, or only "No Indexing" /
 "Technical Quality of Image Unsatisfactory") is unlabelled: every finding NaN. A "borderline" qualifier such
 as ``Cardiomegaly/borderline`` is read as uncertain (-1), and so are tags that suggest a finding without
-naming it (``UNCERTAIN_MAP``: ``Costophrenic Angle/blunted`` for effusion). Images, when present, are expected at
+naming it (``UNCERTAIN_MAP``: ``Costophrenic Angle/blunted`` for effusion). A head may name two findings
+(``SECOND_FINDING``: hydropneumothorax), and an opacity, density, nodule or mass sited outside the lungs
+(``NON_LUNG_SITES``: breast, heart, mitral valve, ...) names none. Images, when present, are expected at
 ``images/images_normalized/<filename>``.
 """
 
@@ -59,9 +61,19 @@ MESH_MAP: dict[str, str] = {
     "Lung Diseases, Interstitial": "interstitial_lung_disease",
     "Tuberculosis": "tuberculosis",
     "Hydropneumothorax": "pneumothorax",
+    "Hemopneumothorax": "pneumothorax",
+    "Hemothorax": "pleural_effusion",
     "Bullous Emphysema": "emphysema",
     "Aortic Aneurysm": "aortic_enlargement",
+    "Hernia, Diaphragmatic": "hernia",
+    "Fibrosis": "fibrosis",
 }
+# Heads that name a second finding too: air and fluid (or blood) in the pleural space.
+SECOND_FINDING: dict[str, str] = {"Hydropneumothorax": "pleural_effusion", "Hemopneumothorax": "pleural_effusion"}
+# Opacity, density, nodule or mass sited outside the lungs (a breast implant, a valve, a vertebra) names no lung
+# finding; ribs, hila and the mediastinum stay mapped (a lung nodule often projects over a rib).
+LUNG_SITED = {"Opacity", "Density", "Nodule", "Mass"}
+NON_LUNG_SITES = {"breast", "heart", "mitral valve", "adipose tissue", "sternum", "clavicle", "thoracic vertebrae"}
 QUALIFIED_MAP: dict[tuple[str, str], str] = {
     ("Thickening", "pleura"): "pleural_thickening",
     ("Aorta", "tortuous"): "aortic_enlargement",
@@ -70,6 +82,9 @@ QUALIFIED_MAP: dict[tuple[str, str], str] = {
     ("Aorta, Thoracic", "enlarged"): "aortic_enlargement",
     ("Cardiac Shadow", "enlarged"): "cardiomegaly",  # an enlarged cardiac silhouette (its parent follows)
     ("Mediastinum", "enlarged"): "enlarged_cardiomediastinum",
+    ("Cavitation", "lung"): "lung_cavity",
+    ("Cysts", "lung"): "lung_cyst",  # not Cysts/humerus
+    ("Blister", "lung"): "emphysema",  # bullae, as Bullous Emphysema
 }
 # Tags that suggest a finding without naming it: a blunted costophrenic angle (a small effusion, or pleural
 # scarring), a prominent mediastinum or aorta (possibly widened).
@@ -77,10 +92,11 @@ UNCERTAIN_MAP: dict[tuple[str, str], str] = {
     ("Costophrenic Angle", "blunted"): "pleural_effusion",
     ("Mediastinum", "prominent"): "enlarged_cardiomediastinum",
     ("Aorta", "prominent"): "aortic_enlargement",
+    ("Cardiac Shadow", "borderline"): "cardiomegaly",  # a borderline silhouette, no "enlarged" qualifier
 }
 UNCERTAIN_QUALIFIERS = {"borderline"}
 NOT_INDEXED = {"No Indexing", "Technical Quality of Image Unsatisfactory"}  # terms that say nothing of findings
-_TAGGED = set(MESH_MAP.values()) | set(QUALIFIED_MAP.values()) | set(UNCERTAIN_MAP.values())
+_TAGGED = {*MESH_MAP.values(), *SECOND_FINDING.values(), *QUALIFIED_MAP.values(), *UNCERTAIN_MAP.values()}
 LABELLED = sorted(_TAGGED | {p for name in _TAGGED for p in ancestors(name)} | {"no_finding"})
 PROJECTION_VIEW = {"Frontal": "FRONTAL", "Lateral": "LAT"}
 
@@ -96,7 +112,10 @@ def mesh_labels(mesh: str) -> dict[str, float]:
     for term in terms:
         head, *qualifiers = [p.strip() for p in term.split("/")]
         value = UNCERTAIN if UNCERTAIN_QUALIFIERS & set(qualifiers) else POSITIVE
+        if head in LUNG_SITED and NON_LUNG_SITES & set(qualifiers):
+            continue
         found = [(MESH_MAP[head], value)] if head in MESH_MAP else []
+        found += [(SECOND_FINDING[head], value)] if head in SECOND_FINDING else []
         found += [(QUALIFIED_MAP[(head, q)], value) for q in qualifiers if (head, q) in QUALIFIED_MAP]
         found += [(UNCERTAIN_MAP[(head, q)], UNCERTAIN) for q in qualifiers if (head, q) in UNCERTAIN_MAP]
         for name, tagged in found:
