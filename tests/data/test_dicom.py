@@ -76,6 +76,18 @@ def test_a_header_missing_what_the_pixels_need_is_an_unreadable_image(tmp_path, 
         read_image(tmp_path / "broken.dcm")
 
 
+def test_a_damaged_file_is_an_unreadable_image_whatever_pydicom_raises(tmp_path):
+    """A header cut off inside an element (pydicom: BytesLengthException) or with an unknown VR
+    (NotImplementedError) is an OSError naming the file, as the skip policy and `data check` expect."""
+    data = fx.dicom(tmp_path / "ok.dcm", PIXELS, bits=12).read_bytes()
+    start = data.index(b"UL", 128)
+    cases = {"cut.dcm": data[:start + 5], "vr.dcm": data[:start] + b"KL" + data[start + 2:]}
+    for name, content in cases.items():
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(OSError, match=name):
+            read_image(tmp_path / name)
+
+
 def test_window_functions():
     x = np.array([0.0, 50.0, 100.0])
     np.testing.assert_allclose(window(x, 50, 100, "LINEAR_EXACT"), [0.0, 0.5, 1.0])

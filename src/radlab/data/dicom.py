@@ -21,7 +21,6 @@ import numpy as np
 import pydicom
 from pydicom import config
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut, apply_voi
 
 DICOM_SUFFIXES = {".dcm", ".dicom", ".dic"}
@@ -71,7 +70,7 @@ def _quiet() -> Iterator[None]:
 def _open(path: Path, **kwargs: object) -> Dataset:
     try:
         return pydicom.dcmread(path, **kwargs)
-    except (InvalidDicomError, OSError, ValueError, EOFError) as err:
+    except Exception as err:  # a damaged file makes pydicom raise many kinds (struct.error, unknown VR, lengths)
         raise OSError(f"{path}: cannot read DICOM ({type(err).__name__})") from err
 
 
@@ -164,7 +163,7 @@ def _decode(path: Path, ds: Dataset) -> np.ndarray:
         syntax = ds.file_meta.get("TransferSyntaxUID", "unknown")
         raise OSError(f"{path}: cannot decode pixel data with transfer syntax {syntax} "
                       f"(install pylibjpeg plugins or python-gdcm): {err}") from err
-    except (AttributeError, KeyError, TypeError) as err:  # pydicom: an element the pixel data need is missing
+    except Exception as err:  # a header missing or mangling what the pixels need (AttributeError, struct.error, ...)
         raise OSError(f"{path}: cannot decode pixel data: {err}") from err
     if int(ds.get("NumberOfFrames", 1) or 1) > 1:
         pixels = pixels[0]
