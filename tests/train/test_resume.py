@@ -14,7 +14,14 @@ from tiny_runs import interrupted_copy, tiny_config
 
 from radlab.train.engine import pretrain
 from radlab.train.loader import Position, RankedBatchSampler
-from radlab.train.state import changed_fields, latest_state, load_state, run_fingerprint
+from radlab.train.state import (
+    SMALL_FILE,
+    changed_fields,
+    latest_state,
+    load_state,
+    run_fingerprint,
+    starting_files,
+)
 from run_logs import logged
 
 VALIDATED = ["optim.steps=4", "optim.batch_size=8", "data.split_fractions={train: 0.8, val: 0.2}",
@@ -105,3 +112,47 @@ def test_a_state_saved_before_fields_were_added_or_freed_still_resumes(tmp_path:
              "optim": {**current["optim"], "num_workers": 4}}  # as a state of an earlier radlab recorded it
     assert changed_fields(older, current) == []
     assert changed_fields({**older, "seed": current["seed"] + 1}, current) == ["seed"]
+
+
+def test_a_resume_follows_its_starting_checkpoint_by_content_not_path(tmp_path: Path, phantom_dir: Path) -> None:
+    """A run started from a checkpoint (init_from) resumes after that checkpoint moved, and continues exactly as
+    the straight run; it refuses another checkpoint, or none, whose training a leakage check would then follow."""
+    steps = ["optim.steps=4", "optim.batch_size=8", "checkpoint={every: 2, keep_last: 5}"]
+    parent = pretrain(tiny_config("supervised", phantom_dir, tmp_path / "parent", "optim.steps=1",
+                                  "optim.batch_size=8"), progress=False)
+    pretrain(tiny_config("supervised", phantom_dir, tmp_path / "a", *steps, f"init_from={parent}"), progress=False)
+    moved = tmp_path / "elsewhere" / "parent"
+    shutil.copytree(parent, moved)
+    shutil.rmtree(tmp_path / "parent")
+    resumed = interrupted_copy(tmp_path / "a", tmp_path / "b", 2)
+    pretrain(tiny_config("supervised", phantom_dir, resumed, *steps, f"init_from={moved}", "resume=true"),
+             progress=False)
+    a, b = (load_state(latest_state(out))["model"] for out in (tmp_path / "a", resumed))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+    other = pretrain(tiny_config("supervised", phantom_dir, tmp_path / "other", "optim.steps=1", "optim.batch_size=8",
+                                 "seed=1"), progress=False)
+    for start in [f"init_from={other}", "init_from=null"]:
+        again = interrupted_copy(tmp_path / "a", tmp_path / f"again-{start[10:15]}", 2)
+        with pytest.raises(ValueError, match=r"in \['starting_files.init_from'\]; a moved starting checkpoint"):
+            pretrain(tiny_config("supervised", phantom_dir, again, *steps, start, "resume=true"), progress=False)
+
+
+def test_an_external_start_is_fingerprinted_by_its_files(tmp_path: Path) -> None:
+    """``model.external`` FORMAT:PATH: a copy elsewhere is the same start; a changed config or tokenizer file, or
+    a weights file of another size, is not; a name with nothing on this machine stands for itself."""
+    folder = tmp_path / "a"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"hidden_size": 8}')
+    (folder / "model.safetensors").write_bytes(b"\0" * (SMALL_FILE + 1))
+    copy = shutil.copytree(folder, tmp_path / "b")
+    assert starting_files(f"hf_vision:{folder}") == starting_files(f"hf_vision:{copy}")
+    assert starting_files(f"hf_vision:{folder}").startswith("hf_vision:")
+    (copy / "model.safetensors").write_bytes(b"\1" * (SMALL_FILE + 1))
+    assert starting_files(str(folder)) == starting_files(str(copy)), "large files by name and size"
+    (copy / "model.safetensors").write_bytes(b"\0" * (SMALL_FILE + 2))
+    assert starting_files(str(folder)) != starting_files(str(copy))
+    shutil.copy(folder / "model.safetensors", copy / "model.safetensors")
+    (copy / "config.json").write_text('{"hidden_size": 9}')
+    assert starting_files(str(folder)) != starting_files(str(copy))
+    assert starting_files("hf_vision:microsoft/rad-dino") == "hf_vision:microsoft/rad-dino"

@@ -96,6 +96,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, env: distrib.DistEnv, data_root: str | None) -> None:
         self.cfg, self.env = cfg, env
         self.out = Path(cfg.out)
+        self.fingerprint = run_fingerprint(cfg)  # what a state records of its run, and a resume must match
         seed_everything(cfg.seed + env.rank)
         table, train_table = run_tables(cfg, data_root)
         self.class_names = training_labels(train_table, cfg.data.labels)
@@ -205,7 +206,7 @@ class Trainer:
         pos = self.sampler.position
         model, objective, optimizer = self._model_states()
         return {"step": self.step, "elapsed": self.elapsed(), "epoch": pos.epoch, "samples": pos.samples,
-                "replaced": distrib.global_count(self.replaced, self.env.device), "config": run_fingerprint(self.cfg),
+                "replaced": distrib.global_count(self.replaced, self.env.device), "config": self.fingerprint,
                 "model": model, "objective": objective,
                 "optimizer": optimizer, "scheduler": self.scheduler.state_dict(),
                 "ema": self.ema.state_dict() if self.ema else None,
@@ -272,9 +273,11 @@ class Trainer:
             log.warning("resume requested but %s has no saved state; starting from scratch", self.out / "state")
             return
         state = load_state(path, self.env.device)
-        changed = changed_fields(state.get("config"), run_fingerprint(self.cfg))
+        changed = changed_fields(state.get("config"), self.fingerprint)
         if changed:
-            raise ValueError(f"cannot resume {path}: the config differs from that run's in {changed}; resume "
+            moved = "; a moved starting checkpoint resumes at its new path, another one does not" \
+                if any(c.startswith("starting_files.") for c in changed) else ""
+            raise ValueError(f"cannot resume {path}: the config differs from that run's in {changed}{moved}; resume "
                              "needs the same run (a new run can start from its checkpoint with init_from=...)")
         self.load_state_dict(state)
         log.info("resumed from %s at step %d", path, self.step)

@@ -7,6 +7,7 @@ A state holds only tensors, numbers, strings, lists and dicts, so it loads with
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import re
@@ -102,10 +103,35 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 # What a resumed run may change: where it writes, its budget and runtime, the data's paths, the loader's worker
-# count (samples are seeded per sample, whatever the workers), and where the image cache lies (whether there is
-# one stays: it rounds pixels to 1/255).
-RESUME_FREE = {"name", "out", "resume", "max_minutes", "runtime", "checkpoint"}
-RESUME_FREE_PARTS = {"data": {"sources", "eval_sources", "image_cache"}, "optim": {"num_workers"}}
+# count (samples are seeded per sample, whatever the workers), where the image cache lies (whether there is
+# one stays: it rounds pixels to 1/255), and where the starting checkpoint lies (``init_from``,
+# ``model.external``): it is compared by what its files hold (``starting_files``), so a moved copy resumes and
+# another checkpoint does not.
+RESUME_FREE = {"name", "out", "resume", "max_minutes", "runtime", "checkpoint", "init_from"}
+RESUME_FREE_PARTS = {"data": {"sources", "eval_sources", "image_cache"}, "optim": {"num_workers"},
+                     "model": {"external"}}
+SMALL_FILE = 1 << 20  # hashed whole: configs, tokenizers, specs; larger files (weights) by name and size
+
+
+def starting_files(spec: str) -> str:
+    """What a starting checkpoint (a folder, a file, or ``FORMAT:PATH``) holds, as one digest: the names and
+    sizes of its files and the bytes of the small ones. Its architecture, preprocessing, tokenizer and, for a
+    radlab checkpoint, training config (which leakage checks follow) are in those; the weights themselves a
+    resumed state replaces. A spec naming nothing on this machine is its own identity."""
+    path = Path(spec)
+    if not path.exists():
+        prefix, sep, rest = spec.partition(":")
+        if not (sep and Path(rest).exists()):
+            return spec
+        return f"{prefix}:{starting_files(rest)}"
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    digest = hashlib.sha256()
+    for file in files:
+        size = file.stat().st_size
+        digest.update(f"{file.relative_to(path) if path.is_dir() else file.name}\0{size}\0".encode())
+        if size <= SMALL_FILE:
+            digest.update(file.read_bytes())
+    return digest.hexdigest()
 
 
 def run_fingerprint(cfg: BaseModel) -> dict[str, Any]:
@@ -116,6 +142,8 @@ def run_fingerprint(cfg: BaseModel) -> dict[str, Any]:
     for part, free in RESUME_FREE_PARTS.items():
         dumped[part] = {k: v for k, v in full.get(part, {}).items() if k not in free}
     dumped["data"]["cached"] = full.get("data", {}).get("image_cache") is not None
+    starts = {"init_from": full.get("init_from"), "model.external": full.get("model", {}).get("external")}
+    dumped["starting_files"] = {k: starting_files(v) if v else None for k, v in starts.items()}
     return dumped
 
 
