@@ -60,12 +60,15 @@ def test_config_or_source_changes_invalidate(table, tmp_path):
     assert again.key == first.key and again.array_file.stat().st_mtime_ns == built  # reused
     path = table.image_path(3)
     os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
-    again.validate(table)  # touched but same bytes: still valid
+    ImageCache(folder).validate(table)  # touched but same bytes: still valid
     with pytest.raises(StaleCache, match="built with"):
-        again.validate(table, size=48)
+        ImageCache(folder).validate(table, size=48)
     fx.png(path, 255 - fx.blobs(7, 64))
+    again.validate(table)  # this object found every record current already: one run validates once
     with pytest.raises(StaleCache, match="changed since caching"):
-        again.validate(table)
+        again.validate(table, deep=True)
+    with pytest.raises(StaleCache, match="changed since caching"):
+        ImageCache(folder).validate(table)
     rebuilt = ensure_cache(table, folder, size=32)
     assert rebuilt.key != first.key
     np.testing.assert_array_equal(rebuilt.get("s3"), to_uint8(resize_pad(read_image(path), 32)))

@@ -3,6 +3,7 @@ runs reuse, and trains as it does on the files (up to the cache's 1/255 rounding
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -11,8 +12,10 @@ from pydantic import ValidationError
 from safetensors.torch import load_file
 from tiny_runs import tiny_config
 
+from radlab.data import cache as cache_module
 from radlab.data import dataset as dataset_module
 from radlab.data.cache import ImageCache
+from radlab.data.dataset import RecordDataset
 from radlab.data.records import RecordTable
 from radlab.models.towers import Preprocess
 from radlab.train.distributed import DistEnv
@@ -55,6 +58,29 @@ def test_the_cache_refuses_what_it_cannot_serve(phantom16: Path, tmp_path: Path)
     with pytest.raises(ValueError, match="holds padded squares"):
         run_image_cache(cfg, env, [RecordTable.read(phantom16)], Preprocess(image_size=32, fit="crop"))
     assert not cache.exists(), "refused before any image is read"
+
+
+def test_a_run_checks_each_cached_image_once(phantom16: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rank 0's build (or reuse) has checked every record against its file; the train and validation datasets
+    read that same cache without checking the files again (a stat per image on a network disk each time)."""
+    cfg = tiny_config("supervised", phantom16, tmp_path / "a", f"data.image_cache={tmp_path / 'cache'}")
+    table = RecordTable.read(phantom16)
+    first = table.frame["patient_id"].isin(table.frame["patient_id"].unique()[::2]).to_numpy()
+    parts = [table.subset(first), table.subset(~first)]  # as train and val: other patients
+    preprocess = Preprocess(image_size=32)
+    cache = run_image_cache(cfg, DistEnv(0, 1, 0, torch.device("cpu")), parts, preprocess)
+    for i in range(len(table)):  # touched after the check: a second check would hash each file again
+        path = table.image_path(i)
+        os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
+
+    def hashed(path: Path) -> str:
+        raise AssertionError(f"{path} was checked again")
+
+    monkeypatch.setattr(cache_module, "content_hash", hashed)
+    for part in parts:
+        assert len(RecordDataset(part, preprocess, cache=cache)) == len(part)
+    with pytest.raises(AssertionError, match="checked again"):
+        ImageCache(tmp_path / "cache").validate(table)  # another process's view checks
 
 
 def _cached_worker(rank: int, world: int, port: int, overrides: list[str]) -> None:

@@ -119,7 +119,9 @@ def build_cache(table: RecordTable, folder: Path | str, size: int, workers: int 
         if stale.name != name:
             stale.unlink()
     log.info("cached %d images at %d px in %s", len(rows), size, folder)
-    return ImageCache(folder)
+    cache = ImageCache(folder)
+    cache.validated.update(ids)  # read and stat'ed just now
+    return cache
 
 
 class ImageCache:
@@ -137,6 +139,7 @@ class ImageCache:
         self.key: str = meta["key"]
         self.entries: list[dict[str, Any]] = meta["entries"]
         self.rows = {e["id"]: i for i, e in enumerate(self.entries)}
+        self.validated: set[str] = set()  # record ids this object has found current (``validate``)
         self._array: np.ndarray | None = None
 
     @property
@@ -164,16 +167,20 @@ class ImageCache:
         return self.array[self.rows[record_id]]
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_array": None}
+        return {**self.__dict__, "_array": None, "validated": set()}
 
     def validate(self, table: RecordTable, size: int | None = None, deep: bool = False) -> None:
         """Raise StaleCache unless every image record of ``table`` is cached from the same bytes under the
-        current config (``size`` if given). ``deep`` re-hashes every file instead of trusting size+mtime."""
+        current config (``size`` if given). ``deep`` re-hashes every file instead of trusting size+mtime.
+        Records this object already found current are not looked at again (one run validates once, however
+        many datasets share the cache), except with ``deep``."""
         expected = CacheConfig(size if size is not None else self.config.size)
         if expected != self.config:
             raise StaleCache(f"{self.folder}: built with {asdict(self.config)}, now {asdict(expected)}")
         for i in np.flatnonzero(table.has_images()):
             record_id = table.frame["id"].iat[i]
+            if record_id in self.validated and not deep:
+                continue
             if record_id not in self.rows:
                 raise StaleCache(f"{self.folder}: record {record_id!r} is not cached")
             entry, path = self.entries[self.rows[record_id]], table.image_path(int(i)).resolve()
@@ -185,6 +192,7 @@ class ImageCache:
             changed = deep or stat.st_size != entry["bytes"] or stat.st_mtime_ns != entry["mtime_ns"]
             if changed and content_hash(path) != entry["hash"]:
                 raise StaleCache(f"{self.folder}: source {path} of record {record_id!r} changed since caching")
+            self.validated.add(record_id)
 
 
 def ensure_cache(table: RecordTable, folder: Path | str, size: int, workers: int = 0) -> ImageCache:

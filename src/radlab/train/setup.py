@@ -119,15 +119,15 @@ def run_tokenizer(cfg: TrainConfig, env: distrib.DistEnv, table: RecordTable) ->
 def run_image_cache(cfg: TrainConfig, env: distrib.DistEnv, tables: list[RecordTable],
                     preprocess: Preprocess) -> ImageCache | None:
     """``data.image_cache``: the run's image records (``tables``) pre-resized for ``preprocess``, built or reused
-    by rank 0 (``ensure_cache``: rebuilt when stale); every rank opens it after the barrier."""
+    by rank 0 (``ensure_cache``: rebuilt when stale, and then already validated); the other ranks open it after
+    the barrier (validated by the datasets that read it)."""
     folder = cfg.data.image_cache
     if folder is None:
         return None
     size = cache_size(preprocess)
-    if env.is_main:
-        ensure_cache(RecordTable.concat(tables), folder, size, cfg.optim.num_workers)
+    cache = ensure_cache(RecordTable.concat(tables), folder, size, cfg.optim.num_workers) if env.is_main else None
     distrib.barrier()
-    return ImageCache(folder)
+    return ImageCache(folder) if cache is None else cache
 
 
 def build_objective(cfg: TrainConfig, class_names: list[str], model: RadEncoder | None = None) -> Objective:
