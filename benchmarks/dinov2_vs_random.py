@@ -103,7 +103,8 @@ def main() -> None:
     else:
         random_init = build_encoder(cfg.model.model_copy(update={"text_tower": None})).eval()
     results = evaluate(trained, table, args.tasks, labels, seed=0, encoder_name=cfg.objective.name,
-                       n_boot=args.n_boot, compare=random_init, compare_name="random init")
+                       n_boot=args.n_boot, compare=random_init, compare_name="random init",
+                       workers=cfg.optim.num_workers)  # as many decoding processes as training had
     results["pretrain_minutes"], results["pretraining_overlap"] = round(minutes, 2), {"encoder": overlap}
     write_json(results, args.out / "results.json")
     print(json.dumps(summary(results), indent=2))

@@ -109,7 +109,9 @@ def evaluate(task: list[str] = typer.Option(..., help="task name(s), see `radlab
                                                 help="report even when an encoder pre-trained on test patients "
                                                      "(recorded in the metrics JSON)"),
              device: str = typer.Option("cpu", help="where encoders run: cpu, cuda, cuda:N or auto (CUDA when "
-                                                     "available); probes and statistics run on the CPU")) -> None:
+                                                     "available); probes and statistics run on the CPU"),
+             workers: int = typer.Option(0, min=0, help="image-decoding loader processes for feature extraction "
+                                                        "(0: in this process)")) -> None:
     """Evaluate one encoder on named tasks and write a JSON of metrics with patient-bootstrap intervals."""
     from radlab.data.loading import load_tables, parse_sources
     from radlab.data.splits import DEFAULT_FRACTIONS
@@ -167,7 +169,8 @@ def evaluate(task: list[str] = typer.Option(..., help="task name(s), see `radlab
             options.setdefault(name, {}).setdefault("subgroups", subgroups)
     results = run(load_encoder(spec).to(target), table, task, names, seed, encoder_name=spec, options=options,
                   n_boot=bootstrap, cache_dir=None if no_cache else (cache_dir or DEFAULT_CACHE_DIR),
-                  compare=load_encoder(compare).to(target) if compare else None, compare_name=compare or "")
+                  compare=load_encoder(compare).to(target) if compare else None, compare_name=compare or "",
+                  workers=workers)
     results["pretraining_overlap"] = overlaps
     path = write_json(results, out)
     if store is not None:

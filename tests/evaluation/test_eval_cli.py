@@ -95,7 +95,8 @@ def test_image_tasks_on_phantoms_with_paired_comparison(phantom_dir: Path, check
                                                (["-o", "kshot.seeds=2"], "does not ask for"),
                                                (["--labels", "cardiomegaly,nosuch"], "['nosuch'] not among"),
                                                (["--subgroups", "sex,race"], "unknown attribute"),
-                                               (["--subgroups", "sex", "--task", "retrieval"], "none was asked")])
+                                               (["--subgroups", "sex", "--task", "retrieval"], "none was asked"),
+                                               (["--workers", "-1"], "greater than or equal to 0")])
 def test_bad_option_is_rejected(args: list[str], problem: str, phantom_dir: Path, checkpoint: Path) -> None:
     result = runner.invoke(app, ["eval", "--checkpoint", str(checkpoint), "--data", f"phantom:{phantom_dir}",
                                  *(args if "retrieval" in args else ["--task", "knn", *args])])

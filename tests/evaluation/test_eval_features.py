@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from radlab.data.records import RecordTable
 from radlab.evaluation.features import FeatureCache, encoder_hash, table_hash
@@ -46,3 +47,16 @@ def test_hashes_follow_content(split_table: RecordTable, tiny_encoder: RadEncode
     changed.frame.loc[0, "label_cardiomegaly"] = 1 - (changed.frame.loc[0, "label_cardiomegaly"] or 0)
     assert table_hash(changed) != table_hash(split_table)
     assert table_hash(split_table.subset(np.arange(len(split_table)))) == table_hash(split_table)
+
+
+def test_loader_workers_extract_the_same_features_and_name_a_bad_file(split_table: RecordTable,
+                                                                      tiny_encoder: RadEncoder, tmp_path: Path) -> None:
+    table = _copy(split_table, tmp_path / "data", n=5)
+    rows = np.arange(5)
+    alone = FeatureCache().get(tiny_encoder, table, rows, "pooled", 2)
+    assert np.array_equal(FeatureCache(workers=2).get(tiny_encoder, table, rows, "pooled", 2), alone)
+    (tmp_path / "data" / "images" / "3.png").write_bytes(b"not a png")
+    with pytest.raises(OSError, match=r"3\.png"):
+        FeatureCache(workers=2).get(tiny_encoder, table, rows, "pooled", 2)
+    with pytest.raises(ValueError, match="workers must be 0"):
+        FeatureCache(workers=-1)

@@ -35,7 +35,8 @@ def pretrain_and_evaluate(method: str, overrides: list[str], out: Path, table: R
     cfg = TrainConfig.from_file(CONFIG_DIR / f"{method}.yaml", [f"out={out}", *overrides])
     checkpoint = pretrain(cfg)
     overlap = refuse_pretraining_overlap(checkpoint, table).as_dict()
-    results = evaluate(load_encoder(checkpoint), table, tasks, labels, encoder_name=method, n_boot=n_boot)
+    results = evaluate(load_encoder(checkpoint), table, tasks, labels, encoder_name=method, n_boot=n_boot,
+                       workers=cfg.optim.num_workers)
     results["pretraining_overlap"] = {"encoder": overlap}
     write_json(results, out / "metrics.json")
     return results, checkpoint

@@ -57,24 +57,27 @@ def files_signature(table: RecordTable) -> str:
     return digest.hexdigest()[:16]
 
 
-def image_batches(encoder: RadEncoder, table: RecordTable, batch_size: int, what: str) -> Iterator[torch.Tensor]:
-    """The table's preprocessed images in batches on the encoder's device, with progress."""
+def image_batches(encoder: RadEncoder, table: RecordTable, batch_size: int, what: str,
+                  workers: int = 0) -> Iterator[torch.Tensor]:
+    """The table's preprocessed images in batches on the encoder's device, with progress; ``workers`` loader
+    processes decode them (full-size PNG and DICOM decoding, not the encoder, bounds a CPU evaluation)."""
     encoder.eval()
-    loader = DataLoader(RecordDataset(table, encoder.preprocess), batch_size=batch_size, collate_fn=Collator())
     device = next(encoder.parameters()).device
+    loader = DataLoader(RecordDataset(table, encoder.preprocess), batch_size=batch_size, collate_fn=Collator(),
+                        num_workers=workers, pin_memory=device.type == "cuda")
     for batch in tracked(loader, len(loader), f"{what} of {len(table)} images"):
         yield batch["image"].to(device)
 
 
 @torch.no_grad()
 def extract_features(encoder: RadEncoder, table: RecordTable, kind: str = "pooled",
-                     batch_size: int = 64) -> np.ndarray:
+                     batch_size: int = 64, workers: int = 0) -> np.ndarray:
     """``pooled``: tower features before projection (probes); ``embedding``: normalised joint embeddings;
     ``tokens``: patch tokens [N, P, D] (``encoder.image_output(...).tokens``)."""
     if kind not in FEATURE_KINDS:
         raise ValueError(f"feature kind must be one of {FEATURE_KINDS}, got {kind!r}")
     chunks = []
-    for images in image_batches(encoder, table, batch_size, f"{kind} features"):
+    for images in image_batches(encoder, table, batch_size, f"{kind} features", workers):
         if kind == "pooled":
             out = encoder.image_features(images)
         elif kind == "embedding":
@@ -86,7 +89,8 @@ def extract_features(encoder: RadEncoder, table: RecordTable, kind: str = "poole
 
 
 @torch.no_grad()
-def extract_local(encoder: RadEncoder, table: RecordTable, texts: list[str], batch_size: int = 64) -> np.ndarray:
+def extract_local(encoder: RadEncoder, table: RecordTable, texts: list[str], batch_size: int = 64,
+                  workers: int = 0) -> np.ndarray:
     """Word-region similarity Z of every image against every text, [N, T] (``RadEncoder.local_match``); a
     text with no word after the text tower's tokenisation is an error naming it."""
     matcher, tower = encoder.local_match, encoder.text_tower
@@ -101,7 +105,8 @@ def extract_local(encoder: RadEncoder, table: RecordTable, texts: list[str], bat
         names = [f"text {start + i} ({text[:60]!r})" for i, text in enumerate(chunk)]
         reports.append(matcher.words(encoder.text_output(tokens), tokens, tower.tokenizer, names))
     rows = []
-    for images in image_batches(encoder, table, batch_size, f"word-region scores against {len(texts)} texts"):
+    for images in image_batches(encoder, table, batch_size, f"word-region scores against {len(texts)} texts",
+                                workers):
         regions = matcher.regions(encoder.image_output(images))
         rows.append(torch.cat([matcher.similarity(regions, *words, over_words="max") for words in reports], 1)
                     .float().cpu().numpy())  # GLoRIA's evaluation: the best word's
@@ -124,10 +129,14 @@ def extract_text(encoder: RadEncoder, texts: list[str], batch_size: int = 64, ki
 
 
 class FeatureCache:
-    """In-memory cache, backed by ``cache_dir`` (``.npy`` per key) when one is given."""
+    """In-memory cache, backed by ``cache_dir`` (``.npy`` per key) when one is given; what is missing is
+    extracted with ``workers`` image-decoding processes."""
 
-    def __init__(self, cache_dir: Path | str | None = None) -> None:
+    def __init__(self, cache_dir: Path | str | None = None, workers: int = 0) -> None:
+        if workers < 0:
+            raise ValueError(f"workers must be 0 (decode in this process) or more, got {workers}")
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else None
+        self.workers = workers
         self._store: dict[str, np.ndarray] = {}
         self._encoder_hashes: dict[int, str] = {}
         self.extractions = 0
@@ -163,7 +172,7 @@ class FeatureCache:
             batch_size: int) -> np.ndarray:
         subset = table.subset(rows)
         key = self.key(encoder, f"{table_hash(subset)}|{files_signature(subset)}", kind)
-        return self._cached(key, lambda: extract_features(encoder, subset, kind, batch_size))
+        return self._cached(key, lambda: extract_features(encoder, subset, kind, batch_size, self.workers))
 
     def text(self, encoder: RadEncoder, texts: list[str], batch_size: int = 64, kind: str = "embedding") -> np.ndarray:
         key_kind = "text" if kind == "embedding" else f"text_{kind}"
@@ -175,4 +184,4 @@ class FeatureCache:
         """Word-region similarities of the rows' images against ``texts`` (``extract_local``)."""
         subset = table.subset(rows)
         key = self.key(encoder, f"{table_hash(subset)}|{files_signature(subset)}|{texts_hash(texts)}", "local")
-        return self._cached(key, lambda: extract_local(encoder, subset, texts, batch_size))
+        return self._cached(key, lambda: extract_local(encoder, subset, texts, batch_size, self.workers))

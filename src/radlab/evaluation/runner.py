@@ -67,11 +67,12 @@ def compare_contexts(a: EvalContext, b: EvalContext) -> dict:
 def evaluate(encoder: RadEncoder, table: RecordTable, tasks: list[str], label_names: list[str],
              seed: int = 0, encoder_name: str = "", options: dict[str, dict[str, Any]] | None = None,
              n_boot: int = DEFAULT_N_BOOT, cache_dir: Path | str | None = None,
-             compare: RadEncoder | None = None, compare_name: str = "") -> dict:
-    """Evaluate ``encoder`` (and ``compare`` on the same rows, for paired differences) on named tasks."""
+             compare: RadEncoder | None = None, compare_name: str = "", workers: int = 0) -> dict:
+    """Evaluate ``encoder`` (and ``compare`` on the same rows, for paired differences) on named tasks; images
+    are decoded by ``workers`` loader processes (0: in this one)."""
     for name in tasks:
         TASKS.get(name)
-    cache = FeatureCache(cache_dir)
+    cache = FeatureCache(cache_dir, workers)
     ctx = EvalContext(encoder, table, label_names, seed, features=cache, options=options or {}, n_boot=n_boot)
     results: dict = {
         "encoder": encoder_name, "encoder_hash": cache.encoder_key(encoder), "seed": seed,
