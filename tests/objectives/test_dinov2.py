@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from radlab.data.augment import MultiCrop
+from radlab.data.augment import MultiCrop, local_crop_size
 from radlab.data.loading import load_tables
 from radlab.data.splits import DEFAULT_FRACTIONS
 from radlab.evaluation.runner import evaluate
@@ -60,6 +60,17 @@ def test_multicrop_views_and_grayscale_range() -> None:
     views = MultiCrop(64, 24, n_local=3)(torch.rand(1, 80, 80))
     assert [tuple(v.shape) for v in views] == [(1, 64, 64)] * 2 + [(1, 24, 24)] * 3
     assert all(float(v.min()) >= 0 and float(v.max()) <= 1 for v in views)
+
+
+def test_local_crops_are_whole_patches_of_the_tower() -> None:
+    """A patch embedding drops the pixels past the last whole patch: local crops are sized in the tower's patches
+    (DINOv2's 98 px at 224 px with 14 px patches), and a local size that is not is refused."""
+    assert local_crop_size(224, 14) == 98 and local_crop_size(128, 16) == 64 and local_crop_size(32, 16) == 16
+    objective = DINOv2Objective(tiny_model(), n_local=2, **TINY_HEADS)
+    local = multi_crop_batch(objective, n=2)["image"][2]
+    assert local.shape[-1] == 16 and local.shape[-1] % TINY_TOWER["patch_size"] == 0
+    with pytest.raises(ValueError, match="local_size 20 is not a multiple of the tower's 8 px patches"):
+        DINOv2Objective(tiny_model(), local_size=20, **TINY_HEADS)
 
 
 def test_masked_forward_uses_mask_token_only_where_masked() -> None:

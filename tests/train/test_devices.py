@@ -57,7 +57,7 @@ def test_every_objective_trains_under_bf16_autocast(method: str, tmp_path: Path,
     """The GPU's mixed precision on the CPU (CI has no GPU): bf16 matmuls beside fp32 norms and losses must not
     meet in an op that wants one dtype (MAE's scatter of decoder tokens once did, on the GPU only)."""
     monkeypatch.setattr(Trainer, "autocast", lambda self: torch.autocast("cpu", dtype=torch.bfloat16))
-    size = 64 if method == "dinov2" else 32  # local crops are 0.44 of the side: 8 px at 32, below a 16 px patch
+    size = 64 if method == "dinov2" else 32  # at 32 px a local crop would be one 16 px patch
     pretrain(tiny_config(method, phantom16, tmp_path, "optim.steps=2", "optim.batch_size=8", f"model.image_size={size}"),
              progress=False)
     losses = loss_curve(tmp_path)

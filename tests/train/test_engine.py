@@ -21,8 +21,9 @@ from radlab.data.records import RecordTable
 from radlab.data.taxonomy import FINDING_NAMES
 from radlab.models.build import ModelConfig, TowerConfig, build_encoder
 from radlab.models.checkpoint import load_encoder_checkpoint
+from radlab.objectives.dinov2 import DINOv2Objective
 from radlab.train import distributed
-from radlab.train.engine import Trainer, pretrain
+from radlab.train.engine import Trainer, TrainModule, pretrain
 from radlab.train.loader import Position, RankedBatchSampler, SeededDataset
 from radlab.train.optim import cosine_weight_decay, param_groups
 from radlab.train.state import latest_state, load_state, rng_state, save_state, set_rng_state, state_paths
@@ -182,6 +183,10 @@ def test_parameter_groups_layer_decay_and_no_decay() -> None:
     assert lr("image_tower.backbone.patch_embed.proj.weight") == pytest.approx(0.2 * 0.5 ** 4)
     assert lr("image_tower.backbone.pos_embed") == 0.5 ** 4
     assert lr("image_tower.backbone.blocks.0.attn.qkv.weight") == 0.5 ** 3
+    module = TrainModule(model, DINOv2Objective(model, n_prototypes=8, hidden_dim=16, bottleneck_dim=8))
+    by_param = {id(p): g for g in param_groups(module, 0.05, 1.0, 0.5) for p in g["params"]}
+    assert by_param[id(module.objective.mask_token)]["lr"] == 0.5 ** 4, "iBOT's mask token is an embedding"
+    assert by_param[id(module.objective.mask_token)]["weight_decay"] == 0.0
 
 
 def test_weight_decay_follows_a_cosine_and_spares_undecayed_groups() -> None:

@@ -123,6 +123,8 @@ class BaseAndTwoViews(TwoViews):
         return [self.base_view(image), *super().__call__(image)]
 
 
-def local_crop_size(image_size: int, patch: int = 8) -> int:
-    """DINOv2's local/global side ratio (98/224 ~ 0.44) rounded down to a multiple of ``patch``."""
-    return max(patch, int(image_size * 0.4375) // patch * patch)
+def local_crop_size(image_size: int, patch: int) -> int:
+    """DINOv2's local/global side ratio (98/224 = 0.4375) at ``image_size``, rounded to the nearest multiple of
+    the tower's ``patch`` (a patch embedding drops the pixels past the last whole patch): 98 at 224 px with
+    14 px patches, as DINOv2; 64 at 128 px with 16 px patches."""
+    return max(patch, round(image_size * 0.4375 / patch) * patch)

@@ -97,13 +97,18 @@ def _match_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
     return images.expand(-1, channels, -1, -1) if images.shape[1] == 1 and channels != 1 else images
 
 
-def patch_grid(tower: nn.Module, image_size: int) -> tuple[int, int]:
-    """The patch grid (h, w) of a square image of ``image_size`` pixels."""
+def patch_size(tower: nn.Module) -> int:
+    """The side in pixels of the ViT tower's (square) patches."""
     vit = timm_vit(tower)
     if vit is not None:
-        ph, pw = vit.patch_embed.patch_size
-        return image_size // ph, image_size // pw
+        return int(vit.patch_embed.patch_size[0])
     hf = hf_dinov2(tower)
     if hf is not None:
-        return image_size // hf.config.patch_size, image_size // hf.config.patch_size
+        return int(hf.config.patch_size)
     raise TypeError(f"no patch grid for {type(tower).__name__}")
+
+
+def patch_grid(tower: nn.Module, image_size: int) -> tuple[int, int]:
+    """The patch grid (h, w) of a square image of ``image_size`` pixels."""
+    side = image_size // patch_size(tower)
+    return side, side

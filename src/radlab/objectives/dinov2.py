@@ -25,7 +25,7 @@ from torch import nn
 from radlab.data.augment import MultiCrop, local_crop_size
 from radlab.models.checkpoint import strip_prefix
 from radlab.models.dino_checkpoint import HEAD_FILE, head_shape, load_head_state
-from radlab.models.vit_masking import hf_dinov2, masked_forward, patch_grid
+from radlab.models.vit_masking import hf_dinov2, masked_forward, patch_grid, patch_size
 from radlab.objectives.base import OBJECTIVES, Objective
 from radlab.objectives.collapse import CollapseWatch
 from radlab.objectives.dino_losses import DINOLoss, IBOTPatchLoss, effective_rank, koleo_loss, mean_entropy
@@ -160,6 +160,10 @@ class DINOv2Objective(Objective):
         self.heads = nn.ModuleDict(heads)
         self.teacher = nn.ModuleDict({"image_tower": copy.deepcopy(model.image_tower),
                                       **copy.deepcopy(heads)}).requires_grad_(False)
+        self.patch = patch_size(model.image_tower)
+        if local_size is not None and local_size % self.patch:
+            raise ValueError(f"local_size {local_size} is not a multiple of the tower's {self.patch} px patches: "
+                             f"the pixels past the last whole patch would never be seen")
         hf = hf_dinov2(model.image_tower)
         self.mask_token = nn.Parameter(torch.zeros(dim)) if hf is None else None
         if hf is not None and ibot_weight > 0 and mask_probability > 0:
@@ -205,7 +209,7 @@ class DINOv2Objective(Objective):
         return self
 
     def train_transform(self, image_size: int) -> Callable[[torch.Tensor], list[torch.Tensor]]:
-        local = self.crops["local_size"] or local_crop_size(image_size)
+        local = self.crops["local_size"] or local_crop_size(image_size, self.patch)
         return MultiCrop(image_size, local, **{k: v for k, v in self.crops.items() if k != "local_size"})
 
     def _mask_rng(self) -> random.Random:

@@ -11,7 +11,9 @@ from torch import nn
 
 # timm ViTs (image_tower.backbone.*) and Hugging Face ViT/Dinov2 towers such as RAD-DINO (image_tower.model.*)
 _BLOCK = re.compile(r"image_tower\.(?:backbone\.blocks|model\.encoder\.layer)\.(\d+)\.")
-_EMBED = re.compile(r"image_tower\.(?:backbone\.(?:cls_token|reg_token|pos_embed|patch_embed)|model\.embeddings\.)")
+# DINOv2's objective holds a timm tower's iBOT mask token (``objective.mask_token``): an embedding, as in DINOv2
+_EMBED = re.compile(r"image_tower\.(?:backbone\.(?:cls_token|reg_token|pos_embed|patch_embed)|model\.embeddings\.)"
+                    r"|(?:^|\.)objective\.mask_token$")
 _PATCH_EMBED = re.compile(r"image_tower\.(?:backbone\.patch_embed|model\.embeddings\.patch_embeddings)\.")
 _NO_DECAY_NAMES = ("cls_token", "reg_token", "register_tokens", "pos_embed", "position_embeddings", "mask_token")
 
