@@ -259,6 +259,18 @@ def test_a_state_with_the_older_record_numbered_queue_loads_with_the_queue_empti
     torch.testing.assert_close(restored.projection[0].weight, saved.projection[0].weight)  # the rest as saved
 
 
+def test_a_new_run_from_a_checkpoint_starts_an_empty_queue() -> None:
+    """init_from (``restart``): the saved queue holds the old run's embeddings under its study numbers."""
+    saved = DeCLIPObjective(embed_dim=2, image_dim=3, queue_size=5, tss_weight=0.0)
+    saved.push(torch.ones(5, 2), torch.arange(5))
+    restored = DeCLIPObjective(embed_dim=2, image_dim=3, queue_size=5, tss_weight=0.0)
+    restored.load_state_dict(saved.state_dict())
+    restored.restart()
+    assert int(restored.queue_filled) == 0 and int(restored.queue_ptr) == 0 and (restored.queue_study == -1).all()
+    assert not restored.queue.any()
+    torch.testing.assert_close(restored.projection[0].weight, saved.projection[0].weight)
+
+
 def test_report_augmentation_is_seeded_keeps_a_sentence_and_changes_multi_sentence_reports() -> None:
     multi = [r for r in REPORTS if sum(len(s) for _, s in report_sections(r)) > 1]
     single = ["No acute cardiopulmonary process.", "IMPRESSION: Normal chest radiograph.", "Clear lungs"]

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from radlab.data.augment import MultiCrop, local_crop_size
 from radlab.data.loading import load_tables
@@ -18,6 +19,7 @@ from radlab.data.splits import DEFAULT_FRACTIONS
 from radlab.evaluation.runner import evaluate
 from radlab.models import load_encoder
 from radlab.models.build import build_encoder
+from radlab.models.checkpoint import OBJECTIVE_FILE
 from radlab.models.dino_checkpoint import HEAD_FILE, load_head_state
 from radlab.models.encoder import RadEncoder
 from radlab.models.export import export_checkpoint
@@ -26,6 +28,7 @@ from radlab.models.vit_masking import masked_forward
 from radlab.objectives.dinov2 import DINOv2Objective, batch_masks, block_mask
 from radlab.train.config import TrainConfig
 from radlab.train.engine import pretrain
+from radlab.train.initial_weights import load_objective_state
 from radlab.train.setup import seed_everything, training_labels
 from radlab.train.state import latest_state, load_state
 from run_logs import logged
@@ -211,6 +214,22 @@ def test_a_run_continues_from_its_own_checkpoint_with_its_teacher_heads(phantom_
     started = build_encoder(cfg.model.model_copy(update={"image_tower": tower})).image_tower.state_dict()
     exported = load_encoder(folder).image_tower.state_dict()
     assert started.keys() == exported.keys() and all(torch.equal(started[k], exported[k]) for k in exported)
+
+
+def test_a_new_run_from_a_checkpoint_keeps_what_was_learned_and_restarts_the_schedules(phantom_dir: Path,
+                                                                                      tmp_path: Path) -> None:
+    """init_from: teacher, heads and centre as saved; momentum, teacher temperature and step count as at step 0
+    (the last layer is frozen again, the temperature warms up again)."""
+    folder = pretrain(tiny_config(phantom_dir, tmp_path / "run", steps=4), progress=False)
+    saved = load_file(str(folder / OBJECTIVE_FILE))
+    assert int(saved["steps_done"]) == 4 and float(saved["momentum"]) > 0.9
+    objective = DINOv2Objective(tiny_model(), n_local=2, local_size=16, momentum=0.9, **TINY_HEADS)
+    assert load_objective_state(objective, "dinov2", folder)
+    assert int(objective.steps_done) == 0 and float(objective.momentum) == pytest.approx(0.9)
+    assert float(objective.teacher_temp) == pytest.approx(0.04)
+    kept = objective.state_dict()
+    learned = [k for k in saved if k.startswith(("teacher.", "heads.", "dino_loss.center"))]
+    assert learned and all(torch.equal(kept[k], saved[k]) for k in learned)
 
 
 @pytest.mark.slow

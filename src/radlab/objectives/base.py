@@ -63,3 +63,8 @@ class Objective(nn.Module):
 
     def after_step(self, model: nn.Module, step: int, total_steps: int) -> None:
         """Called after each optimiser step (EMA teachers, schedules of temperatures or momenta)."""
+
+    def restart(self) -> None:
+        """Called when a new run starts from this objective's saved state (``init_from``): what the state holds of
+        the old run's progress rather than of learning (step counts, scheduled values, queues of its data) starts
+        as at step 0; weights, teachers and centres are kept."""

@@ -179,6 +179,13 @@ class DeCLIPObjective(Objective):
     def train_transform(self, image_size: int) -> Callable[[torch.Tensor], list[torch.Tensor]]:
         return TwoViews(image_size, scale=self.crop_scale, hflip=self.hflip)
 
+    def restart(self) -> None:
+        """An empty neighbour queue: the old run's entries are embeddings of its data, numbered by its studies."""
+        self.queue.zero_()
+        self.queue_study.fill_(-1)
+        self.queue_ptr.zero_()
+        self.queue_filled.zero_()
+
     @torch.no_grad()
     def push(self, entries: torch.Tensor, study: torch.Tensor) -> None:
         """Enqueue rows (oldest first) over the oldest entries; only the last ``queue_size`` rows survive."""

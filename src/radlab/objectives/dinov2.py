@@ -286,6 +286,13 @@ class DINOv2Objective(Objective):
         if distrib.rank() == 0:
             self.watch.check(step, total_steps)
 
+    def restart(self) -> None:
+        """Step 0 of the schedules: the base momentum, the warm-up teacher temperature, no step done (so the
+        last layer is frozen again for ``freeze_last_layer_steps`` and masks are drawn as a new run's)."""
+        self.momentum.fill_(self.base_momentum)
+        self.teacher_temp.fill_(self.temps[0])
+        self.steps_done.fill_(0)
+
     def checkpoint_files(self, state: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
         """The heads that match the exported backbone (teacher or student) as ``HEAD_FILE``, in DINOv2's names
         (``dino_head.*``, ``ibot_head.*``), so ``init_heads=<checkpoint folder>`` continues with them."""

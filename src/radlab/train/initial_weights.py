@@ -2,8 +2,9 @@
 
 The encoder's weights (towers, projections) load strictly, except that a text tower the checkpoint lacks
 starts fresh (labels first, then report text). The objective's state (learned temperatures, prototypes,
-DINO heads and EMA teacher) loads when the checkpoint was trained with the same objective; otherwise the
-objective starts fresh. Optimiser, schedule and data position always start fresh: ``resume`` continues a run.
+DINO heads and EMA teacher) loads when the checkpoint was trained with the same objective, its schedules and
+queues restarted (``Objective.restart``: a new run's step 0); otherwise the objective starts fresh.
+Optimiser, schedule and data position always start fresh: ``resume`` continues a run.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from radlab.models.checkpoint import OBJECTIVE_FILE, TEXT_DIR, WEIGHTS_FILE, read_spec, upgrade_state
+from radlab.objectives.base import Objective
 
 log = logging.getLogger(__name__)
 TEXT_KEYS = ("text_tower.", "text_proj.")
@@ -51,7 +53,7 @@ def load_encoder_weights(model: nn.Module, folder: Path | str) -> None:
              "; the text tower starts fresh (the checkpoint has none)" if fresh_text and model.text_tower else "")
 
 
-def load_objective_state(objective: nn.Module, name: str, folder: Path | str) -> bool:
+def load_objective_state(objective: Objective, name: str, folder: Path | str) -> bool:
     """Load the objective's saved state when the checkpoint was trained with objective ``name``; returns
     whether it did."""
     folder = Path(folder)
@@ -66,5 +68,6 @@ def load_objective_state(objective: nn.Module, name: str, folder: Path | str) ->
     except RuntimeError as error:
         raise ValueError(f"{path} does not fit this run's {name} objective (same classes and heads?): "
                          f"{error}") from error
-    log.info("init_from %s: %s objective state loaded", folder, name)
+    objective.restart()
+    log.info("init_from %s: %s objective state loaded (its schedules and queues restart)", folder, name)
     return True
