@@ -5,7 +5,7 @@ import pytest
 from data import fixtures as fx
 from radlab.data.images import read_image
 from radlab.data.sources.common import SourceFormatError
-from radlab.data.sources.padchest import PadChestSource
+from radlab.data.sources.padchest import PadChestSource, row_labels
 
 
 def test_padchest_exhaustive_labels_unannotated_rows_and_16bit_png(tmp_path):
@@ -15,7 +15,7 @@ def test_padchest_exhaustive_labels_unannotated_rows_and_16bit_png(tmp_path):
     assert normal["label_no_finding"] == 1 and normal["label_pleural_effusion"] == 0
     assert sick["label_pleural_effusion"] == 1  # ' pleural effusion' with the provider's stray space
     assert sick["label_atelectasis"] == 1 and sick["label_fibrosis"] == 1 and sick["label_no_finding"] == 0
-    assert np.isnan(sick["label_lung_cyst"])  # PadChest's map has no lung cyst
+    assert sick["label_lung_cyst"] == 0  # exhaustive: a mapped finding the list lacks is negative
     assert np.isnan(table.labels()[2]).all()  # empty Labels: not annotated
     assert (sick["view"], sick["sex"], sick["age"]) == ("LAT", "M", 86.0)
     assert (unlabelled["view"], unlabelled["sex"]) == ("AP", "")
@@ -83,3 +83,21 @@ def test_padchest_support_devices_alone_are_no_finding(tmp_path):
 def test_padchest_empty_label_list_is_not_annotated(tmp_path):
     table = PadChestSource().load(_with_extra_rows(fx.build_padchest(tmp_path), ["[]"]))
     assert np.isnan(table.labels()[3]).all()
+
+
+@pytest.mark.parametrize(("entry", "positive"), [
+    ("hydropneumothorax", {"pneumothorax", "pleural_effusion"}),
+    ("empyema", {"pleural_effusion"}), ("hemothorax", {"pleural_effusion"}),
+    ("air bronchogram", {"consolidation", "lung_opacity"}),
+    ("miliary opacities", {"interstitial_lung_disease", "lung_opacity"}),
+    ("cyst", {"lung_cyst", "lung_lesion", "lung_opacity"}),
+    ("vertebral compression", {"fracture"}), ("vertebral anterior compression", {"fracture"}),
+    ("bullas", set()), ("subcutaneous emphysema", set()),
+])
+def test_padchest_entries_map_as_the_authors_label_tree_places_them(entry, positive):
+    """An entry is its nearest ancestor in the authors' trees that radlab names; one radlab does not name is
+    no finding of radlab's (every mapped finding negative), never a positive elsewhere."""
+    values = row_labels([entry])
+    found = {name.removeprefix("label_") for name, v in values.items() if v == 1}
+    assert found == positive
+    assert values["label_no_finding"] == 0

@@ -10,6 +10,13 @@ elsewhere does (no finding but support devices); any other entry gives no_findin
 ``Labels`` is empty (blank or ``[]``) are not annotated (all NaN). Age = study year - birth year. The report is
 preprocessed Spanish, kept in ``report_es`` rather than ``report`` (the English text column).
 
+``LABEL_MAP`` follows the authors' label trees (below): an entry maps as the nearest ancestor radlab names, since
+the exhaustive lists carry the most specific label only (hydropneumothorax, empyema and hemothorax sit under
+pleural effusion, hydropneumothorax under pneumothorax too (``ALSO``); air bronchogram under consolidation;
+miliary opacities under the interstitial pattern; "cyst" is the tree's "cyst of lung"; vertebral compression is
+UMLS C0262431, a compression fracture). "infiltrates" stays radlab's infiltration alone: the tree's children
+(interstitial and alveolar patterns, consolidation) are radlab's siblings of it under lung opacity.
+
 Two entries are not findings (``MARKERS``). Their meaning comes from the dataset authors' label trees and
 report-level aggregation (github.com/auriml/Rx-thorax-automatic-captioning: manual_review/trees_code.txt,
 util.py ``unique_labels``, README "Search Instructions"; Bustos et al., Med. Image Anal. 2020): "exclude" is a
@@ -63,9 +70,9 @@ LABEL_MAP: dict[str, str] = {
     "lung metastasis": "lung_lesion", "lepidic adenocarcinoma": "lung_lesion",
     "nodule": "nodule", "multiple nodules": "nodule",
     "pulmonary mass": "mass", "mass": "mass",
-    "cavitation": "lung_cavity",
+    "cavitation": "lung_cavity", "cyst": "lung_cyst",
     "pulmonary edema": "edema",
-    "consolidation": "consolidation",
+    "consolidation": "consolidation", "air bronchogram": "consolidation",
     "pneumonia": "pneumonia", "atypical pneumonia": "pneumonia",
     "atelectasis": "atelectasis", "laminar atelectasis": "atelectasis", "lobar atelectasis": "atelectasis",
     "segmental atelectasis": "atelectasis", "total atelectasis": "atelectasis", "round atelectasis": "atelectasis",
@@ -74,6 +81,7 @@ LABEL_MAP: dict[str, str] = {
     "interstitial pattern": "interstitial_lung_disease",
     "reticular interstitial pattern": "interstitial_lung_disease",
     "reticulonodular interstitial pattern": "interstitial_lung_disease",
+    "miliary opacities": "interstitial_lung_disease",
     "pulmonary fibrosis": "fibrosis",
     "tuberculosis": "tuberculosis", "tuberculosis sequelae": "tuberculosis",
     "calcified granuloma": "calcification", "calcified densities": "calcification",
@@ -81,18 +89,22 @@ LABEL_MAP: dict[str, str] = {
     "COPD signs": "copd",
     "pulmonary artery enlargement": "enlarged_pulmonary_artery",
     "mediastinal shift": "mediastinal_shift",
-    "pneumothorax": "pneumothorax",
+    "pneumothorax": "pneumothorax", "hydropneumothorax": "pneumothorax",
     "pleural effusion": "pleural_effusion", "loculated pleural effusion": "pleural_effusion",
-    "loculated fissural effusion": "pleural_effusion",
+    "loculated fissural effusion": "pleural_effusion", "empyema": "pleural_effusion", "hemothorax": "pleural_effusion",
     "pleural thickening": "pleural_thickening", "apical pleural thickening": "pleural_thickening",
     "calcified pleural thickening": "pleural_thickening",
     "pleural plaques": "pleural_other", "calcified pleural plaques": "pleural_other", "pleural mass": "pleural_other",
     "fracture": "fracture", "rib fracture": "fracture", "callus rib fracture": "fracture",
     "clavicle fracture": "fracture", "humeral fracture": "fracture", "vertebral fracture": "fracture",
+    "vertebral compression": "fracture", "vertebral anterior compression": "fracture",
     "hiatal hernia": "hernia",
     "scoliosis": "scoliosis",
     **{device: "support_devices" for device in DEVICES},
 }
+# Entries that also name a second finding: the authors' tree puts hydropneumothorax under pneumothorax and under
+# pleural effusion.
+ALSO: dict[str, str] = {"hydropneumothorax": "pleural effusion"}
 EXCLUDE, SUBOPTIMAL = "exclude", "suboptimal study"
 # Labels entries that are remarks, not findings (module docstring: what they mean and where that comes from).
 MARKERS: dict[str, str] = {
@@ -126,7 +138,8 @@ def row_labels(labels: list[str] | None) -> dict[str, float] | None:
     findings = [label for label in labels or [] if label not in MARKERS]
     if not findings and SUBOPTIMAL not in (labels or []):
         return None
-    values = harmonise(dict.fromkeys(findings, 1.0), LABEL_MAP, default=0.0)
+    named = findings + [ALSO[label] for label in findings if label in ALSO]
+    values = harmonise(dict.fromkeys(named, 1.0), LABEL_MAP, default=0.0)
     if not findings:  # "suboptimal study" alone: no finding listed, but "normal" may have been dropped
         values[label_column("no_finding")] = NAN
     elif all(label in DEVICES for label in findings):
