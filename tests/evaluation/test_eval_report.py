@@ -45,13 +45,16 @@ def test_paired_differences_and_demographics_are_reported_and_each_metric_gets_i
     run["baseline"] = {"encoder": "random init", "tasks": {"linear_probe": {"macro_auc": 0.70}}}
     run["paired_difference"] = {
         "linear_probe/macro_auc": {"difference": 0.05, "ci_low": 0.02, "ci_high": 0.08, "p_value": 0.002},
-        "retrieval/R@1": {"difference": -0.01, "ci_low": -0.02, "ci_high": -0.004, "p_value": 0.0, "n_boot": 500},
+        "retrieval/R@1": {"difference": -0.01, "ci_low": -0.02, "ci_high": -0.004, "p_value": 0.0, "n_boot": 500,
+                          "n_valid": 400},
+        "kshot/macro_auc": {"difference": None, "ci_low": None, "ci_high": None, "p_value": None, "n_boot": 500},
         "zero_shot/macro_auc": {"unpaired": "A and B average different findings"}}
     append_run(run, store)
     text = render(store).read_text()
     assert "## Paired differences" in text
     assert "| enc | random init | linear_probe/macro_auc | +0.050 | [+0.020, +0.080] | 0.002 |" in text
-    assert "| retrieval/R@1 | -0.010 | [-0.020, -0.004] | < 0.002 |" in text
+    assert "| retrieval/R@1 | -0.010 | [-0.020, -0.004] | < 0.005 |" in text, "two-sided: 2 / 400 defined resamples"
+    assert "| kshot/macro_auc | - | - | - |" in text, "undefined on the full data: shown, not a crash"
     assert "zero_shot" not in text
     with Image.open(tmp_path / "store.png") as image:
         assert image.width == round(2.8 * 4 * 120), "panels: linear probe, sex AUC, age MAE, retrieval"

@@ -59,7 +59,7 @@ def paired_rows(runs: list[dict]) -> list[dict]:
                 rows.append({"encoder": run.get("encoder") or run.get("encoder_hash", "?"),
                              "versus": baseline.get("encoder") or baseline.get("encoder_hash", "?"),
                              "statistic": statistic, **{k: diff.get(k) for k in ("difference", "ci_low", "ci_high",
-                                                                                 "p_value", "n_boot")}})
+                                                                                 "p_value", "n_boot", "n_valid")}})
     return rows
 
 
@@ -87,7 +87,8 @@ def render(store: Path | str, out_dir: Path | str | None = None) -> Path:
                   "rows; paired bootstrap over patients.", "", "| encoder | versus | statistic | difference | "
                   "95% CI | p |", "|---|---|---|---|---|---|"]
         for r in paired:
-            lines.append(f"| {r['encoder']} | {r['versus']} | {r['statistic']} | {r['difference']:+.3f} | "
+            difference = "-" if r["difference"] is None else f"{r['difference']:+.3f}"
+            lines.append(f"| {r['encoder']} | {r['versus']} | {r['statistic']} | {difference} | "
                          f"{interval_text(r, '+')} | {_p_value(r)} |")
     lines += subgroup_section(runs)
     figure = plot_rows(rows, out / f"{store.stem}.png")
@@ -121,9 +122,13 @@ def subgroup_section(runs: list[dict]) -> list[str]:
 
 
 def _p_value(row: dict) -> str:
-    """A bootstrap p-value; 0 means below the resolution of its resamples, shown as ``< 1/n_boot``."""
-    if row["p_value"] == 0 and row["n_boot"]:
-        return f"< {1 / row['n_boot']:.2g}"
+    """A two-sided bootstrap p-value; 0 means below its resolution, 2 / (resamples where the statistic was
+    defined), shown as ``< 2/n_valid`` (``n_boot`` for stores written before ``n_valid`` was kept); "-" if none."""
+    if row["p_value"] is None:
+        return "-"
+    resamples = row.get("n_valid") or row.get("n_boot")
+    if row["p_value"] == 0 and resamples:
+        return f"< {2 / resamples:.2g}"
     return f"{row['p_value']:.3g}"
 
 
