@@ -156,3 +156,6 @@ def test_an_external_start_is_fingerprinted_by_its_files(tmp_path: Path) -> None
     (copy / "config.json").write_text('{"hidden_size": 9}')
     assert starting_files(str(folder)) != starting_files(str(copy))
     assert starting_files("hf_vision:microsoft/rad-dino") == "hf_vision:microsoft/rad-dino"
+    renamed = tmp_path / "renamed.safetensors"
+    shutil.copy(folder / "model.safetensors", renamed)
+    assert starting_files(f"chexzero:{renamed}") == starting_files(f"chexzero:{folder / 'model.safetensors'}")
