@@ -211,6 +211,41 @@ def test_a_batch_without_reports_trains_and_keeps_every_text_parameter_in_the_gr
     assert all(p.grad is not None for p in model.text_tower.parameters())
 
 
+@pytest.mark.parametrize("method", [m for m in TEXT_OBJECTIVES if m not in ("convirt", "gloria")])  # fixed τ
+def test_every_config_starts_a_continued_public_model_at_its_own_temperature(method: str) -> None:
+    """docs/training.md: image-text objectives continuing a public model start from its learned scale; a config
+    that wrote out the default temperature would silently replace it."""
+    from radlab.train.config import TrainConfig
+    from radlab.train.setup import build_objective
+
+    configs = Path(__file__).resolve().parents[2] / "configs"
+    cfg = TrainConfig.from_file(configs / f"{method}.yaml", [
+        "model.image_size=32", "model.image_tower.kwargs={patch_size: 8, depth: 1}",
+        "model.text_tower.kwargs={hidden_size: 32, layers: 1, heads: 2, max_length: 16}"])
+    model = build_encoder(cfg.model, train_wordpiece(["small left pleural effusion", "heart is enlarged"] * 5,
+                                                     vocab_size=80))
+    model.pretrained_logit_scale = 50.0
+    objective = build_objective(cfg, ["cardiomegaly", "pleural_effusion"], model)
+    assert objective.logit_scale.log_scale.exp().item() == pytest.approx(50.0)
+
+
+def test_label_targets_stay_exact_under_mixed_precision() -> None:
+    """The engine runs objectives under bf16 autocast on a GPU: the label similarities that set MedCLIP's and
+    UniCL's targets are computed in float32 regardless (two equal label vectors score 1, not 1.008)."""
+    labels = (torch.rand(64, 14, generator=torch.Generator().manual_seed(0)) > 0.6).float()
+    labels[1] = labels[0]
+    ids = torch.arange(64)
+    exact = F.normalize(labels.double(), dim=-1) @ F.normalize(labels.double(), dim=-1).T
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        medclip = semantic_targets(labels, labels, ids, ids)
+        unicl = unicl_targets(labels, labels)
+    assert medclip.dtype == torch.float32 and unicl.dtype == torch.float32, "labels come as float32"
+    off_diagonal = ~torch.eye(64, dtype=torch.bool)
+    torch.testing.assert_close(medclip.double()[off_diagonal], exact[off_diagonal], atol=1e-6, rtol=0)
+    assert float(medclip[0, 1]) == pytest.approx(1.0, abs=1e-6)
+    torch.testing.assert_close(unicl.double(), (labels.double() @ labels.double().T + torch.eye(64).double()).clamp(0, 1))
+
+
 def test_medclip_without_any_report_keeps_its_scale_in_the_graph() -> None:
     """DDP needs a gradient for every parameter, also on a step whose global batch brought no report."""
     from radlab.objectives.medclip import medclip_loss

@@ -12,9 +12,11 @@ from radlab.train.distributed import gather_with_grad, global_mean
 
 def unicl_targets(labels_image: torch.Tensor, labels_text: torch.Tensor) -> torch.Tensor:
     """T = clip(Y_img Y_txt^T + I, 0, 1): a pair is positive when it is the pair itself or shares a positive
-    finding (Y binary, [N, K])."""
-    eye = torch.eye(len(labels_image), len(labels_text), device=labels_image.device)
-    return (labels_image @ labels_text.T + eye).clamp(0, 1)
+    finding (Y binary, [N, K]). At least float32, autocast off, as the targets normalised from it."""
+    dtype = torch.promote_types(labels_image.dtype, torch.float32)
+    eye = torch.eye(len(labels_image), len(labels_text), device=labels_image.device, dtype=dtype)
+    with torch.autocast(labels_image.device.type, enabled=False):
+        return (labels_image.to(dtype) @ labels_text.to(dtype).T + eye).clamp(0, 1)
 
 
 def unicl_loss(image: torch.Tensor, text: torch.Tensor, labels_image: torch.Tensor, labels_text: torch.Tensor,
