@@ -9,7 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from external_checkpoints import make_gloria_dir, make_hub_dir, make_rad_dino_dir
+from external_checkpoints import (
+    make_biovil_file,
+    make_cxr_bert_dir,
+    make_gloria_dir,
+    make_hub_dir,
+    make_rad_dino_dir,
+)
 from safetensors.torch import load_file
 
 from radlab.models import load_encoder
@@ -96,6 +102,24 @@ def test_gloria_continues_a_public_gloria_from_its_local_embedder(phantom_dir: P
     torch.testing.assert_close(matcher.embedder.weight, parts["local"].weight.detach().flatten(1))
     other = _run("clip", tmp_path / "clip", phantom_dir, source, "optim.steps=1", "optim.batch_size=4")
     assert load_encoder(other).local_match is None
+
+
+@pytest.mark.parametrize("config", ["clip", "slip", "declip", "dlilp", "gloria"])
+def test_biovil_continues_with_its_projection_of_the_feature_map(config: str, phantom_dir: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """BioViL projects every cell of its feature map (1x1 convolutions) and averages them: the objectives that
+    read the tower output and the embedding take the embedding through the encoder (``project_image``), never by
+    applying BioViL's convolutions to the pooled vector."""
+    monkeypatch.setattr("radlab.models.external.biovil.BIOVIL_SIZE", 64)
+    folder = make_biovil_file(make_cxr_bert_dir(tmp_path / "BiomedVLP-CXR-BERT-specialized")[0])[0].parent
+    source = f"biovil:{folder}"
+    reference = load_encoder(source).eval()
+    images = reference.preprocess.normalise(torch.rand(2, 1, 64, 64))
+    with torch.no_grad():
+        torch.testing.assert_close(reference.project_image(reference.image_output(images)),
+                                   reference.encode_image(images, normalize=False))
+    _run(config, tmp_path / "run", phantom_dir, f"model.external={source}", "optim.steps=1", "optim.batch_size=8")
+    assert np.isfinite(loss_curve(tmp_path / "run")).all()
 
 
 def test_image_only_objective_drops_the_text_tower(open_clip_dir: Path, phantom_dir: Path, tmp_path: Path) -> None:

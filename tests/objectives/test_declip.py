@@ -68,6 +68,9 @@ class _FeatureEncoder(nn.Module):
     def image_output(self, images: torch.Tensor) -> TowerOutput:
         return TowerOutput(images, images[:, None])
 
+    def project_image(self, out: TowerOutput) -> torch.Tensor:
+        return self.image_proj(out.pooled)
+
     def text_output(self, tokens: dict[str, torch.Tensor]) -> TowerOutput:
         return TowerOutput(tokens["features"], tokens["features"][:, None])
 

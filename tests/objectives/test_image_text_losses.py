@@ -16,6 +16,7 @@ from torch import nn
 from radlab.models.build import ModelConfig, TowerConfig, build_encoder
 from radlab.models.checkpoint import load_encoder_checkpoint, save_encoder
 from radlab.models.tokenizer import train_wordpiece
+from radlab.models.towers import TowerOutput
 from radlab.objectives.clip import clip_loss
 from radlab.objectives.convirt import ConVIRTObjective
 from radlab.objectives.dlilp import DLILPObjective
@@ -107,8 +108,11 @@ class _FeatureEncoder(nn.Module):
         super().__init__()
         self.image_proj = nn.Identity()
 
-    def image_features(self, images: torch.Tensor) -> torch.Tensor:
-        return images
+    def image_output(self, images: torch.Tensor) -> TowerOutput:
+        return TowerOutput(images, images[:, None])
+
+    def project_image(self, out: TowerOutput) -> torch.Tensor:
+        return self.image_proj(out.pooled)
 
     def encode_text(self, tokens: dict, normalize: bool = True) -> torch.Tensor:
         return F.normalize(tokens["features"], dim=-1)

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
+from radlab.models.towers import TowerOutput
 from radlab.objectives.slip import SLIPObjective
 from ranks import free_port, start_ranks
 from run_logs import logged
@@ -28,8 +29,11 @@ class _FeatureEncoder(nn.Module):
         super().__init__()
         self.image_proj = nn.Linear(image_dim, embed_dim, bias=False).double()
 
-    def image_features(self, images: torch.Tensor) -> torch.Tensor:
-        return images
+    def image_output(self, images: torch.Tensor) -> TowerOutput:
+        return TowerOutput(images, images[:, None])
+
+    def project_image(self, out: TowerOutput) -> torch.Tensor:
+        return self.image_proj(out.pooled)
 
     def encode_text(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
         return F.normalize(tokens["features"], dim=-1)

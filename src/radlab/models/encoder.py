@@ -132,8 +132,14 @@ class RadEncoder(nn.Module):
     def image_features(self, images: torch.Tensor) -> torch.Tensor:
         return self.image_tower(images).pooled
 
+    def project_image(self, out: TowerOutput) -> torch.Tensor:
+        """The joint-space embedding (unnormalised) of an image tower output: ``image_proj`` of the pooled
+        features here; an encoder whose projection reads the feature map (BioViL) overrides it. Objectives that
+        need the tower output as well call this instead of ``encode_image``."""
+        return self.image_proj(out.pooled)
+
     def encode_image(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
-        z = self.image_proj(self.image_tower(images).pooled)
+        z = self.project_image(self.image_tower(images))
         return F.normalize(z, dim=-1) if normalize else z
 
     def text_output(self, tokens: dict[str, torch.Tensor]) -> TowerOutput:

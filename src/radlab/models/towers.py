@@ -20,6 +20,11 @@ class TowerOutput:
     grid: tuple[int, int] | None = None
     regions: torch.Tensor | None = None
 
+    def rows(self, index: slice | torch.Tensor) -> TowerOutput:
+        """The output of some of the batch's images (or texts)."""
+        return TowerOutput(self.pooled[index], self.tokens[index], None if self.mask is None else self.mask[index],
+                           self.grid, None if self.regions is None else self.regions[index])
+
 
 FITS = ("pad", "crop")
 

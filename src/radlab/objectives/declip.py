@@ -243,7 +243,7 @@ class DeCLIPObjective(Objective):
         image_out = model.image_output(torch.cat(views[:2]))
         pooled = image_out.pooled
         z1, z2 = self.projection(pooled).chunk(2)
-        x1, x2 = (x[keep] for x in F.normalize(model.image_proj(pooled), dim=-1).chunk(2))
+        x1, x2 = (x[keep] for x in F.normalize(model.project_image(image_out), dim=-1).chunk(2))
         reports = [text for text, has in zip(batch["text"], keep.tolist(), strict=True) if has]
         augmented = augment_reports(reports, self.sentence_drop, self.section_shuffle)
         tokens = {k: v[keep] for k, v in batch["tokens"].items()}

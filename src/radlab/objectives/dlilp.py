@@ -50,10 +50,10 @@ class DLILPObjective(Objective):
         self.uncertain = uncertain
 
     def forward(self, model: nn.Module, batch: dict) -> dict[str, torch.Tensor]:
-        features = model.image_features(batch["image"])
+        out = model.image_output(batch["image"])
         labels, mask = resolve_uncertain(batch["labels"], batch["label_mask"], self.uncertain)
-        bce = masked_bce(self.head(self.label_proj(features)), labels, mask)
-        image = F.normalize(model.image_proj(features), dim=-1)
+        bce = masked_bce(self.head(self.label_proj(out.pooled)), labels, mask)
+        image = F.normalize(model.project_image(out), dim=-1)
         if self.prompts:
             text = model.encode_text(reports_or_prompts(batch, self.class_names))
         else:

@@ -112,7 +112,7 @@ class GloriaObjective(Objective):
         tokens = {k: v[keep] for k, v in batch["tokens"].items()}
         image_out = model.image_output(batch["image"][keep])
         text_out = model.text_output(tokens)
-        image = F.normalize(model.image_proj(image_out.pooled), dim=-1)
+        image = F.normalize(model.project_image(image_out), dim=-1)
         text = F.normalize(model.text_proj(text_out.pooled), dim=-1)
         scale = torch.tensor(self.temp_contrast, device=image.device)
         global_term = 2 * clip_loss(image, text, scale)  # both directions summed

@@ -82,7 +82,8 @@ class SLIPObjective(Objective):
     def forward(self, model: nn.Module, batch: dict) -> dict[str, torch.Tensor]:
         views = batch["image"] if isinstance(batch["image"], list) else [batch["image"]] * 3
         keep = batch["has_text"]
-        base, h1, h2 = model.image_features(torch.cat(views[:3])).chunk(3)
-        image = F.normalize(model.image_proj(base), dim=-1)[keep]
+        out = model.image_output(torch.cat(views[:3]))
+        _, h1, h2 = out.pooled.chunk(3)
+        image = F.normalize(model.project_image(out.rows(slice(0, len(views[0])))), dim=-1)[keep]
         text = model.encode_text({k: v[keep] for k, v in batch["tokens"].items()})
         return self.terms(image, text, (self.image_mlp(h1), self.image_mlp(h2)))

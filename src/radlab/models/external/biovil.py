@@ -32,7 +32,6 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 from transformers import BertConfig, BertTokenizer
@@ -112,13 +111,12 @@ class CxrBertTextTower(HFTextTower):
 
 
 class BioVilEncoder(RadEncoder):
-    """``encode_image`` projects every patch of the feature map and averages them, as BioViL does."""
+    """The image embedding projects every cell of the feature map (1x1 convolutions, BatchNorm, ReLU) and
+    averages them, as BioViL does: not the projection of the pooled features."""
 
-    def encode_image(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
-        out = self.image_tower(images)
+    def project_image(self, out: TowerOutput) -> torch.Tensor:
         fmap = out.tokens.transpose(1, 2).reshape(out.tokens.shape[0], -1, *out.grid)
-        z = self.image_proj(fmap).mean(dim=(2, 3))
-        return F.normalize(z, dim=-1) if normalize else z
+        return self.image_proj(fmap).mean(dim=(2, 3))
 
 
 def _trunk(state: dict[str, torch.Tensor]) -> ResNet:
