@@ -12,6 +12,7 @@ from pathlib import Path
 import open_clip
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 from torchvision.models.resnet import Bottleneck, ResNet
 from transformers import (
@@ -37,13 +38,27 @@ def rad_dino_processor(size: int) -> dict:
             "rescale_factor": 0.00392156862745098, "size": {"shortest_edge": size}}
 
 
-def make_rad_dino_dir(root: Path, size: int = 56) -> Path:
-    """A tiny random Dinov2 saved like microsoft/rad-dino (config.json, model.safetensors, preprocessor)."""
+# transformers 5 saves Dinov2 attention as q/k/v/o_proj; microsoft/rad-dino's model.safetensors has 4.x names
+DINOV2_4X_KEYS = {"attention.q_proj.": "attention.attention.query.", "attention.k_proj.": "attention.attention.key.",
+                  "attention.v_proj.": "attention.attention.value.", "attention.o_proj.": "attention.output.dense."}
+
+
+def make_rad_dino_dir(root: Path, size: int = 56, transformers_4_keys: bool = False) -> Path:
+    """A tiny random Dinov2 saved like microsoft/rad-dino (config.json, model.safetensors, preprocessor); with
+    ``transformers_4_keys`` its weights carry the key names of the published file."""
     torch.manual_seed(0)
     config = Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
                           image_size=size, patch_size=14)
     Dinov2Model(config).eval().save_pretrained(root)
     (root / "preprocessor_config.json").write_text(json.dumps(rad_dino_processor(size)))
+    if transformers_4_keys:
+        state = load_file(str(root / "model.safetensors"))
+        renamed = {}
+        for key, value in state.items():
+            for new, old in DINOV2_4X_KEYS.items():
+                key = key.replace(new, old)
+            renamed[key] = value
+        save_file(renamed, str(root / "model.safetensors"), metadata={"format": "pt"})
     return root
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from external_checkpoints import RAD_DINO_MEAN, RAD_DINO_STD, make_rad_dino_dir
+from safetensors.torch import load_file
 from transformers import AutoModel, ViTConfig, ViTForImageClassification, ViTModel
 
 from radlab.models import ENCODERS, load_encoder
@@ -37,6 +38,18 @@ def test_rad_dino_matches_transformers(rad_dino_dir: Path) -> None:
     torch.testing.assert_close(embedding, torch.nn.functional.normalize(theirs.pooler_output, dim=-1), atol=1e-5,
                                rtol=1e-5)
     assert not encoder.has_text
+
+
+def test_rad_dino_published_with_transformers_4_key_names_loads_the_same(rad_dino_dir: Path, tmp_path: Path) -> None:
+    """microsoft/rad-dino's file names its attention weights as transformers 4.x did (attention.attention.query,
+    attention.output.dense); this transformers renames them on load, and radlab must get the same model."""
+    published = make_rad_dino_dir(tmp_path / "published", transformers_4_keys=True)
+    assert any(".attention.attention.query." in k for k in load_file(str(published / "model.safetensors")))
+    images = torch.rand(2, 1, 56, 56)
+    a, b = load_encoder(f"rad-dino:{rad_dino_dir}"), load_encoder(f"rad-dino:{published}")
+    with torch.no_grad():
+        torch.testing.assert_close(a.encode_image(a.preprocess.normalise(images)),
+                                   b.encode_image(b.preprocess.normalise(images)), atol=0, rtol=0)
 
 
 def test_vit_with_imagenet_statistics_is_normalised_per_channel(tmp_path: Path) -> None:
