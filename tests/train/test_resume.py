@@ -3,6 +3,7 @@ a resumed run must keep, its metrics file, and files readable as the umask allow
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import stat
@@ -159,3 +160,41 @@ def test_an_external_start_is_fingerprinted_by_its_files(tmp_path: Path) -> None
     renamed = tmp_path / "renamed.safetensors"
     shutil.copy(folder / "model.safetensors", renamed)
     assert starting_files(f"chexzero:{renamed}") == starting_files(f"chexzero:{folder / 'model.safetensors'}")
+
+
+def test_a_new_run_in_an_earlier_runs_folder_resumes_only_its_own_states(tmp_path: Path, phantom_dir: Path) -> None:
+    """An earlier run's states outranked the new run's (higher steps): each new state was pruned as written and
+    a resume loaded the earlier run's weights. A new run now clears them."""
+    every = ["optim.batch_size=8", "checkpoint={every: 2, keep_last: 2}"]
+    pretrain(tiny_config("supervised", phantom_dir, tmp_path, "optim.steps=4", *every), progress=False)
+    assert [p.name for p in (tmp_path / "state").iterdir()] != []
+    pretrain(tiny_config("supervised", phantom_dir, tmp_path, "optim.steps=6", "max_minutes=0", *every),
+             progress=False)
+    assert latest_state(tmp_path).name == "step_00000001.pt", "stopped by its budget after one step"
+    pretrain(tiny_config("supervised", phantom_dir, tmp_path, "optim.steps=6", *every, "resume=true"),
+             progress=False)
+    assert [r["step"] for r in logged(tmp_path)] == [1, 2, 3, 4, 5, 6]
+
+
+def test_each_resumed_session_gets_the_whole_time_budget(tmp_path: Path, phantom_dir: Path) -> None:
+    """max_minutes is a session's budget (a requeued job's): a run that trained for days before still trains."""
+    steps = ["optim.steps=4", "optim.batch_size=8", "checkpoint={every: 2, keep_last: 5}"]
+    pretrain(tiny_config("supervised", phantom_dir, tmp_path / "a", *steps), progress=False)
+    resumed = interrupted_copy(tmp_path / "a", tmp_path / "b", 2)
+    path = latest_state(resumed)
+    state = load_state(path)
+    state["elapsed"] = 3.0e5  # earlier sessions: 83 hours
+    torch.save(state, path)
+    pretrain(tiny_config("supervised", phantom_dir, resumed, *steps, "max_minutes=60", "resume=true"), progress=False)
+    assert latest_state(resumed).name == "step_00000004.pt"
+
+
+def test_a_run_early_stopping_ended_does_not_train_on_when_resumed(tmp_path: Path, phantom_dir: Path) -> None:
+    stopping = ["optim.steps=8", "optim.batch_size=8", "data.split_fractions={train: 0.8, val: 0.2}",
+                "checkpoint={every: 2, keep_last: 5}",
+                "early_stopping={metric: loss, every: 2, patience: 1, min_delta: 1.0e9, restore_best: false}"]
+    pretrain(tiny_config("supervised", phantom_dir, tmp_path, *stopping), progress=False)
+    assert latest_state(tmp_path).name == "step_00000004.pt", "no improvement by 1e9 at step 4: stopped"
+    pretrain(tiny_config("supervised", phantom_dir, tmp_path, *stopping, "resume=true"), progress=False)
+    assert latest_state(tmp_path).name == "step_00000004.pt"
+    assert json.loads((tmp_path / "checkpoint" / "encoder.json").read_text())["step"] == 4

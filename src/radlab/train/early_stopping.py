@@ -38,6 +38,11 @@ class EarlyStopper:
                 self.snapshot = cpu_copy(snapshot())
         else:
             self.bad += 1
+        return self.stopped
+
+    @property
+    def stopped(self) -> bool:
+        """Patience has run out (also in a state a resumed run loaded: it does not train on)."""
         return self.bad >= self.cfg.patience
 
     def state_dict(self) -> dict:

@@ -56,6 +56,7 @@ from radlab.train.setup import (
 )
 from radlab.train.state import (
     changed_fields,
+    clear_states,
     latest_state,
     load_state,
     rng_state,
@@ -358,6 +359,8 @@ class Trainer:
         self.module.train()
         batches = stream(self.loader, self.sampler)
         self.started, first_step, reason = time.time(), self.step, "steps"
+        if self.stopper is not None and self.stopper.stopped:  # a resumed run that early stopping had ended
+            return "early_stopping"
         loss: float | None = None
         with RunLog(self.out, main, after=self.step if cfg.resume else None) as run_log, \
                 StepProgress(cfg.name, total, self.step, progress and main) as shown:
@@ -381,7 +384,7 @@ class Trainer:
                     if self.stopper.update(values[cfg.early_stopping.metric], self.step,
                                            lambda: self._weights(every_rank=True)):
                         stop, reason = True, "early_stopping"
-                over = cfg.max_minutes is not None and self.elapsed() > 60 * cfg.max_minutes
+                over = cfg.max_minutes is not None and time.time() - self.started > 60 * cfg.max_minutes
                 if distrib.any_rank(over, self.env.device) and not stop:
                     stop, reason = True, "max_minutes"
                 if cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0:
@@ -433,6 +436,9 @@ def pretrain(cfg: TrainConfig, data_root: str | None = None, progress: bool = Tr
         trainer = Trainer(cfg, env, data_root)
         if cfg.resume:
             trainer.resume()
+        elif env.is_main and (cleared := clear_states(cfg.out)):
+            log.warning("%s: removed %d training states of an earlier run there (this is a new run; --resume "
+                        "continues one)", Path(cfg.out) / "state", cleared)
         log.info("pretraining %s: %d labels, %d steps, %d rank(s) x micro-batch %d x accumulation %d",
                  cfg.objective.name, len(trainer.class_names), cfg.optim.steps, env.world_size,
                  trainer.micro_batch, cfg.optim.accumulation)

@@ -71,6 +71,15 @@ def save_state(out: Path | str, step: int, state: dict[str, Any], keep_last: int
     return path
 
 
+def clear_states(out: Path | str) -> int:
+    """Remove the training states in ``out`` (a new run starting there: an earlier run's states would outrank
+    its own and a later resume would load them); returns how many there were."""
+    paths = state_paths(out)
+    for path in paths:
+        path.unlink()
+    return len(paths)
+
+
 def load_state(path: Path | str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     return torch.load(path, map_location=map_location, weights_only=True)
 
