@@ -63,6 +63,18 @@ def test_concat_masks_labels_a_source_lacks(tmp_path):
     assert np.isnan(values[2, 0]) and np.isnan(values[:2, 1]).all() and values[2, 1] == 1
 
 
+def test_tables_read_through_relative_folders_merge_with_their_own_paths(tmp_path, monkeypatch):
+    """Two sources given as paths relative to the working directory (``--data manifest:site1``): each record
+    keeps its file, and masks are found (a merged table once re-rooted them all under the first folder)."""
+    for site in ("site1", "site2"):
+        RecordTable.from_records([{**r, "id": f"{site}_{r['id']}", "patient_id": f"{site}_{r['patient_id']}"}
+                                  for r in _records(2)], root=tmp_path / site).write(tmp_path / site)
+    monkeypatch.chdir(tmp_path)
+    merged = RecordTable.concat([RecordTable.read("site1"), RecordTable.read("site2")])
+    assert merged.image_path(2) == (tmp_path / "site2" / "img" / "0.png").resolve()
+    assert merged.mask_path(3, "lungs") == (tmp_path / "site2" / "m" / "1.png").resolve()
+
+
 def test_patient_level_splits_are_deterministic_and_disjoint(tmp_path):
     records = [{"id": f"r{i}", "image_path": f"{i}.png", "source": "s", "patient_id": f"p{i % 50}"}
                for i in range(400)]

@@ -53,7 +53,7 @@ class RecordTable:
     """A validated table of image records with a root folder for relative paths."""
 
     def __init__(self, frame: pd.DataFrame, root: Path | str | None = None, origin: str = "records") -> None:
-        self.root = Path(root) if root is not None else Path.cwd()
+        self.root = Path(root).absolute() if root is not None else Path.cwd()  # relative paths: from here
         self.frame = _normalise(frame, origin)
 
     @classmethod
