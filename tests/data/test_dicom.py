@@ -116,3 +116,59 @@ def test_blank_rescale_is_identity(tmp_path, edits):
     out = read_dicom(_edited(path, tmp_path / "e.dcm", **edits))
     np.testing.assert_allclose(out, read_dicom(fx.dicom(tmp_path / "w.dcm", PIXELS, window=(2000.0, 4000.0))),
                                atol=1e-6)
+
+
+DISPLAY_LUT = np.arange(4096) // 16  # a 12-bit-in, 8-bit-out display LUT, as modalities write them
+
+
+def _with_lut(tmp_path, name: str, entries: np.ndarray, bits: int, stored: str):
+    """PIXELS under a VOI LUT of ``entries`` at ``bits`` per entry, its data stored as US values, OW 16-bit
+    words (pydicom's reading of OW) or OW bytes (8 bits allocated per entry)."""
+    ds = pydicom.dcmread(fx.dicom(tmp_path / f"{name}.dcm", PIXELS))
+    item = pydicom.Dataset()
+    item.LUTDescriptor = [len(entries), 0, bits]
+    item.LUTData = ([int(v) for v in entries] if stored == "US"
+                    else entries.astype("<u2" if stored == "OW words" else np.uint8).tobytes())
+    ds.VOILUTSequence = [item]
+    ds["VOILUTSequence"][0]["LUTData"].VR = "US" if stored == "US" else "OW"
+    ds.save_as(tmp_path / f"{name}.dcm")
+    return tmp_path / f"{name}.dcm"
+
+
+@pytest.mark.parametrize("stored", ["US", "OW words", "OW bytes"])
+def test_an_8_bit_voi_lut_maps_every_stored_value(tmp_path, stored):
+    """pydicom's apply_voi indexes an 8-bit LUT in uint8: stored values above 255 wrapped around the table."""
+    out = read_dicom(_with_lut(tmp_path, "lut8", DISPLAY_LUT, 8, stored))
+    expected = (DISPLAY_LUT[PIXELS] - DISPLAY_LUT.min()) / (DISPLAY_LUT.max() - DISPLAY_LUT.min())
+    assert PIXELS.max() > 1000
+    np.testing.assert_allclose(out, expected, atol=1e-6)
+
+
+def test_a_lut_maps_values_outside_it_to_its_ends_and_ranges_over_its_entries(tmp_path):
+    entries = np.array([10, 50, 100, 200])
+    out = read_dicom(_with_lut(tmp_path, "short", entries, 8, "OW words"))
+    expected = (entries[np.clip(PIXELS, 0, 3)] - 10) / 190
+    np.testing.assert_allclose(out, expected, atol=1e-6)
+
+
+def test_palette_colour_is_read_through_its_palette(tmp_path):
+    indices = np.arange(24 * 20).reshape(24, 20) % 4
+    ds = pydicom.dcmread(fx.dicom(tmp_path / "p.dcm", indices.astype(np.uint16)))
+    ds.PhotometricInterpretation = "PALETTE COLOR"
+    palette = np.array([65535, 43690, 21845, 0], dtype="<u2")  # index 0 white ... index 3 black
+    for colour in ("Red", "Green", "Blue"):
+        setattr(ds, f"{colour}PaletteColorLookupTableDescriptor", [4, 0, 16])
+        setattr(ds, f"{colour}PaletteColorLookupTableData", palette.tobytes())
+        ds[f"{colour}PaletteColorLookupTableDescriptor"].VR = "US"
+    ds.save_as(tmp_path / "p.dcm")
+    np.testing.assert_allclose(read_dicom(tmp_path / "p.dcm"), palette[indices] / 65535, atol=1e-6)
+
+
+def test_an_unusable_window_value_is_an_unreadable_image_naming_the_file(tmp_path):
+    ds = pydicom.dcmread(fx.dicom(tmp_path / "w.dcm", PIXELS, window=(2000.0, 4000.0)))
+    del ds.WindowCenter
+    ds.add_new(0x00281050, "LO", "abcd")  # a Window Center that is no number, as a damaged header may hold
+    path = tmp_path / "bad.dcm"
+    ds.save_as(path)
+    with pytest.raises(OSError, match=r"bad\.dcm: cannot map its pixel values to intensities \(ValueError"):
+        read_dicom(path)

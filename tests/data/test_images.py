@@ -102,3 +102,16 @@ def test_preprocess_geometry_is_checked_and_described():
         Preprocess(image_size=480, resize=256)
     assert Preprocess(image_size=480, fit="crop", resize=512).geometry() == (
         "shorter side resized and centre-cropped to a square of 512 px, then centre-cropped to 480 px")
+
+
+def test_an_exif_orientation_is_applied(tmp_path):
+    """A JPEG from a camera or scanner stored sideways with Orientation 6 (rotate 90 degrees clockwise to view)
+    is read as displayed, so masks, crops and duplicate hashes see the anatomy upright."""
+    array = fx.image(3, shape=(40, 60), dtype=np.uint8)
+    Image.fromarray(array).save(tmp_path / "plain.jpg", quality=95)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(array).save(tmp_path / "tagged.jpg", quality=95, exif=exif)
+    plain, tagged = read_image(tmp_path / "plain.jpg"), read_image(tmp_path / "tagged.jpg")
+    assert plain.shape == (40, 60) and tagged.shape == (60, 40)
+    np.testing.assert_allclose(tagged, np.rot90(plain, k=-1), atol=1e-6)

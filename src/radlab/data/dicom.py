@@ -3,6 +3,8 @@
 Intensity policy (``DICOM_POLICY``): modality LUT (Rescale Slope/Intercept or a Modality LUT), then the
 first VOI LUT of the file (a VOI LUT Sequence wins over Window Center/Width; LINEAR, LINEAR_EXACT and
 SIGMOID windows), else the full stored range of the image; MONOCHROME1 is inverted so that air is dark.
+PALETTE COLOR images are read through their palette (the mean of its R, G, B), colour images as the mean of
+their channels.
 Blank Rescale or Window values (type-3 elements may be present but empty) and a window width <= 0 count
 as absent.
 Compressed transfer syntaxes decode through pydicom's handlers (RLE natively, JPEG through pylibjpeg or
@@ -21,11 +23,11 @@ import numpy as np
 import pydicom
 from pydicom import config
 from pydicom.dataset import Dataset
-from pydicom.pixels import apply_modality_lut, apply_voi
+from pydicom.pixels import apply_color_lut, apply_modality_lut
 
 DICOM_SUFFIXES = {".dcm", ".dicom", ".dic"}
 DICOM_POLICY = ("dicom: modality LUT -> first VOI LUT or window of width > 0 (else stored range) "
-                "-> MONOCHROME1 inverted")
+                "-> MONOCHROME1 inverted; palette colour through its palette")
 _HEADER_TAGS = ["ViewPosition", "PatientSex", "PatientAge", "PatientID", "Rows", "Columns",
                 "PhotometricInterpretation", "Modality"]
 
@@ -117,23 +119,47 @@ def window(values: np.ndarray, center: float, width: float, function: str = "LIN
     return np.clip((values - (center - 0.5)) / (width - 1) + 0.5, 0.0, 1.0)
 
 
-def _lut_range(item: Dataset) -> tuple[float, float]:
-    bits = int(item.LUTDescriptor[2])
+def _little_endian(ds: Dataset) -> bool:
+    meta = getattr(ds, "file_meta", None)
+    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
+    return bool(syntax.is_little_endian) if syntax is not None and syntax.is_transfer_syntax else True
+
+
+def voi_lut(ds: Dataset, values: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """The first VOI LUT (PS3.3 C.11.2.1.1) applied to ``values``, with the range of its entries.
+
+    Values below the first mapped one take the first entry, above the last the last. Entries stored as OW are
+    16-bit words in the file's byte order, or bytes when an 8-bit LUT holds one byte per entry; the table is
+    indexed in int64 (pydicom's ``apply_voi`` indexes an 8-bit LUT in uint8, so a 4096-entry display LUT
+    wrapped every 256 values)."""
+    item = ds.VOILUTSequence[0]
+    count, first, bits = (int(v) for v in item.LUTDescriptor)
+    count = count or 2 ** 16
     data = item.LUTData
     if isinstance(data, bytes):
-        data = np.frombuffer(data, dtype=np.uint16 if bits > 8 else np.uint8)
-    data = np.asarray(data, dtype=np.float64)
-    return float(data.min()), float(data.max())
+        words = len(data) >= 2 * count or bits > 8
+        data = np.frombuffer(data, dtype=("<" if _little_endian(ds) else ">") + ("u2" if words else "u1"),
+                             count=min(count, len(data) // (2 if words else 1)))
+    lut = np.asarray(data, dtype=np.float64).reshape(-1)
+    index = np.clip(np.round(values).astype(np.int64) - first, 0, len(lut) - 1)
+    return lut[index], float(lut.min()), float(lut.max())
+
+
+def _palette_gray(ds: Dataset, pixels: np.ndarray) -> np.ndarray:
+    """PALETTE COLOR: the palette's colours (not the indices), as the mean of R, G, B in [0, 1]."""
+    rgb = apply_color_lut(pixels, ds)
+    return rgb[..., :3].astype(np.float32).mean(axis=-1) / float(np.iinfo(rgb.dtype).max)
 
 
 def to_unit_range(ds: Dataset, pixels: np.ndarray) -> np.ndarray:
     """Stored pixel values -> display intensities in [0, 1] under ``DICOM_POLICY``."""
     if pixels.ndim == 3 and int(ds.get("SamplesPerPixel", 1)) > 1:
         return pixels[..., :3].astype(np.float32).mean(axis=-1) / float(2 ** int(ds.BitsStored) - 1)
+    if str(ds.get("PhotometricInterpretation", "")).upper() == "PALETTE COLOR":
+        return _palette_gray(ds, pixels)
     values = apply_modality_lut(pixels, ds) if _has_rescale(ds) else pixels
     if ds.get("VOILUTSequence"):
-        values = apply_voi(np.round(values).astype(np.int64), ds, index=0).astype(np.float64)
-        lo, hi = _lut_range(ds.VOILUTSequence[0])
+        values, lo, hi = voi_lut(ds, values)
     elif (center_width := _window_of(ds)) is not None:
         function = str(ds.get("VOILUTFunction", "LINEAR")).upper() or "LINEAR"
         values = window(values.astype(np.float64), *center_width, function)
@@ -167,4 +193,8 @@ def _decode(path: Path, ds: Dataset) -> np.ndarray:
         raise OSError(f"{path}: cannot decode pixel data: {err}") from err
     if int(ds.get("NumberOfFrames", 1) or 1) > 1:
         pixels = pixels[0]
-    return to_unit_range(ds, pixels)
+    try:
+        return to_unit_range(ds, pixels)
+    except Exception as err:  # unusable rescale, window or LUT values; the values themselves stay out of the message
+        raise OSError(f"{path}: cannot map its pixel values to intensities ({type(err).__name__} in the rescale, "
+                      "window or LUT elements)") from err

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from radlab.data.dicom import DICOM_POLICY, is_dicom, read_dicom
 
@@ -14,7 +14,7 @@ _TO_GRAY_MODES = {"P", "PA", "1", "CMYK"}  # palette indices, 1-bit and ink valu
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-INTENSITY_POLICY = ("png/jpeg: palette and 1-bit as gray, colour as mean of R, G, B (alpha dropped); "
+INTENSITY_POLICY = ("png/jpeg: EXIF orientation applied, palette and 1-bit as gray, colour as mean of R, G, B (alpha dropped); "
                     "8-bit / 255, deeper min-max per image; 16-bit colour PNG refused; " + DICOM_POLICY
                     + "; resize_pad: bilinear, longer side to size, zero padding")
 
@@ -25,7 +25,7 @@ def read_image(path: Path | str) -> np.ndarray:
     8-bit images are divided by 255; deeper images (16-bit PNG, often 12 bits of signal) are min-max
     scaled per image, so a 12-bit radiograph stored in 16 bits is not read as nearly black. Palette,
     1-bit and CMYK images are read as their gray levels, colour as the mean of R, G and B, gray+alpha as its gray
-    channel. A 16-bit colour PNG raises ``OSError`` (Pillow would read it as 8 bits). DICOM goes through
+    channel; an EXIF orientation (cameras, scanners) is applied. A 16-bit colour PNG raises ``OSError`` (Pillow would read it as 8 bits). DICOM goes through
     ``radlab.data.dicom.read_dicom`` (rescale, VOI LUT or window, MONOCHROME1 inversion).
     """
     path = Path(path)
@@ -35,6 +35,7 @@ def read_image(path: Path | str) -> np.ndarray:
         raise OSError(f"{path}: 16-bit colour PNG: Pillow reads it as 8 bits; convert it to 16-bit grayscale")
     try:
         with Image.open(path) as img:
+            img = ImageOps.exif_transpose(img)  # JPEG/TIFF orientation tags: the anatomy as displayed
             array = np.asarray(img.convert("L") if img.mode in _TO_GRAY_MODES else img)
     except (OSError, ValueError) as err:
         raise OSError(f"{path}: cannot read image ({err})") from err
