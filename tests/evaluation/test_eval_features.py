@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from radlab.data.records import RecordTable
+from radlab.evaluation import features as features_module
 from radlab.evaluation.features import FeatureCache, encoder_hash, table_hash
 from radlab.models.encoder import RadEncoder
 
@@ -60,3 +61,13 @@ def test_loader_workers_extract_the_same_features_and_name_a_bad_file(split_tabl
         FeatureCache(workers=2).get(tiny_encoder, table, rows, "pooled", 2)
     with pytest.raises(ValueError, match="workers must be 0"):
         FeatureCache(workers=-1)
+
+
+def test_features_cached_under_another_image_reading_policy_are_extracted_again(
+        split_table: RecordTable, tiny_encoder: RadEncoder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    table = _copy(split_table, tmp_path / "data")
+    FeatureCache(tmp_path / "cache").get(tiny_encoder, table, np.arange(3), "pooled", 8)
+    monkeypatch.setattr(features_module, "INTENSITY_POLICY", "png/jpeg: read some other way")
+    again = FeatureCache(tmp_path / "cache")
+    again.get(tiny_encoder, table, np.arange(3), "pooled", 8)
+    assert again.extractions == 1

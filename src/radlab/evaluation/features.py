@@ -14,13 +14,15 @@ import torch
 from torch.utils.data import DataLoader
 
 from radlab.data.dataset import Collator, RecordDataset
+from radlab.data.images import INTENSITY_POLICY
 from radlab.data.records import RecordTable
 from radlab.models.encoder import RadEncoder
 from radlab.progress import tracked
 
 FEATURE_KINDS = ("pooled", "embedding", "tokens")
 TEXT_KINDS = ("embedding", "pooled")
-# Part of every cache key: bump it when what an extractor computes changes (2: local scores are max over words).
+# Part of every cache key with the image reading policy: bump it when what an extractor computes changes (2: local
+# scores are max over words).
 FEATURE_FORMAT = "2"
 log = logging.getLogger(__name__)
 
@@ -147,7 +149,7 @@ class FeatureCache:
         return self._encoder_hashes[id(encoder)]
 
     def key(self, encoder: RadEncoder, content: str, kind: str) -> str:
-        text = f"{FEATURE_FORMAT}|{self.encoder_key(encoder)}|{content}|{kind}|{encoder.preprocess!r}"
+        text = f"{FEATURE_FORMAT}|{INTENSITY_POLICY}|{self.encoder_key(encoder)}|{content}|{kind}|{encoder.preprocess!r}"
         return hashlib.sha256(text.encode()).hexdigest()[:32]
 
     def _cached(self, key: str, compute) -> np.ndarray:
