@@ -7,6 +7,12 @@ demo's ViT-Tiny tower at ``model-size`` (random init: the weights do not change 
 features of every image through ``FeatureCache(workers=W)`` (``radlab eval --workers W``), in memory, after one
 warm-up pass (files in the page cache). Prints images/s per worker count, the ratio to 0 workers, and whether
 the features equal those of 0 workers.
+
+Measured on 2 CPU cores (``--n 200 --size 1024``): 0 workers 62.6 images/s, 1 worker 58.0 (0.93x), 2 workers
+67.4 (1.08x), features identical. Two cores leave no spare core to decode on, and phantoms decode fast; a
+realistic radiograph does not: a 2500 x 2048 16-bit PNG with noise (8.9 MB) took 163 ms to read and resize on
+the same machine, against about 16 ms per phantom for reading and the ViT-Tiny forward together, so a real
+evaluation is bound by decoding and gains up to the number of spare cores from ``--workers``.
 """
 
 from __future__ import annotations
