@@ -247,7 +247,8 @@ def test_label_targets_stay_exact_under_mixed_precision() -> None:
     off_diagonal = ~torch.eye(64, dtype=torch.bool)
     torch.testing.assert_close(medclip.double()[off_diagonal], exact[off_diagonal], atol=1e-6, rtol=0)
     assert float(medclip[0, 1]) == pytest.approx(1.0, abs=1e-6)
-    torch.testing.assert_close(unicl.double(), (labels.double() @ labels.double().T + torch.eye(64).double()).clamp(0, 1))
+    expected = (labels.double() @ labels.double().T + torch.eye(64).double()).clamp(0, 1)
+    torch.testing.assert_close(unicl.double(), expected)
 
 
 def test_medclip_without_any_report_keeps_its_scale_in_the_graph() -> None:

@@ -133,7 +133,8 @@ def check(table: Path = typer.Argument(..., help="record table (folder or .parqu
 
 @data_app.command("audit")
 def audit(tables: list[Path] = typer.Argument(..., help="PRETRAIN EVAL [EVAL ...] record tables"),
-          exclude: Path = typer.Option(None, help="write the pre-training table without flagged patients or images here"),
+          exclude: Path = typer.Option(None, help="write the pre-training table without flagged patients or "
+                                                  "images here"),
           images: bool = typer.Option(True, "--images/--no-images", help="also hash images (exact + perceptual)"),
           threshold: int = typer.Option(4, help="near-duplicate Hamming distance on the 64-bit perceptual hash"),
           workers: int = typer.Option(0, help="DataLoader worker processes for hashing"),

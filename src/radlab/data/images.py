@@ -14,7 +14,8 @@ _TO_GRAY_MODES = {"P", "PA", "1", "CMYK"}  # palette indices, 1-bit and ink valu
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-INTENSITY_POLICY = ("png/jpeg: EXIF orientation applied, palette and 1-bit as gray, colour as mean of R, G, B (alpha dropped); "
+INTENSITY_POLICY = ("png/jpeg: EXIF orientation applied, palette and 1-bit as gray, colour as mean of R, G, B "
+                    "(alpha dropped); "
                     "8-bit / 255, deeper min-max per image; 16-bit colour PNG refused; " + DICOM_POLICY
                     + "; resize_pad: bilinear, longer side to size, zero padding")
 
@@ -25,7 +26,8 @@ def read_image(path: Path | str) -> np.ndarray:
     8-bit images are divided by 255; deeper images (16-bit PNG, often 12 bits of signal) are min-max
     scaled per image, so a 12-bit radiograph stored in 16 bits is not read as nearly black. Palette,
     1-bit and CMYK images are read as their gray levels, colour as the mean of R, G and B, gray+alpha as its gray
-    channel; an EXIF orientation (cameras, scanners) is applied. A 16-bit colour PNG raises ``OSError`` (Pillow would read it as 8 bits). DICOM goes through
+    channel; an EXIF orientation (cameras, scanners) is applied. A 16-bit colour PNG raises ``OSError`` (Pillow
+    would read it as 8 bits). DICOM goes through
     ``radlab.data.dicom.read_dicom`` (rescale, VOI LUT or window, MONOCHROME1 inversion).
     """
     path = Path(path)

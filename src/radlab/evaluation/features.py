@@ -149,7 +149,8 @@ class FeatureCache:
         return self._encoder_hashes[id(encoder)]
 
     def key(self, encoder: RadEncoder, content: str, kind: str) -> str:
-        text = f"{FEATURE_FORMAT}|{INTENSITY_POLICY}|{self.encoder_key(encoder)}|{content}|{kind}|{encoder.preprocess!r}"
+        text = (f"{FEATURE_FORMAT}|{INTENSITY_POLICY}|{self.encoder_key(encoder)}|{content}|{kind}|"
+                f"{encoder.preprocess!r}")
         return hashlib.sha256(text.encode()).hexdigest()[:32]
 
     def _cached(self, key: str, compute) -> np.ndarray:

@@ -15,8 +15,8 @@ def semantic_targets(labels_image: torch.Tensor, labels_text: torch.Tensor, ids_
                      ids_text: torch.Tensor) -> torch.Tensor:
     """S_ij = cos(y_i, y_j) between image and text label vectors; 1 where image and text come from the same
     study (``ids``: study numbers), so an image's own report, also when a sibling image of its study brought it,
-    stays a full match even when neither carries a positive finding. At least float32, autocast off: in bf16 equal label
-    vectors scored about 1.008, above an own report's 1, and 1 / τ_t magnifies such errors."""
+    stays a full match even when neither carries a positive finding. At least float32, autocast off: in bf16
+    equal label vectors scored about 1.008, above an own report's 1, and 1 / τ_t magnifies such errors."""
     dtype = torch.promote_types(labels_image.dtype, torch.float32)
     with torch.autocast(labels_image.device.type, enabled=False):
         similarity = F.normalize(labels_image.to(dtype), dim=-1) @ F.normalize(labels_text.to(dtype), dim=-1).T

@@ -137,7 +137,8 @@ def starting_files(spec: str) -> str:
     digest = hashlib.sha256()
     for file in files:
         size = file.stat().st_size
-        digest.update(f"{file.relative_to(path) if path.is_dir() else ''}\0{size}\0".encode())  # a file may be renamed
+        name = file.relative_to(path) if path.is_dir() else ""  # a single file may be renamed
+        digest.update(f"{name}\0{size}\0".encode())
         if size <= SMALL_FILE:
             digest.update(file.read_bytes())
     return digest.hexdigest()
