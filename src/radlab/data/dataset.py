@@ -118,9 +118,10 @@ class RecordDataset(Dataset):
 
 
 def study_keys(frame: pd.DataFrame) -> pd.Series:
-    """Each record's study: its ``study_id``, or the record's own id where it has none. A study's images share
-    its report."""
-    return frame["study_id"].where(frame["study_id"] != "", frame["id"])
+    """Each record's study: its patient's ``study_id`` (study ids need only be unique within a patient, as
+    per-patient numbering such as CheXpert's ``study1`` is), or the record's own id where it has none. A study's
+    images share its report."""
+    return (frame["patient_id"] + "\x1f" + frame["study_id"]).where(frame["study_id"] != "", frame["id"])
 
 
 def study_reports(table: RecordTable) -> RecordTable:

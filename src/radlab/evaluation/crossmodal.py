@@ -18,7 +18,7 @@ from radlab.evaluation.similarity import combine, similarity_kind
 
 
 def study_ids(ctx: EvalContext, rows: np.ndarray) -> np.ndarray:
-    """Each row's study (``data.dataset.study_keys``: its study_id, else its own id), as strings."""
+    """Each row's study (``data.dataset.study_keys``: its patient's study_id, else its own id), as strings."""
     return study_keys(ctx.table.frame.iloc[rows]).to_numpy().astype(str)
 
 

@@ -5,7 +5,8 @@ Every setting averages the same findings, so a curve over K or over fractions me
 findings happened to be drawable: K-shot uses the findings whose training patients always allow max(K)
 positive and max(K) other negative patients; the fractions use the linear probe's findings, and a finding a
 sampled fraction has no positives (or no negatives) for scores as chance (a constant score, AUC 0.5), counted
-in ``n_unfit``.
+in ``n_unfit``. When no finding allows max(K), the K-shot curve is left out (``kshot_skipped`` says why) and
+the fractions still run.
 """
 
 from __future__ import annotations
@@ -81,12 +82,15 @@ def kshot(ctx: EvalContext) -> dict:
     seeds = [ctx.seed + s for s in range(int(ctx.option("seeds", N_SEEDS)))]
     x, y = standardised(ctx)
     shot_columns = kshot_findings(ctx, y, max(shots, default=1))
-    if shots and not shot_columns:
-        raise TaskSkipped(f"no finding has {max(shots)} positive and {max(shots)} negative training patients")
     fraction_columns = [j for j in range(len(ctx.label_names))
                         if two_class(y["train"][:, j]) and two_class(y["test"][:, j])]
     out: dict = {"seeds": seeds, "kshot_findings": [ctx.label_names[j] for j in shot_columns],
                  "fraction_findings": [ctx.label_names[j] for j in fraction_columns], "kshot": {}, "fraction": {}}
+    if shots and not shot_columns:
+        out["kshot_skipped"] = f"no finding has {max(shots)} positive and {max(shots)} negative training patients"
+        if not (fractions and fraction_columns):
+            raise TaskSkipped(out["kshot_skipped"])
+        shots = []
     for k in shots:
         runs = [kshot_macro_auc(ctx, x, y, shot_columns, k, s) for s in seeds]
         out["kshot"][str(k)] = {**mean_std(runs), "per_seed": runs}

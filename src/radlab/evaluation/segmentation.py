@@ -1,6 +1,7 @@
 """Segmentation probe: a 1x1-conv (linear) or light conv decoder on frozen patch tokens, upsampled bilinearly
 to the mask size, trained briefly with BCE + Dice on the train split's ``mask_<structure>`` columns; test
-Dice and IoU per structure, against the mean-mask baseline (training masks averaged and thresholded)."""
+Dice and IoU per structure, against the mean-mask baseline (training masks averaged and thresholded). A structure
+no training record has a mask for is not scored (listed as ``untrained``)."""
 
 from __future__ import annotations
 
@@ -92,6 +93,13 @@ def segmentation(ctx: EvalContext) -> dict:
     mean, std = x["train"].mean((0, 2, 3), keepdim=True), nonzero(x["train"].std((0, 2, 3), keepdim=True))
     x = {s: (v - mean) / std for s, v in x.items()}
     masks = {s: torch.from_numpy(load_masks(ctx, ctx.rows(s), structures)) for s in x}
+    trained = (~torch.isnan(masks["train"][:, :, 0, 0])).any(0).tolist()
+    untrained = [name for name, ok in zip(structures, trained, strict=True) if not ok]
+    if untrained:
+        structures = [name for name, ok in zip(structures, trained, strict=True) if ok]
+        if not structures:
+            raise TaskSkipped("no training record has a mask")
+        masks = {s: m[:, torch.tensor(trained)] for s, m in masks.items()}
     kind = ctx.option("decoder", "linear")
     train_size = int(ctx.option("train_size", 4 * max(x["train"].shape[-2:])))
     model = train_decoder(x["train"], masks["train"], kind, int(ctx.option("steps", 300)), ctx.seed,
@@ -101,7 +109,7 @@ def segmentation(ctx: EvalContext) -> dict:
     predicted = (logits > 0).numpy()
     mean_mask = np.nanmean(masks["train"].numpy(), axis=0) > 0.5
     test_patients = ctx.patients(ctx.rows("test"))
-    out: dict = {"decoder": kind, "train_size": train_size, "structures": {}}
+    out: dict = {"decoder": kind, "train_size": train_size, "structures": {}, "untrained": untrained}
     for s, name in enumerate(structures):
         truth = masks["test"][:, s].numpy()
         known = ~np.isnan(truth[:, 0, 0])

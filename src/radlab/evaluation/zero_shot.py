@@ -5,7 +5,8 @@ modes (class names, a seeded ensemble of composed prompts, clinical descriptions
 answer through their class prototypes; a class outside their label head is scored only when it is defined
 from seen classes through the taxonomy: the max over seen descendants (a positive child implies its
 parent), else the nearest seen ancestor. Multi-label: AUC per finding. Single-label: images with exactly
-one positive finding, top-1 accuracy over the findings. Base-vs-new: macro AUC over seen and unseen classes.
+one positive finding, top-1 accuracy over the findings (a class derived from seen ones ties with them, so it takes
+no part in top-1 decisions). Base-vs-new: macro AUC over seen and unseen classes.
 Option ``similarity`` (global, local, both) picks the image-text similarity (``radlab.evaluation.similarity``):
 ``both`` is GLoRIA's own zero-shot for encoders with a word-region matcher.
 
@@ -187,6 +188,8 @@ def zero_shot(ctx: EvalContext) -> dict:
     ctx.require_images(("test",))
     labels_all = ctx.labels("test")
     names = [n for j, n in enumerate(ctx.label_names) if two_class(labels_all[:, j])]
+    if not names:
+        raise TaskSkipped("no finding has both classes among the test images")
     labels = labels_all[:, [ctx.label_names.index(n) for n in names]]
     seen = seen_classes(ctx)
     results: dict = {}
@@ -200,9 +203,10 @@ def zero_shot(ctx: EvalContext) -> dict:
         mode = "prompts"
     if ctx.encoder.label_head is not None:
         logits, definitions = prototype_scores(ctx, names)
-        scores["prototypes"] = (logits, logits)
+        direct = np.where([n in definitions for n in names], np.nan, logits)
+        scores["prototypes"] = (logits, direct)
         results["prototypes"] = {**summarise(labels, logits, names, seen), "unseen_defined_as": definitions,
-                                 "single_label": single_label(labels, logits)}
+                                 "single_label": single_label(labels, direct)}
         if not ctx.encoder.has_text:
             primary, mode = "prototypes", "prototypes"
     if not results[primary]["auc"]:
