@@ -116,3 +116,17 @@ def test_load_tables_names_both_sources_of_a_clash(tmp_path):
         b / "manifest.csv", index=False)
     merged = load_tables([("manifest", str(a)), ("manifest", str(b))], DEFAULT_FRACTIONS, 0)
     assert len(merged) == 4 and merged.frame["patient_id"].nunique() == 4
+
+
+def test_ids_compare_as_written_whatever_the_column_type(tmp_path):
+    """The same patients as whole numbers in an int column and in a float one (a gap made it float), and with the
+    space DICOM pads odd-length values with, are the same ids; an empty patient id is refused by row."""
+    ints = pd.DataFrame({"id": [1, 2], "image_path": ["a.png", "b.png"], "source": "s", "patient_id": [7, 12]})
+    floats = ints.assign(patient_id=[7.0, 12.0], study_id=[3.0, np.nan])
+    padded = ints.assign(patient_id=["7 ", " 12"], id=["1 ", "2"])
+    tables = [RecordTable(frame, tmp_path) for frame in (ints, floats, padded)]
+    for table in tables:
+        assert table.frame["patient_id"].tolist() == ["7", "12"] and table.frame["id"].tolist() == ["1", "2"]
+    assert tables[1].frame["study_id"].tolist() == ["3", ""]
+    with pytest.raises(RecordError, match="row 1: empty patient_id"):
+        RecordTable(ints.assign(patient_id=[7.0, np.nan]), tmp_path)

@@ -88,3 +88,20 @@ def test_patient_subsets_are_nested_patient_level_and_seeded(tmp_path):
     assert set(patient_subset(shuffled, 0.5, seed=3).frame["patient_id"]) == patients[0.5]
     with pytest.raises(ValueError, match="fraction"):
         patient_subset(table, 0.0, seed=0)
+
+
+def test_splits_do_not_depend_on_the_order_fractions_are_written_in(tmp_path):
+    records = [{"id": f"r{i}", "image_path": f"{i}.png", "source": "s", "patient_id": f"p{i}"} for i in range(200)]
+    table = RecordTable.from_records(records, tmp_path)
+    a = assign_splits(table, {"train": 0.7, "val": 0.1, "test": 0.2}, seed=0).frame["split"]
+    b = assign_splits(table, {"test": 0.2, "val": 0.1, "train": 0.7}, seed=0).frame["split"]
+    assert a.equals(b) and set(a) == {"train", "val", "test"}
+
+
+@pytest.mark.parametrize("fractions,message", [({"train": 0.9, "dev": 0.1}, r"name \['dev'\]"),
+                                               ({"train": 1.2, "val": -0.2}, r"in \[0, 1\]")])
+def test_split_fractions_are_checked_where_they_are_given(fractions, message):
+    from radlab.train.config import DataConfig
+
+    with pytest.raises(ValueError, match=message):
+        DataConfig(sources=[{"source": "phantom", "path": "x"}], split_fractions=fractions)

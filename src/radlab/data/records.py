@@ -39,6 +39,7 @@ VIEWS = {"PA", "AP", "FRONTAL", "LAT", ""}  # FRONTAL: frontal, PA or AP not rec
 SEXES = {"M", "F", ""}
 SPLITS = {"train", "val", "test", ""}
 LABEL_VALUES = {1.0, 0.0, -1.0}
+IDENTIFIERS = ("id", "patient_id", "study_id")
 
 
 class RecordError(ValueError):
@@ -187,9 +188,11 @@ def _normalise(frame: pd.DataFrame, origin: str) -> pd.DataFrame:
     for col, dtype in CORE_COLUMNS.items():
         if col not in frame:
             frame[col] = np.nan if dtype == "float64" else ""
-        frame[col] = frame[col].astype(dtype)
+        frame[col] = _identifiers(frame[col]) if col in IDENTIFIERS else frame[col].astype(dtype)
         if dtype == "string":
             frame[col] = frame[col].fillna("")
+    for row in np.flatnonzero((frame["patient_id"] == "").to_numpy()):
+        raise RecordError(f"{origin}: row {row}: empty patient_id; splits and leakage checks are per patient")
     _check_values(frame, "view", VIEWS, origin)
     _check_values(frame, "sex", SEXES, origin)
     _check_values(frame, "split", SPLITS, origin)
@@ -215,6 +218,16 @@ def _normalise(frame: pd.DataFrame, origin: str) -> pd.DataFrame:
         frame[col] = frame[col].astype("string").fillna("")
     ordered = list(CORE_COLUMNS) + sorted(c for c in frame.columns if c not in CORE_COLUMNS)
     return frame[ordered].reset_index(drop=True)
+
+
+def _identifiers(column: pd.Series) -> pd.Series:
+    """Ids as strings, compared across tables: whole numbers as integers even where a gap made the column float
+    (7.0 -> "7"), surrounding whitespace dropped (DICOM pads odd-length values with a space)."""
+    if pd.api.types.is_float_dtype(column):
+        known = column.dropna()
+        if (known == known.round()).all():
+            column = column.astype("Int64")
+    return column.astype("string").str.strip()
 
 
 def _check_values(frame: pd.DataFrame, col: str, allowed: set[str], origin: str) -> None:

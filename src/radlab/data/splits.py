@@ -11,6 +11,7 @@ import pandas as pd
 
 from radlab.data.records import RecordTable
 
+SPLIT_ORDER = ("train", "val", "test")
 DEFAULT_FRACTIONS = {"train": 0.7, "val": 0.1, "test": 0.2}
 log = logging.getLogger(__name__)
 
@@ -33,15 +34,27 @@ def patient_subset(table: RecordTable, fraction: float, seed: int) -> RecordTabl
     return table.subset(np.flatnonzero(table.frame["patient_id"].isin(keep).to_numpy()))
 
 
+def checked_fractions(fractions: dict[str, float]) -> dict[str, float]:
+    """The fractions in the fixed order train, val, test, so that a patient's split depends on the seed and the
+    fractions only, never on the order a config wrote them in; refuses other names, values outside [0, 1] and
+    sums other than 1."""
+    unknown = sorted(set(fractions) - set(SPLIT_ORDER))
+    if unknown:
+        raise ValueError(f"split fractions name {unknown}; splits are {list(SPLIT_ORDER)}")
+    if any(not 0 <= value <= 1 for value in fractions.values()):
+        raise ValueError(f"split fractions must each be in [0, 1], got {fractions}")
+    if abs(sum(fractions.values()) - 1.0) > 1e-6:
+        raise ValueError(f"split fractions must sum to 1, got {fractions}")
+    return {name: fractions[name] for name in SPLIT_ORDER if name in fractions}
+
+
 def assign_splits(table: RecordTable, fractions: dict[str, float] | None = None, seed: int = 0,
                   keep_existing: bool = True) -> RecordTable:
     """Return a copy with a ``split`` per record, drawn per patient. With ``keep_existing``, records that carry
     a split (an official one from the provider) keep it and the patient's other records follow it; a patient
     whose provider splits disagree is an error. The result is checked to be patient-disjoint, except for the
     official splits of question-level sources (``Source.split_unit``), which stay as the benchmark has them."""
-    fractions = fractions or DEFAULT_FRACTIONS
-    if abs(sum(fractions.values()) - 1.0) > 1e-6:
-        raise ValueError(f"split fractions must sum to 1, got {fractions}")
+    fractions = checked_fractions(fractions or DEFAULT_FRACTIONS)
     frame = table.frame.copy()
     u = patient_uniform(frame["patient_id"].tolist(), seed)
     edges = np.cumsum(list(fractions.values()))

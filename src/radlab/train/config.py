@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from radlab.config import apply_overrides, load_yaml
-from radlab.data.splits import DEFAULT_FRACTIONS
+from radlab.data.splits import DEFAULT_FRACTIONS, checked_fractions
 from radlab.models.build import ModelConfig
 
 
@@ -55,6 +55,12 @@ class DataConfig(BaseModel):
     split_fractions: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_FRACTIONS))
     train_subset: SubsetConfig | None = None
     vocab_size: int = 4000
+
+    @field_validator("split_fractions")
+    @classmethod
+    def _known_splits(cls, fractions: dict[str, float]) -> dict[str, float]:
+        checked_fractions(fractions)
+        return fractions
 
     @model_validator(mode="after")
     def _cache_reads_every_image(self) -> DataConfig:
