@@ -19,6 +19,7 @@ from pydicom import config
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import JPEGBaseline8Bit, RLELossless, SecondaryCaptureImageStorage, generate_uid
+from scipy import ndimage
 
 RNG_SEED = 0
 
@@ -499,6 +500,14 @@ def blobs(seed: int, size: int = 96) -> np.ndarray:
         out = out + rng.uniform(-1, 1) * np.exp(-((y - cy) ** 2 + (x - cx) ** 2) / (2 * r * r))
     out = (out - out.min()) / (out.max() - out.min())
     return np.round(out * 255).astype(np.uint8)
+
+
+def radiograph(seed: int, size: int = 256, texture_seed: int | None = None) -> np.ndarray:
+    """``blobs`` (the outline) with fine texture (smoothed noise, its own seed), as radiographs have: what tells
+    two films alike in outline apart."""
+    rng = np.random.default_rng(10_000 + (seed if texture_seed is None else texture_seed))
+    texture = ndimage.gaussian_filter(rng.normal(size=(size, size)), 1.0)
+    return np.clip(blobs(seed, size) + 40 * texture / texture.std(), 0, 255).astype(np.uint8)
 
 
 def image_table(root: Path, n: int = 12, prefix: str = "s", patients: int | None = None):

@@ -146,3 +146,54 @@ def test_images_are_audited_by_the_records_sources_not_the_configs_name(source: 
                        split_fractions={"train": 1.0})
     found = check_pretraining(ckpt, test)
     assert found.shared_patients == 0 and found.exact_duplicates == 1 and not found.clean()
+
+
+def _renamed(table: RecordTable, root: Path) -> RecordTable:
+    """The same images as a manifest would list them: the user's own ids and source name."""
+    frame = table.with_absolute_paths().frame.assign(source="manifest")
+    frame = frame.assign(patient_id="M" + frame["patient_id"], id="M" + frame["id"], study_id="", split="")
+    return assign_splits(RecordTable(frame, root), DEFAULT_FRACTIONS, seed=0)
+
+
+def test_a_manifest_of_the_pre_training_images_under_other_ids_is_caught(tiny_encoder: RadEncoder,
+                                                                        tiny_tower_spec: dict, phantom_dir: Path,
+                                                                        phantom_table: RecordTable,
+                                                                        tmp_path: Path) -> None:
+    everything = _checkpoint(tiny_encoder, tiny_tower_spec, tmp_path / "all", phantom_dir,
+                             split_fractions={"train": 1.0})
+    renamed = _renamed(phantom_table, tmp_path)
+    found = check_pretraining(everything, renamed)
+    test_images = len(renamed.split("test"))
+    assert found.shared_patients == 0 and found.exact_duplicates == test_images > 0 and not found.clean()
+
+
+def test_the_split_an_early_stopped_run_chose_its_weights_on_is_audited(tiny_encoder: RadEncoder,
+                                                                         tiny_tower_spec: dict, phantom_dir: Path,
+                                                                         eval_table: RecordTable,
+                                                                         tmp_path: Path) -> None:
+    """{train 0.7, val 0.3} trains on the evaluation's train patients and stops early on its val + test ones."""
+    cfg = TrainConfig.model_validate({"objective": {"name": "supervised"}, "early_stopping": {"every": 5},
+                                      "data": {"sources": [{"source": "phantom", "path": str(phantom_dir)}],
+                                               "split_fractions": {"train": 0.7, "val": 0.3}}})
+    spec = {"train_config": cfg.model_dump(), "step": 1, "external": None}
+    found = check_pretraining(save_encoder(tiny_encoder, tmp_path / "stopped", tiny_tower_spec, spec), eval_table)
+    assert found.shared_patients == 0 and found.selected_on_patients == found.test_patients > 0
+    assert not found.clean() and "chose its weights (early stopping) on" in found.message("x")
+
+
+def test_starting_weights_of_towers_and_unreadable_pre_training_images_are_listed(
+        tiny_encoder: RadEncoder, tiny_tower_spec: dict, phantom_dir: Path, phantom_table: RecordTable,
+        tmp_path: Path) -> None:
+    copy = tmp_path / "phantoms"
+    shutil.copytree(phantom_dir, copy)
+    copy.joinpath(phantom_table.frame["image_path"].iat[0]).write_bytes(b"truncated")
+    cfg = TrainConfig.model_validate({
+        "objective": {"name": "clip"}, "data": {"sources": [{"source": "phantom", "path": str(copy)}]},
+        "model": {"image_tower": {"name": "vit_tiny_patch16_224", "kwargs": {"checkpoint_path": "/w/cxr.safetensors"}},
+                  "text_tower": {"name": "cxr_bert"}}})
+    spec = {"train_config": cfg.model_dump(), "step": 1, "external": None}
+    found = check_pretraining(save_encoder(tiny_encoder, tmp_path / "ck", tiny_tower_spec, spec),
+                              _renamed(phantom_table, tmp_path))
+    notes = "\n".join(found.unchecked)
+    assert "image tower started from /w/cxr.safetensors" in notes and "text tower cxr_bert" in notes
+    assert "1 of its pre-training images cannot be read" in notes and len(found.checked) == 1

@@ -136,7 +136,9 @@ def audit(tables: list[Path] = typer.Argument(..., help="PRETRAIN EVAL [EVAL ...
           exclude: Path = typer.Option(None, help="write the pre-training table without flagged patients or "
                                                   "images here"),
           images: bool = typer.Option(True, "--images/--no-images", help="also hash images (exact + perceptual)"),
-          threshold: int = typer.Option(4, help="near-duplicate Hamming distance on the 64-bit perceptual hash"),
+          threshold: int = typer.Option(8, help="perceptual-hash Hamming distance (of 64 bits) within which two "
+                                                "images are compared in detail"),
+          min_correlation: float = typer.Option(0.95, help="detail correlation that confirms a near duplicate"),
           workers: int = typer.Option(0, help="DataLoader worker processes for hashing"),
           report: Path = typer.Option(None, help="write the full audit (all pairs) as JSON")) -> None:
     """Shared patients and exact / near-duplicate images between a pre-training table and evaluation tables."""
@@ -148,10 +150,14 @@ def audit(tables: list[Path] = typer.Argument(..., help="PRETRAIN EVAL [EVAL ...
         raise typer.BadParameter("give the pre-training table, then at least one evaluation table")
     pretrain = RecordTable.read(tables[0])
     evals = {str(p): RecordTable.read(p) for p in tables[1:]}
-    result = run_audit(pretrain, evals, images=images, threshold=threshold, workers=workers)
+    result = run_audit(pretrain, evals, images=images, threshold=threshold, workers=workers,
+                       min_correlation=min_correlation)
     for row in result.summary():
         typer.echo(f"{tables[0]} vs {row['eval']}: {row['shared_patients']} shared patients, "
-                   f"{row['exact_duplicates']} exact and {row['near_duplicates']} near-duplicate images")
+                   f"{row['exact_duplicates']} exact and {row['near_duplicates']} near-duplicate images"
+                   + (f" ({row['near_candidates']} pairs alike in outline only, not flagged)"
+                      if row["near_candidates"] else "")
+                   + (f"; {row['unreadable']} images unreadable, not audited" if row["unreadable"] else ""))
     if report is not None:
         typer.echo(f"audit report: {result.write(report)}")
     if exclude is not None:

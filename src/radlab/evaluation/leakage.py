@@ -6,8 +6,11 @@ sources, split settings and train subset: ``train.setup.pretraining_tables``) an
 split (``data.audit.audit``): shared patient ids and, where a pre-training and an evaluation source can hold
 the same images under unrelated ids (NIH and RSNA/SIIM), exact and near-duplicate images. A run continued from
 another radlab checkpoint (``init_from``, ``model.external``) is followed back through it. What cannot be
-checked is listed, never taken as clean: public encoders (their pre-training data are not known here),
-checkpoints without a training config, and pre-training data not found on this machine.
+checked is listed, never taken as clean: public encoders (their pre-training data are not known here), image
+towers started from a weights file, pretrained text towers (CXR-BERT read MIMIC-CXR reports), checkpoints
+without a training config, pre-training data not found on this machine and images that cannot be read. A run
+that stopped early chose its weights on its validation split, whose patients are audited too
+(``selected_on_patients``).
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ PUBLIC_PRETRAINING: dict[str, tuple[str, ...]] = {
     "gloria": ("chexpert",),  # Huang et al. 2021
     "medclip": ("mimic_cxr", "chexpert"),  # Wang et al. 2022
 }
+# Pretrained text towers that read chest X-ray reports (what text tasks on those sources would flatter).
+PUBLIC_TEXT_PRETRAINING: dict[str, tuple[str, ...]] = {"cxr_bert": ("mimic_cxr",)}  # Boecking et al. 2022
 
 
 @dataclass
@@ -49,17 +54,21 @@ class PretrainingOverlap:
     shared_patients: int = 0
     exact_duplicates: int = 0
     near_duplicates: int = 0
+    selected_on_patients: int = 0  # test patients of an early-stopped run's validation split
+    near_candidates: int = 0  # test images alike in outline only to pre-training images (not counted as overlap)
 
     def clean(self) -> bool:
-        return not (self.shared_patients or self.exact_duplicates or self.near_duplicates)
+        return not (self.shared_patients or self.exact_duplicates or self.near_duplicates or self.selected_on_patients)
 
     def as_dict(self) -> dict:
         return asdict(self)
 
     def message(self, encoder: str) -> str:
+        selected = (f"; it chose its weights (early stopping) on {self.selected_on_patients} of them"
+                    if self.selected_on_patients else "")
         return (f"{encoder} pre-trained on {self.shared_patients} of the {self.test_patients} test patients "
                 f"({self.exact_duplicates} exact and {self.near_duplicates} near-duplicate test images) of this "
-                "evaluation")
+                f"evaluation{selected}")
 
 
 def public_pretraining(name: str, path: str) -> tuple[str, ...]:
@@ -109,8 +118,24 @@ def pretraining_runs(spec: str | Path, unchecked: list[str], test_sources: set[s
     except ValidationError as err:
         unchecked.append(f"{spec}: its training config does not validate ({err.error_count()} errors)")
         return []
+    unchecked.extend(starting_tower_notes(cfg, str(spec)))
     parent = cfg.init_from or cfg.model.external
     return [(folder, cfg), *(pretraining_runs(parent, unchecked, test_sources, seen) if parent else [])]
+
+
+def starting_tower_notes(cfg: TrainConfig, spec: str) -> list[str]:
+    """What a run's towers started from that this check cannot follow: an image tower's weights file, a
+    pretrained text tower that read chest X-ray reports."""
+    notes = []
+    image = cfg.model.image_tower
+    if image.kwargs.get("checkpoint_path"):
+        notes.append(f"{spec}: its image tower started from {image.kwargs['checkpoint_path']}, whose pre-training "
+                     "data are not known here")
+    text = cfg.model.text_tower
+    if text is not None and text.name in PUBLIC_TEXT_PRETRAINING:
+        notes.append(f"{spec}: its text tower {text.name} was pre-trained on reports of "
+                     f"{', '.join(PUBLIC_TEXT_PRETRAINING[text.name])}; their split is not known here")
+    return notes
 
 
 def check_pretraining(spec: str | Path, table: RecordTable, data_root: str | None = None) -> PretrainingOverlap:
@@ -119,20 +144,30 @@ def check_pretraining(spec: str | Path, table: RecordTable, data_root: str | Non
     test_sources = set(test.frame["source"])
     result = PretrainingOverlap(int(test.frame["patient_id"].nunique()))
     patients: set[str] = set()
+    selected_on: set[str] = set()
     exact: set[str] = set()
     near: set[str] = set()
+    alike: set[str] = set()
     for folder, cfg in pretraining_runs(spec, result.unchecked, test_sources):
         try:
-            _, train = pretraining_tables(cfg, data_root)
+            table, train = pretraining_tables(cfg, data_root)
         except FileNotFoundError as err:
             result.unchecked.append(f"{folder}: its pre-training data are not here ({err})")
             continue
-        overlap = audit(train, {"test": test}, images=tables_share_images(train, test)).overlaps[0]
+        report = audit(train, {"test": test}, images=tables_share_images(train, test))
+        overlap = report.overlaps[0]
+        if report.unreadable:
+            result.unchecked.append(f"{folder}: {len(report.unreadable)} of its pre-training images cannot be read, "
+                                    "so they were not compared with the test images")
         patients |= set(overlap.shared_patients)
         exact |= {b for _, b in overlap.exact_duplicates}
         near |= {b for _, b, _ in overlap.near_duplicates}
+        alike |= {b for _, b, _, _ in overlap.near_candidates}
+        if cfg.early_stopping is not None:
+            selected_on |= set(table.split("val").frame["patient_id"]) & set(test.frame["patient_id"])
         result.checked.append(", ".join(f"{s.source}:{s.path}" for s in cfg.data.sources) + f" (of {folder})")
     result.shared_patients, result.exact_duplicates, result.near_duplicates = len(patients), len(exact), len(near - exact)
+    result.selected_on_patients, result.near_candidates = len(selected_on), len(alike - near - exact)
     return result
 
 
