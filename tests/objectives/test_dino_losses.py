@@ -95,6 +95,13 @@ def test_koleo_hand_computed() -> None:
     torch.testing.assert_close(koleo_loss(square), torch.tensor(-0.5 * math.log(2)))
 
 
+def test_koleo_of_a_single_row_is_zero_not_a_constant() -> None:
+    """One row per rank (batch_size = ranks x accumulation) has no nearest neighbour."""
+    x = torch.randn(1, 8, requires_grad=True)
+    loss = koleo_loss(x)
+    assert float(loss.detach()) == 0.0 and loss.requires_grad
+
+
 def test_koleo_matches_lightly() -> None:
     x = torch.randn(16, 12)
     torch.testing.assert_close(koleo_loss(x), lightly_loss.KoLeoLoss()(x), rtol=1e-5, atol=1e-6)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
@@ -20,6 +21,7 @@ from radlab.objectives.simclr import nt_xent
 from radlab.objectives.unicl import unicl_loss
 from radlab.train.state import latest_state, load_state
 from ranks import free_port, start_ranks
+from run_logs import logged
 
 N, D_IN, D = 8, 6, 5
 # (image rows per rank, text rows per rank): equal halves, uneven counts (e.g. only samples with text), and
@@ -273,7 +275,8 @@ def test_dino_teacher_targets_see_the_global_batch(tmp_path: Path) -> None:
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_dinov2_two_ranks_match_one_rank(tmp_path: Path, phantom_dir: Path, strategy: str) -> None:
     """EMA teacher, all-reduced centers and the teacher export agree with one process on the global batch.
-    KoLeo (per-rank nearest neighbours, as in DINOv2) and iBOT (per-rank masks) are off for the comparison."""
+    KoLeo (per-rank nearest neighbours, as in DINOv2) and iBOT (per-rank masks) are off for the comparison; the
+    separate iBOT head that leaves idle is frozen (DDP would stop at step 2 on its missing gradients)."""
     from radlab.train.config import TrainConfig
     from radlab.train.engine import pretrain
 
@@ -282,7 +285,8 @@ def test_dinov2_two_ranks_match_one_rank(tmp_path: Path, phantom_dir: Path, stra
               f"data.sources=[{{source: phantom, path: {phantom_dir}}}]", "runtime.device=cpu",
               f"runtime.strategy={strategy}", "objective.kwargs.koleo_weight=0", "objective.kwargs.ibot_weight=0",
               "objective.kwargs.n_local=2", "objective.kwargs.local_size=16", "objective.kwargs.n_prototypes=32",
-              "objective.kwargs.freeze_last_layer_steps=0", "checkpoint={every: 3, keep_last: 1}"]
+              "objective.kwargs.freeze_last_layer_steps=0", "objective.kwargs.ibot_separate_head=true",
+              "checkpoint={every: 3, keep_last: 1}"]
     single = pretrain(TrainConfig.from_file(Path(__file__).parents[2] / "configs" / "dinov2.yaml",
                                             [*common, f"out={tmp_path / 'one'}"]), progress=False)
     start_ranks(_engine_worker, (2, free_port(), [*common, f"out={tmp_path / 'two'}"], "dinov2"))
@@ -299,6 +303,9 @@ def test_dinov2_two_ranks_match_one_rank(tmp_path: Path, phantom_dir: Path, stra
     assert heads[0].keys() == heads[1].keys() and any(k.startswith("dino_head.") for k in heads[0])
     assert all(torch.allclose(heads[0][k], heads[1][k], atol=1e-4) for k in heads[0])
     assert all(torch.equal(heads[1][k], states[1][f"teacher.{k}"]) for k in heads[1])  # gathered from the shards
+    monitors = [[(r["teacher_usage_entropy"], r["feature_rank"]) for r in logged(tmp_path / run)]
+                for run in ("one", "two")]  # over the global batch, not each rank's half
+    assert monitors[0] and np.allclose(monitors[0], monitors[1], rtol=1e-3), monitors
 
 
 @pytest.mark.parametrize("config", ["clip", "gloria"])
@@ -337,3 +344,26 @@ def test_batch_norm_is_synchronised_across_gpus_only() -> None:
     assert batch_norms(DistEnv(0, 2, 0, torch.device("cpu"))) == {torch.nn.BatchNorm1d}  # gloo: per-rank BN
     assert batch_norms(DistEnv(0, 2, 0, torch.device("cuda"))) == {torch.nn.SyncBatchNorm}  # no GPU needed
     assert batch_norms(DistEnv(0, 1, 0, torch.device("cuda"))) == {torch.nn.BatchNorm1d}
+
+
+def _slow_main_worker(rank: int, world: int, port: int, out: str) -> None:
+    """The process group times out after 2 s; rank 0 works 4 s alone (a long image-cache build) before the others
+    may go on."""
+    import time
+    from datetime import timedelta
+
+    from radlab.train.distributed import from_main, wait_for_main
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
+                            timeout=timedelta(seconds=2))
+    if rank == 0:
+        time.sleep(4)
+    wait_for_main()
+    decided = from_main(Path(out) / "state_00000004.pt" if rank == 0 else None)
+    (Path(out) / f"rank{rank}.txt").write_text(str(decided))
+    dist.destroy_process_group()
+
+
+def test_ranks_wait_out_the_main_ranks_setup_and_act_on_its_decision(tmp_path: Path) -> None:
+    start_ranks(_slow_main_worker, (2, free_port(), str(tmp_path)))
+    assert [(tmp_path / f"rank{r}.txt").read_text() for r in (0, 1)] == [str(tmp_path / "state_00000004.pt")] * 2

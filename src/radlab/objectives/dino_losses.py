@@ -160,8 +160,11 @@ def koleo_loss(features: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
 
     which pushes the features of a batch apart. DINOv2 applies it per global view with weight 0.1. It runs in
     float32 with autocast off, as DINOv2's does: near-identical features' nearest neighbours need more than
-    bf16's precision (about 0.004 near cosine 1).
+    bf16's precision (about 0.004 near cosine 1). DINOv2 computes it on each rank's rows; a rank with one row has
+    no neighbour, and the term is 0 there (not the constant -log eps, which has no gradient).
     """
+    if len(features) < 2:
+        return features.float().sum() * 0.0
     with torch.autocast(features.device.type, enabled=False):
         x = F.normalize(features.float(), dim=-1, eps=eps)
         with torch.no_grad():
@@ -173,9 +176,14 @@ def koleo_loss(features: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
 
 
 @torch.no_grad()
+def row_entropy(probs: torch.Tensor) -> torch.Tensor:
+    """Each row's entropy -sum_k p_k log p_k (nats): 0 for one-hot collapse, log K for uniform collapse."""
+    return -(probs * probs.clamp_min(1e-12).log()).sum(dim=-1)
+
+
 def mean_entropy(probs: torch.Tensor) -> torch.Tensor:
-    """Mean per-row entropy -sum_k p_k log p_k (nats): 0 for one-hot collapse, log K for uniform collapse."""
-    return -(probs * probs.clamp_min(1e-12).log()).sum(dim=-1).mean()
+    """Mean per-row entropy (``row_entropy``)."""
+    return row_entropy(probs).mean()
 
 
 @torch.no_grad()

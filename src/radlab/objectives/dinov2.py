@@ -28,7 +28,14 @@ from radlab.models.dino_checkpoint import HEAD_FILE, head_shape, load_head_state
 from radlab.models.vit_masking import hf_dinov2, masked_forward, patch_grid, patch_size
 from radlab.objectives.base import OBJECTIVES, Objective
 from radlab.objectives.collapse import CollapseWatch
-from radlab.objectives.dino_losses import DINOLoss, IBOTPatchLoss, effective_rank, koleo_loss, mean_entropy
+from radlab.objectives.dino_losses import (
+    DINOLoss,
+    IBOTPatchLoss,
+    effective_rank,
+    koleo_loss,
+    mean_entropy,
+    row_entropy,
+)
 from radlab.train import distributed as distrib
 
 
@@ -188,11 +195,14 @@ class DINOv2Objective(Objective):
         self.freeze_last_layer_steps = freeze_last_layer_steps
 
     def unused_parameters(self, model: nn.Module) -> list[nn.Parameter]:
-        """Besides the projections: the mask tokens when iBOT is off (nothing is masked)."""
+        """Besides the projections: when iBOT is off (nothing is masked), the mask tokens and a separate iBOT head
+        (one a continued checkpoint's head file brought)."""
         unused = super().unused_parameters(model)
         if not (self.weights["ibot"] > 0 and self.mask_probability > 0):
             hf = hf_dinov2(model.image_tower)
             unused += [self.mask_token] if self.mask_token is not None else [hf.embeddings.mask_token]
+            if "ibot_head" in self.heads:
+                unused += list(self.heads["ibot_head"].parameters())
         return unused
 
     def before_optimizer_step(self) -> None:
@@ -258,10 +268,13 @@ class DINOv2Objective(Objective):
             ibot = self.ibot_loss(s_ibot, t_ibot, mask, temp, update=update)
             loss = loss + self.weights["ibot"] * ibot
             terms["ibot"] = ibot.detach()
-        entropy, usage = mean_entropy(targets), mean_entropy(targets.mean(0))
+        entropy = distrib.global_row_mean(row_entropy(targets)[:, None])[0]
+        usage = mean_entropy(distrib.global_row_mean(targets))  # over the global batch, as the rank is
         if update:
             self.watch.observe(float(entropy), float(usage))
-        terms.update(teacher_entropy=entropy, teacher_usage_entropy=usage, feature_rank=effective_rank(t_cls),
+        with torch.no_grad():
+            rank = effective_rank(distrib.gather_with_grad(t_cls)[0])
+        terms.update(teacher_entropy=entropy, teacher_usage_entropy=usage, feature_rank=rank,
                      teacher_temp=self.teacher_temp.detach().clone(), momentum=self.momentum.detach().clone())
         return {"loss": loss, **terms}
 

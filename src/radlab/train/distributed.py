@@ -10,10 +10,13 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 
+T = TypeVar("T")
 
 @dataclass(frozen=True)
 class DistEnv:
@@ -107,6 +110,28 @@ def barrier() -> None:
         dist.barrier()
 
 
+SETUP_TIMEOUT = timedelta(hours=24)
+
+
+def wait_for_main() -> None:
+    """A barrier behind work rank 0 does alone before training (the image cache, the tokenizer): on a gloo group
+    with a 24-hour timeout, so the other ranks wait out a long first cache build instead of timing out at the
+    process group's default (10 minutes on NCCL)."""
+    if dist.is_initialized():
+        group = dist.new_group(backend="gloo", timeout=SETUP_TIMEOUT)
+        dist.barrier(group=group)
+        dist.destroy_process_group(group)
+
+
+def from_main(value: T) -> T:
+    """Rank 0's ``value`` on every rank (a picklable object), so that the ranks act on one decision."""
+    if world_size() == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def all_reduce_mean(values: torch.Tensor) -> torch.Tensor:
     """Mean over ranks of a tensor (a copy; the input is left alone)."""
     out = values.detach().clone()
@@ -175,6 +200,17 @@ def gather_with_grad(x: torch.Tensor) -> tuple[torch.Tensor, int]:
         x = x.to(torch.uint8)
     gathered = _GatherRows.apply(x, sizes)
     return gathered.to(dtype), sum(sizes[: rank()])
+
+
+@torch.no_grad()
+def global_row_mean(x: torch.Tensor) -> torch.Tensor:
+    """The mean of ``x``'s rows over every rank's rows (no gradient): a batch statistic that does not depend on
+    how the global batch is split over ranks."""
+    total = x.float().sum(0)
+    n = global_count(len(x), x.device)
+    if world_size() > 1:
+        dist.all_reduce(total)
+    return total / max(n, 1)
 
 
 def global_mean(per_row: torch.Tensor, n_global: int) -> torch.Tensor:

@@ -269,10 +269,14 @@ class Trainer:
         distrib.barrier()
 
     def resume(self) -> None:
-        path = latest_state(self.out)
+        """Every rank loads the state rank 0 finds (``out`` must be on a filesystem all ranks see)."""
+        path = distrib.from_main(latest_state(self.out) if self.env.is_main else None)
         if path is None:
             log.warning("resume requested but %s has no saved state; starting from scratch", self.out / "state")
             return
+        if not path.is_file():
+            raise FileNotFoundError(f"rank {self.env.rank} cannot see {path}, the state rank 0 resumes from: the "
+                                    f"run's out folder must be on a filesystem every rank sees")
         state = load_state(path, self.env.device)
         changed = changed_fields(state.get("config"), self.fingerprint)
         if changed:

@@ -112,7 +112,7 @@ def run_tokenizer(cfg: TrainConfig, env: distrib.DistEnv, table: RecordTable) ->
         tokenizer = AutoTokenizer.from_pretrained(start) if start else \
             train_wordpiece(table.texts(), cfg.data.vocab_size)
         tokenizer.save_pretrained(folder)
-    distrib.barrier()
+    distrib.wait_for_main()
     return AutoTokenizer.from_pretrained(folder)
 
 
@@ -126,7 +126,7 @@ def run_image_cache(cfg: TrainConfig, env: distrib.DistEnv, tables: list[RecordT
         return None
     size = cache_size(preprocess)
     cache = ensure_cache(RecordTable.concat(tables), folder, size, cfg.optim.num_workers) if env.is_main else None
-    distrib.barrier()
+    distrib.wait_for_main()
     return ImageCache(folder) if cache is None else cache
 
 
