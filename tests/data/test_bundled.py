@@ -35,7 +35,12 @@ def test_mesh_tags_map_to_canonical_labels():
     ("Density/breast/bilateral", {"lung_opacity": 0}),
     ("Mass/breast/large", {"mass": 0, "lung_lesion": 0}),
     ("Density/mitral valve", {"lung_opacity": 0}),
-    ("Opacity/lung/base/left", {"lung_opacity": 1}),
+    ("Opacity/lung/base/left", {"lung_opacity": 1, "nodule": 0}),
+    ("Density/lung/base/left/round", {"nodule": 1, "lung_lesion": 1, "lung_opacity": 1}),
+    ("Opacity/breast/round", {"nodule": 0, "lung_opacity": 0}),
+    ("Catheters, Indwelling/left;Implanted Medical Device", {"support_devices": 1, "no_finding": 1}),
+    ("Catheters, Indwelling/left;Cicatrix/lung/apex", {"support_devices": 1, "no_finding": 0}),
+    ("Spine/degenerative", {"no_finding": 0, "scoliosis": 0}),
 ])
 def test_mesh_terms_map_as_their_tags_say(mesh: str, expected: dict[str, float]) -> None:
     labels = mesh_labels(mesh)

@@ -42,6 +42,16 @@ from radlab.data.taxonomy import FINDING_NAMES, propagate_to_parents
     ("Cannot exclude a small left pleural effusion or subtle pneumothorax.", {"pleural_effusion": -1, "pneumothorax": -1}),
     ("Pneumothorax is unlikely.", {"pneumothorax": 0}),
     ("Atelectasis, less likely pneumonia.", {"atelectasis": 1, "pneumonia": 0}),
+    # phrasings of the real IU X-ray reports (docs/report_labeller.md)
+    ("Mild unfolding of the thoracic aorta.", {"aortic_enlargement": 1}),
+    ("A tortuous, calcified thoracic aorta.", {"aortic_enlargement": 1, "calcification": 1}),
+    ("The heart is large.", {"cardiomegaly": 1}),
+    ("Borderline heart size.", {"cardiomegaly": -1}),
+    ("Mild dextrocurvature of the thoracic spine.", {"scoliosis": 1}),
+    ("Bullae are present in the upper lobes.", {"emphysema": 1}),
+    ("Mild biapical scarring.", {}),
+    ("There is no pleural line to suggest pneumothorax or costophrenic XXXX blunting to suggest large pleural "
+     "effusion.", {"pneumothorax": 0, "pleural_effusion": 0}),  # XXXX: a de-identification mark, not a word
 ])
 def test_sentence_negation_and_uncertainty(sentence, expected):
     assert label_sentence(sentence) == expected

@@ -45,19 +45,20 @@ MENTIONS: dict[str, tuple[str, ...]] = {
         r"cardiomediastinal (?:silhouette|contours?)(?: \w+){0,2} (?:enlarged|widened|prominent)"),
     "cardiomegaly": (
         r"cardiomegaly", r"cardiac (?:enlargement|hypertrophy)", r"(?:enlarged|large|prominent) (?:heart|cardiac)",
-        r"enlargement of the (?:heart|cardiac)",
-        r"(?:heart|cardiac silhouette|cardiac shadow|cardiac size|heart size)(?: \w+){0,3} (?:enlarged|increased)"),
+        r"enlargement of the (?:heart|cardiac)", r"(?:heart|cardiac) enlargement", r"borderline (?:heart|cardiac) size",
+        r"(?:heart|cardiac silhouette|cardiac shadow|cardiac size|heart size)(?: \w+){0,3} (?:enlarged|increased|large)\b"),
     "aortic_enlargement": (
-        r"(?:tortuous|ectatic|enlarged|dilated|unfolded|elongated|uncoiled) " + _N + r"aort\w*",
+        r"(?:tortuous|ectatic|enlarged|dilated|unfolded|elongated|uncoiled),? " + _N + r"aort\w*",
         r"aort\w*(?: \w+){0,3} (?:tortuous|tortuosity|ectatic|ectasia|enlarged|enlargement|dilated|dilatation|"
-        r"unfolded|unfolding|elongated|elongation|aneurysm\w*)", r"tortuosity of the " + _N + r"aorta"),
+        r"unfolded|unfolding|elongated|elongation|aneurysm\w*)",
+        r"(?:tortuosity|unfolding|ectasia|enlargement|dilatation) of the " + _N + r"aorta"),
     "lung_opacity": (r"opaci\w*", r"densit(?:y|ies)", r"air ?space (?:disease|opacit\w*|process)", r"\bhazy\b"),
     "lung_lesion": (r"(?:lung|pulmonary|parenchymal|cavitary|focal|spiculated) lesions?", r"neoplasm\w*",
                     r"tumou?rs?\b", r"carcinoma", r"malignan\w*", r"metasta\w*", r"\bcancer"),
     "nodule": (rf"(?<!{_NOT_PREFIXED}calcified )(?<!granulomatous )nodul(?:e|es|ar|arity)\b",),
     "mass": (r"\bmass(?:es|-like)?\b",),
     "lung_cavity": (r"cavit(?:y|ies|ary|ation)",),
-    "lung_cyst": (r"(?:lung|pulmonary|parenchymal) cysts?", r"\bbullae?\b", r"\bbullous"),
+    "lung_cyst": (r"(?:lung|pulmonary|parenchymal) cysts?",),
     "edema": (r"(?<!soft tissue )\bo?edema", r"(?:pulmonary|vascular|venous|interstitial) congestion",
               r"congestive heart failure", r"\bchf\b", r"cephalization"),
     "consolidation": (r"consolidat\w*",),
@@ -69,7 +70,7 @@ MENTIONS: dict[str, tuple[str, ...]] = {
     "fibrosis": (r"fibros[ie]s", r"fibrotic", r"honeycomb\w*"),
     "tuberculosis": (r"tubercul\w*", r"\btb\b", r"mycobacteri\w*"),
     "calcification": (r"calcifi\w*", r"calcinosis"),
-    "emphysema": (r"(?<!subcutaneous )emphysema\w*",),
+    "emphysema": (r"(?<!subcutaneous )emphysema\w*", r"\bbullae?\b", r"\bbullous"),  # bullae: as IU X-ray codes them
     "copd": (r"\bcopd\b", r"chronic obstructive"),
     "enlarged_pulmonary_artery": (
         r"(?:enlarged|prominent|dilated) " + _N + r"pulmonary arter\w*",
@@ -80,11 +81,12 @@ MENTIONS: dict[str, tuple[str, ...]] = {
     "pneumothorax": (r"pneumothora\w*",),
     "pleural_effusion": (r"(?<!pericardial )\beffusions?", r"pleural fluid", r"hydrothora\w*"),
     "pleural_thickening": (r"pleural " + _N + r"thickening", r"thickening of the " + _N + r"pleura",
-                           r"(?:pleural|apical) (?:cap|capping|scarring)"),
+                           r"(?:pleural|apical) (?:cap|capping)", r"pleural scarring"),
     "pleural_other": (r"pleural (?:plaques?|calcification\w*|abnormalit\w*)", r"fibrothorax"),
     "fracture": (r"fractur\w*", r"\bfx\b"),
     "hernia": (r"hernia\w*",),
-    "scoliosis": (r"scolio\w*", r"curvature of the " + _N + r"spine", r"spinal curvature"),
+    "scoliosis": (r"scolio\w*", r"curvature of the " + _N + r"spine", r"(?:spinal|spine) curvature",
+                  r"(?:dextro|levo)-?curvature"),
     "support_devices": (
         r"(?:picc|central venous|central|venous|dialysis|swan[- ]ganz|jugular|subclavian|arterial) (?:line|catheter)s?",
         r"catheters?\b", r"pacemaker\w*", r"\bpacer\b", r"defibrillator", r"\ba?icd\b", r"endotracheal",
@@ -145,7 +147,7 @@ _CUES = {kind: _compile(p) for kind, p in {
     "uncertain_negated": UNCERTAIN_NEGATED, "pseudo": PSEUDO_NEGATION, "negation_pre": NEGATION_PRE,
     "negation_post": NEGATION_POST, "uncertain_pre": UNCERTAIN_PRE, "uncertain_post": UNCERTAIN_POST}.items()}
 _TERMINATOR_RE = _compile(TERMINATORS)
-_WORD = re.compile(r"\w+")
+_WORD = re.compile(r"\b(?!x{2,}\b)\w+")  # words, not de-identification marks ("XXXX") inside a cue's window
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,13 @@
 """IU X-ray (Indiana University / OpenI) in its two-CSV form: indiana_reports.csv + indiana_projections.csv.
 
 MeSH tags are expert-coded for every indexed report, so a finding without a tag is read as negative (0), and
-the "normal" tag sets no_finding. A report that was not indexed (no terms, or only "No Indexing" /
+the "normal" tag sets no_finding, as do tags of devices alone (devices are no finding, as in CheXpert and
+PadChest); any other tag, mapped or not (scarring, spine degeneration), makes it 0. A report that was not indexed (no terms, or only "No Indexing" /
 "Technical Quality of Image Unsatisfactory") is unlabelled: every finding NaN. A "borderline" qualifier such
 as ``Cardiomegaly/borderline`` is read as uncertain (-1), and so are tags that suggest a finding without
 naming it (``UNCERTAIN_MAP``: ``Costophrenic Angle/blunted`` for effusion). A head may name two findings
-(``SECOND_FINDING``: hydropneumothorax), and an opacity, density, nodule or mass sited outside the lungs
+(``SECOND_FINDING``: hydropneumothorax), a round opacity or density is a nodule, and an opacity, density,
+nodule or mass sited outside the lungs
 (``NON_LUNG_SITES``: breast, heart, mitral valve, ...) names none. Images, when present, are expected at
 ``images/images_normalized/<filename>``.
 """
@@ -85,6 +87,8 @@ QUALIFIED_MAP: dict[tuple[str, str], str] = {
     ("Cavitation", "lung"): "lung_cavity",
     ("Cysts", "lung"): "lung_cyst",  # not Cysts/humerus
     ("Blister", "lung"): "emphysema",  # bullae, as Bullous Emphysema
+    ("Opacity", "round"): "nodule",  # the experts' code for a rounded lung opacity ("nodular density")
+    ("Density", "round"): "nodule",
 }
 # Tags that suggest a finding without naming it: a blunted costophrenic angle (a small effusion, or pleural
 # scarring), a prominent mediastinum or aorta (possibly widened).
@@ -108,7 +112,8 @@ def mesh_labels(mesh: str) -> dict[str, float]:
     if all(t.split("/")[0].strip() in NOT_INDEXED for t in terms):
         return {name: NAN for name in LABELLED}
     labels = {name: NEGATIVE for name in LABELLED}
-    labels["no_finding"] = POSITIVE if terms == ["normal"] else NEGATIVE
+    devices_only = all(MESH_MAP.get(t.split("/")[0].strip()) == "support_devices" for t in terms)
+    labels["no_finding"] = POSITIVE if terms == ["normal"] or devices_only else NEGATIVE
     for term in terms:
         head, *qualifiers = [p.strip() for p in term.split("/")]
         value = UNCERTAIN if UNCERTAIN_QUALIFIERS & set(qualifiers) else POSITIVE
