@@ -37,8 +37,8 @@ def test_missing_label_stays_nan_not_negative(tmp_path):
 
 
 @pytest.mark.parametrize("field,value,message", [
-    ("label_cardiomegaly", 2.0, "row 1: label_cardiomegaly"),
-    ("view", "OBLIQUE", "row 1: view='OBLIQUE'"),
+    ("label_cardiomegaly", 2.0, "data row 2: label_cardiomegaly"),
+    ("view", "OBLIQUE", "data row 2: view='OBLIQUE'"),
     ("label_not_a_finding", 1.0, "not a canonical finding"),
 ])
 def test_bad_values_name_row_and_problem(tmp_path, field, value, message):
@@ -51,7 +51,7 @@ def test_bad_values_name_row_and_problem(tmp_path, field, value, message):
 def test_duplicate_ids_rejected(tmp_path):
     records = _records()
     records[2]["id"] = "r0"
-    with pytest.raises(RecordError, match="row 2: id 'r0' appears twice"):
+    with pytest.raises(RecordError, match="data row 3: id 'r0' appears twice"):
         RecordTable.from_records(records, root=tmp_path)
 
 
@@ -128,5 +128,5 @@ def test_ids_compare_as_written_whatever_the_column_type(tmp_path):
     for table in tables:
         assert table.frame["patient_id"].tolist() == ["7", "12"] and table.frame["id"].tolist() == ["1", "2"]
     assert tables[1].frame["study_id"].tolist() == ["3", ""]
-    with pytest.raises(RecordError, match="row 1: empty patient_id"):
+    with pytest.raises(RecordError, match="data row 2: empty patient_id"):
         RecordTable(ints.assign(patient_id=[7.0, np.nan]), tmp_path)

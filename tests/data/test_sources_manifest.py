@@ -21,8 +21,12 @@ def test_manifest_reads_record_columns_and_keeps_extras(tmp_path, fmt):
 def test_manifest_errors_name_the_row(tmp_path):
     root = fx.build_manifest(tmp_path)
     (root / "manifest.csv").write_text((root / "manifest.csv").read_text().replace(",LAT,", ",lateral,"))
-    with pytest.raises(RecordError, match=r"row 1: view='lateral'"):
+    with pytest.raises(RecordError, match=r"data row 2: view='lateral'"):
         ManifestSource().load(root)
+    (root / "age.jsonl").write_text('{"image_path": "img/a.png", "patient_id": "p1", "age": 61}\n'
+                                    '{"image_path": "img/b.png", "patient_id": "p2", "age": "old"}\n')
+    with pytest.raises(RecordError, match=r"age.jsonl: data row 2: age='old' is not a number"):
+        ManifestSource().load(root / "age.jsonl")
     (root / "bad.jsonl").write_text('{"image_path": "img/a.png", "patient_id": "p1"}\n{"image_path": \n')
     with pytest.raises(SourceFormatError, match=r"bad.jsonl: line 2: not valid JSON"):
         ManifestSource().load(root / "bad.jsonl")

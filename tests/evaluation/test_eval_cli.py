@@ -159,3 +159,20 @@ def test_user_mistakes_end_with_one_error_line_not_a_traceback(tmp_path: Path) -
     for result, problem in ((typo, "optim.stepz"), (missing, "no record table at")):
         assert result.exit_code == 1 and "error:" in result.output and problem in result.output
         assert "Traceback" not in result.output and isinstance(result.exception, SystemExit)
+
+
+def test_a_damaged_checkpoint_or_unknown_format_is_named(checkpoint: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from radlab.models import load_encoder
+
+    with pytest.raises(ValueError, match="'raddino' is not an encoder format"):
+        load_encoder("raddino:/models/x")
+    no_text = tmp_path / "no_text"
+    shutil.copytree(checkpoint, no_text)
+    shutil.rmtree(no_text / "text_tower")
+    with pytest.raises(FileNotFoundError, match="incomplete radlab checkpoint: text_tower missing"):
+        load_encoder(no_text)
+    (no_text / "encoder.json").write_text('{"preprocess": ')
+    with pytest.raises(ValueError, match="encoder.json: not valid JSON"):
+        load_encoder(no_text)

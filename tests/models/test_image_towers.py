@@ -60,6 +60,14 @@ def test_one_channel_stem_sums_pretrained_rgb_weights(tmp_path: Path, name: str,
     torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("file_depth", [1, 3])
+def test_a_checkpoint_of_another_depth_is_refused_not_half_loaded(tmp_path: Path, file_depth: int) -> None:
+    path, _ = _rgb_checkpoint(tmp_path, "vit_tiny_patch16_224", img_size=64, depth=file_depth)
+    with pytest.raises(ValueError, match="another architecture or size") as caught:
+        IMAGE_TOWERS.build("vit_tiny_patch16_224", image_size=64, checkpoint_path=str(path), depth=2)
+    assert str(path) in str(caught.value) and ("blocks.1." if file_depth == 1 else "blocks.2.") in str(caught.value)
+
+
 def test_tower_interface() -> None:
     tower = TimmImageTower("resnet18", image_size=32)
     assert tower.embed_dim == 512 and tower.num_prefix_tokens == 0

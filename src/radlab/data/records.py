@@ -188,20 +188,25 @@ def _normalise(frame: pd.DataFrame, origin: str) -> pd.DataFrame:
     for col, dtype in CORE_COLUMNS.items():
         if col not in frame:
             frame[col] = np.nan if dtype == "float64" else ""
-        frame[col] = _identifiers(frame[col]) if col in IDENTIFIERS else frame[col].astype(dtype)
+        if col in IDENTIFIERS:
+            frame[col] = _identifiers(frame[col])
+        elif dtype == "float64":
+            frame[col] = _numbers(frame[col], col, origin)
+        else:
+            frame[col] = frame[col].astype(dtype)
         if dtype == "string":
             frame[col] = frame[col].fillna("")
     for row in np.flatnonzero((frame["patient_id"] == "").to_numpy()):
-        raise RecordError(f"{origin}: row {row}: empty patient_id; splits and leakage checks are per patient")
+        raise RecordError(f"{origin}: data row {row + 1}: empty patient_id; splits and leakage checks are per patient")
     _check_values(frame, "view", VIEWS, origin)
     _check_values(frame, "sex", SEXES, origin)
     _check_values(frame, "split", SPLITS, origin)
     for row in np.flatnonzero((frame["id"] == "").to_numpy()):
-        raise RecordError(f"{origin}: row {row}: empty id")
+        raise RecordError(f"{origin}: data row {row + 1}: empty id")
     duplicated = frame["id"].duplicated()
     if duplicated.any():
         row = int(np.flatnonzero(duplicated.to_numpy())[0])
-        raise RecordError(f"{origin}: row {row}: id {frame['id'].iat[row]!r} appears twice")
+        raise RecordError(f"{origin}: data row {row + 1}: id {frame['id'].iat[row]!r} appears twice")
     for col in [c for c in frame.columns if c.startswith(LABEL_PREFIX)]:
         name = col[len(LABEL_PREFIX):]
         if name not in BY_NAME:
@@ -212,7 +217,7 @@ def _normalise(frame: pd.DataFrame, origin: str) -> pd.DataFrame:
         bad |= values.isna() & frame[col].notna() & (frame[col].astype(str) != "nan")
         if bad.any():
             row = int(np.flatnonzero(bad.to_numpy())[0])
-            raise RecordError(f"{origin}: row {row}: {col}={frame[col].iat[row]!r}; labels are 1, 0, -1 or empty")
+            raise RecordError(f"{origin}: data row {row + 1}: {col}={frame[col].iat[row]!r}; labels are 1, 0, -1 or empty")
         frame[col] = values
     for col in [c for c in frame.columns if c.startswith(MASK_PREFIX)]:
         frame[col] = frame[col].astype("string").fillna("")
@@ -230,8 +235,18 @@ def _identifiers(column: pd.Series) -> pd.Series:
     return column.astype("string").str.strip()
 
 
+def _numbers(column: pd.Series, name: str, origin: str) -> pd.Series:
+    """A numeric column (age); a value that is not a number is an error naming its row."""
+    values = pd.to_numeric(column.replace("", np.nan), errors="coerce").astype("float64")
+    bad = values.isna() & column.notna() & (column.astype(str).str.strip() != "")
+    if bad.any():
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        raise RecordError(f"{origin}: data row {row + 1}: {name}={column.iat[row]!r} is not a number")
+    return values
+
+
 def _check_values(frame: pd.DataFrame, col: str, allowed: set[str], origin: str) -> None:
     bad = ~frame[col].isin(allowed)
     if bad.any():
         row = int(np.flatnonzero(bad.to_numpy())[0])
-        raise RecordError(f"{origin}: row {row}: {col}={frame[col].iat[row]!r}; allowed: {sorted(allowed)}")
+        raise RecordError(f"{origin}: data row {row + 1}: {col}={frame[col].iat[row]!r}; allowed: {sorted(allowed)}")

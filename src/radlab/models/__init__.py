@@ -22,6 +22,9 @@ def load_encoder(spec: str | Path) -> RadEncoder:
     name, sep, path = text.partition(":")
     if sep and name in ENCODERS:
         return ENCODERS.get(name)(path)
+    if sep and not Path(text).exists() and name.replace("-", "").replace("_", "").isalnum() and len(name) > 1:
+        raise ValueError(f"{text}: {name!r} is not an encoder format ({', '.join(ENCODERS.names())}) and no "
+                         f"folder {text} exists")
     return load_encoder_checkpoint(text)
 
 

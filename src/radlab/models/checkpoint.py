@@ -94,7 +94,17 @@ def read_spec(directory: Path | str) -> dict:
     path = Path(directory) / SPEC_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{directory} is not a radlab checkpoint (no {SPEC_FILE})")
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err}); the checkpoint folder is damaged") from err
+
+
+def require_files(directory: Path, names: list[str]) -> None:
+    """A clear error naming what a checkpoint folder lacks, before a loader meets it deep inside."""
+    missing = [name for name in names if not (directory / name).exists()]
+    if missing:
+        raise FileNotFoundError(f"{directory} is an incomplete radlab checkpoint: {', '.join(missing)} missing")
 
 
 def local_matcher(spec: dict) -> LocalMatcher | None:
@@ -107,6 +117,7 @@ def load_encoder_checkpoint(directory: Path | str) -> RadEncoder:
     initial-weight options (``INITIAL_WEIGHTS``) are not followed, so the folder loads offline."""
     directory = Path(directory)
     spec = read_spec(directory)
+    require_files(directory, [WEIGHTS_FILE] + ([TEXT_DIR] if spec["text_tower"] and not spec.get("external") else []))
     if spec.get("external"):
         return _load_continued(directory, spec)
     preprocess = Preprocess(**spec["preprocess"])

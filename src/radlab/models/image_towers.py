@@ -7,6 +7,7 @@ from typing import Any
 
 import timm
 import torch
+from safetensors import safe_open
 from torch import nn
 
 from radlab.models.towers import TowerOutput
@@ -39,6 +40,8 @@ class TimmImageTower(nn.Module):
         self.name = name
         self.image_size = image_size
         self.backbone = timm.create_model(name, **kwargs)
+        if checkpoint_path:
+            check_loaded(self.backbone, checkpoint_path)
         self.embed_dim: int = self.backbone.num_features
         self.num_prefix_tokens: int = getattr(self.backbone, "num_prefix_tokens", 0)
         self.regions_stage = regions_stage
@@ -66,6 +69,33 @@ class TimmImageTower(nn.Module):
 
 
 INITIAL_WEIGHTS = ("pretrained", "checkpoint_path")  # tower options that only choose the starting weights
+CLASSIFIER_KEYS = ("head.", "fc.", "classifier.")  # a classification head the tower (num_classes=0) drops
+
+
+def file_keys(path: str) -> set[str]:
+    """The tensor names a weights file holds (safetensors, or a torch file read with weights_only)."""
+    if path.endswith(".safetensors"):
+        with safe_open(path, "pt") as handle:
+            return set(handle.keys())
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    return {k.removeprefix("module.") for k in state}
+
+
+def check_loaded(backbone: nn.Module, path: str) -> None:
+    """timm loads a ``checkpoint_path`` leniently once the classifier is dropped: a file of another depth or
+    width would leave part of the tower at random init. Refuse it, naming what is missing or left over."""
+    have, want = file_keys(path), set(backbone.state_dict())
+    missing = sorted(k for k in want - have if not k.endswith("num_batches_tracked"))  # a counter, not a weight
+    spare = sorted(k for k in have - want if not k.startswith(CLASSIFIER_KEYS))
+    if missing or spare:
+        problems = [f"no weights for {len(missing)} of the tower's {len(want)} tensors (first {missing[0]})"] \
+            if missing else []
+        problems += [f"{len(spare)} tensors the tower has no place for (first {spare[0]})"] if spare else []
+        raise ValueError(f"{path}: {' and '.join(problems)}: a checkpoint of another architecture or size than "
+                         f"{type(backbone).__name__} as configured (model.image_tower.kwargs)")
 
 
 def _is_vit(name: str) -> bool:
