@@ -197,3 +197,23 @@ def test_starting_weights_of_towers_and_unreadable_pre_training_images_are_liste
     notes = "\n".join(found.unchecked)
     assert "image tower started from /w/cxr.safetensors" in notes and "text tower cxr_bert" in notes
     assert "1 of its pre-training images cannot be read" in notes and len(found.checked) == 1
+
+
+def test_records_changed_since_pre_training_are_said(tiny_encoder: RadEncoder, tiny_tower_spec: dict,
+                                                     phantom_dir: Path, eval_table: RecordTable,
+                                                     tmp_path: Path) -> None:
+    """A checkpoint records which records it trained on; "cleaning" the data in place afterwards is not clean."""
+    from radlab.train.setup import pretraining_tables
+
+    data = tmp_path / "phantoms"
+    shutil.copytree(phantom_dir, data)
+    cfg = TrainConfig.model_validate({"objective": {"name": "supervised"},
+                                      "data": {"sources": [{"source": "phantom", "path": str(data)}]}})
+    spec = {"train_config": cfg.model_dump(), "step": 1, "external": None,
+            "trained_on": pretraining_tables(cfg, None)[1].digest()}
+    ckpt = save_encoder(tiny_encoder, tmp_path / "ck", tiny_tower_spec, spec)
+    assert check_pretraining(ckpt, eval_table).unchecked == []
+    table = RecordTable.read(data)
+    table.subset(list(range(10, len(table)))).write(data)
+    notes = check_pretraining(ckpt, eval_table).unchecked
+    assert len(notes) == 1 and "not those it trained on" in notes[0]

@@ -141,6 +141,13 @@ def test_early_stopping_on_a_validation_term(tmp_path: Path, phantom_dir: Path) 
     assert _exported_matches_state(best, states["step_00000001.pt"])
     assert not _exported_matches_state(best, states["step_00000002.pt"])
     assert json.loads((best / "encoder.json").read_text())["step"] == 1
+    from radlab.data.records import RecordTable
+    from radlab.data.splits import assign_splits
+    from radlab.evaluation.leakage import check_pretraining
+
+    found = check_pretraining(best, assign_splits(RecordTable.read(phantom_dir), seed=0))  # val 0.8-1 = its test
+    assert found.shared_patients == 0 and found.selected_on_patients == found.test_patients > 0
+    assert found.unchecked == []  # today's records are those it trained on (encoder.json's trained_on)
     last = pretrain(tiny_config("supervised", phantom_dir, tmp_path / "b", *extra, stopping % ", restore_best: false"),
                     progress=False)
     assert _exported_matches_state(last, load_state(latest_state(tmp_path / "b")))

@@ -8,6 +8,7 @@ root, which is the folder of the Parquet file it was read from.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -128,6 +129,13 @@ class RecordTable:
 
     def split(self, name: str) -> RecordTable:
         return self.subset((self.frame["split"] == name).to_numpy())
+
+    def digest(self) -> dict[str, object]:
+        """What identifies these records for a later leakage check: counts and a hash of (id, patient) pairs,
+        independent of row order and of everything else in the table."""
+        pairs = sorted(self.frame["id"] + "\x1f" + self.frame["patient_id"])
+        return {"records": len(pairs), "patients": int(self.frame["patient_id"].nunique()),
+                "sha256": hashlib.sha256("\n".join(pairs).encode()).hexdigest()}
 
     def with_absolute_paths(self) -> RecordTable:
         frame = self.frame.copy()

@@ -8,7 +8,8 @@ the same images under unrelated ids (NIH and RSNA/SIIM), exact and near-duplicat
 another radlab checkpoint (``init_from``, ``model.external``) is followed back through it. What cannot be
 checked is listed, never taken as clean: public encoders (their pre-training data are not known here), image
 towers started from a weights file, pretrained text towers (CXR-BERT read MIMIC-CXR reports), checkpoints
-without a training config, pre-training data not found on this machine and images that cannot be read. A run
+without a training config, pre-training data not found on this machine, images that cannot be read, and
+records that are no longer those the checkpoint trained on (its ``trained_on`` digest). A run
 that stopped early chose its weights on its validation split, whose patients are audited too
 (``selected_on_patients``).
 """
@@ -138,6 +139,18 @@ def starting_tower_notes(cfg: TrainConfig, spec: str) -> list[str]:
     return notes
 
 
+def unchanged(folder: Path, train: RecordTable, unchecked: list[str]) -> None:
+    """Whether the records rebuilt from a checkpoint's config are those it trained on (``trained_on`` in its
+    spec); if not (data edited in place, or a relative path resolved elsewhere), the check runs on today's
+    records and says so."""
+    then = read_spec(folder).get("trained_on")
+    now = train.digest()
+    if then is not None and then["sha256"] != now["sha256"]:
+        unchecked.append(f"{folder}: the records its config gives today ({now['records']} of {now['patients']} "
+                         f"patients) are not those it trained on ({then['records']} of {then['patients']}): data "
+                         "edited, moved or found elsewhere since; the check ran on today's")
+
+
 def check_pretraining(spec: str | Path, table: RecordTable, data_root: str | None = None) -> PretrainingOverlap:
     """How much of ``table``'s test split the encoder ``spec`` (checkpoint folder or FORMAT:PATH) pre-trained on."""
     test = table.split("test")
@@ -154,6 +167,7 @@ def check_pretraining(spec: str | Path, table: RecordTable, data_root: str | Non
         except FileNotFoundError as err:
             result.unchecked.append(f"{folder}: its pre-training data are not here ({err})")
             continue
+        unchanged(folder, train, result.unchecked)
         report = audit(train, {"test": test}, images=tables_share_images(train, test))
         overlap = report.overlaps[0]
         if report.unreadable:

@@ -100,6 +100,7 @@ class Trainer:
         self.fingerprint = run_fingerprint(cfg)  # what a state records of its run, and a resume must match
         seed_everything(cfg.seed + env.rank)
         table, train_table = run_tables(cfg, data_root)
+        self.trained_on = train_table.digest()  # recorded in the checkpoint for leakage checks
         self.class_names = training_labels(train_table, cfg.data.labels)
         objective_cls = OBJECTIVES.get(cfg.objective.name)
         self.model = build_model(cfg, env, train_table, objective_cls.requires_text)
@@ -424,7 +425,8 @@ class Trainer:
                                                      "kwargs": model_cfg.image_tower.kwargs}
             objective_state = objective_state or self.objective.state_dict()
             files = {OBJECTIVE_FILE: objective_state, **self.objective.checkpoint_files(objective_state)}
-            extra = {"train_config": self.cfg.model_dump(), "step": exported, "external": model_cfg.external}
+            extra = {"train_config": self.cfg.model_dump(), "step": exported, "external": model_cfg.external,
+                     "trained_on": self.trained_on}
             save_encoder(self.model.eval(), directory, tower, extra, weights, files)
         distrib.barrier()
         return directory
