@@ -169,3 +169,17 @@ def test_pretrained_towers_drop_the_unused_pooler_and_load_in_float32(tmp_path: 
     assert tower.model.pooler is None and {p.dtype for p in tower.parameters()} == {torch.float32}
     tower(**tower.tokenize(TEXTS)).pooled.sum().backward()
     assert all(p.grad is not None for p in tower.parameters())
+
+
+def test_a_long_report_keeps_its_impression(tokenizer) -> None:
+    """Right truncation drops the impression first; the findings are cut instead, from their end."""
+    tower = TEXT_TOWERS.build("bert_small", tokenizer=tokenizer, max_length=24, hidden_size=32, layers=1, heads=2)
+    findings = "FINDINGS: " + " ".join(["small left pleural effusion"] * 10)
+    impression = "IMPRESSION: cardiomegaly, no acute cardiopulmonary process"
+    ids = tower.tokenize([f"{findings} {impression}"])["input_ids"][0].tolist()
+    wanted = tokenizer(impression, add_special_tokens=False)["input_ids"]
+    assert len(ids) == 24 and ids[-1 - len(wanted):-1] == wanted  # the whole impression, before [SEP]
+    assert ids[1:4] == tokenizer(findings, add_special_tokens=False)["input_ids"][:3]  # the findings' start
+    short = "small effusion IMPRESSION: cardiomegaly"
+    plain = tokenizer(short)["input_ids"]
+    assert len(plain) <= 24 and tower.tokenize([short])["input_ids"][0].tolist()[:len(plain)] == plain

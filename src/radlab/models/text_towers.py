@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import re
 from pathlib import Path
 
 import torch
@@ -32,6 +33,7 @@ BERT_FAMILY = {
 
 
 LENGTH_MULTIPLE = 16
+IMPRESSION = re.compile(r"\bIMPRESSION:", re.IGNORECASE)  # the section header radlab's report text uses
 
 
 def pad_length(tokens: dict[str, torch.Tensor], pad_id: int, max_length: int,
@@ -78,11 +80,24 @@ class HFTextTower(nn.Module):
 
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
         """Input ids and attention mask (what ``forward`` takes; token type ids, which some tokenizers add, are
-        all 0 for one segment)."""
+        all 0 for one segment). A text over ``max_length`` tokens loses the end of what precedes its last
+        IMPRESSION section (``keep_impression``), not the impression, which right truncation would drop first."""
+        texts = [self.keep_impression(text) for text in texts]
         encoded = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
                                  return_tensors="pt")
         tokens = {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
         return pad_length(tokens, self.tokenizer.pad_token_id, self.max_length)
+
+    def keep_impression(self, text: str) -> str:
+        """``text`` if it fits in ``max_length`` tokens or has no IMPRESSION section; else the start of what
+        precedes the impression (findings), cut to leave room for it, then the impression."""
+        marker = max((m.start() for m in IMPRESSION.finditer(text)), default=0)
+        if marker == 0 or len(self.tokenizer(text, verbose=False)["input_ids"]) <= self.max_length:
+            return text
+        impression = text[marker:]
+        room = self.max_length - len(self.tokenizer(impression, verbose=False)["input_ids"])
+        head = self.tokenizer(text[:marker], add_special_tokens=False, verbose=False)["input_ids"][:max(room, 0)]
+        return f"{self.tokenizer.decode(head)} {impression}".strip()
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> TowerOutput:
         out = self.model(input_ids=input_ids, attention_mask=attention_mask,
