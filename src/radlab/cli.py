@@ -104,7 +104,8 @@ def evaluate(task: list[str] = typer.Option(..., help="task name(s), see `radlab
              seen_classes: str = typer.Option(None, help="zero-shot base-vs-new: comma-separated seen classes"),
              subgroups: str = typer.Option(None, help="comma-separated attributes of sex, age, view, source: the "
                                                       "AUC tasks also score each group, with the best-worst gap"),
-             store: Path = typer.Option(None, help="results store (JSONL) to append to; renders STORE.md/.png"),
+             store: Path = typer.Option(None, help="results store (JSONL) to add the run to, in place of an "
+                                                   "earlier run of the same evaluation; renders STORE.md/.png"),
              allow_overlap: bool = typer.Option(False, "--allow-overlap",
                                                 help="report even when an encoder pre-trained on test patients "
                                                      "(recorded in the metrics JSON)"),
@@ -131,6 +132,10 @@ def evaluate(task: list[str] = typer.Option(..., help="task name(s), see `radlab
 
     if (checkpoint is None) == (encoder is None):
         raise typer.BadParameter("give exactly one of --checkpoint or --encoder")
+    if store is not None:
+        from radlab.evaluation.report import check_store
+
+        check_store(store)  # before the evaluation, not after it
     try:
         target = process_device(device)
     except (ValueError, RuntimeError) as err:

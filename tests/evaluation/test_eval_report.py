@@ -9,13 +9,15 @@ import pytest
 from PIL import Image
 
 from radlab.evaluation.context import nonzero
+from radlab.evaluation.leakage import PretrainingOverlap
 from radlab.evaluation.metrics import roc_auc
-from radlab.evaluation.report import _bar_label, append_run, render
+from radlab.evaluation.report import _bar_label, append_run, read_runs, render
 from radlab.evaluation.runner import headline, subgroup_lines
 
 
-def _run(labels: list[str], seed: int, auc: float) -> dict:
-    return {"encoder": "enc", "seed": seed, "data_hash": "abc", "code_version": "1", "labels": labels,
+def _run(labels: list[str], seed: int, auc: float, encoder: str = "enc") -> dict:
+    return {"encoder": encoder, "encoder_hash": f"{encoder}-weights", "seed": seed, "data_hash": "abc",
+            "code_version": "1", "labels": labels, "config": {"tasks": ["linear_probe"], "options": {}},
             "tasks": {"linear_probe": {"macro_auc": auc, "macro_auc_ci": {"ci_low": 0.7, "ci_high": 0.8}}}}
 
 
@@ -90,3 +92,79 @@ def test_subgroups_read_in_the_console_and_the_report(tmp_path: Path) -> None:
     assert "| enc | knn | sex=M | 30 | 0.750 | [0.700, 0.900] |" in text
     assert "| enc | knn | sex gap | | F - M: +0.050 | [-0.020, +0.120] |" in text
     assert "| enc | knn | age=<40 | 4 | - | - |" in text and "| age gap | | fewer than two groups" in text
+
+
+
+def test_a_rerun_replaces_its_earlier_run_in_place(tmp_path: Path) -> None:
+    """Same weights, data, labels, seed, tasks and options: the re-run replaces the stored run where it stood; a
+    stored run that does not record what identifies it (an older store) is never replaced."""
+    store = tmp_path / "store.jsonl"
+    append_run(_run(["edema"], 0, 0.70, "runs/a/checkpoint"), store)
+    append_run(_run(["edema"], 0, 0.60, "runs/b/checkpoint"), store)
+    other_options = _run(["edema"], 0, 0.75, "runs/a/checkpoint")
+    other_options["config"]["options"] = {"linear_probe": {"c": 1}}
+    append_run(other_options, store)
+    rerun = _run(["edema"], 0, 0.71, "runs/a/checkpoint")
+    append_run(rerun, store)
+    assert [(r["encoder"], r["tasks"]["linear_probe"]["macro_auc"]) for r in read_runs(store)] == [
+        ("runs/a/checkpoint", 0.71), ("runs/b/checkpoint", 0.60), ("runs/a/checkpoint", 0.75)]
+    older = {k: v for k, v in rerun.items() if k != "config"}
+    append_run(older, store)
+    append_run(older, store)
+    assert len(read_runs(store)) == 5
+    append_run(_run(["edema"], 0, 0.61, "runs/b/checkpoint"), store)
+    rows = [line for line in render(store).read_text().splitlines() if line.startswith("| runs/b/checkpoint |")]
+    assert len(rows) == 1 and "| 0.610 |" in rows[0]
+
+
+def test_bar_labels_of_checkpoint_folders_name_their_runs() -> None:
+    """``.../RUN/checkpoint`` is labelled by RUN; two runs of the same name by the start of their hashes."""
+    rows = [{"encoder": f"runs/{name}/checkpoint", "encoder_hash": digest, "seed": 0}
+            for name, digest in (("lr1e-4-long-schedule", "aaaaaa11"), ("lr3e-4-long-schedule", "bbbbbb22"))]
+    rows += [{"encoder": f"{group}/x/checkpoint/", "encoder_hash": digest, "seed": 0}
+             for group, digest in (("one", "cccccc33"), ("two", "dddddd44"))]
+    assert [_bar_label(r, rows) for r in rows] == ["1e-4-long-schedule", "3e-4-long-schedule", "x [cccccc]",
+                                                   "x [dddddd]"]
+
+
+def test_rows_say_whether_leakage_was_checked_and_forced_overlap_warns(tmp_path: Path) -> None:
+    """An encoder reported past the leakage refusal (``--allow-overlap``) is marked with what it overlapped and
+    the table warns; a clean check, an unchecked encoder and a store from before the check say so."""
+    forced = PretrainingOverlap(50, checked=["phantom:/d"], shared_patients=3, exact_duplicates=2).as_dict()
+    clean = PretrainingOverlap(50, checked=["phantom:/d"]).as_dict()
+    public = PretrainingOverlap(50, unchecked=["rad-dino: pre-training data not known"]).as_dict()
+    partly = PretrainingOverlap(50, checked=["phantom:/d"], unchecked=["its starting tower"]).as_dict()
+    run = {**_run(["edema"], 0, 0.8, "leaky"), "pretraining_overlap": {"encoder": forced, "compare": clean},
+           "baseline": {"encoder": "base", "encoder_hash": "b", "tasks": {"linear_probe": {"macro_auc": 0.7}}}}
+    store = tmp_path / "store.jsonl"
+    append_run({**_run(["edema"], 0, 0.7, "public"), "pretraining_overlap": {"encoder": public}}, store)
+    append_run({**_run(["edema"], 0, 0.7, "partly"), "pretraining_overlap": {"encoder": partly}}, store)
+    append_run(_run(["edema"], 0, 0.7, "older"), store)
+    text = render(store).read_text()
+    assert "| public | linear_probe | macro_auc | 0.700 |" in text and text.count("| not checked |") == 2
+    assert "| clean (1 part(s) not checked) |" in text and "Warning" not in text
+    append_run(run, store)
+    text = render(store).read_text()
+    assert "| leaky | linear_probe |" in text and "| overlap: 3 test patients, 2 test images |" in text
+    assert "| base | linear_probe | macro_auc | 0.700 |" in text and text.count("| clean |") == 1
+    assert "Warning: rows marked `overlap` come from an encoder pre-trained on test patients" in text
+
+
+def test_a_rendered_file_as_store_is_refused_and_bad_lines_are_named(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from radlab.cli import app
+
+    for name in ("results.md", "results.PNG"):
+        with pytest.raises(ValueError, match=f"{name}: a store is a JSONL file"):
+            append_run(_run(["edema"], 0, 0.7), tmp_path / name)
+        assert not (tmp_path / name).exists()
+    result = CliRunner().invoke(app, ["eval", "--task", "linear_probe", "--data", "phantom:/nowhere",
+                                      "--checkpoint", "/nowhere", "--store", str(tmp_path / "results.md")])
+    assert result.exit_code == 1 and "a store is a JSONL file" in result.output, result.output
+    store = append_run(_run(["edema"], 0, 0.7), tmp_path / "results.jsonl")
+    store.write_text(store.read_text() + "\n# radlab evaluation results\n")
+    with pytest.raises(ValueError, match=r"results.jsonl, line 3: not a JSON run"):
+        append_run(_run(["edema"], 1, 0.7), store)
+    with pytest.raises(ValueError, match=r"results.jsonl, line 3"):
+        render(store)

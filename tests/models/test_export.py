@@ -12,11 +12,14 @@ from external_checkpoints import make_rad_dino_dir
 from safetensors.torch import load_file, save_file
 from transformers import AutoModel, AutoTokenizer
 
+from radlab.evaluation.features import FeatureCache
+from radlab.evaluation.leakage import PretrainingOverlap
 from radlab.models import load_encoder
 from radlab.models.build import ModelConfig, TowerConfig, build_encoder
 from radlab.models.checkpoint import WEIGHTS_FILE, load_encoder_checkpoint, save_encoder
+from radlab.models.dino_checkpoint import HEAD_FILE
 from radlab.models.encoder import LabelHead
-from radlab.models.export import HEADS_FILE, export_checkpoint, export_encoder
+from radlab.models.export import EXPORT_FILE, HEADS_FILE, export_checkpoint, export_encoder
 from radlab.models.tokenizer import train_wordpiece
 
 TEXTS = ["small left pleural effusion", "no acute cardiopulmonary process", "cardiomegaly"]
@@ -160,11 +163,60 @@ def test_export_checkpoint_carries_train_config_and_results(tmp_path: Path, enco
                               {"name": "vit_tiny_patch16_224", "kwargs": {"depth": 2}},
                               {"train_config": {"objective": {"name": "clip"}, "seed": 3}})
     metrics = tmp_path / "metrics.json"
-    metrics.write_text(json.dumps({"encoder": str(checkpoint), "seed": 0, "tasks": {"zero_shot": {"macro_auc": 0.6}}}))
+    metrics.write_text(json.dumps({"encoder": str(checkpoint), "encoder_hash": _eval_hash(checkpoint), "seed": 0,
+                                   "tasks": {"zero_shot": {"macro_auc": 0.6}}}))
     out = export_checkpoint(checkpoint, tmp_path / "export", metrics)
     card = (out / "README.md").read_text()
     assert "# run" in card and "seed: 3" in card and "| zero_shot | 0.600 |" in card
     assert json.loads((out / "radlab_export.json").read_text())["label_names"] == ["effusion", "cardiomegaly"]
+
+
+def _eval_hash(checkpoint: Path) -> str:
+    """The weights hash ``radlab eval --checkpoint`` records for a checkpoint (``evaluate``'s ``encoder_hash``)."""
+    return FeatureCache().encoder_key(load_encoder(str(checkpoint)))
+
+
+def test_the_card_takes_the_checkpoints_own_figures_and_marks_forced_leakage(tmp_path: Path, encoder) -> None:
+    """Metrics of another encoder are refused; where the checkpoint was the baseline (``--compare``), its own
+    figures and leakage check go in the card, and figures reported past an overlap are marked and warned of."""
+    checkpoint = save_encoder(encoder, tmp_path / "run" / "checkpoint",
+                              {"name": "vit_tiny_patch16_224", "kwargs": {"depth": 2}})
+    forced = PretrainingOverlap(40, checked=["phantom:/d"], shared_patients=4).as_dict()
+    clean = PretrainingOverlap(40, checked=["phantom:/d"]).as_dict()
+    other = {"encoder": "other", "encoder_hash": "0123456789abcdef", "seed": 0,
+             "tasks": {"linear_probe": {"macro_auc": 0.9}}, "pretraining_overlap": {"encoder": clean}}
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text(json.dumps(other))
+    with pytest.raises(ValueError, match=r"evaluate other \(weights hash 0123456789abcdef\), not .*checkpoint"):
+        export_checkpoint(checkpoint, tmp_path / "export", metrics)
+    assert not (tmp_path / "export").exists()
+    baseline = {"encoder": str(checkpoint), "encoder_hash": _eval_hash(checkpoint),
+                "tasks": {"linear_probe": {"macro_auc": 0.7}}}
+    metrics.write_text(json.dumps({**other, "baseline": baseline,
+                                   "pretraining_overlap": {"encoder": clean, "compare": forced}}))
+    card = (export_checkpoint(checkpoint, tmp_path / "export", metrics) / "README.md").read_text()
+    assert "| linear_probe | 0.700 |  | overlap: 4 test patients |" in card and "0.900" not in card
+    assert "Warning: this encoder pre-trained on test patients" in card
+    card = (export_encoder(encoder, tmp_path / "clean", results=other) / "README.md").read_text()
+    assert "| linear_probe | 0.900 |  | clean |" in card and "Warning" not in card
+
+
+def test_export_replaces_an_earlier_export_and_refuses_other_folders(tmp_path: Path, encoder) -> None:
+    """Nothing of an earlier export (its text tower, another run's DINO heads) survives a new one into its
+    folder; a folder holding anything else is left alone."""
+    out = export_encoder(encoder, tmp_path / "export")
+    (out / HEAD_FILE).write_bytes(b"another run's heads")
+    cfg = ModelConfig(image_tower=TowerConfig(name="vit_tiny_patch16_224", kwargs={"depth": 1}), text_tower=None,
+                      image_size=32, embed_dim=16)
+    export_encoder(build_encoder(cfg), out)
+    assert sorted(p.name for p in out.iterdir()) == sorted(["image", HEADS_FILE, EXPORT_FILE, "README.md"])
+    assert [p.name for p in tmp_path.iterdir()] == ["export"], "no temporary folder is left behind"
+    other = tmp_path / "results"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="results holds other files and no radlab_export.json"):
+        export_encoder(encoder, other)
+    assert [p.name for p in other.iterdir()] == ["notes.txt"]
 
 
 def test_export_command(tmp_path: Path, encoder) -> None:

@@ -1,46 +1,119 @@
-"""A results store: every run appended to a JSONL file, rendered as a markdown table (headline metric with
-its patient-bootstrap interval per encoder and task) and a bar plot with error bars."""
+"""A results store: one JSON line per evaluation (a re-run replaces the earlier one), rendered as a markdown
+table (headline metric with its patient-bootstrap interval per encoder and task, and whether the encoder's
+pre-training was checked for the test patients) and a bar plot with error bars."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import math
-from pathlib import Path
+from pathlib import Path, PurePath
 
 from radlab.evaluation.runner import headline_metrics, interval_text, json_safe
 
+RENDERED_SUFFIXES = (".md", ".png")  # what ``render`` writes beside the store, under the store's stem
 
-def append_run(results: dict, store: Path | str) -> Path:
-    """Append one run (the results dict of ``evaluate``) as a JSON line."""
+
+def check_store(store: Path | str) -> Path:
+    """The store's path, refused when ``render`` would overwrite it with its own output, or when the store
+    already holds a line that is not JSON (``read_runs``)."""
     store = Path(store)
-    store.parent.mkdir(parents=True, exist_ok=True)
-    with store.open("a") as handle:
-        handle.write(json.dumps(json_safe(results), allow_nan=False) + "\n")
+    if store.suffix.lower() in RENDERED_SUFFIXES:
+        raise ValueError(f"results store {store}: a store is a JSONL file (say {store.with_suffix('.jsonl')}); "
+                         f"{store.suffix} is what the report renders beside it and would overwrite it")
+    if store.exists():
+        read_runs(store)
     return store
 
 
+def append_run(results: dict, store: Path | str) -> Path:
+    """Add one run (the results dict of ``evaluate``) to the store: in place of the stored runs of the same
+    evaluation (``run_identity``), else at the end; the store is rewritten atomically."""
+    store = check_store(store)
+    run = json_safe(results)
+    runs = read_runs(store) if store.exists() else []
+    key = run_identity(run)
+    same = [i for i, stored in enumerate(runs) if key is not None and run_identity(stored) == key]
+    kept = [stored for i, stored in enumerate(runs) if i not in same]
+    kept.insert(same[0] if same else len(kept), run)
+    store.parent.mkdir(parents=True, exist_ok=True)
+    tmp = store.with_name(f".{store.name}.tmp")
+    tmp.write_text("".join(json.dumps(entry, allow_nan=False) + "\n" for entry in kept))
+    tmp.replace(store)
+    return store
+
+
+def run_identity(run: dict) -> str | None:
+    """What makes two runs the same evaluation: the weights of the encoder (and of the one it was compared
+    with), the data, label set, seed, tasks and task options; None for a run that does not record all of them
+    (a store written before they were kept), which is then the same as no other."""
+    config, baseline = run.get("config", {}), run.get("baseline", {})
+    fields = [run.get("encoder_hash"), run.get("data_hash"), run.get("labels"), run.get("seed"),
+              config.get("tasks"), config.get("options")]
+    if any(value is None for value in fields) or ("baseline" in run and "encoder_hash" not in baseline):
+        return None
+    encoder, data, labels, seed, tasks, options = fields
+    return json.dumps([encoder, baseline.get("encoder_hash"), data, sorted(labels), seed, sorted(tasks), options],
+                      sort_keys=True)
+
+
 def read_runs(store: Path | str) -> list[dict]:
-    return [json.loads(line) for line in Path(store).read_text().splitlines() if line.strip()]
+    """The store's runs; a line that is not JSON is an error naming the store and the line."""
+    runs = []
+    for number, line in enumerate(Path(store).read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            runs.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            raise ValueError(f"results store {store}, line {number}: not a JSON run ({err.msg}); is this a "
+                             "results store (JSONL written by `radlab eval --store`)?") from err
+    return runs
 
 
 def headline_rows(runs: list[dict]) -> list[dict]:
-    """One row per (run, task): the task's headline metric, its interval, and provenance."""
+    """One row per (run, task): the task's headline metric, its interval, provenance and leakage check."""
     rows = []
-    for run in with_baselines(runs):
+    for run, role in with_baselines(runs):
         for task, metrics in run.get("tasks", {}).items():
             for name, group, key in headline_metrics(metrics):
                 ci = group.get(f"{key}_ci") or {}
-                rows.append({"encoder": run.get("encoder") or run.get("encoder_hash", "?"), "task": task,
+                rows.append({"encoder": run.get("encoder") or run.get("encoder_hash", "?"),
+                             "encoder_hash": run.get("encoder_hash", ""), "task": task,
                              "metric": name, "value": group[key], "low": ci.get("ci_low"), "high": ci.get("ci_high"),
                              "data_hash": run.get("data_hash", ""), "labels": label_set(run.get("labels", [])),
-                             "seed": run.get("seed", ""), "code_version": run.get("code_version", "")})
+                             "seed": run.get("seed", ""), "code_version": run.get("code_version", ""),
+                             "leakage": leakage_text((run.get("pretraining_overlap") or {}).get(role))})
     return rows
 
 
-def with_baselines(runs: list[dict]) -> list[dict]:
-    """The runs, each followed by the encoder it was compared with (``--compare``) as a run of its own."""
-    return [entry for run in runs for entry in [run, *([{**run, **run["baseline"]}] if "baseline" in run else [])]]
+def with_baselines(runs: list[dict]) -> list[tuple[dict, str]]:
+    """Each run with its role in the leakage check ("encoder"), followed by the encoder it was compared with
+    (``--compare``) as a run of its own ("compare")."""
+    return [entry for run in runs
+            for entry in [(run, "encoder"), *([({**run, **run["baseline"]}, "compare")] if "baseline" in run else [])]]
+
+
+def leakage_text(overlap: dict | None) -> str:
+    """An encoder's pre-training overlap with the test data (``PretrainingOverlap.as_dict``) in a few words:
+    ``clean``, ``overlap: ...`` (reported with ``--allow-overlap``), or ``not checked``; a check that left part of
+    the pre-training unchecked says how much."""
+    if not overlap:
+        return "not checked"
+    patients, selected = overlap.get("shared_patients", 0), overlap.get("selected_on_patients", 0)
+    images = overlap.get("exact_duplicates", 0) + overlap.get("near_duplicates", 0)
+    found = [text for count, text in ((patients, f"{patients} test patients"), (images, f"{images} test images"),
+                                      (selected, f"early-stopped on {selected} test patients")) if count]
+    if found:
+        return "overlap: " + ", ".join(found)
+    if not overlap.get("checked"):
+        return "not checked"
+    unchecked = len(overlap.get("unchecked", []))
+    return f"clean ({unchecked} part(s) not checked)" if unchecked else "clean"
+
+
+OVERLAP_WARNING = ("Warning: rows marked `overlap` come from an encoder pre-trained on test patients or images of "
+                   "this evaluation (reported with --allow-overlap); their figures are optimistic.")
 
 
 def label_set(names: list[str]) -> str:
@@ -76,11 +149,13 @@ def render(store: Path | str, out_dir: Path | str | None = None) -> Path:
     if len(settings) > 1:
         lines.append(f"Warning: these rows come from {len(settings)} different (data, label set) pairs; compare "
                      "only rows that share both.")
-    lines += ["", "| encoder | task | metric | value | 95% CI | data | labels | seed | code |",
-              "|---|---|---|---|---|---|---|---|---|"]
+    lines += ["", "| encoder | task | metric | value | 95% CI | data | labels | seed | code | leakage |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['encoder']} | {r['task']} | {r['metric']} | {r['value']:.3f} | {_interval(r)} | "
-                     f"{r['data_hash']} | {r['labels']} | {r['seed']} | {r['code_version']} |")
+                     f"{r['data_hash']} | {r['labels']} | {r['seed']} | {r['code_version']} | {r['leakage']} |")
+    if any(r["leakage"].startswith("overlap") for r in rows):
+        lines += ["", OVERLAP_WARNING]
     paired = paired_rows(runs)
     if paired:
         lines += ["", "## Paired differences", "", "Encoder minus the one it was compared with, on the same test "
@@ -102,7 +177,7 @@ def subgroup_section(runs: list[dict]) -> list[str]:
     """Markdown of every task's subgroups (``evaluation/subgroups.py``): per group its patients and macro AUC,
     per attribute the best-minus-worst gap; [] when no run asked for subgroups."""
     lines = []
-    for run in with_baselines(runs):
+    for run, _ in with_baselines(runs):
         encoder = run.get("encoder") or run.get("encoder_hash", "?")
         for task, metrics in run.get("tasks", {}).items():
             for attribute, report in metrics.get("subgroups", {}).items():
@@ -161,7 +236,18 @@ def plot_rows(rows: list[dict], figure: Path) -> Path:
 
 
 def _bar_label(row: dict, rows: list[dict]) -> str:
-    """The encoder's name (last 18 characters), with the seed when the panel has it more than once."""
-    name = row["encoder"][-18:]
+    """The encoder's short name (``_short_name``), with the start of its weights' hash when another encoder of
+    the panel has that name too, and with the seed when the panel has the encoder more than once."""
+    name = _short_name(row["encoder"])
+    if any(_short_name(r["encoder"]) == name and r["encoder"] != row["encoder"] for r in rows):
+        name = f"{name} [{row.get('encoder_hash', '')[:6] or row['encoder'][-18:]}]"
     repeated = sum(r["encoder"] == row["encoder"] for r in rows) > 1
     return f"{name} (seed {row['seed']})" if repeated else name
+
+
+def _short_name(encoder: str) -> str:
+    """The last 18 characters of an encoder's name; for a checkpoint folder ``.../RUN/checkpoint``, of RUN's."""
+    path = PurePath(encoder.rstrip("/"))
+    if path.name == "checkpoint" and path.parent.name:
+        return path.parent.name[-18:]
+    return encoder[-18:]

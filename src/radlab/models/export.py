@@ -13,6 +13,8 @@
     out/dino_head.safetensors  a DINOv2 run's DINO/iBOT heads, copied from the checkpoint, so
                     ``objective.kwargs.init_heads=out`` continues pre-training with them.
     out/README.md   a model card: preprocessing, loading code, training config and evaluation results.
+    out/radlab_export.json  what was exported; it marks the folder as a radlab export, which a later export
+                    replaces as a whole (a non-empty folder without it is refused).
 """
 
 from __future__ import annotations
@@ -29,12 +31,14 @@ from timm.models import save_for_hf
 from torch import nn
 
 from radlab import __version__
+from radlab.atomic import replace_folder, temp_folder
 from radlab.models.dino_checkpoint import HEAD_FILE
 from radlab.models.encoder import RadEncoder
 from radlab.models.image_towers import TimmImageTower
 from radlab.models.towers import Preprocess
 
 HEADS_FILE = "heads.safetensors"
+EXPORT_FILE = "radlab_export.json"
 PROJECTION_WORDS = {"linear": "bias-free linear projections `*_proj.weight`",
                     "mlp": "MLP projections Linear, ReLU, Linear: `*_proj.0.*`, `*_proj.2.*`"}
 
@@ -63,10 +67,35 @@ def export_image_tower(model: RadEncoder, directory: Path) -> dict[str, Any]:
 
 
 def export_encoder(model: RadEncoder, out: Path | str, train_config: dict | None = None,
-                   results: dict | None = None, name: str | None = None) -> Path:
-    """Export towers, heads and a model card (see the module docstring) to ``out``."""
+                   results: dict | None = None, name: str | None = None, copies: tuple[Path, ...] = ()) -> Path:
+    """Export towers, heads, a model card (see the module docstring) and ``copies`` (files) to ``out``: written
+    to a folder beside it that then replaces ``out`` whole, so no file of an earlier export there remains."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    check_export_folder(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_folder(out)
+    try:
+        write_export(model, tmp, train_config, results, name or out.name)
+        for path in copies:
+            shutil.copyfile(path, tmp / path.name)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    replace_folder(tmp, out)
+    return out
+
+
+def check_export_folder(out: Path) -> None:
+    """Refuse to export over anything but a new or empty folder or an earlier radlab export (``EXPORT_FILE``)."""
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"export folder {out} is a file")
+    if out.is_dir() and any(out.iterdir()) and not (out / EXPORT_FILE).is_file():
+        raise FileExistsError(f"export folder {out} holds other files and no {EXPORT_FILE}, so it is not an "
+                              "earlier radlab export to replace; give a new or empty folder")
+
+
+def write_export(model: RadEncoder, out: Path, train_config: dict | None, results: dict | None, name: str) -> None:
+    """The export's files, written into the (empty) folder ``out``."""
     image = export_image_tower(model, out / "image")
     text = None
     if model.text_tower is not None and hasattr(model.text_tower, "save"):
@@ -81,23 +110,44 @@ def export_encoder(model: RadEncoder, out: Path | str, train_config: dict | None
             "image": image, "text": text,
             "label_names": model.label_head.class_names if model.label_head is not None else None,
             "local_match": model.local_match.spec() if model.local_match is not None else None}
-    (out / "radlab_export.json").write_text(json.dumps(meta, indent=2))
-    (out / "README.md").write_text(model_card(meta, train_config, results, name or out.name))
-    return out
+    (out / EXPORT_FILE).write_text(json.dumps(meta, indent=2))
+    (out / "README.md").write_text(model_card(meta, train_config, results, name))
 
 
 def export_checkpoint(checkpoint: Path | str, out: Path | str, results: Path | str | None = None) -> Path:
-    """Export a radlab checkpoint folder; its ``train_config`` and an optional metrics JSON go in the card."""
+    """Export a radlab checkpoint folder; its ``train_config`` and its figures in an optional metrics JSON
+    (``encoder_results``) go in the card."""
+    from radlab.evaluation.features import encoder_hash
     from radlab.models.checkpoint import load_encoder_checkpoint, read_spec
 
     checkpoint = Path(checkpoint)
     spec = read_spec(checkpoint)
-    metrics = json.loads(Path(results).read_text()) if results else None
-    out = export_encoder(load_encoder_checkpoint(checkpoint), out, spec.get("train_config"), metrics,
-                         name=checkpoint.parent.name if checkpoint.name == "checkpoint" else checkpoint.name)
-    if (checkpoint / HEAD_FILE).is_file():
-        shutil.copyfile(checkpoint / HEAD_FILE, out / HEAD_FILE)
-    return out
+    model = load_encoder_checkpoint(checkpoint)
+    metrics = encoder_results(Path(results), encoder_hash(model), checkpoint) if results else None
+    heads = (checkpoint / HEAD_FILE,) if (checkpoint / HEAD_FILE).is_file() else ()
+    return export_encoder(model, out, spec.get("train_config"), metrics, copies=heads,
+                          name=checkpoint.parent.name if checkpoint.name == "checkpoint" else checkpoint.name)
+
+
+def encoder_results(path: Path, digest: str, checkpoint: Path) -> dict:
+    """The figures a ``radlab eval`` metrics JSON holds for the encoder whose weights hash to ``digest``: the
+    evaluated encoder's, or the one it was compared with (``baseline``), each with its own leakage check as
+    ``pretraining_overlap["encoder"]``; refused when neither is that encoder."""
+    try:
+        metrics = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"metrics {path}: not JSON ({err})") from err
+    if not isinstance(metrics, dict):
+        raise ValueError(f"metrics {path}: not a `radlab eval` metrics JSON (no object at the top)")
+    overlaps = metrics.get("pretraining_overlap") or {}
+    roles = {"encoder": metrics, "compare": metrics.get("baseline") or {}}
+    for role, entry in roles.items():
+        if entry.get("encoder_hash") == digest:
+            return {**metrics, **entry, "pretraining_overlap": {"encoder": overlaps.get(role)}}
+    recorded = ", ".join(f"{entry.get('encoder') or '?'} (weights hash {entry.get('encoder_hash', 'not recorded')})"
+                         for entry in roles.values() if entry)
+    raise ValueError(f"metrics {path} evaluate {recorded}, not {checkpoint} (weights hash {digest}); give the "
+                     "metrics JSON of `radlab eval` on this checkpoint")
 
 
 def _usage(meta: dict) -> str:
@@ -136,11 +186,19 @@ def _text_usage(pooling: str, hidden_layers: int = 1) -> str:
 
 
 def _results_table(results: dict) -> str:
-    rows = ["| task | macro AUC | seconds |", "|---|---|---|"]
+    """Each task's macro AUC with whether the encoder's pre-training was checked against the test patients
+    (``pretraining_overlap["encoder"]``), and a warning under the table when it overlapped them."""
+    from radlab.evaluation.report import leakage_text
+
+    leakage = leakage_text((results.get("pretraining_overlap") or {}).get("encoder"))
+    rows = ["| task | macro AUC | seconds | leakage |", "|---|---|---|---|"]
     for task, metrics in results.get("tasks", {}).items():
         auc = metrics.get("macro_auc")
-        rows.append(f"| {task} | {auc:.3f} | {metrics.get('seconds', '')} |" if isinstance(auc, int | float)
-                    else f"| {task} | – | {metrics.get('seconds', '')} |")
+        auc = f"{auc:.3f}" if isinstance(auc, int | float) else "–"
+        rows.append(f"| {task} | {auc} | {metrics.get('seconds', '')} | {leakage} |")
+    if leakage.startswith("overlap"):
+        rows += ["", "Warning: this encoder pre-trained on test patients or images of this evaluation (reported "
+                 "with --allow-overlap); these figures are optimistic."]
     return "\n".join(rows)
 
 
