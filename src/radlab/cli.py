@@ -112,7 +112,8 @@ def evaluate(task: list[str] = typer.Option(..., help="task name(s), see `radlab
              device: str = typer.Option("cpu", help="where encoders run: cpu, cuda, cuda:N or auto (CUDA when "
                                                      "available); probes and statistics run on the CPU"),
              workers: int = typer.Option(0, min=0, help="image-decoding loader processes for feature extraction "
-                                                        "(0: in this process)")) -> None:
+                                                        "and the leakage check's image hashing (0: in this "
+                                                        "process)")) -> None:
     """Evaluate one encoder on named tasks and write a JSON of metrics with patient-bootstrap intervals."""
     from radlab.data.loading import load_tables, parse_sources
     from radlab.data.splits import DEFAULT_FRACTIONS
@@ -146,7 +147,7 @@ def evaluate(task: list[str] = typer.Option(..., help="task name(s), see `radlab
     except ValueError as err:
         raise typer.BadParameter(str(err)) from err
     table = load_tables(sources, DEFAULT_FRACTIONS, seed=0)
-    overlaps = pretraining_overlaps({"encoder": spec, "compare": compare}, table, allow_overlap)
+    overlaps = pretraining_overlaps({"encoder": spec, "compare": compare}, table, allow_overlap, workers)
     names = labels.split(",") if labels else training_labels(table, None)
     unknown = [n for n in names if n not in table.label_names]
     if unknown:
@@ -194,9 +195,11 @@ def evaluate(task: list[str] = typer.Option(..., help="task name(s), see `radlab
     console.print(f"metrics: {path}")
 
 
-def pretraining_overlaps(encoders: dict[str, str | None], table: RecordTable, allow: bool) -> dict[str, dict]:
-    """``evaluation.leakage.refuse_pretraining_overlap`` for each encoder given, with what it found or could not
-    check printed; an encoder that pre-trained on test patients stops the evaluation unless ``allow``."""
+def pretraining_overlaps(encoders: dict[str, str | None], table: RecordTable, allow: bool,
+                         workers: int = 0) -> dict[str, dict]:
+    """``evaluation.leakage.refuse_pretraining_overlap`` for each encoder given (images hashed by ``workers``
+    processes where they are compared), with what it found or could not check printed; an encoder that
+    pre-trained on test patients stops the evaluation unless ``allow``."""
     from radlab.data.audit import LeakageError
     from radlab.evaluation.leakage import refuse_pretraining_overlap
 
@@ -205,7 +208,7 @@ def pretraining_overlaps(encoders: dict[str, str | None], table: RecordTable, al
         if not spec:
             continue
         try:
-            found[role] = overlap = refuse_pretraining_overlap(spec, table, force=allow)
+            found[role] = overlap = refuse_pretraining_overlap(spec, table, force=allow, workers=workers)
         except LeakageError as err:
             console.print(f"error: {err}, so its test figures would be optimistic. Evaluate on other patients "
                           "(`radlab data audit` lists them), or pass --allow-overlap to report them anyway.",

@@ -151,7 +151,8 @@ def unchanged(folder: Path, train: RecordTable, unchecked: list[str]) -> None:
                          "edited, moved or found elsewhere since; the check ran on today's")
 
 
-def check_pretraining(spec: str | Path, table: RecordTable, data_root: str | None = None) -> PretrainingOverlap:
+def check_pretraining(spec: str | Path, table: RecordTable, data_root: str | None = None,
+                      workers: int = 0) -> PretrainingOverlap:
     """How much of ``table``'s test split the encoder ``spec`` (checkpoint folder or FORMAT:PATH) pre-trained on."""
     test = table.split("test")
     test_sources = set(test.frame["source"])
@@ -168,7 +169,7 @@ def check_pretraining(spec: str | Path, table: RecordTable, data_root: str | Non
             result.unchecked.append(f"{folder}: its pre-training data are not here ({err})")
             continue
         unchanged(folder, train, result.unchecked)
-        report = audit(train, {"test": test}, images=tables_share_images(train, test))
+        report = audit(train, {"test": test}, images=tables_share_images(train, test), workers=workers)
         overlap = report.overlaps[0]
         if report.unreadable:
             result.unchecked.append(f"{folder}: {len(report.unreadable)} of its pre-training images cannot be read, "
@@ -186,9 +187,9 @@ def check_pretraining(spec: str | Path, table: RecordTable, data_root: str | Non
 
 
 def refuse_pretraining_overlap(spec: str | Path, table: RecordTable, force: bool = False,
-                               data_root: str | None = None) -> PretrainingOverlap:
+                               data_root: str | None = None, workers: int = 0) -> PretrainingOverlap:
     """``check_pretraining``, raising LeakageError on any overlap unless ``force`` (then a logged warning)."""
-    found = check_pretraining(spec, table, data_root)
+    found = check_pretraining(spec, table, data_root, workers)
     if not found.clean():
         if not force:
             raise LeakageError(found.message(str(spec)))
