@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import functools
 import logging
-from typing import Any, Literal
+from typing import Any, Literal, get_type_hints
 
+import timm
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 from transformers import PreTrainedTokenizerBase
 
+from radlab.config import named_parameters, parameter_names, refuse_unknown_kwargs, registered
 from radlab.models.encoder import RadEncoder
-from radlab.models.image_towers import build_image_tower
+from radlab.models.image_towers import IMAGE_TOWERS, TimmImageTower, build_image_tower
 from radlab.models.text_towers import TEXT_TOWERS, builds_own_tokenizer
 from radlab.models.towers import Preprocess
+from radlab.registry import Registry
 
 log = logging.getLogger(__name__)
+# options timm's builder takes out of the keyword arguments before its model class sees them
+TIMM_BUILDER_OPTIONS = ("pretrained_strict", "pruned", "features_only", "out_indices", "feature_cls")
 
 
 class TowerConfig(BaseModel):
@@ -41,6 +47,52 @@ class ModelConfig(BaseModel):
     projection: Literal["linear", "mlp"] = "linear"
     mean: float = 0.5
     std: float = 0.25
+
+    @model_validator(mode="after")
+    def _tower_kwargs(self) -> ModelConfig:
+        if self.external is None:  # else the towers are not built
+            check_tower_kwargs(IMAGE_TOWERS, self.image_tower, "model.image_tower")
+            if self.text_tower is not None:
+                check_tower_kwargs(TEXT_TOWERS, self.text_tower, "model.text_tower")
+        return self
+
+
+def check_tower_kwargs(registry: Registry, tower: TowerConfig, key: str) -> None:
+    """Refuse, by their dotted config keys, tower kwargs without a value (``{depth:1}`` in YAML flow style is
+    the key "depth:1") and kwargs the tower's factory does not take (``tower_arguments``)."""
+    for name, value in tower.kwargs.items():
+        if value is None:
+            option, colon, given = name.partition(":")
+            hint = f" (YAML flow style needs a space after the colon: {{{option}: {given}}})" if colon else ""
+            raise ValueError(f"{key}.kwargs.{name} has no value{hint}; give it one or leave it out")
+    registered(registry, tower.name, f"{key}.name")
+    refuse_unknown_kwargs(tower.kwargs, tower_arguments(registry, tower.name), f"{key}.kwargs",
+                          f"{registry.kind} {tower.name!r}")
+
+
+def tower_arguments(registry: Registry, name: str) -> frozenset[str] | None:
+    """The kwargs a registered tower takes; None when any may be right (its factory takes ``**kwargs`` that
+    are not a timm model's)."""
+    factory = registry.get(name)
+    named = parameter_names(factory)
+    if named is None and get_type_hints(factory).get("return") is TimmImageTower:
+        return timm_tower_arguments(name)
+    return named
+
+
+@functools.cache
+def timm_tower_arguments(name: str) -> frozenset[str] | None:
+    """What a timm image tower takes: radlab's options (``TimmImageTower``), ``timm.create_model``'s and its
+    builder's, and the arguments of the timm model class, found by building the tower on the meta device (no
+    memory, no initialisation); None when that class takes any."""
+    with torch.device("meta"):
+        backbone = IMAGE_TOWERS.build(name).backbone
+    model_arguments = parameter_names(type(backbone))
+    if model_arguments is None:
+        return None
+    radlab_options = named_parameters(TimmImageTower) - {"name"}
+    timm_options = named_parameters(timm.create_model) - {"model_name"}
+    return model_arguments | radlab_options | timm_options | set(TIMM_BUILDER_OPTIONS)
 
 
 def build_encoder(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase | None = None) -> RadEncoder:

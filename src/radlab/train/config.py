@@ -2,20 +2,31 @@
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from radlab.config import apply_overrides, load_yaml
+from radlab.config import apply_overrides, load_yaml, parameter_names, refuse_unknown_kwargs, registered
 from radlab.data.splits import DEFAULT_FRACTIONS, checked_fractions
+from radlab.data.taxonomy import FINDING_NAMES
 from radlab.models.build import ModelConfig
+from radlab.objectives import OBJECTIVES
 
 
 class ObjectiveConfig(BaseModel):
+    """A registered objective and the keyword arguments of its class (checked against its signature)."""
+
     model_config = ConfigDict(extra="forbid")
     name: str
     kwargs: dict[str, Any] = {}
+
+    @model_validator(mode="after")
+    def _known_kwargs(self) -> ObjectiveConfig:
+        cls = registered(OBJECTIVES, self.name, "objective.name")
+        refuse_unknown_kwargs(self.kwargs, parameter_names(cls), "objective.kwargs", f"objective {self.name!r}")
+        return self
 
 
 class DataSource(BaseModel):
@@ -56,6 +67,22 @@ class DataConfig(BaseModel):
     train_subset: SubsetConfig | None = None
     vocab_size: int = 4000
 
+    @field_validator("sources")
+    @classmethod
+    def _some_source(cls, sources: list[DataSource]) -> list[DataSource]:
+        if not sources:
+            raise ValueError("data.sources is empty: list at least one {source: NAME, path: FOLDER}")
+        return sources
+
+    @field_validator("labels")
+    @classmethod
+    def _canonical_labels(cls, labels: list[str] | None) -> list[str] | None:
+        unknown = [_with_suggestion(name) for name in labels or [] if name not in FINDING_NAMES]
+        if unknown:
+            raise ValueError(f"data.labels: not canonical findings (radlab.data.taxonomy): {', '.join(unknown)}; "
+                             f"valid: {', '.join(FINDING_NAMES)}")
+        return labels
+
     @field_validator("split_fractions")
     @classmethod
     def _known_splits(cls, fractions: dict[str, float]) -> dict[str, float]:
@@ -70,6 +97,12 @@ class DataConfig(BaseModel):
         return self
 
 
+def _with_suggestion(name: str) -> str:
+    """``name`` quoted, with the closest canonical finding when one is close."""
+    close = difflib.get_close_matches(name, FINDING_NAMES, n=1)
+    return f"{name!r} (did you mean {close[0]!r}?)" if close else repr(name)
+
+
 class OptimConfig(BaseModel):
     """``batch_size`` is the global batch of one optimiser step: each of W ranks takes
     batch_size / (W * accumulation) samples per micro-batch, so W and accumulation leave the run unchanged
@@ -77,9 +110,9 @@ class OptimConfig(BaseModel):
     Sinkhorn-Knopp and KoLeo work per micro-batch: docs/training.md)."""
 
     model_config = ConfigDict(extra="forbid")
-    steps: int = 200
-    batch_size: int = 32
-    accumulation: int = 1
+    steps: int = Field(200, gt=0)
+    batch_size: int = Field(32, gt=0)
+    accumulation: int = Field(1, gt=0)
     lr: float = 3e-4
     min_lr_ratio: float = 0.0
     betas: tuple[float, float] = (0.9, 0.999)

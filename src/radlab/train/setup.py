@@ -40,11 +40,15 @@ def seed_everything(seed: int) -> torch.Generator:
 
 
 def training_labels(table: RecordTable, requested: list[str] | None) -> list[str]:
-    """The requested labels, else every label the training data annotates for at least one record."""
-    if requested:
-        return requested
-    annotated = ~np.isnan(table.labels())
-    return [name for name, seen in zip(table.label_names, annotated.any(0), strict=True) if seen]
+    """The requested labels, else every label the training data annotates for at least one record; a
+    requested label that no training record annotates is refused."""
+    names = requested or table.label_names
+    seen = (~np.isnan(table.labels(names))).any(0)
+    never = [name for name, annotated in zip(names, seen, strict=True) if not annotated]
+    if requested and never:
+        raise ValueError(f"data.labels: no pre-training record annotates {', '.join(never)}; request only "
+                         "labels the training sources annotate")
+    return [name for name, annotated in zip(names, seen, strict=True) if annotated]
 
 
 def run_tables(cfg: TrainConfig, data_root: str | None) -> tuple[RecordTable, RecordTable]:

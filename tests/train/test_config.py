@@ -1,0 +1,104 @@
+"""Config validation: what a pre-training config refuses, with the key and the fix in the message, before any
+data are read or anything is built."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from tiny_runs import CONFIGS, tiny_config
+
+from radlab.config import load_yaml
+from radlab.data.records import RecordTable
+from radlab.models.build import tower_arguments
+from radlab.models.image_towers import IMAGE_TOWERS
+from radlab.train.config import TrainConfig
+from radlab.train.setup import training_labels
+
+CLIP = CONFIGS / "clip.yaml"
+
+
+def clip(*overrides: str) -> TrainConfig:
+    return TrainConfig.from_file(CLIP, list(overrides))
+
+
+@pytest.mark.parametrize("method", sorted(p.stem for p in CONFIGS.glob("*.yaml")))
+def test_every_config_loads_as_is_and_tiny(method: str, tmp_path: Path) -> None:
+    """The kwargs checks refuse nothing the shipped configs or the engine tests' tiny overrides pass."""
+    TrainConfig.from_file(CONFIGS / f"{method}.yaml")
+    tiny_config(method, tmp_path / "data", tmp_path / "out")
+
+
+@pytest.mark.parametrize(("override", "key", "accepted"), [
+    ("objective.kwargs.temperatur=0.1", "objective.kwargs.temperatur", "init_temperature, max_scale"),
+    ("model.text_tower.kwargs={layer: 1}", "model.text_tower.kwargs.layer", "layers"),
+    ("model.image_tower.kwargs={dept: 1}", "model.image_tower.kwargs.dept", "depth"),
+])
+def test_misspelt_kwargs_are_refused_by_dotted_key(override: str, key: str, accepted: str) -> None:
+    with pytest.raises(ValueError, match=rf"{re.escape(key)}: not an argument of .*{accepted}"):
+        clip(override)
+
+
+def test_timm_tower_takes_timm_and_radlab_options() -> None:
+    """A timm tower's **kwargs go to timm: its model class's arguments, create_model's and radlab's are taken."""
+    cfg = clip("model.image_tower.kwargs={patch_size: 8, depth: 1, embed_dim: 48, num_heads: 3, "
+               "drop_path_rate: 0.1, img_size: 64, pretrained_strict: false}",
+               "model.text_tower=null", "objective.name=simclr")
+    assert cfg.model.image_tower.kwargs["depth"] == 1
+    cfg = clip("model.image_tower={name: resnet18, kwargs: {regions_stage: -2, layers: [1, 1, 1, 1]}}")
+    assert cfg.model.image_tower.kwargs["layers"] == [1, 1, 1, 1]
+
+
+@pytest.mark.parametrize("name", [n for n in IMAGE_TOWERS.names() if n != "hf_vision"])
+def test_every_timm_tower_has_checkable_arguments(name: str) -> None:
+    arguments = tower_arguments(IMAGE_TOWERS, name)
+    assert arguments is not None and {"drop_path_rate", "checkpoint_path", "regions_stage"} <= arguments
+
+
+def test_tower_kwarg_without_value_is_refused_with_the_yaml_hint() -> None:
+    with pytest.raises(ValueError, match=r"model\.image_tower\.kwargs\.depth:1 has no value .*space after the "
+                                         r"colon: \{depth: 1\}"):
+        clip("model.image_tower.kwargs={depth:1}")
+    with pytest.raises(ValueError, match=r"model\.text_tower\.kwargs\.layers has no value"):
+        clip("model.text_tower.kwargs={layers: null}")
+
+
+@pytest.mark.parametrize("override", ["optim.steps=-5", "optim.steps=0", "optim.batch_size=0",
+                                      "optim.accumulation=0"])
+def test_optimisation_counts_must_be_positive(override: str) -> None:
+    key = override.partition("=")[0]
+    with pytest.raises(ValueError, match=rf"{re.escape(key)}\n\s+Input should be greater than 0"):
+        clip(override)
+
+
+def test_unknown_labels_are_refused_with_the_valid_names() -> None:
+    with pytest.raises(ValueError, match=r"data\.labels: not canonical findings .*'foo'; valid: no_finding, "):
+        clip("data.labels=[cardiomegaly, foo]")
+    with pytest.raises(ValueError, match=r"'pleural_efusion' \(did you mean 'pleural_effusion'\?\)"):
+        clip("data.labels=[pleural_efusion]")
+    assert clip("data.labels=[cardiomegaly, pleural_effusion]").data.labels == ["cardiomegaly", "pleural_effusion"]
+
+
+def test_requested_labels_the_training_records_never_annotate_are_refused() -> None:
+    table = RecordTable.from_records([
+        {"id": id_, "image_path": f"{id_}.png", "source": "phantom", "patient_id": id_, "label_cardiomegaly": value,
+         "label_edema": np.nan} for id_, value in [("a", 1.0), ("b", 0.0)]])
+    assert training_labels(table, None) == ["cardiomegaly"]
+    assert training_labels(table, ["cardiomegaly"]) == ["cardiomegaly"]
+    with pytest.raises(ValueError, match=r"data\.labels: no pre-training record annotates edema, pneumothorax"):
+        training_labels(table, ["cardiomegaly", "edema", "pneumothorax"])
+
+
+def test_a_config_needs_a_data_source() -> None:
+    with pytest.raises(ValueError, match=r"data\.sources is empty: list at least one"):
+        clip("data.sources=[]")
+
+
+def test_yaml_syntax_errors_name_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "broken.yaml"
+    path.write_text("objective:\n  name: clip\n  kwargs: {temperature: 0.1\n")
+    with pytest.raises(yaml.YAMLError, match=re.escape(str(path))):
+        load_yaml(path)
