@@ -6,6 +6,7 @@ import copy
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from radlab.data.records import RecordTable
 from radlab.evaluation.runner import evaluate
@@ -78,3 +79,13 @@ def test_retrieval_keeps_apart_studies_of_different_patients_with_the_same_study
         before, after = (run["report"][direction] for run in runs)
         assert (after["n_queries"], after["n_keys"]) == (before["n_queries"], before["n_keys"])
         assert after["R@1"] == before["R@1"] and after["R@10"] == before["R@10"]
+
+
+def test_a_task_option_that_is_not_a_number_is_named(tiny_encoder: RadEncoder, split_table: RecordTable,
+                                                     cache_dir: Path) -> None:
+    with pytest.raises(ValueError, match=r"option kshot.seeds='two': expected a whole number"):
+        evaluate(tiny_encoder, split_table, ["kshot"], split_table.label_names, n_boot=10, cache_dir=cache_dir,
+                 options={"kshot": {"seeds": "two"}})
+    out = evaluate(tiny_encoder, split_table, ["kshot"], split_table.label_names, n_boot=10, cache_dir=cache_dir,
+                   options={"kshot": {"seeds": "1e0", "shots": [1], "fractions": [1.0]}})["tasks"]["kshot"]
+    assert out["seeds"] == [0]  # YAML reads 1e0 as a string: still the number 1

@@ -42,9 +42,17 @@ class EvalContext:
     _image_ok: np.ndarray | None = None
 
     def option(self, key: str, default: Any) -> Any:
-        """The current task's option ``key`` (from ``--option task.key=value``), else ``default``."""
+        """The current task's option ``key`` (from ``--option task.key=value``), else ``default``; where the
+        default is a number, the value must be one of its kind (an error names ``task.key``)."""
         self.read.add((self.task, key))
-        return self.options.get(self.task, {}).get(key, default)
+        value = self.options.get(self.task, {}).get(key, default)
+        if not isinstance(default, int | float) or isinstance(default, bool) or value is default:
+            return value
+        number = _as_number(value, whole=isinstance(default, int))
+        if number is None:
+            raise ValueError(f"option {self.task}.{key}={value!r}: expected {'a whole' if isinstance(default, int) else 'a'} "
+                             f"number (default {default!r})")
+        return number
 
     def unread_options(self) -> list[str]:
         """``task.key`` of the options given that no task asked for (a typo, or an option of another task)."""
@@ -124,3 +132,16 @@ def single_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+def _as_number(value: Any, whole: bool) -> int | float | None:
+    """``value`` as a number (YAML reads 1e-4 as a string), an int where ``whole``; None when it is not one."""
+    if isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    if not whole:
+        return number
+    return int(number) if number.is_integer() else None
