@@ -3,11 +3,14 @@ are private to the owner), then renamed into place, the rename made durable."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
+import fcntl
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 _AT_FDCWD, _RENAME_EXCHANGE = -100, 2
@@ -85,3 +88,16 @@ def replace_folder(tmp: Path, directory: Path) -> None:
     sync_folder(directory.parent)
     if old is not None:
         shutil.rmtree(old)
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path) -> Iterator[None]:
+    """Exclusive lock on ``folder`` (``folder/.lock``, flock) across processes: one writer at a time; released
+    when the holder exits, even by a crash."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

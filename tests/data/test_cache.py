@@ -52,6 +52,35 @@ def test_a_rebuild_for_other_records_never_changes_what_a_reader_sees(table, tmp
         worker.get("s0")
 
 
+def _slow_build(args: tuple) -> None:
+    """A run that builds the shared cache slowly (a large table), so another run's build overlaps it."""
+    import time
+
+    from radlab.data import cache as cache_module
+
+    table, folder, delay = args
+    read = cache_module.read_image
+    cache_module.read_image = lambda path: (time.sleep(0.02), read(path))[1]
+    time.sleep(delay)
+    ensure_cache(table, folder, size=32)
+
+
+def test_runs_building_one_cache_folder_at_once_leave_a_cache_true_to_its_images(table, tmp_path):
+    """Two runs that find the shared folder empty build in turn (the folder's lock): the cache left holds the
+    records it says, each with its own image, never the other run's or a half-written array."""
+    import multiprocessing
+
+    folder = tmp_path / "cache"
+    other = fx.image_table(tmp_path / "other", n=12, prefix="t")
+    with multiprocessing.get_context("fork").Pool(2) as pool:
+        pool.map(_slow_build, [(table, folder, 0.0), (other, folder, 0.05)])
+    cache = ImageCache(folder)
+    built = table if cache.entries[0]["id"] == "s0" else other
+    cache.validate(built, 32)
+    for i, rid in enumerate(built.frame["id"]):
+        np.testing.assert_array_equal(cache.get(rid), to_uint8(resize_pad(read_image(built.image_path(i)), 32)))
+
+
 def test_config_or_source_changes_invalidate(table, tmp_path):
     folder = tmp_path / "cache"
     first = ensure_cache(table, folder, size=32)

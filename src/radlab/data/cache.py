@@ -27,6 +27,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from radlab.atomic import folder_lock
 from radlab.data.images import INTENSITY_POLICY, read_image, resize_pad
 from radlab.data.records import RecordTable
 
@@ -87,9 +88,16 @@ def _key(config: CacheConfig, entries: list[dict[str, Any]]) -> str:
 
 
 def build_cache(table: RecordTable, folder: Path | str, size: int, workers: int = 0) -> ImageCache:
-    """Preprocess every image of ``table`` into ``folder`` (replacing what is there) and open it."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    """Preprocess every image of ``table`` into ``folder`` (replacing what is there) and open it; one process
+    builds a folder at a time (``folder_lock``)."""
+    with folder_lock(Path(folder)):
+        return _build(table, Path(folder), size, workers)
+
+
+def _build(table: RecordTable, folder: Path, size: int, workers: int) -> ImageCache:
+    """``build_cache`` under the folder's lock: what a builder that died left (``*.npy.tmp``) is removed."""
+    for orphan in folder.glob("*.npy.tmp"):
+        orphan.unlink()
     rows = np.flatnonzero(table.has_images())
     ids = table.frame["id"].to_numpy()[rows].tolist()
     paths = [table.image_path(int(i)).resolve() for i in rows]
@@ -196,14 +204,18 @@ class ImageCache:
 
 
 def ensure_cache(table: RecordTable, folder: Path | str, size: int, workers: int = 0) -> ImageCache:
-    """The cache in ``folder`` if it is valid for ``table`` at ``size``, else a freshly built one."""
-    try:
-        cache = ImageCache(folder)
-        cache.validate(table, size)
-        return cache
-    except (FileNotFoundError, StaleCache, KeyError, TypeError, ValueError) as reason:  # missing, stale or unreadable
-        log.info("rebuilding image cache: %s", reason)
-    return build_cache(table, folder, size, workers)
+    """The cache in ``folder`` if it is valid for ``table`` at ``size``, else a freshly built one; checked and
+    built under the folder's lock, so runs sharing the folder wait for one another's build instead of
+    overwriting it."""
+    folder = Path(folder)
+    with folder_lock(folder):
+        try:
+            cache = ImageCache(folder)
+            cache.validate(table, size)
+            return cache
+        except (FileNotFoundError, StaleCache, KeyError, TypeError, ValueError) as reason:  # missing, stale, unreadable
+            log.info("rebuilding image cache: %s", reason)
+        return _build(table, folder, size, workers)
 
 
 def _png(image: np.ndarray) -> bytes:
