@@ -71,3 +71,43 @@ def test_features_cached_under_another_image_reading_policy_are_extracted_again(
     again = FeatureCache(tmp_path / "cache")
     again.get(tiny_encoder, table, np.arange(3), "pooled", 8)
     assert again.extractions == 1
+
+
+def test_what_shapes_features_besides_weights_is_part_of_the_key(split_table: RecordTable, tiny_encoder: RadEncoder,
+                                                                  tmp_path: Path) -> None:
+    """Same weights, another text truncation: the text features are extracted again, not served from the disk."""
+    import copy
+
+    texts = [" ".join(split_table.texts()[:6])] * 2  # long enough for 8 tokens to cut it
+    cached = FeatureCache(tmp_path / "cache").text(tiny_encoder, texts)
+    short = copy.deepcopy(tiny_encoder)
+    short.text_tower.max_length = 8
+    assert encoder_hash(short) == encoder_hash(tiny_encoder)
+    again = FeatureCache(tmp_path / "cache")
+    assert not np.allclose(again.text(short, texts), cached) and again.extractions == 1
+
+
+def test_weights_changed_in_place_are_not_served_their_old_features(split_table: RecordTable,
+                                                                     tiny_encoder: RadEncoder, tmp_path: Path) -> None:
+    import copy
+
+    import torch
+
+    table = _copy(split_table, tmp_path / "data")
+    encoder, cache = copy.deepcopy(tiny_encoder), FeatureCache()
+    before = cache.get(encoder, table, np.arange(3), "pooled", 8)
+    with torch.no_grad():
+        next(encoder.image_tower.parameters()).mul_(2.0)  # a fine-tuning step on the same object
+    assert not np.array_equal(cache.get(encoder, table, np.arange(3), "pooled", 8), before)
+    assert cache.extractions == 2
+
+
+def test_an_unreadable_cached_file_is_extracted_again(split_table: RecordTable, tiny_encoder: RadEncoder,
+                                                      tmp_path: Path) -> None:
+    table = _copy(split_table, tmp_path / "data")
+    features = FeatureCache(tmp_path / "cache").get(tiny_encoder, table, np.arange(3), "pooled", 8)
+    (cached,) = (tmp_path / "cache").glob("*.npy")
+    cached.write_bytes(cached.read_bytes()[:100])  # a writer killed mid-file, before atomic writes
+    again = FeatureCache(tmp_path / "cache")
+    assert np.array_equal(again.get(tiny_encoder, table, np.arange(3), "pooled", 8), features)
+    assert again.extractions == 1 and np.load(cached).shape == features.shape

@@ -4,7 +4,11 @@ memory and, given a folder, on disk under a hash of that key."""
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import os
+import tempfile
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,8 +26,8 @@ from radlab.progress import tracked
 FEATURE_KINDS = ("pooled", "embedding", "tokens")
 TEXT_KINDS = ("embedding", "pooled")
 # Part of every cache key with the image reading policy: bump it when what an extractor computes changes (2: local
-# scores are max over words).
-FEATURE_FORMAT = "2"
+# scores are max over words; 3: long reports keep their impression, keys carry ``behaviour``).
+FEATURE_FORMAT = "3"
 log = logging.getLogger(__name__)
 
 
@@ -34,6 +38,34 @@ def encoder_hash(encoder: torch.nn.Module) -> str:
         digest.update(name.encode())
         digest.update(value.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()[:16]
+
+
+def behaviour(encoder: torch.nn.Module) -> str:
+    """SHA-256 (16 hex) of what shapes features besides the saved weights: the module structure, buffers not
+    saved with the weights, the text tower's options and vocabulary, the word-region matcher's settings and
+    the device."""
+    digest = hashlib.sha256(repr(encoder).encode())
+    saved = set(encoder.state_dict())
+    for name, buffer in sorted(encoder.named_buffers()):
+        if name not in saved:
+            digest.update(name.encode() + buffer.detach().cpu().float().numpy().tobytes())
+    tower = getattr(encoder, "text_tower", None)
+    if tower is not None:
+        digest.update(json.dumps(tower.spec() if hasattr(tower, "spec") else {}, sort_keys=True).encode())
+        tokenizer = getattr(tower, "tokenizer", None)
+        vocab = tokenizer.get_vocab() if hasattr(tokenizer, "get_vocab") else repr(tokenizer)
+        digest.update(json.dumps(vocab, sort_keys=True).encode())
+    matcher = getattr(encoder, "local_match", None)
+    if matcher is not None:
+        digest.update(json.dumps(matcher.spec(), sort_keys=True).encode())
+    digest.update(str(next(encoder.parameters()).device.type).encode())
+    return digest.hexdigest()[:16]
+
+
+def weights_version(encoder: torch.nn.Module) -> tuple:
+    """Changes whenever a weight does (an optimiser step, ``load_state_dict``, a replaced tensor): each
+    tensor's storage and in-place version counter."""
+    return tuple((t.data_ptr(), t._version) for t in encoder.state_dict().values())
 
 
 def table_hash(table: RecordTable) -> str:
@@ -140,13 +172,16 @@ class FeatureCache:
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else None
         self.workers = workers
         self._store: dict[str, np.ndarray] = {}
-        self._encoder_hashes: dict[int, str] = {}
+        self._encoder_hashes: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # encoder -> (version, hash)
         self.extractions = 0
 
     def encoder_key(self, encoder: torch.nn.Module) -> str:
-        if id(encoder) not in self._encoder_hashes:
-            self._encoder_hashes[id(encoder)] = encoder_hash(encoder)
-        return self._encoder_hashes[id(encoder)]
+        """The weights' hash, computed again once any weight changed (``weights_version``), plus ``behaviour``."""
+        version = weights_version(encoder)
+        known = self._encoder_hashes.get(encoder)
+        if known is None or known[0] != version:
+            known = self._encoder_hashes[encoder] = (version, encoder_hash(encoder))
+        return f"{known[1]}|{behaviour(encoder)}"
 
     def key(self, encoder: RadEncoder, content: str, kind: str) -> str:
         text = (f"{FEATURE_FORMAT}|{INTENSITY_POLICY}|{self.encoder_key(encoder)}|{content}|{kind}|"
@@ -157,17 +192,12 @@ class FeatureCache:
         if key in self._store:
             return self._store[key]
         path = self.cache_dir / f"{key}.npy" if self.cache_dir else None
-        if path is not None and path.exists():
-            value = np.load(path)
-        else:
+        value = _load(path) if path is not None and path.exists() else None
+        if value is None:
             value = compute()
             self.extractions += 1
             if path is not None:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_suffix(".tmp.npy")
-                np.save(tmp, value)
-                tmp.replace(path)
-                log.info("cached features %s", path)
+                _save(value, path)
         self._store[key] = value
         return value
 
@@ -188,3 +218,24 @@ class FeatureCache:
         subset = table.subset(rows)
         key = self.key(encoder, f"{table_hash(subset)}|{files_signature(subset)}|{texts_hash(texts)}", "local")
         return self._cached(key, lambda: extract_local(encoder, subset, texts, batch_size, self.workers))
+
+
+def _load(path: Path) -> np.ndarray | None:
+    """A cached array; None (and the file removed) when it cannot be read, so it is extracted again."""
+    try:
+        return np.load(path)
+    except (OSError, ValueError, EOFError) as err:
+        log.warning("cached features %s cannot be read (%s); extracting them again", path, err)
+        path.unlink(missing_ok=True)
+        return None
+
+
+def _save(value: np.ndarray, path: Path) -> None:
+    """Written to a temp file of this process's own, then renamed: evaluations sharing the folder never write
+    into one another's file, and a reader sees a whole array or none."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".npy")
+    with os.fdopen(handle, "wb") as stream:
+        np.save(stream, value)
+    os.replace(tmp, path)
+    log.info("cached features %s", path)
