@@ -51,11 +51,11 @@ from pathlib import Path
 
 from radlab.bench.methods import benchmark_sources, interval_cell, sources_override, task_entry
 from radlab.data.loading import load_tables
-from radlab.data.splits import DEFAULT_FRACTIONS
 from radlab.evaluation.leakage import refuse_pretraining_overlap
 from radlab.evaluation.runner import evaluate, write_json
-from radlab.models import load_encoder
+from radlab.models import RadEncoder, load_encoder
 from radlab.models.build import build_encoder
+from radlab.models.image_towers import INITIAL_WEIGHTS
 from radlab.train.config import TrainConfig
 from radlab.train.engine import pretrain
 from radlab.train.setup import seed_everything, training_labels
@@ -89,7 +89,14 @@ def main() -> None:
     overrides = [f"out={args.out / 'pretrain'}", *steps, f"model.image_size={args.size}", sources_override(sources),
                  *args.set]
     cfg = TrainConfig.from_file(args.config, overrides)
-    table = load_tables(sources, DEFAULT_FRACTIONS, seed=0)
+    if cfg.model.external:
+        raise SystemExit("model.external continues a public encoder: its random init is not built here; compare "
+                         "it with `radlab eval --compare` against a checkpoint of the same architecture")
+    table = load_tables(sources, cfg.data.split_fractions, seed=cfg.data.split_seed)
+    empty = [split for split in ("train", "val", "test") if not len(table.split(split))]
+    if empty:  # the probes select on val and report on test: found out now, not after pre-training
+        raise SystemExit(f"the data have no {' or '.join(empty)} records (provider splits: "
+                         f"{dict(table.frame['split'].value_counts())}); the probes need train, val and test")
     labels = training_labels(table.split("train"), None)
 
     start = time.time()
@@ -98,10 +105,7 @@ def main() -> None:
     overlap = refuse_pretraining_overlap(checkpoint, table).as_dict()
     trained = load_encoder(checkpoint).eval()
     seed_everything(cfg.seed)
-    if trained.has_text:
-        random_init = build_encoder(cfg.model, getattr(trained.text_tower, "tokenizer", None)).eval()
-    else:
-        random_init = build_encoder(cfg.model.model_copy(update={"text_tower": None})).eval()
+    random_init = random_tower(cfg, trained)
     results = evaluate(trained, table, args.tasks, labels, seed=0, encoder_name=cfg.objective.name,
                        n_boot=args.n_boot, compare=random_init, compare_name="random init",
                        workers=cfg.optim.num_workers)  # as many decoding processes as training had
@@ -110,11 +114,25 @@ def main() -> None:
     print(json.dumps(summary(results), indent=2))
 
 
+def random_tower(cfg: TrainConfig, trained: RadEncoder) -> RadEncoder:
+    """The trained encoder's towers at random init: the config's model without the options that choose starting
+    weights (``checkpoint_path``, ``pretrained``), so a continued run is compared with random init, not with
+    the weights it started from."""
+    tower = cfg.model.image_tower
+    kwargs = {k: v for k, v in tower.kwargs.items() if k not in INITIAL_WEIGHTS}
+    model = cfg.model.model_copy(update={"image_tower": tower.model_copy(update={"kwargs": kwargs})})
+    if trained.has_text:
+        return build_encoder(model, getattr(trained.text_tower, "tokenizer", None)).eval()
+    return build_encoder(model.model_copy(update={"text_tower": None})).eval()
+
+
 def summary(results: dict) -> dict:
     """Point estimates with 95% CIs for both encoders (the ``SUMMARY`` metrics of the tasks run), and the
     paired differences."""
     def pick(run: dict) -> dict:
         out = {name: interval_cell(run, path) for name, path in SUMMARY.items() if path[0] in run["tasks"]}
+        out |= {f"{task} skipped": metrics["skipped"] for task, metrics in run["tasks"].items()
+                if "skipped" in metrics}
         baseline = task_entry(run, ("demographics", "age", "baseline_mae"))
         return {**out, **({} if baseline is None else {"age MAE of the train mean": round(baseline, 2)})}
 

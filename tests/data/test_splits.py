@@ -105,3 +105,18 @@ def test_split_fractions_are_checked_where_they_are_given(fractions, message):
 
     with pytest.raises(ValueError, match=message):
         DataConfig(sources=[{"source": "phantom", "path": "x"}], split_fractions=fractions)
+
+
+def test_a_release_without_a_validation_split_gets_one_from_its_training_patients(tmp_path):
+    """NIH, VinDr, RSNA and SIIM ship train and test only: model selection would otherwise need the test split."""
+    records = [{"id": f"r{i}", "image_path": f"{i}.png", "source": "nih", "patient_id": f"p{i // 2}",
+                "split": "test" if i // 2 >= 320 else "train"} for i in range(800)]
+    table = RecordTable.from_records(records, tmp_path)
+    split = assign_splits(table, seed=0)
+    frame = split.frame
+    val = set(frame.loc[frame["split"] == "val", "patient_id"])
+    assert 20 <= len(val) <= 60 and all(int(p[1:]) < 320 for p in val)  # 1/8 of the 320 training patients
+    assert (frame["split"] == "test").sum() == 160  # the provider's test split as it was
+    check_patient_disjoint(split)
+    assert assign_splits(table, seed=0).frame["split"].equals(frame["split"])
+    assert set(assign_splits(table, seed=1).frame.query("split == 'val'")["patient_id"]) != val

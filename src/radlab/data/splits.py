@@ -65,10 +65,31 @@ def assign_splits(table: RecordTable, fractions: dict[str, float] | None = None,
         provider = _provider_splits(frame[~official]).to_dict()
         given = np.array([provider.get(patient, "") for patient in frame["patient_id"]], dtype=object)
         names = np.where(official, frame["split"].to_numpy(), np.where(given != "", given, names))
+        names = validation_from_train(frame, names, given == "train", fractions, seed)
     frame["split"] = names
     out = RecordTable(frame, table.root)
     check_patient_disjoint(out, exempt=official)
     return out
+
+
+def validation_from_train(frame: pd.DataFrame, names: np.ndarray, provider_train: np.ndarray,
+                          fractions: dict[str, float], seed: int) -> np.ndarray:
+    """A source whose provider splits have no validation split (NIH, VinDr, RSNA and SIIM ship train and test)
+    gets one from its official training patients: the share val / (train + val) of them, drawn per patient with
+    ``seed``; their test split stays the provider's. Model selection then never needs the test split."""
+    share = fractions.get("val", 0.0) / max(fractions.get("train", 0.0) + fractions.get("val", 0.0), 1e-12)
+    names = names.copy()
+    for source in frame["source"].unique():
+        rows = (frame["source"] == source).to_numpy()
+        if not share or (names[rows] == "val").any() or not provider_train[rows].any():
+            continue
+        candidates = rows & provider_train
+        drawn = patient_uniform(frame["patient_id"][candidates].tolist(), f"val-{seed}") < share
+        chosen = set(frame["patient_id"][candidates][drawn])
+        names[candidates & frame["patient_id"].isin(chosen).to_numpy()] = "val"
+        log.info("%s has no validation split: %d of its training patients drawn as val (seed %d); its test split "
+                 "is the provider's", source, len(chosen), seed)
+    return names
 
 
 def _by_question(frame: pd.DataFrame) -> np.ndarray:

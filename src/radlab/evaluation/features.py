@@ -176,16 +176,16 @@ class FeatureCache:
         self.extractions = 0
 
     def encoder_key(self, encoder: torch.nn.Module) -> str:
-        """The weights' hash, computed again once any weight changed (``weights_version``), plus ``behaviour``."""
+        """The weights' hash (``encoder_hash``), computed again once any weight changed (``weights_version``)."""
         version = weights_version(encoder)
         known = self._encoder_hashes.get(encoder)
         if known is None or known[0] != version:
             known = self._encoder_hashes[encoder] = (version, encoder_hash(encoder))
-        return f"{known[1]}|{behaviour(encoder)}"
+        return known[1]
 
     def key(self, encoder: RadEncoder, content: str, kind: str) -> str:
-        text = (f"{FEATURE_FORMAT}|{INTENSITY_POLICY}|{self.encoder_key(encoder)}|{content}|{kind}|"
-                f"{encoder.preprocess!r}")
+        text = (f"{FEATURE_FORMAT}|{INTENSITY_POLICY}|{self.encoder_key(encoder)}|{behaviour(encoder)}|{content}|"
+                f"{kind}|{encoder.preprocess!r}")
         return hashlib.sha256(text.encode()).hexdigest()[:32]
 
     def _cached(self, key: str, compute) -> np.ndarray:
