@@ -11,7 +11,13 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from radlab.bench.methods import CONFIG_DIR, drawn_phantoms, pretrain_and_evaluate, sources_override
+from radlab.bench.methods import (
+    CONFIG_DIR,
+    drawn_phantoms,
+    interval_cell,
+    pretrain_and_evaluate,
+    sources_override,
+)
 from radlab.data.loading import load_tables
 from radlab.data.records import RecordTable
 from radlab.data.splits import DEFAULT_FRACTIONS
@@ -49,20 +55,20 @@ def _evaluate_random_init(table: RecordTable, labels: list[str], out: Path) -> d
 
 
 def _row(name: str, supervision: str, results: dict) -> dict:
-    """The table cells of one encoder; "-" where a task does not apply (zero-shot without a text tower or
-    prototypes)."""
-    tasks = results["tasks"]
-    zero_shot, demographics = tasks.get("zero_shot", {}), tasks["demographics"]
+    """The table cells of one encoder, each estimate with its 95% patient-bootstrap interval; "-" where a task
+    does not apply (zero-shot without a text tower or prototypes)."""
     return {"encoder": name, "supervision": supervision,
-            "linear probe AUC": f"{tasks['linear_probe']['macro_auc']:.3f}",
-            "zero-shot AUC": f"{zero_shot['macro_auc']:.3f}" if "macro_auc" in zero_shot else "-",
-            "zero-shot via": zero_shot.get("mode", "-"),
-            "sex AUC": f"{demographics['sex']['auc']:.3f}", "age MAE": f"{demographics['age']['mae']:.1f}"}
+            "linear probe AUC": interval_cell(results, ("linear_probe", "macro_auc")),
+            "zero-shot AUC": interval_cell(results, ("zero_shot", "macro_auc")),
+            "zero-shot via": results["tasks"].get("zero_shot", {}).get("mode", "-"),
+            "sex AUC": interval_cell(results, ("demographics", "sex", "auc")),
+            "age MAE": interval_cell(results, ("demographics", "age", "mae"))}
 
 
 def _print_and_write(rows: list[dict], path: Path, console: Console) -> None:
     columns = list(rows[0])
-    table = Table(title="radlab demo on phantoms (test split; AUC chance = 0.5; age MAE in years)")
+    table = Table(title="radlab demo on phantoms (test split, 95% patient-bootstrap intervals; AUC chance = 0.5; "
+                      "age MAE in years)")
     for col in columns:
         table.add_column(col)
     lines = ["# radlab demo", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
