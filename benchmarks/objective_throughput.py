@@ -171,6 +171,8 @@ def workload(cfg: TrainConfig) -> str:
         return "3 views + text tower"
     if cfg.objective.name == "gloria":
         return "1 view + text tower + word-region attention"
+    if not cls.requires_images:
+        return "a report, no image (its rate counts reports)"
     return "1 view + text tower" if cls.requires_text else "1 view"
 
 
