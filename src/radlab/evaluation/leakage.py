@@ -164,7 +164,7 @@ def check_pretraining(spec: str | Path, table: RecordTable, data_root: str | Non
     alike: set[str] = set()
     for folder, cfg in pretraining_runs(spec, result.unchecked, test_sources):
         try:
-            table, train = pretraining_tables(cfg, data_root)
+            records, train = pretraining_tables(cfg, data_root)
         except FileNotFoundError as err:
             result.unchecked.append(f"{folder}: its pre-training data are not here ({err})")
             continue
@@ -179,7 +179,7 @@ def check_pretraining(spec: str | Path, table: RecordTable, data_root: str | Non
         near |= {b for _, b, _ in overlap.near_duplicates}
         alike |= {b for _, b, _, _ in overlap.near_candidates}
         if cfg.early_stopping is not None:
-            selected_on |= set(table.split("val").frame["patient_id"]) & set(test.frame["patient_id"])
+            selected_on |= set(records.split("val").frame["patient_id"]) & set(test.frame["patient_id"])
         result.checked.append(", ".join(f"{s.source}:{s.path}" for s in cfg.data.sources) + f" (of {folder})")
     result.shared_patients, result.exact_duplicates, result.near_duplicates = len(patients), len(exact), len(near - exact)
     result.selected_on_patients, result.near_candidates = len(selected_on), len(alike - near - exact)
