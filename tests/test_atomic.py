@@ -1,8 +1,10 @@
-"""Checkpoint folders are replaced in one step where the platform can, their files flushed before."""
+"""Checkpoint folders are replaced in one step where the platform can, their files flushed before; single files are
+written through a temp file of each writer's own."""
 
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -71,3 +73,40 @@ def test_every_file_is_flushed_before_the_folder_moves(tmp_path: Path, monkeypat
     tmp = _folder(temp_folder(tmp_path / "checkpoint"), "new")
     replace_folder(tmp, tmp_path / "checkpoint")
     assert {str(tmp / "weights"), str(tmp / "sub" / "spec")} <= set(flushed)
+
+
+def test_a_file_written_in_place_is_whole_or_not_there(tmp_path: Path) -> None:
+    path = atomic.write_text(tmp_path / "sub" / "results.json", "old")
+    with pytest.raises(RuntimeError), atomic.writing(path) as handle:
+        handle.write(b"half of the new")
+        raise RuntimeError("crash mid-write")
+    assert path.read_text() == "old" and sorted(p.name for p in path.parent.iterdir()) == ["results.json"]
+
+
+def test_two_writers_of_one_file_never_share_a_temp_file(tmp_path: Path) -> None:
+    path = tmp_path / "features.npy"
+    with atomic.writing(path) as first, atomic.writing(path) as second:
+        first.write(b"first")
+        second.write(b"second")
+    assert path.read_text() == "first" and sorted(p.name for p in tmp_path.iterdir()) == ["features.npy"]
+
+
+def test_a_written_file_is_as_readable_as_the_umask_says(tmp_path: Path) -> None:
+    previous = os.umask(0o027)
+    try:
+        path = atomic.write_text(tmp_path / "store.jsonl", "{}")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
+
+
+def test_a_durable_write_flushes_the_file_before_the_rename(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    flushed: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (flushed.append(fd), real_fsync(fd))[1])
+    with atomic.writing(tmp_path / "step.pt") as handle:
+        handle.write(b"x")
+    assert not flushed
+    with atomic.writing(tmp_path / "step.pt", durable=True) as handle:
+        handle.write(b"y")
+    assert len(flushed) == 2 and (tmp_path / "step.pt").read_bytes() == b"y"  # the file, then its folder

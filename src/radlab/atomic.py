@@ -12,6 +12,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 _AT_FDCWD, _RENAME_EXCHANGE = -100, 2
 
@@ -33,6 +34,35 @@ def sync_folder(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def writing(path: Path, durable: bool = False) -> Iterator[BinaryIO]:
+    """A binary handle on a temp file of this writer's own beside ``path`` (concurrent writers never share one),
+    renamed to ``path`` when the block ends, removed when it raises; a reader sees the whole old file or the whole
+    new one. ``durable``: the data and the rename are flushed to disk (they survive a power loss)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o666 & ~umask())
+        with os.fdopen(fd, "wb") as handle:
+            yield handle
+            if durable:
+                handle.flush()
+                os.fsync(handle.fileno())
+        os.replace(tmp, path)
+        if durable:
+            sync_folder(path.parent)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_text(path: Path, text: str) -> Path:
+    """``path.write_text(text)`` made atomic (``writing``)."""
+    with writing(path) as handle:
+        handle.write(text.encode())
+    return path
 
 
 def temp_folder(directory: Path) -> Path:

@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from radlab.atomic import folder_lock
+from radlab import atomic
 from radlab.data.images import INTENSITY_POLICY, read_image, resize_pad
 from radlab.data.records import RecordTable
 
@@ -89,8 +89,8 @@ def _key(config: CacheConfig, entries: list[dict[str, Any]]) -> str:
 
 def build_cache(table: RecordTable, folder: Path | str, size: int, workers: int = 0) -> ImageCache:
     """Preprocess every image of ``table`` into ``folder`` (replacing what is there) and open it; one process
-    builds a folder at a time (``folder_lock``)."""
-    with folder_lock(Path(folder)):
+    builds a folder at a time (``atomic.folder_lock``)."""
+    with atomic.folder_lock(Path(folder)):
         return _build(table, Path(folder), size, workers)
 
 
@@ -121,8 +121,7 @@ def _build(table: RecordTable, folder: Path, size: int, workers: int) -> ImageCa
     os.replace(tmp, folder / name)
     meta = {"config": asdict(config), "config_hash": config.digest(), "key": key, "array": name,
             "shape": [len(rows), size, size], "entries": entries}
-    (folder / f"{META_FILE}.tmp").write_text(json.dumps(meta))
-    os.replace(folder / f"{META_FILE}.tmp", folder / META_FILE)
+    atomic.write_text(folder / META_FILE, json.dumps(meta))
     for stale in folder.glob("images*.npy"):  # earlier builds' arrays; a reader that mapped one keeps its pixels
         if stale.name != name:
             stale.unlink()
@@ -208,7 +207,7 @@ def ensure_cache(table: RecordTable, folder: Path | str, size: int, workers: int
     built under the folder's lock, so runs sharing the folder wait for one another's build instead of
     overwriting it."""
     folder = Path(folder)
-    with folder_lock(folder):
+    with atomic.folder_lock(folder):
         try:
             cache = ImageCache(folder)
             cache.validate(table, size)

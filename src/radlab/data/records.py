@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from radlab import atomic
 from radlab.data.taxonomy import BY_NAME, FINDING_NAMES
 
 LABEL_PREFIX = "label_"
@@ -76,13 +77,11 @@ class RecordTable:
         path = Path(path)
         if path.suffix != ".parquet":
             path = path / TABLE_FILE
-        path.parent.mkdir(parents=True, exist_ok=True)
         frame = self.frame.copy()
         for col in ["image_path", *self.mask_columns]:
             frame[col] = [_relative(self._resolve(p), path.parent) if p else p for p in frame[col]]
-        tmp = path.with_suffix(".parquet.tmp")
-        frame.to_parquet(tmp, index=False)
-        tmp.replace(path)
+        with atomic.writing(path) as handle:
+            frame.to_parquet(handle, index=False)
         return path
 
     def __len__(self) -> int:

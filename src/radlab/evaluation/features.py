@@ -6,8 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +15,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
+from radlab import atomic
 from radlab.data.dataset import Collator, RecordDataset
 from radlab.data.images import INTENSITY_POLICY
 from radlab.data.records import RecordTable
@@ -233,9 +232,6 @@ def _load(path: Path) -> np.ndarray | None:
 def _save(value: np.ndarray, path: Path) -> None:
     """Written to a temp file of this process's own, then renamed: evaluations sharing the folder never write
     into one another's file, and a reader sees a whole array or none."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".npy")
-    with os.fdopen(handle, "wb") as stream:
+    with atomic.writing(path) as stream:
         np.save(stream, value)
-    os.replace(tmp, path)
     log.info("cached features %s", path)

@@ -9,6 +9,7 @@ import json
 import math
 from pathlib import Path, PurePath
 
+from radlab import atomic
 from radlab.evaluation.runner import headline_metrics, interval_text, json_safe
 
 RENDERED_SUFFIXES = (".md", ".png")  # what ``render`` writes beside the store, under the store's stem
@@ -36,11 +37,7 @@ def append_run(results: dict, store: Path | str) -> Path:
     same = [i for i, stored in enumerate(runs) if key is not None and run_identity(stored) == key]
     kept = [stored for i, stored in enumerate(runs) if i not in same]
     kept.insert(same[0] if same else len(kept), run)
-    store.parent.mkdir(parents=True, exist_ok=True)
-    tmp = store.with_name(f".{store.name}.tmp")
-    tmp.write_text("".join(json.dumps(entry, allow_nan=False) + "\n" for entry in kept))
-    tmp.replace(store)
-    return store
+    return atomic.write_text(store, "".join(json.dumps(entry, allow_nan=False) + "\n" for entry in kept))
 
 
 def run_identity(run: dict) -> str | None:

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from radlab import __version__
+from radlab import __version__, atomic
 from radlab.data.records import RecordTable
 from radlab.evaluation.context import SPLITS, TASKS, EvalContext, TaskSkipped
 from radlab.evaluation.features import FeatureCache, table_hash
@@ -110,12 +110,7 @@ def json_safe(value: Any) -> Any:
 
 
 def write_json(results: dict, path: Path | str) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(json_safe(results), indent=2, allow_nan=False))
-    tmp.replace(path)
-    return path
+    return atomic.write_text(Path(path), json.dumps(json_safe(results), indent=2, allow_nan=False))
 
 
 DEFAULT_CACHE_DIR = Path("~/.cache/radlab/features")

@@ -8,10 +8,8 @@ A state holds only tensors, numbers, strings, lists and dicts, so it loads with
 from __future__ import annotations
 
 import hashlib
-import os
 import random
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +17,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel
 
-from radlab.atomic import sync_folder, umask
+from radlab import atomic
 
 STATE_DIR = "state"
 _PATTERN = re.compile(r"^step_(\d{8})\.pt$")
@@ -52,20 +50,9 @@ def latest_state(out: Path | str) -> Path | None:
 def save_state(out: Path | str, step: int, state: dict[str, Any], keep_last: int) -> Path:
     """Write ``state`` for ``step`` atomically, then delete all but the newest ``keep_last`` states."""
     folder = Path(out) / STATE_DIR
-    folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"step_{step:08d}.pt"
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o666 & ~umask())
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(state, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-        sync_folder(folder)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic.writing(path, durable=True) as handle:
+        torch.save(state, handle)
     for old in state_paths(out)[: -max(1, keep_last)]:
         old.unlink(missing_ok=True)
     return path
