@@ -37,8 +37,17 @@ def apply_overrides(config: dict[str, Any], overrides: list[str]) -> dict[str, A
             if not isinstance(child, dict):
                 raise ValueError(f"override {item!r}: {part!r} is not a mapping")
             node = child
-        node[parts[-1]] = yaml.safe_load(raw)
+        try:
+            node[parts[-1]] = yaml.safe_load(raw)
+        except yaml.YAMLError as err:
+            raise ValueError(f"override {item!r}: its value is not valid YAML ({_first_line(err)})") from None
     return out
+
+
+def _first_line(err: yaml.YAMLError) -> str:
+    """The problem a YAML error names, without its "<unicode string>" position block."""
+    problem = getattr(err, "problem", None)
+    return str(problem) if problem else str(err).splitlines()[0]
 
 
 def registered(registry: Registry, name: str, key: str) -> Any:

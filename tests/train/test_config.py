@@ -36,6 +36,8 @@ def test_every_config_loads_as_is_and_tiny(method: str, tmp_path: Path) -> None:
     ("objective.kwargs.temperatur=0.1", "objective.kwargs.temperatur", "init_temperature, max_scale"),
     ("model.text_tower.kwargs={layer: 1}", "model.text_tower.kwargs.layer", "layers"),
     ("model.image_tower.kwargs={dept: 1}", "model.image_tower.kwargs.dept", "depth"),
+    ("model.image_tower={name: hf_vision, kwargs: {path: x, input_men: 0.5}}", "model.image_tower.kwargs.input_men",
+     "input_mean, input_std, path"),
 ])
 def test_misspelt_kwargs_are_refused_by_dotted_key(override: str, key: str, accepted: str) -> None:
     with pytest.raises(ValueError, match=rf"{re.escape(key)}: not an argument of .*{accepted}"):
@@ -102,3 +104,10 @@ def test_yaml_syntax_errors_name_the_file(tmp_path: Path) -> None:
     path.write_text("objective:\n  name: clip\n  kwargs: {temperature: 0.1\n")
     with pytest.raises(yaml.YAMLError, match=re.escape(str(path))):
         load_yaml(path)
+
+
+def test_an_override_that_is_not_yaml_is_named_by_itself() -> None:
+    item = "data.sources=[{source: phantom, path: runs/phantoms}"
+    with pytest.raises(ValueError, match=re.escape(f"override {item!r}: its value is not valid YAML")) as err:
+        clip(item)
+    assert "<unicode string>" not in str(err.value)

@@ -170,7 +170,7 @@ def _resolve(path: str, default: str | None) -> str:
 @IMAGE_TOWERS.register("hf_vision", "a Hugging Face ViT/Dinov2 folder (kwargs: path; input_mean/input_std = the "
                                     "config's mean/std) to continue pre-training, e.g. RAD-DINO")
 def hf_vision_tower(path: str, image_size: int | None = None, input_mean: float | None = None,
-                    input_std: float | None = None, **_: Any) -> HFVisionTower:
+                    input_std: float | None = None) -> HFVisionTower:
     """``image_size`` is accepted for the registry's interface; ViT-family models interpolate positions."""
     return build_hf_vision(_resolve(path, None), input_mean, input_std)[0]
 
