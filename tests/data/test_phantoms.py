@@ -106,6 +106,7 @@ def test_same_seed_is_byte_identical_and_another_seed_differs(tmp_path: Path) ->
         assert a.image_path(i).read_bytes() == b.image_path(i).read_bytes()
         assert a.mask_path(i, "lungs").read_bytes() == b.mask_path(i, "lungs").read_bytes()
     assert not a.frame.equals(c.frame)
+    assert not set(a.frame["patient_id"]) & set(c.frame["patient_id"])  # other people, not the same ones redrawn
     pixels_a = np.stack([_read(a.image_path(i)) for i in range(len(a))])
     pixels_c = np.stack([_read(c.image_path(i)) for i in range(len(c))])
     assert np.abs(pixels_a - pixels_c).mean() > 5

@@ -318,7 +318,9 @@ def _plan(n: int, seed: int, studies_per_patient: float) -> list[tuple[int, int,
 
 def synthesize(out_dir: Path | str, n: int = 2000, size: int = 128, seed: int = 0,
                studies_per_patient: float = 2.0, progress: bool = False) -> RecordTable:
-    """Draw n phantom studies into out_dir (images/, masks/, records.parquet) and return the table."""
+    """Draw n phantom studies into out_dir (images/, masks/, records.parquet) and return the table. Patient ids
+    carry the seed (``P3-00012``), seed 0's excepted (``P00012``, as first written), so phantom sets of different
+    seeds share no patient id (a leakage check would call them the same patients)."""
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
     out = Path(out_dir)
@@ -333,7 +335,7 @@ def synthesize(out_dir: Path | str, n: int = 2000, size: int = 128, seed: int = 
         findings = reports.sample_findings(rng)
         findings_text, impression = reports.write_report(findings, rng)
         image, masks = render(anatomy, findings, size, rng, study)
-        patient_id = f"P{patient:05d}"
+        patient_id = f"P{patient:05d}" if seed == 0 else f"P{seed}-{patient:05d}"
         study_id = f"{patient_id}_S{j + 1}"
         image_id = f"{study_id}_{study.view}"
         Image.fromarray(image).save(out / "images" / f"{image_id}.png")
