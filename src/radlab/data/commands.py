@@ -140,7 +140,8 @@ def audit(tables: list[Path] = typer.Argument(..., help="PRETRAIN EVAL [EVAL ...
                                                 "images are compared in detail"),
           min_correlation: float = typer.Option(0.95, help="detail correlation that confirms a near duplicate"),
           workers: int = typer.Option(0, help="DataLoader worker processes for hashing"),
-          report: Path = typer.Option(None, help="write the full audit (all pairs) as JSON")) -> None:
+          report: Path = typer.Option(None, help="write the full audit as JSON (every pair; of those alike in "
+                                              "outline only, the best-correlated and their count)")) -> None:
     """Shared patients and exact / near-duplicate images between a pre-training table and evaluation tables."""
     from radlab.data.audit import audit as run_audit
     from radlab.data.audit import exclude as drop_flagged

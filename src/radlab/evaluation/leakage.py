@@ -177,7 +177,7 @@ def check_pretraining(spec: str | Path, table: RecordTable, data_root: str | Non
         patients |= set(overlap.shared_patients)
         exact |= {b for _, b in overlap.exact_duplicates}
         near |= {b for _, b, _ in overlap.near_duplicates}
-        alike |= {b for _, b, _, _ in overlap.near_candidates}
+        alike |= set(overlap.near_candidate_ids)
         if cfg.early_stopping is not None:
             selected_on |= set(records.split("val").frame["patient_id"]) & set(test.frame["patient_id"])
         result.checked.append(", ".join(f"{s.source}:{s.path}" for s in cfg.data.sources) + f" (of {folder})")
