@@ -326,6 +326,18 @@ def build_rsna(root: Path) -> Path:
     return root
 
 
+def add_rsna_normals(root: Path, n: int) -> Path:
+    """``n`` more labelled patients (class Normal, one tiny DICOM each) in an RSNA root, for split draws."""
+    pids = [f"{i:08x}-0000-4000-8000-000000000000" for i in range(n)]
+    with (root / "stage_2_train_labels.csv").open("a") as labels, \
+            (root / "stage_2_detailed_class_info.csv").open("a") as info:
+        labels.writelines(f"{pid},,,,,0\n" for pid in pids)
+        info.writelines(f"{pid},Normal\n" for pid in pids)
+    for pid in pids:
+        dicom(root / "stage_2_train_images" / f"{pid}.dcm", image(1, (8, 8)), syntax="jpeg", patient_id=pid)
+    return root
+
+
 def relative_rle(mask: np.ndarray) -> str:
     """The competition's encoding: column-major runs as (offset from previous run end, length) pairs."""
     flat = (mask.T.flatten() > 0).astype(np.int8)
@@ -359,6 +371,17 @@ def build_siim(root: Path) -> Path:
         dicom(root / "dicom-images-train" / study / series / f"{sop}.dcm", image(60 + i), syntax="jpeg",
               patient_id=f"17d405a3-a0d2-4901-b33a-63906aa48d9{i}", sex="M", age="38")
     dicom(root / "dicom-images-test" / "s9" / "r9" / "1.2.276.0.7230010.3.1.4.9.dcm", image(69), syntax="jpeg")
+    return root
+
+
+def add_siim_negatives(root: Path, n: int) -> Path:
+    """``n`` more labelled images ("-1", one patient each) in a stage-1 SIIM root, for split draws."""
+    with (root / "train-rle.csv").open("a") as labels:
+        for i in range(n):
+            sop = f"1.2.276.0.7230010.3.1.4.7.{i}"
+            labels.write(f"{sop}, -1\n")
+            dicom(root / "dicom-images-train" / f"s7.{i}" / f"r7.{i}" / f"{sop}.dcm", image(1, (8, 8)),
+                  syntax="jpeg", patient_id=f"negative-patient-{i}")
     return root
 
 

@@ -22,6 +22,23 @@ def test_chexpert_keeps_uncertain_masks_blanks_and_all_views(tmp_path):
     assert np.isnan(unknown_age["age"]) and unknown_age["sex"] == "M"  # Age 0: CheXpert's code for unknown
 
 
+def test_chexpert_labeler_blank_no_finding_is_negative_beside_a_finding(tmp_path):
+    """The labeler writes No Finding as 1 or blank: blank beside a positive or uncertain finding means 0."""
+    head = "Path,Sex,Age,Frontal/Lateral,AP/PA," + ",".join(fx.CHEXPERT_LABELS) + "\n"
+    cells = {"edema": [""] * 5 + ["1.0"] + [""] * 8, "uncertain": [""] * 8 + ["-1.0"] + [""] * 5,
+             "normal": ["1.0"] + [""] * 13, "devices": [""] * 13 + ["1.0"], "negatives": [""] * 9 + ["0.0"] + [""] * 4}
+    rows = [f"CheXpert-v1.0-small/train/patient0000{i}/study1/view1_frontal.jpg,Male,50,Frontal,PA," + ",".join(c)
+            for i, c in enumerate(cells.values())]
+    (tmp_path / "train.csv").write_text(head + "\n".join(rows) + "\n")
+    (tmp_path / "valid.csv").write_text(head + "CheXpert-v1.0-small/valid/patient64541/study1/view1_frontal.jpg,"
+                                        "Male,73,Frontal,AP," + ",".join(["0.0"] * 14) + "\n")
+    frame = CheXpertSource().load(tmp_path).frame
+    no_finding = dict(zip([*cells, "valid"], frame["label_no_finding"], strict=True))
+    assert (no_finding["edema"], no_finding["uncertain"], no_finding["normal"], no_finding["valid"]) == (0, 0, 1, 0)
+    assert np.isnan(no_finding["devices"]) and np.isnan(no_finding["negatives"])  # the labeler would have written 1
+    assert np.isnan(frame["label_pneumonia"].iloc[0])  # other blanks: still not mentioned
+
+
 def test_chexpert_bad_label_value_is_named(tmp_path):
     root = fx.build_chexpert(tmp_path)
     (root / "valid.csv").write_text((root / "valid.csv").read_text().replace(",0.0,1.0,1.0,", ",0.0,2.0,1.0,", 1))

@@ -19,7 +19,7 @@ def _import(*args: str) -> str:
 def test_import_writes_records_and_derived_masks(tmp_path):
     out = tmp_path / "out"
     output = _import("siim", str(fx.build_siim(tmp_path / "siim")), "--out", str(out))
-    assert "3 records" in output and "splits train: 2, test: 1" in output
+    assert "2 records" in output and "splits none: 2" in output  # the unlabelled test image is skipped
     stored = pd.read_parquet(out / "records.parquet")
     assert sorted(p for p in stored["mask_pneumothorax"] if p)[0].startswith("masks/")  # relative to OUT
     table = RecordTable.read(out)

@@ -1,3 +1,5 @@
+import logging
+
 import numpy as np
 import pytest
 
@@ -28,3 +30,26 @@ def test_mimic_negbio_labels_and_no_patients_file(tmp_path):
     assert val["label_cardiomegaly"] == 1 and val["sex"] == "" and np.isnan(val["age"])
     with pytest.raises(ValueError, match="labeler must be one of"):
         MIMICCXRSource(labeler="chexbert")
+
+
+@pytest.mark.parametrize("labeler", ["chexpert", "negbio"])
+def test_mimic_blank_no_finding_beside_a_finding_is_negative(tmp_path, labeler):
+    frame = MIMICCXRSource(labeler=labeler).load(fx.build_mimic(tmp_path)).frame.set_index("id")
+    effusion = frame.loc["mimic_02aa804e-bde0afdd-112c0b34-7bc16630-4e384014"]  # No Finding blank, effusion 1
+    assert effusion["label_no_finding"] == 0 and np.isnan(effusion["label_edema"])
+    assert frame.loc["mimic_096052b7-d256dc40-453a102b-fa7d01c6-1b22c6b4", "label_no_finding"] == 0  # beside -1 / 1
+    assert np.isnan(frame.loc["mimic_6ad03ed1-97ee17ee-9cf8b320-f7011003-cd93b42d", "label_no_finding"])  # no row
+
+
+def test_mimic_reports_in_the_providers_files_tree_and_a_warning_without_any(tmp_path, caplog):
+    root = fx.build_mimic(tmp_path)
+    (root / "mimic-cxr-reports.zip").unlink()
+    (root / "files/p10/p10000032/s50414267.txt").write_text(fx.MIMIC_REPORT)  # beside the study's JPG folder
+    frame = MIMICCXRSource().load(root).frame.set_index("study_id")
+    assert frame.loc["mimic_s50414267", "findings"].iloc[0].startswith("There is a small left pleural effusion")
+    assert frame.loc["mimic_s57375967", "report"] == ""
+    (root / "files/p10/p10000032/s50414267.txt").unlink()
+    with caplog.at_level(logging.WARNING, logger="radlab.data.sources.mimic_cxr"):
+        assert (MIMICCXRSource().load(root).frame["report"] == "").all()
+    assert "none of 3 studies has a report" in caplog.text and "files/pXX/pSUBJECT/sSTUDY.txt" in caplog.text
+    assert "mimic-cxr-reports.zip" in caplog.text and str(root) in caplog.text

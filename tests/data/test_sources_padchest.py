@@ -80,6 +80,15 @@ def test_padchest_support_devices_alone_are_no_finding(tmp_path):
     assert (frame["label_pleural_effusion"] == 0).all()
 
 
+@pytest.mark.parametrize("device", ["dai", "pacemaker", "endoprosthesis", "aortic endoprosthesis"])
+def test_padchest_implanted_devices_are_support_devices(device):
+    """'dai' (implantable defibrillator) sits beside pacemaker under 'electrical device' in the authors' tree;
+    'endoprosthesis' is the parent of 'aortic endoprosthesis'."""
+    alone, beside = row_labels([device]), row_labels([device, "cardiomegaly"])
+    assert alone["label_support_devices"] == 1 and alone["label_no_finding"] == 1
+    assert beside["label_support_devices"] == 1 and beside["label_no_finding"] == 0
+
+
 def test_padchest_empty_label_list_is_not_annotated(tmp_path):
     table = PadChestSource().load(_with_extra_rows(fx.build_padchest(tmp_path), ["[]"]))
     assert np.isnan(table.labels()[3]).all()

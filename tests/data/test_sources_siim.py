@@ -1,3 +1,4 @@
+import logging
 import re
 
 import numpy as np
@@ -6,6 +7,7 @@ from PIL import Image
 
 from data import fixtures as fx
 from radlab.data.sources.siim import SIIMSource, decode_rle
+from radlab.data.splits import assign_splits
 
 POSITIVE = "siim_1.2.276.0.7230010.3.1.4.8323329.13666.1517875247.117800"
 NEGATIVE = "siim_1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819"
@@ -23,8 +25,7 @@ def test_siim_masks_are_decoded_only_into_mask_dir(tmp_path):
     empty = np.asarray(Image.open(frame.loc[NEGATIVE, "mask_pneumothorax"]))
     assert empty.shape == (24, 20) and not empty.any()
     assert frame.loc[POSITIVE, "patient_id"] == "siim_17d405a3-a0d2-4901-b33a-63906aa48d91"
-    test_rows = frame[frame["split"] == "test"]
-    assert len(test_rows) == 1 and test_rows["mask_pneumothorax"].iat[0] == ""
+    assert f"siim_{fx.SIIM_STAGE1_TEST}" not in frame.index  # stage 1's test image carries no label
 
 
 def test_siim_without_mask_dir_has_labels_only(tmp_path):
@@ -54,10 +55,7 @@ def test_siim_stage2_labels_splits_and_masks(tmp_path):
     frame = table.frame.set_index("id")
     stage1_test, stage2_test = f"siim_{fx.SIIM_STAGE1_TEST}", f"siim_{fx.SIIM_STAGE2_TEST}"
     assert frame.loc[[NEGATIVE, POSITIVE, stage1_test], "label_pneumothorax"].tolist() == [0, 1, 1]
-    assert (frame.loc[[NEGATIVE, POSITIVE, stage1_test], "split"] == "train").all()  # stage 2 labels stage-1 test
-    assert frame.loc[stage2_test, "split"] == "test" and np.isnan(frame.loc[stage2_test, "label_pneumothorax"])
-    assert frame.loc[stage2_test, "image_path"] == f"stage_2_images/{fx.SIIM_STAGE2_TEST}.dcm"
-    assert frame.loc[stage2_test, "study_id"] == stage2_test and frame.loc[stage2_test, "mask_pneumothorax"] == ""
+    assert (frame["split"] == "").all() and stage2_test not in frame.index  # stage 2 labels stage-1 test only
     assert frame.loc[POSITIVE, "study_id"] == "siim_1.2.276.0.7230010.3.1.2.1"
     for record in (POSITIVE, stage1_test):
         np.testing.assert_array_equal(np.asarray(Image.open(frame.loc[record, "mask_pneumothorax"])), fx.siim_mask())
@@ -83,6 +81,25 @@ def test_siim_stage2_is_read_when_both_label_files_are_there(tmp_path):
     (root / "train-rle.csv").write_text(f"ImageId, EncodedPixels\n{NEGATIVE.removeprefix('siim_')}, -1\n")
     frame = SIIMSource().load(root).frame.set_index("id")
     assert frame["label_pneumothorax"].notna().sum() == 3 and frame.loc[POSITIVE, "label_pneumothorax"] == 1
+
+
+def test_siim_skips_images_no_label_row_names_with_one_count(tmp_path, caplog):
+    root = fx.build_siim_stage2(tmp_path / "siim")
+    fx.dicom(root / "dicom-images-train" / "s8" / "r8" / "1.2.276.0.7230010.3.1.4.8.dcm", fx.image(1, (8, 8)))
+    with caplog.at_level(logging.INFO, logger="radlab.data.sources.siim"):
+        frame = SIIMSource().load(root).frame
+    assert len(frame) == 3 and frame["label_pneumothorax"].notna().all()
+    skipped = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+    assert skipped == [f"siim: 2 unlabelled images skipped (1 in {root / 'stage_2_images'}, the competition's test "
+                       f"set; 1 without a row in stage_2_train.csv under {root / 'dicom-images-train'} and "
+                       f"{root / 'dicom-images-test'}); the 3 labelled images carry no official split"]
+
+
+def test_siim_gets_a_labelled_test_split_by_patient(tmp_path):
+    table = SIIMSource().load(fx.add_siim_negatives(fx.build_siim(tmp_path / "siim"), 8))
+    assert len(table) == 10 and (table.frame["split"] == "").all()
+    frame = assign_splits(table, {"train": 0.5, "val": 0.25, "test": 0.25}, seed=0).frame
+    assert set(frame["split"]) == {"train", "val", "test"} and frame["label_pneumothorax"].notna().all()
 
 
 def test_siim_layout_errors(tmp_path):

@@ -65,13 +65,13 @@ def test_vindr_kaggle_layout_labels_each_reader_from_its_boxes_then_votes(tmp_pa
                                             "y": 1375.0, "w": 962.0, "h": 456.0, "reader": "R10"}
     assert {"finding": "", "native": "Other lesion", "reader": "R9"}.items() <= boxes[3].items()
     assert (sick["sex"], sick["age"], sick["split"], sick["image_path"]) == (
-        "M", 62.0, "train", "train/9a5094b2563a1ef3ff50dc5c7ff71345.dicom")
+        "M", 62.0, "", "train/9a5094b2563a1ef3ff50dc5c7ff71345.dicom")
     normal = frame.loc["vindr_50a418190bc3fb1ef1633bf9678929b3"]
     assert normal["label_no_finding"] == 1 and normal["label_cardiomegaly"] == 0 and normal["boxes"] == "[]"
     assert set(json.loads(normal["reader_labels"])) == {"R11", "R7", "R10"} and np.isnan(normal["age"])
     split = frame.loc["vindr_051132a778e61a86eb147c7c6f564dfe"]
     assert split["label_aortic_enlargement"] == 1 and split["label_no_finding"] == -1  # R9 alone found nothing
-    assert split["sex"] == "" and (frame["split"] == "train").all()
+    assert split["sex"] == "" and (frame["split"] == "").all()  # the labelled pool: splits are drawn by patient
 
 
 def test_vindr_kaggle_leaves_what_the_competition_cannot_express_nan(tmp_path):

@@ -108,7 +108,7 @@ def test_split_fractions_are_checked_where_they_are_given(fractions, message):
 
 
 def test_a_release_without_a_validation_split_gets_one_from_its_training_patients(tmp_path):
-    """NIH, VinDr, RSNA and SIIM ship train and test only: model selection would otherwise need the test split."""
+    """NIH and VinDr (PhysioNet) ship train and test only: model selection would otherwise need the test split."""
     records = [{"id": f"r{i}", "image_path": f"{i}.png", "source": "nih", "patient_id": f"p{i // 2}",
                 "split": "test" if i // 2 >= 320 else "train"} for i in range(800)]
     table = RecordTable.from_records(records, tmp_path)

@@ -74,9 +74,9 @@ def assign_splits(table: RecordTable, fractions: dict[str, float] | None = None,
 
 def validation_from_train(frame: pd.DataFrame, names: np.ndarray, provider_train: np.ndarray,
                           fractions: dict[str, float], seed: int) -> np.ndarray:
-    """A source whose provider splits have no validation split (NIH, VinDr, RSNA and SIIM ship train and test)
-    gets one from its official training patients: the share val / (train + val) of them, drawn per patient with
-    ``seed``; their test split stays the provider's. Model selection then never needs the test split."""
+    """A source whose provider splits have no validation split (NIH and VinDr's PhysioNet release ship train and
+    test) gets one from its official training patients: the share val / (train + val) of them, drawn per patient
+    with ``seed``; their test split stays the provider's. Model selection then never needs the test split."""
     share = fractions.get("val", 0.0) / max(fractions.get("train", 0.0) + fractions.get("val", 0.0), 1e-12)
     names = names.copy()
     for source in frame["source"].unique():

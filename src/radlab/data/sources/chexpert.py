@@ -6,6 +6,13 @@ is stripped so paths resolve against ROOT. Label cells: 1 positive, 0 negative, 
 not mentioned (NaN, never negative). Age 0 is CheXpert's code for unknown (NaN). train.csv -> split train,
 valid.csv -> val. All views are kept.
 
+"No Finding" in train.csv (and in MIMIC-CXR-JPG's chexpert/negbio files, made by the same labelers) is not a
+mention: the CheXpert labeler writes it as 1 when no observation but Support Devices is positive or uncertain,
+and leaves it blank otherwise, never 0. So a blank "No Finding" beside a positive or uncertain finding (other
+than Support Devices) is read as 0 (``labeler_natives``); blank beside none (a row the rule would have marked
+1) stays NaN, as nothing can be inferred from it. valid.csv is labelled by radiologists with explicit 0s and
+is read cell by cell.
+
 The test set (500 studies of 500 patients, 668 images) ships with CheXlocalize (Stanford AIMI) as
 ``CheXpert/test_labels.csv`` beside ``CheXpert/test/patientN/studyN/viewK_{frontal,lateral}.jpg`` -> split test,
 in the same ROOT as train/valid or alone (ROOT is then that ``CheXpert`` folder). Its ``Path``
@@ -40,7 +47,7 @@ from radlab.data.sources.common import (
     read_table,
     sex_code,
 )
-from radlab.data.taxonomy import NEGATIVE, POSITIVE
+from radlab.data.taxonomy import NEGATIVE, POSITIVE, UNCERTAIN
 
 # The 14 CheXpert observations (also used by MIMIC-CXR-JPG's chexpert/negbio files).
 LABEL_MAP: dict[str, str] = {
@@ -64,6 +71,18 @@ SPLIT_FILES = {"train.csv": "train", "valid.csv": "val", TEST_FILE: "test"}
 RELEASE_FILES = ("train.csv", "valid.csv")  # shipped together: one without the other is an incomplete copy
 TOP_FOLDERS = {"train", "valid", "test"}
 UNKNOWN_AGE = 0  # CheXpert's Age for unknown (torchxrayvision reads it as missing too)
+NO_FINDING, DEVICES = "No Finding", "Support Devices"
+LABELLED_FILES = ("train.csv",)  # written by the CheXpert labeler: "No Finding" is 1 or blank (module docstring)
+
+
+def labeler_natives(r: dict[str, Any], path: Path, row: int) -> dict[str, float]:
+    """A labeler row's 14 cells; a blank "No Finding" is 0 when another observation (not Support Devices) is
+    positive or uncertain, as the labeler leaves it blank exactly then."""
+    natives = {k: chexpert_value(r[k], path, row, k) for k in LABEL_MAP}
+    abnormal = any(v in (POSITIVE, UNCERTAIN) for k, v in natives.items() if k not in (NO_FINDING, DEVICES))
+    if math.isnan(natives[NO_FINDING]) and abnormal:
+        natives[NO_FINDING] = NEGATIVE
+    return natives
 
 
 def chexpert_view(frontal_lateral: str, ap_pa: object) -> str:
@@ -107,9 +126,10 @@ def release_fields(path: Path, row: int, r: dict[str, Any]) -> dict[str, Any]:
     """View, sex, age and native labels of a train.csv/valid.csv row."""
     if r["Frontal/Lateral"] not in ("Frontal", "Lateral"):
         raise bad_row(path, row, f"Frontal/Lateral={r['Frontal/Lateral']!r}")
+    natives = (labeler_natives(r, path, row) if path.name in LABELLED_FILES
+               else {k: chexpert_value(r[k], path, row, k) for k in LABEL_MAP})
     return {"view": chexpert_view(r["Frontal/Lateral"], r["AP/PA"]), "sex": sex_code(r["Sex"]),
-            "age": NAN if r["Age"] == UNKNOWN_AGE else age_years(r["Age"]),
-            "natives": {k: chexpert_value(r[k], path, row, k) for k in LABEL_MAP}}
+            "age": NAN if r["Age"] == UNKNOWN_AGE else age_years(r["Age"]), "natives": natives}
 
 
 def consensus_fields(path: Path, row: int, r: dict[str, Any], file: str) -> dict[str, Any]:

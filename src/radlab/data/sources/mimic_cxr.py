@@ -1,16 +1,20 @@
 """MIMIC-CXR-JPG (v2.0 / v2.1) in its PhysioNet layout, with the MIMIC-CXR reports archive.
 
 ROOT holds ``files/pXX/pSUBJECT/sSTUDY/DICOM_ID.jpg`` and ``mimic-cxr-2.0.0-{split,metadata,chexpert,negbio}
-.csv.gz``; reports come from ``mimic-cxr-reports.zip`` (or its extracted ``mimic-cxr-reports/`` folder) in
-ROOT. Sex and age come from MIMIC-IV's ``patients.csv.gz`` when ROOT (or ``patients=``) has it: age at the
+.csv.gz``; reports come from ``mimic-cxr-reports.zip`` or its extracted ``mimic-cxr-reports/`` folder in ROOT,
+or, for studies those lack, from the reports as MIMIC-CXR's own tree holds them, ``files/pXX/pSUBJECT/sSTUDY.txt``
+beside the study folders (the zip extracted into ROOT); a warning names where it looked when no study has one.
+Sex and age come from MIMIC-IV's ``patients.csv.gz`` when ROOT (or ``patients=``) has it: age at the
 study is anchor_age + (study year - anchor_year), in MIMIC's shifted calendar; NaN when anchor_age is the
 top code 91 (over 89). Labels are per study, from the CheXpert labeler file (``labeler="negbio"`` picks the
-NegBio file); blank = not mentioned (NaN), -1 = uncertain. The official split maps train/validate/test to
-train/val/test. All views are kept.
+NegBio file); blank = not mentioned (NaN), -1 = uncertain, except "No Finding": both labelers write it as 1 or
+leave it blank, so blank beside a positive or uncertain finding is 0 (``chexpert.labeler_natives``). The
+official split maps train/validate/test to train/val/test. All views are kept.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import zipfile
 from pathlib import Path
@@ -21,12 +25,12 @@ from radlab.data.records import RecordTable
 from radlab.data.reports import parse_sections
 from radlab.data.sources.base import SOURCES, Source
 from radlab.data.sources.chexpert import LABEL_MAP as CHEXPERT_LABEL_MAP
+from radlab.data.sources.chexpert import labeler_natives
 from radlab.data.sources.common import (
     NAN,
     SourceFormatError,
     age_years,
     bad_row,
-    chexpert_value,
     finish,
     harmonise,
     read_table,
@@ -40,11 +44,15 @@ PREFIX = "mimic-cxr-2.0.0-"
 SPLITS = {"train": "train", "validate": "val", "test": "test"}
 LABELERS = ("chexpert", "negbio")
 TOP_CODED_AGE = 91  # MIMIC-IV top-codes anchor_age: every patient over 89 gets 91, so the real age is unknown
+REPORTS_ZIP, REPORTS_FOLDER = "mimic-cxr-reports.zip", "mimic-cxr-reports"
+REPORT_PLACES = f"{REPORTS_ZIP}, {REPORTS_FOLDER}/ and files/pXX/pSUBJECT/sSTUDY.txt"
+log = logging.getLogger(__name__)
 
 
-def read_reports(root: Path) -> dict[int, str]:
-    """study id -> report text, from the zip archive or its extracted folder (files named sSTUDY.txt)."""
-    archive, folder = root / "mimic-cxr-reports.zip", root / "mimic-cxr-reports"
+def read_reports(root: Path, studies: dict[int, int]) -> dict[int, str]:
+    """study id -> report text, from the zip archive or its extracted folder (files named sSTUDY.txt); studies
+    they lack (``studies``: study id -> subject id) are looked up in ROOT's tree, files/pXX/pSUBJECT/sSTUDY.txt."""
+    archive, folder = root / REPORTS_ZIP, root / REPORTS_FOLDER
     reports: dict[int, str] = {}
     if archive.exists():
         with zipfile.ZipFile(archive) as zf:
@@ -56,6 +64,11 @@ def read_reports(root: Path) -> dict[int, str]:
         for path in folder.rglob("s*.txt"):
             if path.stem[1:].isdigit():
                 reports[int(path.stem[1:])] = path.read_text(errors="replace")
+    for study in studies.keys() - reports.keys():
+        subject = studies[study]
+        path = root / "files" / f"p{str(subject)[:2]}" / f"p{subject}" / f"s{study}.txt"
+        if path.is_file():
+            reports[study] = path.read_text(errors="replace")
     return reports
 
 
@@ -89,10 +102,13 @@ class MIMICCXRSource(Source):
         labels = read_table(self.require(label_path), ["subject_id", "study_id", *LABEL_MAP])
         study_labels = {}
         for row, r in enumerate(labels.to_dict("records")):
-            natives = {k: chexpert_value(r[k], label_path, row, k) for k in LABEL_MAP}
-            study_labels[int(r["study_id"])] = harmonise(natives, LABEL_MAP)
+            study_labels[int(r["study_id"])] = harmonise(labeler_natives(r, label_path, row), LABEL_MAP)
         splits = dict(zip(split["dicom_id"], split["split"], strict=True))
-        reports = read_reports(root)
+        studies = dict(zip(meta["study_id"].astype(int), meta["subject_id"].astype(int), strict=True))
+        reports = read_reports(root, studies)
+        if studies and not reports.keys() & studies.keys():
+            log.warning("mimic_cxr: none of %d studies has a report: looked for %s in %s; findings, impression and "
+                        "report stay empty", len(studies), REPORT_PLACES, root)
         default_patients = next((root / n for n in ("patients.csv.gz", "patients.csv") if (root / n).exists()), None)
         patients = read_patients(self.patients or default_patients)
         unlabelled = harmonise({}, LABEL_MAP)

@@ -50,14 +50,16 @@ from radlab.data.sources.common import (
 
 log = logging.getLogger(__name__)
 
-# -> support_devices; a list of these alone (no other finding) -> no_finding 1, the CheXpert rule
+# -> support_devices; a list of these alone (no other finding) -> no_finding 1, the CheXpert rule. The authors'
+# tree puts "dai" (implantable cardioverter-defibrillator) beside pacemaker under "electrical device", and
+# "aortic endoprosthesis" under "endoprosthesis" (a vascular stent graft), so both parents and children are here.
 DEVICES = ("NSG tube", "endotracheal tube", "tracheostomy tube", "central venous catheter",
            "central venous catheter via jugular vein", "central venous catheter via subclavian vein",
            "central venous catheter via umbilical vein", "reservoir central venous catheter", "catheter",
-           "pacemaker", "dual chamber device", "single chamber device", "electrical device", "chest drain tube",
-           "ventriculoperitoneal drain tube", "gastrostomy tube", "nephrostomy tube", "double J stent",
-           "artificial heart valve", "artificial mitral heart valve", "artificial aortic heart valve",
-           "aortic endoprosthesis")
+           "pacemaker", "dai", "dual chamber device", "single chamber device", "electrical device",
+           "chest drain tube", "ventriculoperitoneal drain tube", "gastrostomy tube", "nephrostomy tube",
+           "double J stent", "artificial heart valve", "artificial mitral heart valve",
+           "artificial aortic heart valve", "endoprosthesis", "aortic endoprosthesis")
 LABEL_MAP: dict[str, str] = {
     "normal": "no_finding",
     "cardiomegaly": "cardiomegaly",

@@ -3,20 +3,30 @@
 ROOT holds ``stage_2_train_labels.csv`` (patientId, x, y, width, height, Target; one row per box, or one
 row with Target 0), ``stage_2_detailed_class_info.csv`` (patientId, class: "Lung Opacity", "Normal",
 "No Lung Opacity / Not Normal") and the DICOMs in ``stage_2_train_images/`` and ``stage_2_test_images/``.
-Target (opacity suggestive of pneumonia) -> pneumonia; class "Lung Opacity" -> lung_opacity; class
-"Normal" -> no_finding; each is annotated for every training image. Test images carry no labels.
-Sex, age and view come from the DICOM headers; each patientId is one image of one patient. The images are
-a subset of NIH ChestX-ray14 re-encoded as DICOM, which ``radlab data audit`` reveals as near duplicates.
+Target (opacity suggestive of pneumonia) -> pneumonia, annotated for every labelled image. Class "Normal" ->
+no_finding 1 (0 for the other two classes) and lung_opacity 0; class "Lung Opacity" -> lung_opacity 1; class
+"No Lung Opacity / Not Normal" (other abnormalities, some of them opacities that do not suggest pneumonia,
+while radlab's lung_opacity is the broad parent of nodule, mass, atelectasis, edema, ...) -> lung_opacity NaN.
+
+``stage_2_test_images/`` is the competition's test set, which no label file names: its images are skipped
+(one logged count), as VinDr's Kaggle test images are. The labelled images then form one pool, the
+competition's training set rather than a train split of a labelled release, so they carry no official split
+(``split`` empty) and ``splits.assign_splits`` draws train, val and test per patient from the fractions: the
+source keeps a labelled test split. Sex, age and view come from the DICOM headers; each patientId is one image
+of one patient. The images are a subset of NIH ChestX-ray14 re-encoded as DICOM, which ``radlab data audit``
+reveals as near duplicates.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from radlab.data.dicom import read_header
 from radlab.data.records import RecordTable
 from radlab.data.sources.base import SOURCES, Source
 from radlab.data.sources.common import (
+    NAN,
     age_years,
     bad_row,
     boxes_json,
@@ -32,8 +42,17 @@ LABEL_MAP: dict[str, str] = {
     "Lung Opacity": "lung_opacity",
     "Normal": "no_finding",
 }
-CLASSES = ("Lung Opacity", "Normal", "No Lung Opacity / Not Normal")
-FOLDERS = {"stage_2_train_images": "train", "stage_2_test_images": "test"}
+OPACITY, NORMAL, NOT_NORMAL = "Lung Opacity", "Normal", "No Lung Opacity / Not Normal"
+CLASSES = (OPACITY, NORMAL, NOT_NORMAL)
+# lung_opacity per class: "Not Normal" abnormalities may be opacities other than pneumonia's (not annotated)
+OPACITY_BY_CLASS = {OPACITY: 1.0, NORMAL: 0.0, NOT_NORMAL: NAN}
+IMAGES, TEST_IMAGES = "stage_2_train_images", "stage_2_test_images"
+log = logging.getLogger(__name__)
+
+
+def natives(target: float, cls: str) -> dict[str, float]:
+    """One labelled image's native values: Target, and the class as lung_opacity and no_finding."""
+    return {"Target": target, OPACITY: OPACITY_BY_CLASS[cls], NORMAL: float(cls == NORMAL)}
 
 
 @SOURCES.register("rsna_pneumonia", "RSNA Pneumonia: DICOM, Target + detailed class info, boxes")
@@ -59,35 +78,33 @@ class RSNAPneumoniaSource(Source):
             pid, target = r["patientId"], r["Target"]
             if target not in (0, 1):
                 raise bad_row(labels_path, row, f"Target={target!r}; expected 0 or 1")
-            if pid not in classes or (target == 1) != (classes[pid] == "Lung Opacity"):
+            if pid not in classes or (target == 1) != (classes[pid] == OPACITY):
                 raise bad_row(labels_path, row, f"Target={target} disagrees with class "
                                                 f"{classes.get(pid, 'missing')!r} in {info_path.name}")
             targets[pid] = float(target)
             if target == 1:
-                boxes.setdefault(pid, []).append({"finding": "pneumonia", "native": "Lung Opacity", "x": r["x"],
+                boxes.setdefault(pid, []).append({"finding": "pneumonia", "native": OPACITY, "x": r["x"],
                                                   "y": r["y"], "w": r["width"], "h": r["height"]})
+        folder = self.require(root / IMAGES)
         records = []
-        for folder, split in FOLDERS.items():
-            if split == "train":
-                self.require(root / folder)
-            for image in sorted((root / folder).glob("*.dcm")) if (root / folder).is_dir() else []:
-                pid = image.stem
-                if split == "train" and pid not in targets:
-                    raise FileNotFoundError(f"{image}: no row for patientId {pid} in {labels_path.name}")
-                header = read_header(image)
-                natives = {}
-                if split == "train":
-                    natives = {"Target": targets[pid], **{c: float(classes[pid] == c) for c in CLASSES}}
-                records.append({
-                    "id": f"rsna_{pid}", "image_path": f"{folder}/{image.name}", "source": self.name,
-                    "patient_id": f"rsna_{pid}", "study_id": f"rsna_{pid}", "view": view_code(header.view_position),
-                    "split": split, "sex": sex_code(header.sex), "age": age_years(header.age),
-                    **harmonise(natives, LABEL_MAP),
-                    "boxes": boxes_json(boxes.get(pid, [])) if split == "train" else "",
-                })
+        for image in sorted(folder.glob("*.dcm")):
+            pid = image.stem
+            if pid not in targets:
+                raise FileNotFoundError(f"{image}: no row for patientId {pid} in {labels_path.name}")
+            header = read_header(image)
+            records.append({
+                "id": f"rsna_{pid}", "image_path": f"{IMAGES}/{image.name}", "source": self.name,
+                "patient_id": f"rsna_{pid}", "study_id": f"rsna_{pid}", "view": view_code(header.view_position),
+                "split": "", "sex": sex_code(header.sex), "age": age_years(header.age),
+                **harmonise(natives(targets[pid], classes[pid]), LABEL_MAP), "boxes": boxes_json(boxes.get(pid, [])),
+            })
+        unlabelled = len(list((root / TEST_IMAGES).glob("*.dcm")))
+        if unlabelled:
+            log.info("rsna_pneumonia: %d unlabelled images in %s (the competition's test set) skipped; the %d labelled "
+                     "images carry no official split", unlabelled, root / TEST_IMAGES, len(records))
         missing = set(targets) - {r["id"][len("rsna_"):] for r in records}
         if missing:
-            raise FileNotFoundError(f"{len(missing)} labelled images missing from {root / 'stage_2_train_images'}, "
+            raise FileNotFoundError(f"{len(missing)} labelled images missing from {folder}, "
                                     f"e.g. {sorted(missing)[0]}.dcm")
         return finish(records, root, str(labels_path))
 

@@ -1,14 +1,19 @@
 """SIIM-ACR Pneumothorax Segmentation in its stage 1 or stage 2 release, told apart by their label files.
 
 Stage 1: ROOT holds ``train-rle.csv`` (``ImageId``, `` EncodedPixels`` - the provider's header has the leading
-space), the labelled DICOMs as ``dicom-images-train/<study>/<series>/<ImageId>.dcm`` (split train) and the
-unlabelled ``dicom-images-test/`` (split test).
+space), the labelled DICOMs as ``dicom-images-train/<study>/<series>/<ImageId>.dcm`` and the unlabelled
+competition test set ``dicom-images-test/``.
 
 Stage 2 (the release Kaggle ships now): ROOT holds ``stage_2_train.csv`` (``ImageId,EncodedPixels``), the same
 two DICOM folders and the unlabelled stage-2 test set as flat ``stage_2_images/<ImageId>.dcm`` (``ID_...``
-ids, split test; a flat file names no study, so its study id is its image id). stage_2_train.csv labels the
-stage-1 train and test images, so both DICOM folders are split train. ROOT holding both label files is read as
-stage 2.
+ids). stage_2_train.csv labels the stage-1 train and test images, so both DICOM folders are labelled. ROOT
+holding both label files is read as stage 2.
+
+Only images the label file names are loaded: the unlabelled test folder's, and any DICOM in the labelled
+folders without a label row, are skipped with one logged count, as VinDr's Kaggle test images are. The labelled
+images are one pool (the competition's training set, in stage 2 even two stage-1 splits), not a train split of a
+labelled release, so they carry no official split (``split`` empty) and ``splits.assign_splits`` draws train,
+val and test per patient from the fractions: the source keeps a labelled test split.
 
 Both releases use one code: ``EncodedPixels`` is the competition's relative run-length code over the
 column-major pixel order ("offset length" pairs, each offset counted from the end of the previous run; not the
@@ -28,6 +33,7 @@ ID come from the DICOM headers.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,7 +41,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from radlab.data.dicom import DicomHeader, read_header
+from radlab.data.dicom import read_header
 from radlab.data.records import RecordTable
 from radlab.data.sources.base import SOURCES, Source
 from radlab.data.sources.common import (
@@ -50,12 +56,13 @@ from radlab.data.sources.common import (
 )
 
 LABEL_MAP: dict[str, str] = {"Pneumothorax": "pneumothorax"}
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class Release:
-    """One release's files: its label file, the DICOM folders that file labels (split train) and the
-    unlabelled test folder (split test)."""
+    """One release's files: its label file, the DICOM folders that file labels and the unlabelled test folder
+    (skipped)."""
 
     labels: str
     labelled: tuple[str, ...]
@@ -114,15 +121,22 @@ def find_images(folder: Path) -> dict[str, Path]:
 
 
 def labelled_images(root: Path, layout: Release, codes: dict[str, list[str]]) -> dict[str, Path]:
-    """The DICOM of every image the label file lists; an error when the layout's folders lack some."""
+    """The DICOM of every image the label file lists; an error when the layout's folders lack some. Images there
+    and in the test folder that the label file does not name are skipped, counted in one log line."""
     images: dict[str, Path] = {}
     for folder in layout.labelled:
         images.update(find_images(Source.require(root / folder)))
     missing = sorted(set(codes) - set(images))
+    folders = " and ".join(str(root / f) for f in layout.labelled)
     if missing:
-        folders = " and ".join(str(root / f) for f in layout.labelled)
         raise FileNotFoundError(f"{len(missing)} images of {layout.labels} are missing under {folders}, "
                                 f"e.g. {missing[0]}.dcm")
+    unnamed = len(set(images) - set(codes))
+    test = len(set(find_images(root / layout.test)) - set(codes))
+    if unnamed or test:
+        log.info("siim: %d unlabelled images skipped (%d in %s, the competition's test set; %d without a row in %s "
+                 "under %s); the %d labelled images carry no official split", unnamed + test, test,
+                 root / layout.test, unnamed, layout.labels, folders, len(codes))
     return {image_id: images[image_id] for image_id in sorted(codes)}
 
 
@@ -152,22 +166,17 @@ class SIIMSource(Source):
         if self.mask_dir is not None:
             self.mask_dir.mkdir(parents=True, exist_ok=True)
         records = [self._labelled(root, path, codes[image_id], rle_path) for image_id, path in train.items()]
-        test = find_images(root / layout.test)
-        records += [self._record(root, path, "test", read_header(path)) for _, path in sorted(test.items())]
         return finish(records, root, str(rle_path))
-
-    def _record(self, root: Path, path: Path, split: str, header: DicomHeader) -> dict[str, Any]:
-        return {
-            "id": f"siim_{path.stem}", "image_path": str(path.relative_to(root)), "source": self.name,
-            "patient_id": f"siim_{header.patient_key or path.stem}",
-            "study_id": f"siim_{study_of(path, root)}", "view": view_code(header.view_position),
-            "split": split, "sex": sex_code(header.sex), "age": age_years(header.age),
-        }
 
     def _labelled(self, root: Path, path: Path, codes: list[str], rle_path: Path) -> dict[str, Any]:
         header = read_header(path)
-        record = self._record(root, path, "train", header)
-        record.update(harmonise({"Pneumothorax": float(any(c != "-1" for c in codes))}, LABEL_MAP))
+        record = {
+            "id": f"siim_{path.stem}", "image_path": str(path.relative_to(root)), "source": self.name,
+            "patient_id": f"siim_{header.patient_key or path.stem}",
+            "study_id": f"siim_{study_of(path, root)}", "view": view_code(header.view_position),
+            "split": "", "sex": sex_code(header.sex), "age": age_years(header.age),
+            **harmonise({"Pneumothorax": float(any(c != "-1" for c in codes))}, LABEL_MAP),
+        }
         if self.mask_dir is not None:
             record["mask_pneumothorax"] = str(self._write_mask(path.stem, codes, header.rows, header.columns,
                                                                rle_path))

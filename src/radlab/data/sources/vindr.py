@@ -13,9 +13,11 @@ sample in tariqshaban/yolov7-vinbigdata-chest-x-ray (README.md) and the class id
 grapestone5321/Kaggle-Prj-VinBigData_Chest_X-ray_Abnormalities_Detection (README.md). Each reader marks all 14
 classes exhaustively, so for that reader a class with any of its boxes is 1 and every other class 0; a reader's
 "No finding" row (none of the 14 classes) gives no_finding 1, any box no_finding 0. Findings only the PhysioNet
-labels express (fractures, edema, pneumonia, tuberculosis, COPD, ...) stay NaN. train.csv -> split train; the
-test images carry no labels and, as in the PhysioNet layout where only labelled images are loaded, are skipped
-(counted in the log).
+labels express (fractures, edema, pneumonia, tuberculosis, COPD, ...) stay NaN. The test images carry no labels
+and, as in the PhysioNet layout where only labelled images are loaded, are skipped (counted in the log). The
+images train.csv labels are then the competition's whole labelled pool, not a train split of a labelled release:
+they carry no official split (``split`` empty), so ``splits.assign_splits`` draws train, val and test per
+patient from the fractions and the source keeps a labelled test split.
 
 Both layouts: readers vote per finding: more than half positive -> 1, none -> 0, a positive minority -> -1
 (readers disagree). Per-reader positives are kept in ``reader_labels`` (JSON), boxes in ``boxes``. Sex and age
@@ -205,19 +207,23 @@ class VinDrSource(Source):
             marks = readers[image_id]
             per_reader = [harmonise(dict.fromkeys(m, POSITIVE), KAGGLE_MAP, default=NEGATIVE) for m in marks.values()]
             records.append(self.record(root, "train", image_id, consensus(per_reader),
-                                       {r: sorted(m) for r, m in marks.items()}, boxes_json(boxes.get(image_id, []))))
+                                       {r: sorted(m) for r, m in marks.items()}, boxes_json(boxes.get(image_id, [])),
+                                       split=""))
         unlabelled = len(list((root / "test").glob("*.dicom")))
         if unlabelled:
-            log.info("vindr: %d unlabelled images in %s (Kaggle test set) skipped", unlabelled, root / "test")
+            log.info("vindr: %d unlabelled images in %s (Kaggle test set) skipped; the %d labelled images carry no "
+                     "official split", unlabelled, root / "test", len(records))
         return finish(records, root, str(path))
 
-    def record(self, root: Path, split: str, image_id: str, labels: dict[str, float],
-               reader_labels: dict[str, list[str]], boxes: str) -> dict:
-        """One image's record; sex, age and view from its DICOM header."""
-        header = read_header(self.require(root / split / f"{image_id}.dicom"))
+    def record(self, root: Path, folder: str, image_id: str, labels: dict[str, float],
+               reader_labels: dict[str, list[str]], boxes: str, split: str | None = None) -> dict:
+        """One image's record from ``folder`` (also its split unless ``split`` is given); sex, age and view from
+        its DICOM header."""
+        header = read_header(self.require(root / folder / f"{image_id}.dicom"))
         return {
-            "id": f"vindr_{image_id}", "image_path": f"{split}/{image_id}.dicom", "source": self.name,
+            "id": f"vindr_{image_id}", "image_path": f"{folder}/{image_id}.dicom", "source": self.name,
             "patient_id": f"vindr_{image_id}", "study_id": f"vindr_{image_id}",
-            "view": view_code(header.view_position), "split": split, "sex": sex_code(header.sex),
+            "view": view_code(header.view_position), "split": folder if split is None else split,
+            "sex": sex_code(header.sex),
             "age": age_years(header.age), **labels, "reader_labels": json.dumps(reader_labels), "boxes": boxes,
         }
