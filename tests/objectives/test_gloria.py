@@ -3,6 +3,8 @@ word aggregation, and the objective's wiring of an encoder's tokens into both te
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -87,6 +89,18 @@ def test_word_pieces_are_summed_into_words_and_special_tokens_dropped() -> None:
         LocalMatcher.words(TowerOutput(torch.zeros(2, 4), torch.zeros(2, 3, 4)), empty, tokenizer)
 
 
+def test_punctuation_is_no_word_as_in_glorias_preprocessing() -> None:
+    """GLoRIA's words are the report's lower-cased ``\\w+`` tokens (``create_path_2_sent_mapping``): section
+    colons, full stops and brackets are not words the local term attends with."""
+    report = "FINDINGS: Heart size is enlarged (mild). IMPRESSION: Cardiomegaly, no x-ray artefact."
+    tokenizer = train_wordpiece([report] * 20, vocab_size=120)
+    tokens = tokenizer([report], return_tensors="pt")
+    pieces = tokenizer.convert_ids_to_tokens(tokens["input_ids"][0])
+    membership = word_membership(tokens["input_ids"], tokens["attention_mask"], tokenizer)[0]
+    words = ["".join(pieces[j].removeprefix("##") for j in row.nonzero().flatten().tolist()) for row in membership]
+    assert words == re.findall(r"\w+", report.lower())
+
+
 @pytest.mark.parametrize(("tower", "kwargs", "region_dim"), [("vit_tiny_patch16_224", {"depth": 1}, 192),
                                                              ("resnet18", {"regions_stage": -2}, 256)])
 def test_objective_wires_the_encoders_tokens_into_both_terms(tower: str, kwargs: dict, region_dim: int) -> None:
@@ -102,7 +116,7 @@ def test_objective_wires_the_encoders_tokens_into_both_terms(tower: str, kwargs:
     model = build_encoder(cfg, train_wordpiece(texts[:4] * 5, vocab_size=60)).eval()  # no dropout: comparable
     objective = GloriaObjective(model)
     batch = {"image": torch.randn(5, 1, 32, 32), "has_text": torch.tensor([True, True, True, True, False]),
-             "tokens": model.text_tower.tokenize(texts)}
+             "text": texts, "index": torch.arange(5), "tokens": model.text_tower.tokenize(texts)}
     terms = objective(model, batch)
     terms["loss"].backward()
 

@@ -65,7 +65,7 @@ def test_convirt_trains_the_encoders_mlp_projection_which_checkpoints_keep(tmp_p
     objective = ConVIRTObjective(model)
     assert not list(objective.parameters())
     batch = {"image": torch.randn(4, 1, 32, 32), "has_text": torch.tensor([True, True, True, False]),
-             "tokens": model.text_tower.tokenize(texts)}
+             "text": texts, "index": torch.arange(4), "tokens": model.text_tower.tokenize(texts)}
     objective(model, batch)["loss"].backward()
     assert isinstance(model.image_proj, nn.Sequential) and isinstance(model.image_proj[1], nn.ReLU)
     assert all(p.grad is not None for proj in (model.image_proj, model.text_proj) for p in proj.parameters())
@@ -77,6 +77,17 @@ def test_convirt_trains_the_encoders_mlp_projection_which_checkpoints_keep(tmp_p
         torch.testing.assert_close(loaded.encode_text(texts), model.encode_text(texts))
     with pytest.raises(ValueError, match="projection=mlp"):
         ConVIRTObjective(build_encoder(cfg.model_copy(update={"projection": "linear", "text_tower": None})))
+
+
+def test_clip_loss_is_float32_under_mixed_precision() -> None:
+    """The engine runs objectives under bf16 autocast on a GPU; like ``nt_xent``, ``clip_loss`` normalises and
+    scores in float32 there, so the loss is the float32 one (bf16 logits moved it by 0.02 here)."""
+    image, text = (x.float() for x in _features(64, 32, 7))
+    scale = torch.tensor(100.0)
+    exact = clip_loss(image, text, scale, 0.75)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = clip_loss(image, text, scale, 0.75)
+    assert mixed.dtype == torch.float32 and abs(float(mixed) - float(exact)) < 1e-6, float(mixed - exact)
 
 
 def test_unicl_matches_hand_computed_case() -> None:

@@ -47,3 +47,23 @@ def test_mae_loss_falls() -> None:
         optimizer.step()
         losses.append(float(terms["loss"].detach()))
     assert sum(losses[-3:]) / 3 < 0.7 * sum(losses[:3]) / 3, losses
+
+
+def test_mae_loss_is_the_papers_normalised_pixel_loss_on_removed_patches() -> None:
+    """He et al. 2022 (``forward_loss``, norm_pix_loss): each patch's target normalised by its mean and unbiased
+    variance + 1e-6, the squared error averaged over a patch's pixels, then over the removed patches only."""
+    model = tiny_model().eval()
+    objective = MAEObjective(model, decoder_dim=32, decoder_depth=1, decoder_heads=2).eval()
+    predictions: list[torch.Tensor] = []
+    objective.decoder_pred.register_forward_hook(lambda _module, _inputs, out: predictions.append(out))
+    images = torch.randn(3, 1, 32, 32)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        loss = objective(model, {"image": images})["loss"]
+    torch.manual_seed(1)
+    order = torch.rand(3, 16).argsort(1)  # the objective's draw: 16 patches of 8 px, 4 (25%) kept
+    removed = torch.ones(3, 16).scatter_(1, order[:, :4], 0.0)
+    target = patchify(images, 8)
+    target = (target - target.mean(-1, keepdim=True)) / (target.var(-1, keepdim=True) + 1e-6) ** 0.5
+    expected = (((predictions[0] - target) ** 2).mean(-1) * removed).sum() / removed.sum()
+    assert abs(float(loss) - float(expected)) < 1e-6

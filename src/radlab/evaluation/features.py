@@ -25,8 +25,9 @@ from radlab.progress import tracked
 FEATURE_KINDS = ("pooled", "embedding", "tokens")
 TEXT_KINDS = ("embedding", "pooled")
 # Part of every cache key with the image reading policy: bump it when what an extractor computes changes (2: local
-# scores are max over words; 3: long reports keep their impression, keys carry ``behaviour``).
-FEATURE_FORMAT = "3"
+# scores are max over words; 3: long reports keep their impression, keys carry ``behaviour``; 4: local scores skip
+# punctuation "words").
+FEATURE_FORMAT = "4"
 log = logging.getLogger(__name__)
 
 

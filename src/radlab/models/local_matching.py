@@ -3,7 +3,7 @@ it attends to, summed over the report's words.
 
 With region features v_j (the image tower's region tokens through a bias-free linear map into the text
 tower's width: GLoRIA's local embedder) and word features t_i (text-tower tokens, word pieces summed into
-words as GLoRIA's ``aggregate_tokens`` does; special tokens and padding dropped):
+words as GLoRIA's ``aggregate_tokens`` does; special tokens, padding and punctuation dropped):
 
     s_ij = t_i · v_j                                            (raw dot products, features not normalised)
     a_ij = softmax_j( τ1 · softmax_i'(s_i'j)_i )                attention of word i over regions j
@@ -18,9 +18,17 @@ the released code (``local_loss``, after AttnGAN's) drops that exponent, as Z ab
 paper's, a scale the objective's τ3 absorbs. The GLoRIA objective trains a ``LocalMatcher``; the encoder keeps it
 (``RadEncoder.local_match``) so zero-shot and retrieval can score with it as GLoRIA's own evaluation does
 (there over words by the best word, not the log-sum-exp: ``over_words="max"``).
+
+The words are those of GLoRIA's preprocessing (``create_path_2_sent_mapping``: lower-cased ``\\w+`` tokens, ASCII
+only), so a word with no ASCII letter, digit or underscore (":", ".", "(") is none. Special tokens are no words
+either: the released loss's slice ``words_emb[i, :, :cap_len]`` (cap_len = words + 1) scores [CLS] with the words
+while its evaluation (``get_local_similarities``, ``1:cap_len + 1``) scores [SEP] instead; the paper's Z runs over
+the report's words, as here.
 """
 
 from __future__ import annotations
+
+import re
 
 import torch
 import torch.nn.functional as F
@@ -30,13 +38,15 @@ from transformers import PreTrainedTokenizerBase
 from radlab.models.towers import TowerOutput
 
 CONTINUATION = "##"  # WordPiece's prefix for a piece that continues the previous word
+WORD_CHARACTER = re.compile(r"\w", re.ASCII)  # what GLoRIA's words are made of (RegexpTokenizer(r"\w+"), ASCII)
 
 
 def word_membership(input_ids: torch.Tensor, attention_mask: torch.Tensor,
                     tokenizer: PreTrainedTokenizerBase) -> torch.Tensor:
     """[B, W, L] 0/1 matrix: word w of report b is the sum of the tokens l marked in row w. A token starting
-    with "##" joins the previous word; special tokens and padding belong to no word; W is the batch's largest
-    word count. Unknown pieces ([UNK]) are words. A report with no word has no row marked."""
+    with "##" joins the previous word; special tokens, padding and words without an ASCII letter, digit or
+    underscore (punctuation) belong to no word; W is the batch's largest word count. Unknown pieces ([UNK])
+    are words. A report with no word has no row marked."""
     special = set(tokenizer.all_special_ids) - {tokenizer.unk_token_id}
     rows: list[list[list[int]]] = []
     for ids, mask in zip(input_ids.tolist(), attention_mask.tolist(), strict=True):
@@ -49,7 +59,8 @@ def word_membership(input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 words[-1].append(position)
             else:
                 words.append([position])
-        rows.append(words)
+        rows.append([w for w in words
+                     if WORD_CHARACTER.search("".join(pieces[p].removeprefix(CONTINUATION) for p in w))])
     membership = torch.zeros(len(rows), max((len(r) for r in rows), default=1), input_ids.shape[1])
     for b, words in enumerate(rows):
         for w, positions in enumerate(words):

@@ -43,13 +43,21 @@ def clip_loss(image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor
     Each rank holds its rows; the other ranks' rows are gathered with gradients and this rank scores only
     its own rows against all columns (open_clip's local loss), returning its share of the global mean
     (``global_mean``), so W ranks with B rows each train exactly like one process with W·B rows.
-    ``weight_image`` weighs image->text against text->image (CLIP: 1/2; ConVIRT: λ)."""
-    all_image, offset = gather_with_grad(image)
-    all_text, _ = gather_with_grad(text)
-    target = torch.arange(len(image), device=image.device) + offset
-    image_to_text = F.cross_entropy(logit_scale * image @ all_text.T, target, reduction="none")
-    text_to_image = F.cross_entropy(logit_scale * text @ all_image.T, target, reduction="none")
-    per_row = weight_image * image_to_text + (1 - weight_image) * text_to_image
+    ``weight_image`` weighs image->text against text->image (CLIP: 1/2; ConVIRT: λ). Like ``nt_xent``, the
+    logits are computed in float32 with autocast off, whatever precision the caller runs in (bf16 logits at
+    scale 100 move the loss by 1e-3 to 1e-2); embeddings that come in a lower precision are normalised again
+    in float32 (float32 ones, unit vectors already, are taken as they are)."""
+    dtype = torch.promote_types(torch.promote_types(image.dtype, text.dtype), torch.float32)
+    with torch.autocast(image.device.type, enabled=False):
+        if image.dtype != dtype or text.dtype != dtype:  # unit vectors no more once rounded to bf16/fp16
+            image, text = F.normalize(image.to(dtype), dim=-1), F.normalize(text.to(dtype), dim=-1)
+        all_image, offset = gather_with_grad(image)
+        all_text, _ = gather_with_grad(text)
+        target = torch.arange(len(image), device=image.device) + offset
+        scale = logit_scale.to(dtype)
+        image_to_text = F.cross_entropy(scale * image @ all_text.T, target, reduction="none")
+        text_to_image = F.cross_entropy(scale * text @ all_image.T, target, reduction="none")
+        per_row = weight_image * image_to_text + (1 - weight_image) * text_to_image
     return global_mean(per_row, len(all_image))
 
 

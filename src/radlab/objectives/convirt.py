@@ -7,6 +7,7 @@ from torch import nn
 
 from radlab.objectives.base import OBJECTIVES, Objective
 from radlab.objectives.clip import clip_loss
+from radlab.objectives.report_text import check_text_view, text_view_tokens
 
 
 @OBJECTIVES.register("convirt", "ConVIRT: lambda-weighted image->text / text->image InfoNCE, MLP heads, fixed tau")
@@ -23,22 +24,26 @@ class ConVIRTObjective(Objective):
         l_i(u->v) = -log exp(u_i·v_i / τ) / sum_k exp(u_i·v_k / τ)
         L = 1/N sum_i [ λ l_i(v->u) + (1 - λ) l_i(u->v) ]
 
-    As in the paper, the representation meant for downstream probes is the image tower's.
+    The text is the paper's transformation t_u (Sec. 2.2): one sentence of the report sampled uniformly at
+    every step (``text_view: sentence``, ``report_text.sample_sentences``: headers stripped, pieces without
+    a letter never drawn); ``text_view: report`` contrasts the whole report instead. Evaluation encodes whole
+    reports either way. As in the paper, the representation meant for downstream probes is the image tower's.
     """
 
     requires_text = True
 
-    def __init__(self, model: nn.Module, temperature: float = 0.1, weight: float = 0.75) -> None:
+    def __init__(self, model: nn.Module, temperature: float = 0.1, weight: float = 0.75,
+                 text_view: str = "sentence") -> None:
         super().__init__()
         if model.projection_kind != "mlp":
             raise ValueError("ConVIRT's loss is defined on non-linear projections: set model.projection=mlp "
                              f"(got {model.projection_kind!r})")
         self.temperature = temperature
         self.weight = weight
+        self.text_view = check_text_view(text_view)
 
     def forward(self, model: nn.Module, batch: dict) -> dict[str, torch.Tensor]:
-        keep = batch["has_text"]
-        image = model.encode_image(batch["image"][keep])
-        text = model.encode_text({k: v[keep] for k, v in batch["tokens"].items()})
+        image = model.encode_image(batch["image"][batch["has_text"]])
+        text = model.encode_text(text_view_tokens(model, batch, self.text_view))
         loss = clip_loss(image, text, torch.tensor(1.0 / self.temperature, device=image.device), self.weight)
         return {"loss": loss, "convirt": loss.detach()}

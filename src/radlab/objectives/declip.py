@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import random
-import re
 from collections.abc import Callable
 
 import torch
@@ -17,21 +16,11 @@ from radlab.objectives.base import OBJECTIVES, Objective, step_seed
 from radlab.objectives.clip import LogitScale, clip_loss
 from radlab.objectives.gloria import local_loss, start_matcher
 from radlab.objectives.masked_language import MaskedLanguageModelling
+from radlab.objectives.report_text import report_sections
 from radlab.objectives.simclr import nt_xent
 from radlab.train.distributed import gather_with_grad
 
 log = logging.getLogger(__name__)
-
-SECTION_HEADER = re.compile(r"\b([A-Z][A-Z /&-]*[A-Z]):\s*")  # FINDINGS:, IMPRESSION:, CLINICAL HISTORY:
-SENTENCE_BREAK = re.compile(r"(?<=[.!?])\s+")
-
-
-def report_sections(report: str) -> list[tuple[str, list[str]]]:
-    """A report as (header, sentences) per section; text before the first header has header ""."""
-    parts = SECTION_HEADER.split(report)
-    sections = [("", parts[0]), *zip(parts[1::2], parts[2::2], strict=True)]
-    return [(header, [s for s in SENTENCE_BREAK.split(body.strip()) if s]) for header, body in sections]
-
 
 def augment_report(report: str, rng: random.Random, drop: float, shuffle: float) -> str:
     """A second "view" of a report: each sentence is dropped with probability ``drop`` (at least one is kept),

@@ -16,6 +16,13 @@ encoder's normalised projections:
 with τ1 = 4, τ2 = 5, τ3 = 10 and λ = 1 (the released CheXpert pre-training config); both directions are summed,
 not averaged, as in the released code. Temperatures act as scale factors there and here.
 
+The text x_t is one sentence of the report drawn at every step (``text_view: sentence``,
+``report_text.sample_sentences``), as the released pre-training reads reports (``data.text.full_report: false``:
+``MultimodalPretrainingDataset.get_caption`` picks one of the report's sentences at random); both terms read
+that sentence. As the released preprocessing (``create_path_2_sent_mapping``), sentences of one word are not
+drawn (a report without a longer one is read whole); unlike it, section headers are stripped from sentences.
+``text_view: report`` contrasts whole reports. Evaluation scores whole reports (or prompts) either way.
+
 The words are the text tower's tokens: GLoRIA sums the last four BERT layers, which a text tower does with
 ``hidden_layers: 4`` (``configs/gloria.yaml``; the default 1 is the last layer alone), and their word pieces
 are summed into words by the matcher. The regions are the image tower's ``regions`` where it gives them (a CNN
@@ -35,6 +42,7 @@ from transformers import PreTrainedTokenizerBase
 from radlab.models.local_matching import LocalMatcher, local_similarity
 from radlab.objectives.base import OBJECTIVES, Objective
 from radlab.objectives.clip import clip_loss
+from radlab.objectives.report_text import check_text_view, text_view_tokens
 from radlab.train.distributed import gather_sizes, gather_with_grad, global_mean, world_size
 
 
@@ -96,11 +104,13 @@ class GloriaObjective(Objective):
 
     def __init__(self, model: nn.Module, temp_attention: float | None = None, temp_words: float | None = None,
                  temp_contrast: float = 10.0, local_weight: float = 1.0, global_weight: float = 1.0,
-                 word_softmax: bool | None = None) -> None:
+                 word_softmax: bool | None = None, text_view: str = "sentence") -> None:
         """τ1 (``temp_attention``), τ2 (``temp_words``) and ``word_softmax`` left None take the continued
-        public GLoRIA's, else 4, 5 and True."""
+        public GLoRIA's, else 4, 5 and True. ``text_view``: "sentence" (one per report per step, the released
+        pre-training's) or "report"."""
         super().__init__()
         self.matcher = start_matcher(model, temp_attention, temp_words, word_softmax)
+        self.text_view = check_text_view(text_view)
         self.temp_contrast = temp_contrast
         self.local_weight, self.global_weight = local_weight, global_weight
 
@@ -108,9 +118,8 @@ class GloriaObjective(Objective):
         model.local_match = self.matcher
 
     def forward(self, model: nn.Module, batch: dict) -> dict[str, torch.Tensor]:
-        keep = batch["has_text"]
-        tokens = {k: v[keep] for k, v in batch["tokens"].items()}
-        image_out = model.image_output(batch["image"][keep])
+        tokens = text_view_tokens(model, batch, self.text_view, min_words=2)
+        image_out = model.image_output(batch["image"][batch["has_text"]])
         text_out = model.text_output(tokens)
         image = F.normalize(model.project_image(image_out), dim=-1)
         text = F.normalize(model.text_proj(text_out.pooled), dim=-1)

@@ -43,7 +43,22 @@ class MAEObjective(Objective):
 
         L = 1/|M| sum_{p in M} ||decoder(p) - x̂_p||^2 / (p^2 C)
 
-    The decoder is owned here and discarded after pre-training.
+    (the reference's ``forward_loss`` with ``norm_pix_loss``; var is the unbiased variance). The decoder is owned
+    here and discarded after pre-training.
+
+    Departures from the reference implementation (facebookresearch/mae ``models_mae.py``, ``main_pretrain.py``)
+    that leave the loss's definition as above:
+
+    - the decoder gets the patch tokens only: the encoder's class token is not passed on (MAE appends it to
+      the decoder's sequence and drops its prediction);
+    - the encoder's position embeddings are the timm ViT's learned ones (MAE freezes fixed 2-D sine-cosine
+      ones in the encoder too); the decoder's are fixed sine-cosine, as MAE's;
+    - the decoder's final LayerNorm has eps 1e-5 (MAE: 1e-6; its blocks' are 1e-6, as MAE's), its linear
+      layers keep PyTorch's default initialisation (MAE: Xavier-uniform), and its default size is small
+      (128-d, 2 blocks, 4 heads; MAE: 512-d, 8 blocks, 16 heads) for the small towers trained here;
+    - augmentation: crops of (0.4, 1) of the area (MAE: (0.2, 1)) with brightness/contrast jitter and random
+      gamma (MAE: none), no horizontal flip by default (MAE flips; a flip swaps a radiograph's sides);
+    - the visible count is round(N (1 - mask_ratio)) (MAE truncates), the same for the usual grids.
     """
 
     tower_only = True
