@@ -58,15 +58,17 @@ def test_timm_tower_export_loads_with_timm(tmp_path: Path, encoder) -> None:
     assert card.startswith("---\nlibrary_name: timm") and "| linear_probe | 0.750 |" in card and "objective:" in card
 
 
-def test_mlp_projection_export_names_its_layers(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["mlp", "mlp_wide"])
+def test_mlp_projection_export_names_its_layers(tmp_path: Path, kind: str) -> None:
     """A ConVIRT-style encoder exports both MLP layers and its card says which keys make the projection."""
     cfg = ModelConfig(image_tower=TowerConfig(name="vit_tiny_patch16_224", kwargs={"depth": 1}), text_tower=None,
-                      image_size=32, embed_dim=16, projection="mlp")
+                      image_size=32, embed_dim=16, projection=kind)
     out = export_encoder(build_encoder(cfg), tmp_path / "export")
     heads = load_file(str(out / HEADS_FILE))
     assert set(heads) == {"image_proj.0.weight", "image_proj.0.bias", "image_proj.2.weight", "image_proj.2.bias"}
-    assert "Linear, ReLU, Linear: `*_proj.0.*`, `*_proj.2.*`" in (out / "README.md").read_text()
-    assert json.loads((out / "radlab_export.json").read_text())["projection"] == "mlp"
+    assert heads["image_proj.0.weight"].shape[0] == (192 if kind == "mlp_wide" else 16)
+    assert "ReLU, Linear: `*_proj.0.*`, `*_proj.2.*`" in (out / "README.md").read_text()
+    assert json.loads((out / "radlab_export.json").read_text())["projection"] == kind
 
 
 def test_text_tower_export_loads_with_transformers(tmp_path: Path, encoder) -> None:

@@ -60,9 +60,11 @@ def test_convirt_trains_the_encoders_mlp_projection_which_checkpoints_keep(tmp_p
     texts = ["small left pleural effusion", "no acute process", "cardiomegaly", "right pneumothorax"]
     cfg = ModelConfig(image_tower=TowerConfig(name="vit_tiny_patch16_224", kwargs={"depth": 1}),
                       text_tower=TowerConfig(name="bert_small", kwargs={"hidden_size": 32, "layers": 1, "heads": 2}),
-                      image_size=32, embed_dim=16, projection="mlp")
+                      image_size=32, embed_dim=16, projection="mlp_wide")
     model = build_encoder(cfg, train_wordpiece(texts * 5, vocab_size=120))
     objective = ConVIRTObjective(model)
+    widths = [(m.in_features, m.out_features) for m in (model.image_proj[0], model.image_proj[2])]
+    assert widths == [(192, 192), (192, 16)]  # W1 as wide as the tower's features, as the released heads
     assert not list(objective.parameters())
     batch = {"image": torch.randn(4, 1, 32, 32), "has_text": torch.tensor([True, True, True, False]),
              "text": texts, "index": torch.arange(4), "tokens": model.text_tower.tokenize(texts)}
@@ -75,7 +77,7 @@ def test_convirt_trains_the_encoders_mlp_projection_which_checkpoints_keep(tmp_p
     with torch.no_grad():
         torch.testing.assert_close(loaded.encode_image(batch["image"]), model.encode_image(batch["image"]))
         torch.testing.assert_close(loaded.encode_text(texts), model.encode_text(texts))
-    with pytest.raises(ValueError, match="projection=mlp"):
+    with pytest.raises(ValueError, match="projection=mlp_wide or mlp"):
         ConVIRTObjective(build_encoder(cfg.model_copy(update={"projection": "linear", "text_tower": None})))
 
 

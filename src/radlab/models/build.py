@@ -44,7 +44,7 @@ class ModelConfig(BaseModel):
     text_tower: TowerConfig | None = TowerConfig(name="bert_small")
     image_size: int = 128
     embed_dim: int = 128
-    projection: Literal["linear", "mlp"] = "linear"
+    projection: Literal["linear", "mlp", "mlp_wide"] = "linear"
     mean: float = 0.5
     std: float = 0.25
 

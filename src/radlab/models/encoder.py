@@ -71,16 +71,18 @@ class ClassifierHead(nn.Module):
         return self.linear(features)
 
 
-PROJECTIONS = ("linear", "mlp")
+PROJECTIONS = ("linear", "mlp", "mlp_wide")
 
 
 def projection(dim_in: int, dim_out: int, kind: str) -> nn.Module:
-    """A tower's projection into the joint space: "linear" (bias-free, CLIP) or "mlp" (Linear, ReLU, Linear:
-    ConVIRT's non-linear g(h) = W2 ReLU(W1 h))."""
+    """A tower's projection into the joint space: "linear" (bias-free, CLIP) or a non-linear g(h) = W2 ReLU(W1 h)
+    (ConVIRT's) whose hidden layer is as wide as the output ("mlp") or as the tower's features ("mlp_wide", as
+    ConVIRT's released heads: Linear(in, in), ReLU, Linear(in, out))."""
     if kind == "linear":
         return nn.Linear(dim_in, dim_out, bias=False)
-    if kind == "mlp":
-        return nn.Sequential(nn.Linear(dim_in, dim_out), nn.ReLU(), nn.Linear(dim_out, dim_out))
+    if kind in ("mlp", "mlp_wide"):
+        hidden = dim_in if kind == "mlp_wide" else dim_out
+        return nn.Sequential(nn.Linear(dim_in, hidden), nn.ReLU(), nn.Linear(hidden, dim_out))
     raise ValueError(f"unknown projection {kind!r}; choose one of {PROJECTIONS}")
 
 

@@ -40,7 +40,9 @@ from radlab.models.towers import Preprocess
 HEADS_FILE = "heads.safetensors"
 EXPORT_FILE = "radlab_export.json"
 PROJECTION_WORDS = {"linear": "bias-free linear projections `*_proj.weight`",
-                    "mlp": "MLP projections Linear, ReLU, Linear: `*_proj.0.*`, `*_proj.2.*`"}
+                    "mlp": "MLP projections Linear, ReLU, Linear: `*_proj.0.*`, `*_proj.2.*`",
+                    "mlp_wide": "MLP projections Linear (as wide as the tower), ReLU, Linear: `*_proj.0.*`, "
+                                "`*_proj.2.*`"}
 
 
 def _tensors(module: nn.Module | None, prefix: str) -> dict[str, torch.Tensor]:

@@ -16,7 +16,8 @@ class ConVIRTObjective(Objective):
     and Text").
 
     Image and text features h go through two-layer projections g(h) = W2 ReLU(W1 h): the encoder's own
-    ``image_proj`` / ``text_proj`` built with ``model.projection: mlp``, so zero-shot and retrieval use the
+    ``image_proj`` / ``text_proj`` built with ``model.projection: mlp_wide`` (hidden layer as wide as the
+    tower's features, as the released heads; ``mlp``: as wide as the output), so zero-shot and retrieval use the
     space the loss trained. With normalised projections v_i (image), u_i (text), fixed temperature τ (0.1)
     and weight λ (0.75), over the N pairs of the global batch that have report text:
 
@@ -35,9 +36,9 @@ class ConVIRTObjective(Objective):
     def __init__(self, model: nn.Module, temperature: float = 0.1, weight: float = 0.75,
                  text_view: str = "sentence") -> None:
         super().__init__()
-        if model.projection_kind != "mlp":
-            raise ValueError("ConVIRT's loss is defined on non-linear projections: set model.projection=mlp "
-                             f"(got {model.projection_kind!r})")
+        if model.projection_kind not in ("mlp", "mlp_wide"):
+            raise ValueError("ConVIRT's loss is defined on non-linear projections: set model.projection=mlp_wide "
+                             f"or mlp (got {model.projection_kind!r})")
         self.temperature = temperature
         self.weight = weight
         self.text_view = check_text_view(text_view)
