@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from data import fixtures as fx
-from radlab.data.images import read_image
+from radlab.data.images import image_shape, read_image
 
 GRAY = np.tile(np.linspace(60, 180, 32).astype(np.uint8), (16, 1))  # 8-bit, not spanning 0..255
 
@@ -115,3 +115,4 @@ def test_an_exif_orientation_is_applied(tmp_path):
     plain, tagged = read_image(tmp_path / "plain.jpg"), read_image(tmp_path / "tagged.jpg")
     assert plain.shape == (40, 60) and tagged.shape == (60, 40)
     np.testing.assert_allclose(tagged, np.rot90(plain, k=-1), atol=1e-6)
+    assert image_shape(tmp_path / "plain.jpg") == (40, 60) and image_shape(tmp_path / "tagged.jpg") == (60, 40)

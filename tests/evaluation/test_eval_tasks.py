@@ -316,6 +316,52 @@ def test_segmentation_reads_0_1_masks_and_scores_the_empty_prediction(tmp_path: 
     assert list(dice) == [0.0, 1.0]  # what all_zero_dice averages: predicting nothing is right on empty masks
 
 
+def _mask_context(folder: Path, image: np.ndarray, masks: dict[str, np.ndarray], size: int = 16) -> object:
+    """An evaluation context over one record per mask file (``masks``: file name -> array), all of ``image``."""
+    from types import SimpleNamespace
+
+    from radlab.models.towers import Preprocess
+
+    Image.fromarray(image).save(folder / "image.png")
+    for name, array in masks.items():
+        Image.fromarray(array).save(folder / name)
+    records = [{"id": f"r{k}", "image_path": "image.png", "source": "s", "patient_id": f"p{k}", "mask_heart": name}
+               for k, name in enumerate(masks)]
+    return SimpleNamespace(table=RecordTable.from_records(records, folder),
+                           encoder=SimpleNamespace(preprocess=Preprocess(image_size=size)))
+
+
+def test_masks_are_read_as_stored_values_at_any_bit_depth(tmp_path: Path) -> None:
+    """A 16-bit mask that is all foreground is all foreground (read as a radiograph, min-max made it empty); a
+    scaled copy of the image's shape lines up with it."""
+    from radlab.evaluation.segmentation import load_masks
+
+    full16 = np.full((30, 20), 65535, np.uint16)
+    half = np.zeros((60, 40), np.uint8)
+    half[:, :20] = 255
+    ctx = _mask_context(tmp_path, np.zeros((30, 20), np.uint8), {"full16.png": full16, "half.png": half})
+    masks = load_masks(ctx, np.arange(2), ["heart"])  # type: ignore[arg-type]
+    padded_width = 16 * 20 // 30  # the 30x20 portrait image is fitted into 16 px high, padded to 16 wide
+    assert masks[0, 0].sum() == pytest.approx(16 * padded_width, abs=16)
+    assert masks[1, 0].sum() == pytest.approx(masks[0, 0].sum() / 2, abs=16)
+
+
+def test_a_mask_of_another_shape_than_its_image_is_refused(tmp_path: Path) -> None:
+    from radlab.evaluation.segmentation import load_masks
+
+    ctx = _mask_context(tmp_path, np.zeros((120, 90), np.uint8), {"square.png": np.full((120, 120), 255, np.uint8)})
+    with pytest.raises(ValueError, match=r"square\.png: a 120x120 px mask for the 90x120 px image .*image\.png"):
+        load_masks(ctx, np.arange(1), ["heart"])  # type: ignore[arg-type]
+
+
+def test_a_lossy_mask_is_refused(tmp_path: Path) -> None:
+    from radlab.evaluation.segmentation import load_masks
+
+    ctx = _mask_context(tmp_path, np.zeros((16, 16), np.uint8), {"m.jpg": np.full((16, 16), 255, np.uint8)})
+    with pytest.raises(OSError, match=r"m\.jpg: masks are read from lossless files"):
+        load_masks(ctx, np.arange(1), ["heart"])  # type: ignore[arg-type]
+
+
 def test_options_no_task_reads_are_named(tiny_encoder: RadEncoder, split_table: RecordTable, labels: list[str],
                                           cache_dir: Path) -> None:
     out = evaluate(tiny_encoder, split_table, ["knn"], labels, n_boot=10, cache_dir=cache_dir,

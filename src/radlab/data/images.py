@@ -7,11 +7,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from radlab.data.dicom import DICOM_POLICY, is_dicom, read_dicom
+from radlab.data.dicom import DICOM_POLICY, is_dicom, read_dicom, read_header
 
 _RASTER_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
 _TO_GRAY_MODES = {"P", "PA", "1", "CMYK"}  # palette indices, 1-bit and ink values are not gray levels
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_LOSSLESS_MASK_SUFFIXES = {".png", ".tif", ".tiff", ".bmp"}
+_EXIF_ORIENTATION, _TRANSPOSING = 0x0112, {5, 6, 7, 8}  # orientations that swap width and height
 
 
 INTENSITY_POLICY = ("png/jpeg: EXIF orientation applied, palette and 1-bit as gray, colour as mean of R, G, B "
@@ -47,6 +49,42 @@ def read_image(path: Path | str) -> np.ndarray:
         return array / 255.0
     lo, hi = float(array.min()), float(array.max())
     return (array - lo) / (hi - lo) if hi > lo else np.zeros_like(array)
+
+
+def image_shape(path: Path | str) -> tuple[int, int]:
+    """(height, width) of the array ``read_image`` gives for ``path`` (EXIF orientation applied), from the file's
+    header without decoding its pixels."""
+    path = Path(path)
+    if path.suffix.lower() not in _RASTER_SUFFIXES and is_dicom(path):
+        header = read_header(path)
+        return header.rows, header.columns
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+            turned = img.getexif().get(_EXIF_ORIENTATION, 1) in _TRANSPOSING
+    except (OSError, ValueError) as err:
+        raise OSError(f"{path}: cannot read image ({err})") from err
+    return (width, height) if turned else (height, width)
+
+
+def read_mask(path: Path | str) -> np.ndarray:
+    """A segmentation mask as bool [H, W]: every non-zero stored value is foreground, at any bit depth (0/1,
+    0/255 and 0/65535 masks alike; a radiograph's intensity scaling would read a constant 16-bit mask as
+    empty), EXIF orientation applied as to images. Lossy formats are refused: JPEG noise around an edge would
+    read as foreground."""
+    path = Path(path)
+    if path.suffix.lower() not in _LOSSLESS_MASK_SUFFIXES:
+        raise OSError(f"{path}: masks are read from lossless files ({', '.join(sorted(_LOSSLESS_MASK_SUFFIXES))}); "
+                      f"a {path.suffix or 'suffix-less'} mask cannot be read exactly")
+    try:
+        with Image.open(path) as img:
+            img = ImageOps.exif_transpose(img)
+            array = np.asarray(img.convert("L") if img.mode in _TO_GRAY_MODES else img)
+    except (OSError, ValueError) as err:
+        raise OSError(f"{path}: cannot read mask ({err})") from err
+    if array.ndim == 3:  # gray+alpha: its gray; colour: any of R, G, B
+        array = array[..., 0] if array.shape[-1] == 2 else array[..., :3].max(axis=-1)
+    return array > 0
 
 
 def _gray(array: np.ndarray) -> np.ndarray:

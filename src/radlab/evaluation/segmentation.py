@@ -5,28 +5,43 @@ no training record has a mask for is not scored (listed as ``untrained``)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from radlab.data.images import fit_square, read_image
+from radlab.data.images import fit_square, image_shape, read_mask
 from radlab.data.records import MASK_PREFIX
 from radlab.evaluation.context import TASKS, EvalContext, TaskSkipped, nonzero, single_thread
 from radlab.evaluation.metrics import dice_iou
 
 
 def load_masks(ctx: EvalContext, rows: np.ndarray, structures: list[str]) -> np.ndarray:
-    """[N, S, size, size] float masks in the images' geometry (``Preprocess``); NaN where a record has no mask."""
+    """[N, S, size, size] float masks in the images' geometry (``Preprocess``); NaN where a record has no mask.
+    A mask is brought to that geometry on its own, so it must have its image's shape or a scaled copy of it;
+    one of another aspect ratio (saved square for a portrait film, or without the image's EXIF rotation) would
+    land beside its anatomy and is refused, naming both files."""
     p = ctx.encoder.preprocess
     out = np.full((len(rows), len(structures), p.image_size, p.image_size), np.nan, dtype=np.float32)
     for n, i in enumerate(rows):
         for s, name in enumerate(structures):
             path = ctx.table.mask_path(int(i), name)
             if path is not None and path.exists():
-                binary = (read_image(path) > 0).astype(np.float32)  # 0/1 and 0/255 masks alike
-                out[n, s] = fit_square(binary, p.image_size, p.fit, p.resize) > 0.5
+                binary = read_mask(path)
+                check_aligned(binary.shape, ctx.table.image_path(int(i)), path)
+                out[n, s] = fit_square(binary.astype(np.float32), p.image_size, p.fit, p.resize) > 0.5
     return out
+
+
+def check_aligned(mask: tuple[int, ...], image_path: Path, mask_path: Path) -> None:
+    """Refuse a mask whose aspect ratio is not its image's (beyond a pixel of rounding in a scaled copy)."""
+    height, width = image_shape(image_path)
+    if abs(mask[0] * width - mask[1] * height) > max(width, height, mask[0], mask[1]):
+        raise ValueError(f"{mask_path}: a {mask[1]}x{mask[0]} px mask for the {width}x{height} px image "
+                         f"{image_path} (width x height after EXIF rotation): not the image's shape or a scaled "
+                         "copy of it, so it would not lie on its anatomy")
 
 
 def token_grid(ctx: EvalContext, split: str) -> torch.Tensor:
