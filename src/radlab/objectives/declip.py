@@ -120,7 +120,10 @@ class DeCLIPObjective(Objective):
                  mask_prob: float = 0.15, local_weight: float = 0.0, local_scale: float = 10.0,
                  temp_attention: float | None = None, temp_words: float | None = None,
                  model: nn.Module | None = None) -> None:
-        """``model``, the encoder (its text tower), is needed when ``tss_weight`` or ``local_weight`` > 0."""
+        """``model``, the encoder (its text tower), is needed when ``tss_weight`` or ``local_weight`` > 0.
+        ``hflip`` (off, as in configs/declip.yaml) flips both image views, and both are paired with reports
+        (MVS, NNS), so a report's "left" would name the flipped image's right: turn it on only for reports that
+        never name a side (SLIP flips only its self-supervision views)."""
         super().__init__()
         weights = {"iss_weight": iss_weight, "tss_weight": tss_weight, "nns_weight": nns_weight}
         if min(weights.values()) < 0 or sum(weights.values()) >= 1:
