@@ -153,6 +153,26 @@ def test_early_stopping_on_a_validation_term(tmp_path: Path, phantom_dir: Path) 
     assert _exported_matches_state(last, load_state(latest_state(tmp_path / "b")))
 
 
+def test_validation_reads_images_without_the_training_augmentation(tmp_path: Path, phantom16: Path) -> None:
+    """Early stopping selects on a loss over the validation images as evaluation reads them, not over randomly
+    cropped, rotated and jittered views (single-view objectives); multi-view objectives keep their own views."""
+    from radlab.data.dataset import RecordDataset
+
+    stopping = "early_stopping={metric: bce, every: 1, patience: 1, max_batches: 1}"
+    cfg = tiny_config("supervised", phantom16, tmp_path, "optim.batch_size=2",
+                      "data.split_fractions={train: 0.8, val: 0.2}", stopping)
+    trainer = Trainer(cfg, distributed.init_distributed("cpu"), None)
+    loader, _ = trainer.val
+    plain = RecordDataset(loader.dataset.dataset.table, trainer.model.preprocess, trainer.class_names)
+    batch = next(iter(loader))
+    expected = torch.stack([plain[int(i)]["image"] for i in batch["index"]])
+    assert torch.equal(batch["image"], expected)
+    dinov2 = Trainer(tiny_config("dinov2", phantom16, tmp_path / "dino", "data.split_fractions={train: 0.8, val: "
+                                 "0.2}", "optim.batch_size=2", "early_stopping={metric: dino, every: 1, patience: 1, max_batches: 1}"),
+                     distributed.init_distributed("cpu"), None)
+    assert isinstance(next(iter(dinov2.val[0]))["image"], list)  # global and local crops, as in training
+
+
 def test_resumed_run_exports_the_best_step_seen_before_the_interruption(tmp_path: Path, phantom_dir: Path) -> None:
     extra = ["optim.steps=3", "optim.batch_size=8", "data.split_fractions={train: 0.8, val: 0.2}",
              "checkpoint={every: 1, keep_last: 5}",

@@ -127,15 +127,17 @@ class Trainer:
                 find_unused_parameters=cfg.runtime.find_unused_parameters)
         self.micro_batch = self._micro_batch()
         size = self.model.preprocess.image_size
-        transform = self.objective.train_transform(size) or train_augment(size)
+        views = self.objective.train_transform(size)  # a multi-view objective's own views, else None
+        transform = views or train_augment(size)
         self.tokenize = self.model.text_tower.tokenize if self.objective.requires_text else None
         records = [self._records(train_table, "train")]
         if cfg.early_stopping is not None:
             records.append(self._records(table.split("val"), "val"))
         cache = run_image_cache(cfg, env, records, self.model.preprocess) if self.objective.requires_images else None
         self.loader, self.sampler = self._loader(records[0], transform, shuffle=True, cache=cache)
-        # validation reads the training transform (seeded per sample, epoch 0): multi-view objectives need views
-        self.val = self._loader(records[1], transform, shuffle=False, cache=cache) if len(records) > 1 else None
+        # validation: an objective's own views where it needs them (seeded per sample, epoch 0), else the images
+        # as evaluation reads them, without the training augmentation
+        self.val = self._loader(records[1], views, shuffle=False, cache=cache) if len(records) > 1 else None
         opt = cfg.optim
         groups = param_groups(self.module, opt.weight_decay, opt.lr, opt.layer_decay, opt.patch_embed_lr_scale)
         self.optimizer = torch.optim.AdamW(groups, lr=opt.lr, betas=opt.betas)
