@@ -100,8 +100,8 @@ def test_a_resume_may_move_data_caches_and_change_workers_not_what_is_trained(tm
         return run_fingerprint(tiny_config("supervised", phantom_dir, tmp_path, "optim.batch_size=8", *extra))
 
     base = fingerprint(f"data.image_cache={tmp_path / 'c1'}")
-    moved = fingerprint(f"data.image_cache={tmp_path / 'c2'}", "optim.num_workers=3", "runtime.device=cpu",
-                        f"data.sources=[{{source: phantom, path: {tmp_path / 'moved'}}}]", "max_minutes=5")
+    moved = fingerprint(f"data.image_cache={tmp_path / 'c2'}", "optim.num_workers=3", "optim.log_every=1",
+                        "runtime.device=cpu", f"data.sources=[{{source: phantom, path: {tmp_path / 'moved'}}}]", "max_minutes=5")
     assert changed_fields(base, moved) == []
     assert changed_fields(base, fingerprint()) == ["data.cached"]
     assert changed_fields(base, fingerprint(f"data.image_cache={tmp_path / 'c1'}", "optim.lr=0.5")) == ["optim.lr"]

@@ -104,7 +104,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
 # ``model.external``): it is compared by what its files hold (``starting_files``), so a moved copy resumes and
 # another checkpoint does not.
 RESUME_FREE = {"name", "out", "resume", "max_minutes", "runtime", "checkpoint", "init_from"}
-RESUME_FREE_PARTS = {"data": {"sources", "eval_sources", "image_cache"}, "optim": {"num_workers"},
+RESUME_FREE_PARTS = {"data": {"sources", "eval_sources", "image_cache"}, "optim": {"num_workers", "log_every"},
                      "model": {"external"}}
 SMALL_FILE = 1 << 20  # hashed whole: configs, tokenizers, specs; larger files (weights) by name and size
 
