@@ -73,7 +73,7 @@ def test_demo_compares_every_kind_of_supervision(tmp_path):
     assert list(by_name) == ["random init", *DEMO_METHODS]
     assert {row["supervision"] for row in rows} == {"none", "images only", "labels", "report text"}
     assert by_name["dinov2"]["zero-shot AUC"] == "-" and by_name["random init"]["zero-shot AUC"] == "-"
-    assert by_name["clip"]["zero-shot via"] == "prompts" and by_name["supervised"]["zero-shot via"] == "prototypes"
+    assert by_name["clip"]["zero-shot via"] == "prompts" and by_name["supervised"]["zero-shot via"] == "label head"
     def estimate(cell: str) -> float:  # "0.760 [0.731, 0.789]": the estimate inside its interval
         value, low, high = (float(x) for x in cell.replace("[", "").replace("]", "").replace(",", "").split())
         assert low <= value <= high, cell

@@ -43,7 +43,7 @@ def test_a_sites_manifest_goes_from_import_to_an_evaluated_encoder(phantom_dir: 
     runs = tmp_path / "runs"
     _run("data", "import", "manifest", str(manifest), "--out", str(runs / "site"))
     checked = _run("data", "check", str(runs / "site"), "--drop", str(runs / "site_ok"))
-    assert "1 of 400 images cannot be read" in checked and "row 5" in checked
+    assert "1 of 400 images cannot be read" in checked and "data row 6 " in checked, "the manifest's 6th data row"
     _run("pretrain", "--config", "configs/supervised.yaml", f"data.sources=[{{source: table, path: {runs / 'site_ok'}}}]",
          f"out={runs / 'site_sup'}", "optim.steps=20", "optim.batch_size=16", "optim.warmup_steps=2",
          "model.image_size=32", "model.image_tower.kwargs={depth: 1}")

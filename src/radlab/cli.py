@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,14 +19,22 @@ if TYPE_CHECKING:
     from radlab.data.records import RecordTable
 
 
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Errors a user can fix; the pre-training leakage guard's once its module is loaded (it is what raises it,
+    and importing it for every error would slow each exit)."""
+    audit = sys.modules.get("radlab.data.audit")
+    return (OSError, KeyError, ValueError, yaml.YAMLError, *((audit.LeakageError,) if audit else ()))
+
+
 class UserErrorGroup(TyperGroup):
-    """Input a user can fix (a missing file, an unknown name, a bad value in a config or table) ends a command
-    with its one-line message and exit code 1; ``--verbose`` shows the traceback instead."""
+    """Input a user can fix (a missing file, an unknown name, a bad value in a config or table, pre-training data
+    that overlaps evaluation data) ends a command with its one-line message and exit code 1; ``--verbose`` shows
+    the traceback instead."""
 
     def invoke(self, ctx: typer.Context) -> object:
         try:
             return super().invoke(ctx)
-        except (OSError, KeyError, ValueError, yaml.YAMLError) as err:
+        except user_errors() as err:
             if ctx.params.get("verbose"):
                 raise
             message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
@@ -80,11 +89,12 @@ def pretrain(config: Path = typer.Option(..., help="YAML config, e.g. configs/cl
     """Pre-train an encoder and write a checkpoint folder; under torchrun, one process per GPU."""
     from radlab.train.config import TrainConfig
     from radlab.train.engine import pretrain as run
+    from radlab.train.engine import stop_note
 
     flags = (["resume=true"] if resume else []) + ([f"max_minutes={max_minutes}"] if max_minutes is not None else [])
     cfg = TrainConfig.from_file(config, [*(overrides or []), *flags])
     checkpoint = run(cfg, data_root=data)
-    console.print(f"checkpoint: {checkpoint}")
+    typer.echo(f"checkpoint: {checkpoint}{stop_note(checkpoint)}")  # one line, however long
 
 
 @app.command("eval")

@@ -21,7 +21,7 @@ from radlab.bench.methods import (
 from radlab.data.loading import load_tables
 from radlab.data.records import RecordTable
 from radlab.data.splits import DEFAULT_FRACTIONS
-from radlab.evaluation.runner import evaluate, write_json
+from radlab.evaluation.runner import ZERO_SHOT_VIA, evaluate, write_json
 from radlab.models.build import build_encoder
 from radlab.train.config import TrainConfig
 from radlab.train.setup import seed_everything, training_labels
@@ -60,7 +60,7 @@ def _row(name: str, supervision: str, results: dict) -> dict:
     return {"encoder": name, "supervision": supervision,
             "linear probe AUC": interval_cell(results, ("linear_probe", "macro_auc")),
             "zero-shot AUC": interval_cell(results, ("zero_shot", "macro_auc")),
-            "zero-shot via": results["tasks"].get("zero_shot", {}).get("mode", "-"),
+            "zero-shot via": ZERO_SHOT_VIA.get(results["tasks"].get("zero_shot", {}).get("mode"), "-"),
             "sex AUC": interval_cell(results, ("demographics", "sex", "auc")),
             "age MAE": interval_cell(results, ("demographics", "age", "mae"))}
 

@@ -1,4 +1,5 @@
-"""`radlab data check`: every image read once; unreadable ones listed with row, record and problem, or dropped."""
+"""`radlab data check`: every image read once; unreadable ones listed with data row, record and problem, or
+dropped."""
 
 from __future__ import annotations
 
@@ -44,9 +45,10 @@ def test_cli_lists_them_exits_1_and_drops_them_on_request(damaged: Path, tmp_pat
     runner = CliRunner()
     listed = runner.invoke(app, ["data", "check", str(damaged), "--report", str(tmp_path / "bad.csv")])
     assert listed.exit_code == 1, listed.output
-    assert "4 of 12 images cannot be read" in listed.output and "row 4 (record 's4')" in listed.output
+    assert "4 of 12 images cannot be read" in listed.output
+    assert "  data row 5 (record 's4'):" in listed.output, "1-based, as import's errors count a manifest's rows"
     with (tmp_path / "bad.csv").open() as handle:
-        assert [int(r["row"]) for r in csv.DictReader(handle)] == sorted(BAD)
+        assert [int(r["data_row"]) for r in csv.DictReader(handle)] == [row + 1 for row in sorted(BAD)]
     dropped = runner.invoke(app, ["data", "check", str(damaged), "--drop", str(tmp_path / "clean")])
     assert dropped.exit_code == 0, dropped.output
     clean = RecordTable.read(tmp_path / "clean")

@@ -8,7 +8,8 @@ import pytest
 from radlab.data.labeller import add_report_labels, agreement, label_report, label_sentence
 from radlab.data.prompts import add_prompts, compose_prompts, prompt_from_labels, record_rng, table_prompts
 from radlab.data.records import RecordTable
-from radlab.data.sources.iu_xray import IUXraySource, full_report
+from radlab.data.reports import full_report
+from radlab.data.sources.iu_xray import IUXraySource
 from radlab.data.taxonomy import FINDING_NAMES, propagate_to_parents
 
 

@@ -130,3 +130,19 @@ def test_ids_compare_as_written_whatever_the_column_type(tmp_path):
     assert tables[1].frame["study_id"].tolist() == ["3", ""]
     with pytest.raises(RecordError, match="data row 2: empty patient_id"):
         RecordTable(ints.assign(patient_id=[7.0, np.nan]), tmp_path)
+
+
+@pytest.mark.parametrize(("value", "shown"), [(2, "label_cardiomegaly=2;"), (0.5, "label_cardiomegaly=0.5;"),
+                                              ("yes", "label_cardiomegaly='yes';")])
+def test_refused_label_values_are_shown_as_written_not_as_numpy_reprs(tmp_path, value, shown):
+    """A manifest's label column reads as int64 or float64: the message shows ``2``, not ``np.int64(2)``."""
+    from radlab.data.sources.common import SourceFormatError, chexpert_value
+
+    column = [1, 0, value] if isinstance(value, int) else [1.0, 0.0, value]
+    records = [{**r, "label_cardiomegaly": column[i]} for i, r in enumerate(_records(3))]
+    with pytest.raises(RecordError, match=re.escape(f"data row 3: {shown}")) as err:
+        RecordTable.from_records(records, root=tmp_path)
+    assert "np." not in str(err.value)
+    with pytest.raises(SourceFormatError, match=r"Cardiomegaly=2; expected") as err:
+        chexpert_value(np.int64(2), "labels.csv", 0, "Cardiomegaly")
+    assert "np." not in str(err.value)

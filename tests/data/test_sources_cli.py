@@ -64,3 +64,11 @@ def test_source_specs_are_checked_before_loading(bad, tmp_path):
     for result in (agreement, evaluation):
         assert result.exit_code == 2 and "expected SOURCE:PATH" in result.output
     assert not (tmp_path / "a.md").exists()
+
+
+def test_a_manifests_findings_and_impression_are_report_text_counted_and_labelled(tmp_path):
+    (tmp_path / "manifest.csv").write_text("image_path,patient_id,findings,impression\n,p1,Clear lungs.,\n"
+                                           ",p2,,Cardiomegaly.\n,p3,,\n")
+    output = _import("manifest", str(tmp_path / "manifest.csv"), "--out", str(tmp_path / "out"), "--report-labels")
+    assert "3 records, 3 patients, 2 with report text" in output
+    assert RecordTable.read(tmp_path / "out").frame["label_cardiomegaly"].iat[1] == 1

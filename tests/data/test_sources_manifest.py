@@ -1,4 +1,7 @@
+import json
+
 import numpy as np
+import pandas as pd
 import pytest
 
 from data import fixtures as fx
@@ -36,3 +39,33 @@ def test_text_only_records_get_row_ids(tmp_path):
     (tmp_path / "manifest.csv").write_text("image_path,patient_id,report\n,p1,No effusion.\n,p2,Cardiomegaly.\n")
     frame = ManifestSource().load(tmp_path).frame
     assert frame["id"].tolist() == ["row1", "row2"] and frame["image_path"].tolist() == ["", ""]
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_findings_and_impression_make_the_report_a_row_lacks(tmp_path, fmt):
+    """As the provider sources write it: "FINDINGS: ... IMPRESSION: ...", either part alone; a row's own report
+    is kept, and a row without any text stays without."""
+    rows = [{"image_path": "", "patient_id": "p1", "findings": "Heart enlarged.", "impression": "Cardiomegaly."},
+            {"image_path": "", "patient_id": "p2", "findings": "", "impression": "No acute disease."},
+            {"image_path": "", "patient_id": "p3", "findings": "Clear lungs.", "impression": "", "report": "Own."},
+            {"image_path": "", "patient_id": "p4", "findings": "", "impression": ""}]
+    if fmt == "csv":
+        pd.DataFrame(rows).to_csv(tmp_path / "manifest.csv", index=False)
+    else:
+        (tmp_path / "manifest.jsonl").write_text("\n".join(
+            json.dumps({k: v or None for k, v in row.items()}) for row in rows) + "\n")
+    table = ManifestSource().load(tmp_path)
+    assert table.texts() == ["FINDINGS: Heart enlarged. IMPRESSION: Cardiomegaly.", "IMPRESSION: No acute disease.",
+                             "Own.", ""]
+    assert table.frame["findings"].tolist() == ["Heart enlarged.", "", "Clear lungs.", ""]
+
+
+def test_a_patient_in_two_splits_is_refused_naming_rows_not_the_patient(tmp_path):
+    (tmp_path / "manifest.csv").write_text("image_path,patient_id,split\n,SECRET7,train\n,p2,test\n,SECRET7,\n"
+                                           ",SECRET7,test\n,p3,val\n,p3,val\n")
+    with pytest.raises(SourceFormatError, match=r"manifest.csv: data rows 1 \(train\) and 4 \(test\) are one "
+                                                r"patient's records in different splits.*leave it empty") as caught:
+        ManifestSource().load(tmp_path)
+    assert "SECRET" not in str(caught.value)
+    (tmp_path / "manifest.csv").write_text("image_path,patient_id,split\n,SECRET7,train\n,p2,test\n,SECRET7,\n")
+    assert ManifestSource().load(tmp_path).frame["split"].tolist() == ["train", "test", ""]

@@ -58,6 +58,8 @@ def test_a_patient_in_two_provider_splits_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"1 patients have records in different provider splits \(source s") as caught:
         assign_splits(table, seed=0)
     assert "SECRET" not in str(caught.value)
+    assert "keep_existing" not in str(caught.value), "a Python argument no command or config reaches"
+    assert "leave the split empty for those patients' records" in str(caught.value)
     check_patient_disjoint(assign_splits(table, seed=0, keep_existing=False))
 
 

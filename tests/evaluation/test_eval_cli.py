@@ -103,6 +103,18 @@ def test_bad_option_is_rejected(args: list[str], problem: str, phantom_dir: Path
     assert result.exit_code != 0 and problem in result.output
 
 
+@pytest.mark.parametrize("where", ["nowhere", "not_a_checkpoint", "radlab:nowhere"])
+def test_a_wrong_checkpoint_path_is_the_only_error(where: str, phantom_dir: Path, tmp_path: Path) -> None:
+    """A path that is no radlab checkpoint folder is refused before the leakage check, which would otherwise
+    first print that it could not check it."""
+    (tmp_path / "not_a_checkpoint").mkdir()
+    spec = f"radlab:{tmp_path / 'nowhere'}" if where.startswith("radlab:") else str(tmp_path / where)
+    result = runner.invoke(app, ["eval", "--checkpoint", spec, "--data", f"phantom:{phantom_dir}",
+                                 "--task", "linear_probe", "--out", str(tmp_path / "m.json")])
+    assert result.exit_code == 1 and "is not a radlab checkpoint (no encoder.json)" in result.output, result.output
+    assert "leakage" not in result.output and not (tmp_path / "m.json").exists()
+
+
 @pytest.mark.parametrize(("device", "problem"), [("cuda", "no CUDA device"), ("cuda:3", "no CUDA device"),
                                                   ("tpu", "auto, cpu, cuda or cuda:N")])
 def test_unusable_device_is_rejected_before_any_work(device: str, problem: str, phantom_dir: Path, checkpoint: Path,

@@ -89,3 +89,20 @@ def test_a_task_option_that_is_not_a_number_is_named(tiny_encoder: RadEncoder, s
     out = evaluate(tiny_encoder, split_table, ["kshot"], split_table.label_names, n_boot=10, cache_dir=cache_dir,
                    options={"kshot": {"seeds": "1e0", "shots": [1], "fractions": [1.0]}})["tasks"]["kshot"]
     assert out["seeds"] == [0]  # YAML reads 1e0 as a string: still the number 1
+
+
+def test_zero_shot_by_prompts_is_not_paired_with_zero_shot_by_a_label_head(tiny_encoder: RadEncoder,
+                                                                           split_table: RecordTable,
+                                                                           cache_dir: Path) -> None:
+    """``--compare`` of a text encoder with a label-supervised one over the same findings: their zero-shot
+    figures are reported side by side, not as a paired difference."""
+    head = ["cardiomegaly", "consolidation", "edema"]
+    image_only = copy.deepcopy(tiny_encoder)
+    image_only.text_tower, image_only.text_proj = None, None
+    image_only.label_head = LabelHead(head, image_only.embed_dim)
+    out = evaluate(tiny_encoder, split_table, ["zero_shot"], head, n_boot=10, cache_dir=cache_dir,
+                   options={"zero_shot": {"modes": ["names"]}}, compare=image_only, compare_name="supervised")
+    mine, theirs = out["tasks"]["zero_shot"], out["baseline"]["tasks"]["zero_shot"]
+    assert mine["mode"] == "prompts" and theirs["mode"] == "prototypes" and set(mine["auc"]) == set(theirs["auc"])
+    diff = out["paired_difference"]["zero_shot/macro_auc"]
+    assert diff["unpaired"] == "A scored it via prompts, B via label head" and "p_value" not in diff

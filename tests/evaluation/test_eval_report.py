@@ -168,3 +168,37 @@ def test_a_rendered_file_as_store_is_refused_and_bad_lines_are_named(tmp_path: P
         append_run(_run(["edema"], 1, 0.7), store)
     with pytest.raises(ValueError, match=r"results.jsonl, line 3"):
         render(store)
+
+
+ZERO_SHOT_PROMPTS = {"mode": "prompts", "prompt_mode": "names", "similarity": "global", "macro_auc": 0.45,
+                     "macro_auc_ci": {"ci_low": 0.35, "ci_high": 0.56}}
+ZERO_SHOT_HEAD = {"mode": "prototypes", "prompt_mode": "prototypes", "similarity": None, "macro_auc": 0.92,
+                  "macro_auc_ci": {"ci_low": 0.87, "ci_high": 0.97}}
+KSHOT = {"seeds": [0, 1, 2], "kshot_findings": ["cardiomegaly", "edema"], "kshot": {"2": {"mean": 0.55},
+         "16": {"mean": 0.61}}, "fraction": {}, "macro_auc": 0.61}
+
+
+def test_console_lines_say_how_zero_shot_scored_and_which_k_the_kshot_headline_is() -> None:
+    assert headline(ZERO_SHOT_PROMPTS) == "macro_auc 0.450 [0.350, 0.560] via prompts"
+    assert headline(ZERO_SHOT_HEAD) == "macro_auc 0.920 [0.870, 0.970] via label head"
+    assert headline(KSHOT) == "macro_auc 0.610 at K=16 over 2 findings (mean of 3 seeds)"
+    no_curve = {**KSHOT, "kshot": {}, "kshot_skipped": "no finding has 16 positive and 16 negative training "
+                "patients", "macro_auc": float("nan")}
+    assert "no K-shot curve: no finding has 16 positive" in headline(no_curve)
+
+
+def test_the_store_says_how_zero_shot_scored_and_drops_pairs_obtained_differently(tmp_path: Path) -> None:
+    """A run stored before zero-shot modes were compared (paired via prompts against via a label head) does
+    not show that pair; every row says how zero-shot scored, and K-shot's K."""
+    run = _run(["cardiomegaly"], 0, 0.75, "clip")
+    run["tasks"].update({"zero_shot": ZERO_SHOT_PROMPTS, "kshot": KSHOT})
+    run["baseline"] = {"encoder": "sup", "encoder_hash": "sup-weights",
+                       "tasks": {"zero_shot": ZERO_SHOT_HEAD, "linear_probe": {"macro_auc": 0.7}}}
+    run["paired_difference"] = {
+        "zero_shot/macro_auc": {"difference": -0.47, "ci_low": -0.6, "ci_high": -0.4, "p_value": 0.0, "n_valid": 100},
+        "linear_probe/macro_auc": {"difference": 0.05, "ci_low": 0.02, "ci_high": 0.08, "p_value": 0.002}}
+    text = render(append_run(run, tmp_path / "store.jsonl")).read_text()
+    assert "| clip | zero_shot | macro_auc via prompts | 0.450 |" in text
+    assert "| sup | zero_shot | macro_auc via label head | 0.920 |" in text
+    assert "| clip | kshot | macro_auc at K=16 over 2 findings (mean of 3 seeds) | 0.610 |" in text
+    assert "| linear_probe/macro_auc | +0.050 |" in text and "zero_shot/macro_auc" not in text

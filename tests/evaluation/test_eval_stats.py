@@ -77,3 +77,26 @@ def test_statistics_over_different_findings_are_not_paired() -> None:
     paired = compare_contexts(a, b)
     assert paired["zero_shot/macro_auc"]["unpaired"] and paired["zero_shot/macro_auc"]["b_over"] == ["cardiomegaly"]
     assert paired["linear_probe/macro_auc"]["difference"] == 0.0
+
+
+def test_statistics_obtained_differently_are_not_paired() -> None:
+    """Zero-shot by prompts (A) against by a label head (B) over the same findings: not a paired difference,
+    and the reason says how each scored; another similarity is another way too."""
+    from radlab.evaluation.context import EvalContext
+    from radlab.evaluation.runner import compare_contexts
+
+    patients = np.repeat(np.arange(20).astype(str), 2)
+    a, b = (EvalContext(None, None, [], n_boot=50) for _ in range(2))  # type: ignore[arg-type]
+    for ctx in (a, b):
+        for task in ("zero_shot", "retrieval", "linear_probe"):
+            ctx.task = task
+            ctx.interval("macro_auc", lambda idx: float(len(idx)), patients, over=["cardiomegaly"])
+    tasks_a = {"zero_shot": {"mode": "prompts", "prompt_mode": "names", "similarity": "global"},
+               "retrieval": {"similarity": "both"}, "linear_probe": {}}
+    tasks_b = {"zero_shot": {"mode": "prototypes", "prompt_mode": "prototypes", "similarity": None},
+               "retrieval": {"similarity": "global"}, "linear_probe": {}}
+    paired = compare_contexts(a, b, tasks_a, tasks_b)
+    assert paired["zero_shot/macro_auc"]["unpaired"] == "A scored it via prompts, B via label head"
+    assert "difference" not in paired["zero_shot/macro_auc"]
+    assert paired["retrieval/macro_auc"]["unpaired"] == "A scored it with similarity both, B with similarity global"
+    assert paired["linear_probe/macro_auc"]["difference"] == 0.0

@@ -72,7 +72,7 @@ def test_tower_kwarg_without_value_is_refused_with_the_yaml_hint() -> None:
                                       "optim.accumulation=0"])
 def test_optimisation_counts_must_be_positive(override: str) -> None:
     key = override.partition("=")[0]
-    with pytest.raises(ValueError, match=rf"{re.escape(key)}\n\s+Input should be greater than 0"):
+    with pytest.raises(ValueError, match=rf"clip\.yaml: {re.escape(key)}: should be greater than 0"):
         clip(override)
 
 
@@ -111,3 +111,25 @@ def test_an_override_that_is_not_yaml_is_named_by_itself() -> None:
     with pytest.raises(ValueError, match=re.escape(f"override {item!r}: its value is not valid YAML")) as err:
         clip(item)
     assert "<unicode string>" not in str(err.value)
+
+
+def test_misspelt_settings_name_the_file_the_key_and_the_closest_setting(tmp_path: Path) -> None:
+    """One readable line per bad key, not pydantic's text: the file, the dotted key, the closest known key at
+    that level (from the file, or from an override, which is then named)."""
+    config = load_yaml(CLIP)
+    config["optim"]["warmup_step"] = 15
+    path = tmp_path / "typo.yaml"
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(ValueError) as err:
+        TrainConfig.from_file(path, ["optim.stepz=5", "runtime.device=gpu", "data.sources=[{source: x, pth: y}]"])
+    lines = str(err.value).splitlines()
+    assert f"{path}: optim.warmup_step: not a setting (did you mean optim.warmup_steps?)" in lines
+    assert f"{path}: optim.stepz: not a setting (did you mean optim.steps?); given by the override " \
+           "'optim.stepz=5'" in lines
+    assert any(line.startswith(f"{path}: data.sources[0].pth: not a setting (did you mean data.sources[0].path?)")
+               for line in lines)
+    assert any(line.startswith(f"{path}: runtime.device: should be 'auto', 'cpu' or 'cuda' (got 'gpu')")
+               for line in lines)
+    assert "errors.pydantic.dev" not in str(err.value) and "Extra inputs" not in str(err.value)
+    with pytest.raises(ValueError, match=r"clip\.yaml: ema\.zzz: not a setting \(settings here: decay, warmup\)"):
+        clip("ema={zzz: 1}")

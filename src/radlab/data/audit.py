@@ -331,4 +331,5 @@ def refuse_overlap(pretrain: RecordTable, evals: Mapping[str, RecordTable], forc
         log.warning("%s (forced: continuing)", message)
         return report
     raise LeakageError(f"{message}. List them with `radlab data audit PRETRAIN EVAL... --report FILE`, remove "
-                       f"them with `--exclude OUT`, or force the run to accept the leak.")
+                       f"them with its `--exclude OUT`, or pre-train on them anyway with the override "
+                       f"data.allow_eval_overlap=true (logged as a warning).")

@@ -4,7 +4,7 @@ cache build, or an audit) meets them one at a time: not an image, truncated, an 
 from __future__ import annotations
 
 import csv
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,12 +17,17 @@ from radlab.progress import tracked
 
 @dataclass(frozen=True)
 class Unreadable:
-    """One image that cannot be read: its table row, record id, file and what went wrong."""
+    """One image that cannot be read: its table row (0-based index), record id, file and what went wrong."""
 
     row: int
     record: str
     path: str
     problem: str
+
+    @property
+    def data_row(self) -> int:
+        """The row as users see it, 1-based with the header not counted: the "data row N" of import errors."""
+        return self.row + 1
 
 
 class _ReadJob(Dataset):
@@ -56,13 +61,14 @@ def unreadable_images(table: RecordTable, workers: int = 0) -> list[Unreadable]:
 
 
 def write_unreadable(found: list[Unreadable], path: Path | str) -> Path:
-    """The list as CSV (row, record, path, problem)."""
+    """The list as CSV (data_row: 1-based, as ``data row N`` in messages; record, path, problem)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["row", "record", "path", "problem"])
+        writer = csv.DictWriter(handle, fieldnames=["data_row", "record", "path", "problem"])
         writer.writeheader()
-        writer.writerows(asdict(u) for u in found)
+        writer.writerows({"data_row": u.data_row, "record": u.record, "path": u.path, "problem": u.problem}
+                         for u in found)
     return path
 
 

@@ -81,8 +81,9 @@ def import_source(source: str = typer.Argument(..., help="source name (`radlab l
     frame = table.frame
     splits = ", ".join(f"{k or 'none'}: {v}" for k, v in frame["split"].value_counts().items())
     annotated = sum(bool(frame[f"label_{n}"].notna().any()) for n in table.label_names)
-    typer.echo(f"{path}: {len(frame)} records, {frame['patient_id'].nunique()} patients, "
-               f"{annotated} annotated findings; splits {splits}")
+    reports = int((frame["report"].str.strip() != "").sum())
+    typer.echo(f"{path}: {len(frame)} records, {frame['patient_id'].nunique()} patients, {reports} with report "
+               f"text, {annotated} annotated findings; splits {splits}")
 
 
 @data_app.command("cache")
@@ -108,7 +109,8 @@ def cache(table: Path = typer.Argument(..., help="record table (folder or .parqu
 @data_app.command("check")
 def check(table: Path = typer.Argument(..., help="record table (folder or .parquet)"),
           workers: int = typer.Option(0, help="DataLoader worker processes for reading"),
-          report: Path = typer.Option(None, help="write every unreadable image as CSV (row, record, path, problem)"),
+          report: Path = typer.Option(None, help="write every unreadable image as CSV (data_row, record, path, "
+                                                  "problem)"),
           drop: Path = typer.Option(None, help="write the table without the unreadable records here")) -> None:
     """Read every image once and list those that cannot be read; exit 1 when there are some and --drop is not
     given."""
@@ -119,7 +121,7 @@ def check(table: Path = typer.Argument(..., help="record table (folder or .parqu
     found = unreadable_images(records, workers)
     typer.echo(f"{table}: {len(found)} of {int(records.has_images().sum())} images cannot be read")
     for item in found[:10]:
-        typer.echo(f"  row {item.row} (record {item.record!r}): {item.problem}")
+        typer.echo(f"  data row {item.data_row} (record {item.record!r}): {item.problem}")
     if len(found) > 10:
         typer.echo(f"  ... and {len(found) - 10} more" + ("" if report else " (--report lists them all)"))
     if report is not None:  # also when empty: an earlier check's list must not stay behind

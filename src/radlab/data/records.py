@@ -48,6 +48,12 @@ class RecordError(ValueError):
     """A record table that breaks the data contract; the message names the row and the problem."""
 
 
+def shown(value: Any) -> str:
+    """A cell value for an error message as the user wrote it: ``2``, ``0.5``, ``'yes'`` (numpy scalars as the
+    plain value, not ``np.int64(2)``)."""
+    return repr(value.item() if isinstance(value, np.generic) else value)
+
+
 def label_column(finding: str) -> str:
     return LABEL_PREFIX + finding
 
@@ -175,7 +181,7 @@ def _shared_ids(a: pd.DataFrame, b: pd.DataFrame) -> str:
     from DICOM PatientID)."""
     ids = b["id"][b["id"].isin(a["id"])]
     patients = len(set(a["patient_id"]) & set(b["patient_id"]))
-    parts = [f"{len(ids)} record ids (first {ids.iat[0]!r})"] if len(ids) else []
+    parts = [f"{len(ids)} record ids (first {shown(ids.iat[0])})"] if len(ids) else []
     parts += [f"{patients} patient ids"] if patients else []
     return " and ".join(parts)
 
@@ -213,7 +219,7 @@ def _normalise(frame: pd.DataFrame, origin: str) -> pd.DataFrame:
     duplicated = frame["id"].duplicated()
     if duplicated.any():
         row = int(np.flatnonzero(duplicated.to_numpy())[0])
-        raise RecordError(f"{origin}: data row {row + 1}: id {frame['id'].iat[row]!r} appears twice")
+        raise RecordError(f"{origin}: data row {row + 1}: id {shown(frame['id'].iat[row])} appears twice")
     for col in [c for c in frame.columns if c.startswith(LABEL_PREFIX)]:
         name = col[len(LABEL_PREFIX):]
         if name not in BY_NAME:
@@ -224,7 +230,7 @@ def _normalise(frame: pd.DataFrame, origin: str) -> pd.DataFrame:
         bad |= values.isna() & frame[col].notna() & (frame[col].astype(str) != "nan")
         if bad.any():
             row = int(np.flatnonzero(bad.to_numpy())[0])
-            raise RecordError(f"{origin}: data row {row + 1}: {col}={frame[col].iat[row]!r}; labels are 1, 0, -1 or empty")
+            raise RecordError(f"{origin}: data row {row + 1}: {col}={shown(frame[col].iat[row])}; labels are 1, 0, -1 or empty")
         frame[col] = values
     for col in [c for c in frame.columns if c.startswith(MASK_PREFIX)]:
         frame[col] = frame[col].astype("string").fillna("")
@@ -248,7 +254,7 @@ def _numbers(column: pd.Series, name: str, origin: str) -> pd.Series:
     bad = values.isna() & column.notna() & (column.astype(str).str.strip() != "")
     if bad.any():
         row = int(np.flatnonzero(bad.to_numpy())[0])
-        raise RecordError(f"{origin}: data row {row + 1}: {name}={column.iat[row]!r} is not a number")
+        raise RecordError(f"{origin}: data row {row + 1}: {name}={shown(column.iat[row])} is not a number")
     return values
 
 
@@ -256,4 +262,4 @@ def _check_values(frame: pd.DataFrame, col: str, allowed: set[str], origin: str)
     bad = ~frame[col].isin(allowed)
     if bad.any():
         row = int(np.flatnonzero(bad.to_numpy())[0])
-        raise RecordError(f"{origin}: data row {row + 1}: {col}={frame[col].iat[row]!r}; allowed: {sorted(allowed)}")
+        raise RecordError(f"{origin}: data row {row + 1}: {col}={shown(frame[col].iat[row])}; allowed: {sorted(allowed)}")

@@ -47,6 +47,13 @@ def parse_sections(text: str) -> dict[str, str]:
     return sections
 
 
+def full_report(findings: str, impression: str) -> str:
+    """One report text from its sections, as every source writes ``report``: "FINDINGS: ... IMPRESSION: ...",
+    each part only when present ('' when both are empty)."""
+    parts = [f"FINDINGS: {findings}" if findings else "", f"IMPRESSION: {impression}" if impression else ""]
+    return " ".join(p for p in parts if p)
+
+
 def labelled_text(text: str) -> str:
     """The part of a report a labeller should read: findings and impression when present, else every
     section except context ones (indication, comparison, technique, examination); sections are joined by a

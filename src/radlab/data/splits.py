@@ -115,8 +115,9 @@ def _provider_splits(frame: pd.DataFrame) -> pd.Series:
     if len(conflicting):
         sources = sorted(set(given.loc[given["patient_id"].isin(conflicting), "source"]))
         raise ValueError(f"{len(conflicting)} patients have records in different provider splits (source "
-                         f"{', '.join(sources)}); the provider's split is not patient-level: fix its split column "
-                         f"or file, or redraw every split (keep_existing=False)")
+                         f"{', '.join(sources)}); a patient's records share one split: fix the split column (or the "
+                         f"provider's split file), or leave the split empty for those patients' records so their "
+                         f"splits are drawn per patient")
     return pairs.set_index("patient_id")["split"]
 
 

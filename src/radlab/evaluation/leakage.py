@@ -24,7 +24,7 @@ from pydantic import ValidationError
 
 from radlab.data.audit import LeakageError, audit, share_images, tables_share_images
 from radlab.data.records import RecordTable
-from radlab.models import ENCODERS
+from radlab.models import ENCODERS, load_encoder
 from radlab.models.checkpoint import SPEC_FILE, read_spec
 from radlab.models.external.xrv import training_sources
 from radlab.train.config import TrainConfig
@@ -151,9 +151,23 @@ def unchanged(folder: Path, train: RecordTable, unchecked: list[str]) -> None:
                          "edited, moved or found elsewhere since; the check ran on today's")
 
 
+def require_checkpoint(spec: str | Path) -> None:
+    """For a ``spec`` that names a radlab checkpoint folder (a path, or ``radlab:PATH``) that is not one (a wrong
+    path): the error loading it raises, before the leakage check, which would only note it as not checked.
+    Other formats' paths are checked by their loaders."""
+    name, sep, path = str(spec).partition(":")
+    if sep and name in ENCODERS and name != "radlab":
+        return
+    folder = Path(path if sep and name == "radlab" else spec)
+    if not (folder / SPEC_FILE).is_file():
+        load_encoder(spec)  # raises what the evaluation would: no such format, or not a radlab checkpoint
+
+
 def check_pretraining(spec: str | Path, table: RecordTable, data_root: str | None = None,
                       workers: int = 0) -> PretrainingOverlap:
-    """How much of ``table``'s test split the encoder ``spec`` (checkpoint folder or FORMAT:PATH) pre-trained on."""
+    """How much of ``table``'s test split the encoder ``spec`` (checkpoint folder or FORMAT:PATH) pre-trained on;
+    a wrong checkpoint path is an error (``require_checkpoint``)."""
+    require_checkpoint(spec)
     test = table.split("test")
     test_sources = set(test.frame["source"])
     result = PretrainingOverlap(int(test.frame["patient_id"].nunique()))

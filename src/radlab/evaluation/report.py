@@ -10,7 +10,14 @@ import math
 from pathlib import Path, PurePath
 
 from radlab import atomic
-from radlab.evaluation.runner import headline_metrics, interval_text, json_safe
+from radlab.evaluation.runner import (
+    headline_metrics,
+    headline_note,
+    interval_text,
+    json_safe,
+    method,
+    method_difference,
+)
 
 RENDERED_SUFFIXES = (".md", ".png")  # what ``render`` writes beside the store, under the store's stem
 
@@ -69,7 +76,8 @@ def read_runs(store: Path | str) -> list[dict]:
 
 
 def headline_rows(runs: list[dict]) -> list[dict]:
-    """One row per (run, task): the task's headline metric, its interval, provenance and leakage check."""
+    """One row per (run, task): the task's headline metric, its interval, what it needs said beside it
+    (``runner.headline_note``: zero-shot via prompts or a label head, K-shot's K), provenance and leakage check."""
     rows = []
     for run, role in with_baselines(runs):
         for task, metrics in run.get("tasks", {}).items():
@@ -77,7 +85,7 @@ def headline_rows(runs: list[dict]) -> list[dict]:
                 ci = group.get(f"{key}_ci") or {}
                 rows.append({"encoder": run.get("encoder") or run.get("encoder_hash", "?"),
                              "encoder_hash": run.get("encoder_hash", ""), "task": task,
-                             "metric": name, "value": group[key], "low": ci.get("ci_low"), "high": ci.get("ci_high"),
+                             "metric": name, "note": headline_note(metrics), "value": group[key], "low": ci.get("ci_low"), "high": ci.get("ci_high"),
                              "data_hash": run.get("data_hash", ""), "labels": label_set(run.get("labels", [])),
                              "seed": run.get("seed", ""), "code_version": run.get("code_version", ""),
                              "leakage": leakage_text((run.get("pretraining_overlap") or {}).get(role))})
@@ -120,12 +128,16 @@ def label_set(names: list[str]) -> str:
 
 
 def paired_rows(runs: list[dict]) -> list[dict]:
-    """One row per paired statistic of each run evaluated against a second encoder (``--compare``)."""
+    """One row per paired statistic of each run evaluated against a second encoder (``--compare``); not one the
+    two encoders obtained differently (``runner.method_difference``: also in runs stored before that was
+    checked)."""
     rows = []
     for run in runs:
         baseline = run.get("baseline", {})
         for statistic, diff in run.get("paired_difference", {}).items():
-            if "difference" in diff:
+            task = statistic.split("/", 1)[0]
+            how = [method(tasks.get(task, {})) for tasks in (run.get("tasks", {}), baseline.get("tasks", {}))]
+            if "difference" in diff and not method_difference(*how):
                 rows.append({"encoder": run.get("encoder") or run.get("encoder_hash", "?"),
                              "versus": baseline.get("encoder") or baseline.get("encoder_hash", "?"),
                              "statistic": statistic, **{k: diff.get(k) for k in ("difference", "ci_low", "ci_high",
@@ -149,7 +161,8 @@ def render(store: Path | str, out_dir: Path | str | None = None) -> Path:
     lines += ["", "| encoder | task | metric | value | 95% CI | data | labels | seed | code | leakage |",
               "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['encoder']} | {r['task']} | {r['metric']} | {r['value']:.3f} | {_interval(r)} | "
+        metric = f"{r['metric']} {r['note']}" if r["note"] else r["metric"]
+        lines.append(f"| {r['encoder']} | {r['task']} | {metric} | {r['value']:.3f} | {_interval(r)} | "
                      f"{r['data_hash']} | {r['labels']} | {r['seed']} | {r['code_version']} | {r['leakage']} |")
     if any(r["leakage"].startswith("overlap") for r in rows):
         lines += ["", OVERLAP_WARNING]

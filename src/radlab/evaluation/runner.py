@@ -47,18 +47,50 @@ def run_tasks(ctx: EvalContext, tasks: list[str]) -> dict:
     return out
 
 
-def compare_contexts(a: EvalContext, b: EvalContext) -> dict:
-    """Paired patient bootstrap of A minus B for every statistic both runs computed on the same rows; one
-    computed over different findings (say zero-shot by prompts vs by a label head), or a subgroup gap between
-    different groups, is reported as unpaired."""
+# Task result fields that say how a score was obtained (zero-shot by prompts or by a label head, the
+# image-text similarity, the text features probed): runs that differ in one are not paired.
+METHOD_FIELDS = ("mode", "prompt_mode", "similarity", "kind")
+ZERO_SHOT_VIA = {"prompts": "prompts", "prototypes": "label head"}  # zero-shot ``mode`` -> how it scored
+
+
+def method(metrics: dict) -> dict:
+    """The ``METHOD_FIELDS`` a task's results hold."""
+    return {name: metrics[name] for name in METHOD_FIELDS if name in metrics}
+
+
+def method_difference(a: dict, b: dict) -> str:
+    """How two tasks' ``method`` differ, in words ("" when they do not); a different zero-shot mode says it
+    all (the prompt fields follow from it)."""
+    names = [n for n in METHOD_FIELDS if a.get(n) != b.get(n)]
+    if "mode" in names:
+        names = ["mode"]
+
+    def said(how: dict) -> str:
+        return ", ".join(f"via {ZERO_SHOT_VIA.get(how.get(n), how.get(n))}" if n == "mode"
+                         else f"with {n} {how.get(n)}" for n in names)
+
+    return f"A scored it {said(a)}, B {said(b)}" if names else ""
+
+
+def compare_contexts(a: EvalContext, b: EvalContext, tasks_a: dict | None = None,
+                     tasks_b: dict | None = None) -> dict:
+    """Paired patient bootstrap of A minus B for every statistic both runs computed on the same rows. One
+    obtained differently (a task's ``METHOD_FIELDS`` in ``tasks_a``/``tasks_b``, the two runs' task results: say
+    zero-shot by prompts vs by a label head), computed over different findings, or a subgroup gap between
+    different groups, is reported as unpaired, with the reason."""
     out: dict = {}
     for key, (fn_a, patients, over_a) in a.statistics.items():
         if key not in b.statistics or not np.array_equal(patients, b.statistics[key][1]):
             continue
         fn_b, _, over_b = b.statistics[key]
-        if over_a != over_b:
-            out[key] = {"unpaired": "A and B cover different findings (or gap groups)", "a_over": list(over_a),
-                        "b_over": list(over_b)}
+        task = key.split("/", 1)[0]
+        how_a, how_b = method((tasks_a or {}).get(task, {})), method((tasks_b or {}).get(task, {}))
+        reasons = [text for text in (method_difference(how_a, how_b),
+                                     "A and B cover different findings (or gap groups)" if over_a != over_b else "")
+                   if text]
+        if reasons:
+            out[key] = {"unpaired": "; ".join(reasons), "a_over": list(over_a), "b_over": list(over_b),
+                        "a_method": how_a, "b_method": how_b}
             continue
         out[key] = paired_bootstrap(fn_a, fn_b, patients, a.n_boot, a.seed)
     return out
@@ -91,7 +123,7 @@ def evaluate(encoder: RadEncoder, table: RecordTable, tasks: list[str], label_na
         other = EvalContext(compare, table, label_names, seed, features=cache, options=options or {}, n_boot=n_boot)
         results["baseline"] = {"encoder": compare_name, "encoder_hash": cache.encoder_key(compare),
                                "tasks": run_tasks(other, tasks)}
-        results["paired_difference"] = compare_contexts(ctx, other)
+        results["paired_difference"] = compare_contexts(ctx, other, results["tasks"], results["baseline"]["tasks"])
     results["feature_extractions"] = cache.extractions
     return results
 
@@ -149,8 +181,23 @@ def interval_text(ci: dict | None, sign: str = "") -> str:
     return f"[{ci['ci_low']:{sign}.3f}, {ci['ci_high']:{sign}.3f}]"
 
 
+def headline_note(metrics: dict) -> str:
+    """What a headline needs said beside it: how zero-shot scored (``via prompts`` / ``via label head``), and
+    for K-shot which K it is the mean at, over how many findings and seeds; "" for other tasks."""
+    if metrics.get("mode") in ZERO_SHOT_VIA:
+        return f"via {ZERO_SHOT_VIA[metrics['mode']]}"
+    if isinstance(metrics.get("kshot"), dict) and "kshot_findings" in metrics:
+        if not metrics["kshot"]:
+            return f"(no K-shot curve: {metrics.get('kshot_skipped', 'no K asked for')})"
+        k = max(metrics["kshot"], key=int)
+        findings, seeds = len(metrics["kshot_findings"]), len(metrics.get("seeds", []))
+        return f"at K={k} over {findings} finding{'s' * (findings != 1)} (mean of {seeds} seed{'s' * (seeds != 1)})"
+    return ""
+
+
 def headline(metrics: dict) -> str:
-    """One line per task for the console: its headline metrics with their intervals where there are some."""
+    """One line per task for the console: its headline metrics with their intervals where there are some, and
+    ``headline_note``."""
     if "skipped" in metrics:
         return f"skipped ({metrics['skipped']})"
     parts = []
@@ -158,7 +205,8 @@ def headline(metrics: dict) -> str:
         ci = group.get(f"{key}_ci")
         band = f" {interval_text(ci)}" if isinstance(ci, dict) else ""
         parts.append(f"{name} {group[key]:.3f}{band}")
-    return ", ".join(parts) or "done"
+    note = headline_note(metrics) if parts else ""
+    return ", ".join(parts) + (f" {note}" if note else "") or "done"
 
 
 def subgroup_lines(metrics: dict) -> list[str]:

@@ -36,6 +36,13 @@ class Objective(nn.Module):
     def forward(self, model: nn.Module, batch: dict) -> dict[str, torch.Tensor]:  # pragma: no cover
         raise NotImplementedError
 
+    @classmethod
+    def trains_without_reports(cls, option: Callable[[str], object]) -> str | None:
+        """For a ``requires_text`` objective: the term that still trains when no record has a report, given
+        ``option`` (an option's configured or default value), or None when it learns nothing without reports
+        (the engine then refuses the run)."""
+        return None
+
     def attach(self, model: nn.Module) -> None:
         """Give the encoder what evaluation needs from this objective (e.g. class prototypes)."""
 

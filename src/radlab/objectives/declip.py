@@ -112,6 +112,12 @@ class DeCLIPObjective(Objective):
 
     requires_text = True
 
+    @classmethod
+    def trains_without_reports(cls, option: Callable[[str], object]) -> str | None:
+        """ISS trains on images alone; TSS masks report tokens, of which there are none without reports."""
+        trains = float(option("iss_weight")) > 0 and float(option("tss_weight")) == 0
+        return "its image self-supervision (ISS) term" if trains else None
+
     def __init__(self, embed_dim: int, image_dim: int, iss_weight: float = 0.2, nns_weight: float = 0.2,
                  queue_size: int = 4096, iss_temperature: float = 0.2, proj_dim: int = 128,
                  hidden_dim: int = 512, init_temperature: float = 0.07, max_scale: float = 100.0,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -36,6 +38,10 @@ class DLILPObjective(Objective):
 
     requires_text = True
     requires_labels = True
+
+    @classmethod
+    def trains_without_reports(cls, option: Callable[[str], object]) -> str | None:
+        return "its label head"
 
     def __init__(self, class_names: list[str], embed_dim: int, image_dim: int, weight: float = 0.1,
                  init_temperature: float = 0.07, label_temperature: float = 0.07, max_scale: float = 100.0,

@@ -51,6 +51,10 @@ class SLIPObjective(Objective):
 
     requires_text = True
 
+    @classmethod
+    def trains_without_reports(cls, option: Callable[[str], object]) -> str | None:
+        return "its SimCLR term" if float(option("ssl_scale")) > 0 else None
+
     def __init__(self, image_dim: int, ssl_scale: float = 1.0, ssl_temperature: float = 0.1, proj_dim: int = 256,
                  hidden_dim: int = 512, init_temperature: float = 0.07, max_scale: float = 100.0,
                  base_crop_scale: tuple[float, float] = (0.5, 1.0),

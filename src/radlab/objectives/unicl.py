@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -51,6 +53,10 @@ class UniCLObjective(Objective):
 
     requires_text = True
     requires_labels = True
+
+    @classmethod
+    def trains_without_reports(cls, option: Callable[[str], object]) -> str | None:
+        return "prompts composed from the labels" if option("prompts") else None
 
     def __init__(self, class_names: list[str], init_temperature: float = 0.07, max_scale: float = 100.0,
                  prompts: bool = True) -> None:

@@ -8,7 +8,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from radlab.config import apply_overrides, load_yaml, parameter_names, refuse_unknown_kwargs, registered
+from radlab.config import (
+    apply_overrides,
+    load_yaml,
+    parameter_names,
+    refuse_unknown_kwargs,
+    registered,
+    validated,
+)
 from radlab.data.splits import DEFAULT_FRACTIONS, checked_fractions
 from radlab.data.taxonomy import FINDING_NAMES
 from radlab.models.build import ModelConfig
@@ -188,4 +195,6 @@ class TrainConfig(BaseModel):
 
     @classmethod
     def from_file(cls, path: Path | str, overrides: list[str] | None = None) -> TrainConfig:
-        return cls.model_validate(apply_overrides(load_yaml(path), overrides or []))
+        """The config at ``path`` with ``key=value`` overrides; a refused setting is a ValueError naming the file
+        and each bad key (``radlab.config.config_errors``)."""
+        return validated(cls, apply_overrides(load_yaml(path), overrides or []), path, overrides or [])

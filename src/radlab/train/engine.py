@@ -5,12 +5,15 @@ gradient clipping, AdamW step, cosine-with-warm-up schedule, the objective's ``a
 optional EMA. Metrics go to ``<out>/metrics.jsonl`` and TensorBoard (``<out>/tb``); training states to
 ``<out>/state`` (see ``radlab.train.state``) so ``resume=true`` continues exactly where a run stopped; the
 encoder to ``<out>/checkpoint``. A ``max_minutes`` budget and early stopping on a validation term end runs
-early, both with a resumable state written.
+early, both with a resumable state written; ``encoder.json`` records the step reached and why the run stopped
+(``stop_note``). A run whose objective has nothing to learn from in the train split is refused at start-up
+(``refuse_nothing_to_learn``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import time
 from collections.abc import Iterator
@@ -33,7 +36,7 @@ from radlab.data.dataset import (
     with_tokens,
 )
 from radlab.data.records import RecordTable
-from radlab.models.checkpoint import OBJECTIVE_FILE, save_encoder, strip_prefix
+from radlab.models.checkpoint import OBJECTIVE_FILE, read_spec, save_encoder, strip_prefix
 from radlab.models.encoder import ClampedScale, RadEncoder
 from radlab.objectives import OBJECTIVES, Objective
 from radlab.progress import StepProgress
@@ -66,6 +69,54 @@ from radlab.train.state import (
 )
 
 log = logging.getLogger(__name__)
+
+def refuse_nothing_to_learn(cfg: TrainConfig, train_table: RecordTable, class_names: list[str]) -> None:
+    """Raise ValueError when the objective has nothing to learn from in ``train_table``: a label objective
+    (``requires_labels``) without an annotated label, or an image-text one (``requires_text``) without report
+    text on the records it trains on, unless a term of it trains without (``Objective.trains_without_reports``:
+    logged)."""
+    name = cfg.objective.name
+    cls = OBJECTIVES.get(name)
+    if cls.requires_labels and not class_names:
+        raise ValueError(f"objective {name} learns from labels, but no record of the train split annotates one (0 "
+                         "labels): add label_<finding> columns to the manifest or a labelled source, label the "
+                         "reports with `radlab data import ... --report-labels`, or choose an objective without "
+                         "labels (e.g. clip, dinov2)")
+    if not cls.requires_text:
+        return
+    records = train_table.subset(train_table.has_images()) if cls.requires_images else train_table
+    if any(text.strip() for text in records.texts()):
+        return
+    defaults = inspect.signature(cls).parameters
+    kwargs = cfg.objective.kwargs
+    term = cls.trains_without_reports(lambda key: kwargs.get(key, defaults[key].default))
+    if term is not None:
+        log.warning("objective %s: no record of the train split has report text; it trains on %s alone", name, term)
+        return
+    kind = "records with images" if cls.requires_images else "records"
+    raise ValueError(f"objective {name} learns from report text, but none of the train split's {len(records)} "
+                     f"{kind} has any: give the records a report, findings or impression column (a manifest "
+                     "imported before findings and impression made its reports: import it again), or choose "
+                     "an objective without text (e.g. supervised, dinov2)")
+
+
+def stop_note(checkpoint: Path) -> str:
+    """How the run that wrote ``checkpoint`` ended, for the console: the step reached of ``optim.steps`` and, for
+    a run that stopped early, why and how it goes on; the exported step where it is another (early stopping's
+    best). '' for a checkpoint that does not record it."""
+    spec = read_spec(checkpoint)
+    stop = spec.get("stop")
+    if not stop:
+        return ""
+    reached, total, reason = stop["step"], stop["steps"], stop["reason"]
+    note = f"step {reached} of {total}"
+    if reached < total and reason == "max_minutes":
+        note += ": stopped by max_minutes; the same command with --resume continues"
+    elif reached < total and reason == "early_stopping":
+        note += ": stopped by early stopping"
+    if spec.get("step", reached) != reached:
+        note += f"; exported step {spec['step']}, the best on validation"
+    return f" ({note})"
 
 
 class TrainModule(nn.Module):
@@ -102,6 +153,7 @@ class Trainer:
         table, train_table = run_tables(cfg, data_root)
         self.trained_on = train_table.digest()  # recorded in the checkpoint for leakage checks
         self.class_names = training_labels(train_table, cfg.data.labels)
+        refuse_nothing_to_learn(cfg, train_table, self.class_names)
         objective_cls = OBJECTIVES.get(cfg.objective.name)
         self.model = build_model(cfg, env, train_table, objective_cls.requires_text)
         if cfg.init_from:  # before the objective: EMA teachers copy the loaded tower
@@ -403,9 +455,10 @@ class Trainer:
             self.checkpoint()
         return reason
 
-    def save_encoder(self) -> Path:
-        """Export the encoder (the best validation step's under early stopping with ``restore_best``);
-        call once training ends: it may load other weights into the module."""
+    def save_encoder(self, reason: str = "steps") -> Path:
+        """Export the encoder (the best validation step's under early stopping with ``restore_best``), recording
+        the step reached and ``reason``, why ``fit`` stopped; call once training ends: it may load other weights
+        into the module."""
         exported = self.step
         if self.stopper is not None and self.stopper.snapshot is not None and self.stopper.best_step != self.step:
             exported = self.stopper.best_step
@@ -428,7 +481,8 @@ class Trainer:
             objective_state = objective_state or self.objective.state_dict()
             files = {OBJECTIVE_FILE: objective_state, **self.objective.checkpoint_files(objective_state)}
             extra = {"train_config": self.cfg.model_dump(), "step": exported, "external": model_cfg.external,
-                     "trained_on": self.trained_on}
+                     "trained_on": self.trained_on,
+                     "stop": {"reason": reason, "step": self.step, "steps": self.cfg.optim.steps}}
             save_encoder(self.model.eval(), directory, tower, extra, weights, files)
         distrib.barrier()
         return directory
@@ -452,7 +506,7 @@ def pretrain(cfg: TrainConfig, data_root: str | None = None, progress: bool = Tr
                  trainer.micro_batch, cfg.optim.accumulation)
         reason = trainer.fit(progress)
         log.info("stopped at step %d (%s)", trainer.step, reason)
-        return trainer.save_encoder()
+        return trainer.save_encoder(reason)
     finally:
         if owns_group:
             distrib.shutdown()

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from radlab.data.records import RecordTable, label_column
+from radlab.data.records import RecordTable, label_column, shown
 from radlab.data.taxonomy import (
     FINDING_NAMES,
     NEGATIVE,
@@ -84,7 +84,7 @@ def chexpert_value(value: Any, path: Path | str, row: int, column: str) -> float
     except (TypeError, ValueError):
         number = NAN
     if number not in (POSITIVE, NEGATIVE, UNCERTAIN):
-        raise bad_row(path, row, f"{column}={value!r}; expected 1, 0, -1 or blank")
+        raise bad_row(path, row, f"{column}={shown(value)}; expected 1, 0, -1 or blank")
     return number
 
 

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from radlab.data.records import RecordTable, label_column
+from radlab.data.reports import full_report
 from radlab.data.sources.base import SOURCES, Source
 from radlab.data.sources.common import NAN
 from radlab.data.taxonomy import (
@@ -127,11 +128,6 @@ def mesh_labels(mesh: str) -> dict[str, float]:
             if labels[name] != POSITIVE:
                 labels[name] = tagged
     return propagate_to_parents(labels)
-
-
-def full_report(findings: str, impression: str) -> str:
-    parts = [f"FINDINGS: {findings}" if findings else "", f"IMPRESSION: {impression}" if impression else ""]
-    return " ".join(p for p in parts if p)
 
 
 @SOURCES.register("iu_xray", "IU X-ray / OpenI two-CSV form: reports with expert MeSH tags, frontal+lateral")

@@ -6,7 +6,9 @@ resolve against the manifest's folder. Required: ``image_path`` (empty for a tex
 text-only record; ``source`` to "manifest"), ``label_<finding>`` columns in the canonical taxonomy (1, 0,
 -1, empty = not annotated), ``mask_<structure>`` paths, and any extra column, kept as is. Values are
 validated, not guessed: a view of "lateral" is an error naming the row, not a silent ''. Patient ids are
-taken as given; a manifest merged with other sources needs ids of its own (e.g. a site prefix).
+taken as given; a manifest merged with other sources needs ids of its own (e.g. a site prefix). A row without
+``report`` text gets one from its ``findings`` and ``impression`` ("FINDINGS: ... IMPRESSION: ...", as the
+provider sources write it). A patient's rows that name different splits are an error naming the rows.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from radlab.data.records import RecordTable
+from radlab.data.reports import full_report
 from radlab.data.sources.base import SOURCES, Source
 from radlab.data.sources.common import SourceFormatError, bad_row, finish
 
@@ -36,6 +39,35 @@ def read_jsonl(path: Path) -> pd.DataFrame:
                 raise SourceFormatError(f"{path}: line {line_number + 1}: expected a JSON object")
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+def compose_reports(frame: pd.DataFrame) -> None:
+    """Fill an empty ``report`` from the row's ``findings`` and ``impression`` (``full_report``), in place."""
+    if "findings" not in frame and "impression" not in frame:
+        return
+    text = {c: frame[c].fillna("").astype(str).str.strip() if c in frame else pd.Series("", index=frame.index)
+            for c in ("findings", "impression", "report")}
+    composed = pd.Series([full_report(f, i) for f, i in zip(text["findings"], text["impression"], strict=True)],
+                         index=frame.index)
+    frame["report"] = frame["report"].where(text["report"] != "", composed) if "report" in frame else composed
+
+
+def check_patient_splits(table: RecordTable, path: Path) -> None:
+    """Raise if a patient's rows name different splits (splits and leakage checks are per patient). The message
+    names data rows, not the patient: ids can come from DICOM PatientID."""
+    frame = table.frame
+    given = frame[(frame["split"] != "") & (frame["source"].map(lambda s: Source.trait(s, "split_unit")) != "question")]
+    per_patient = given.groupby("patient_id", sort=False)["split"].nunique()
+    conflicting = per_patient.index[per_patient > 1]
+    if not len(conflicting):
+        return
+    rows = given[given["patient_id"] == conflicting[0]].drop_duplicates("split")
+    first, second = (f"{int(row) + 1} ({split})" for row, split in list(rows["split"].items())[:2])
+    others = f" (and {len(conflicting) - 1} more patients)" if len(conflicting) > 1 else ""
+    raise SourceFormatError(
+        f"{path}: data rows {first} and {second} are one patient's records in different splits{others}; a "
+        "patient's records share one split: fix the split column, or leave it empty for that patient's rows so "
+        "its split is drawn per patient")
 
 
 @SOURCES.register("manifest", "generic CSV/JSONL manifest with record-table columns (image_path, patient_id, label_*)")
@@ -68,4 +100,7 @@ class ManifestSource(Source):
             frame["source"] = self.name
         for column in [c for c in frame.columns if c.startswith("label_")]:
             frame[column] = frame[column].replace("", float("nan"))
-        return finish(frame.to_dict("records"), path.parent, str(path))
+        compose_reports(frame)
+        table = finish(frame.to_dict("records"), path.parent, str(path))
+        check_patient_splits(table, path)
+        return table

@@ -22,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from radlab.data.records import RecordTable
-from radlab.data.reports import parse_sections
+from radlab.data.reports import full_report, parse_sections
 from radlab.data.sources.base import SOURCES, Source
 from radlab.data.sources.chexpert import LABEL_MAP as CHEXPERT_LABEL_MAP
 from radlab.data.sources.chexpert import labeler_natives
@@ -37,7 +37,6 @@ from radlab.data.sources.common import (
     sex_code,
     view_code,
 )
-from radlab.data.sources.iu_xray import full_report
 
 LABEL_MAP: dict[str, str] = CHEXPERT_LABEL_MAP  # same 14 observations, same column names
 PREFIX = "mimic-cxr-2.0.0-"

@@ -17,9 +17,10 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from radlab.data.records import RecordTable, label_column
+from radlab.data.reports import full_report
 from radlab.data.sources.base import SOURCES, Source
 from radlab.data.sources.common import SourceFormatError, finish
-from radlab.data.sources.iu_xray import MESH_MAP, full_report, mesh_labels
+from radlab.data.sources.iu_xray import MESH_MAP, mesh_labels
 
 LABEL_MAP: dict[str, str] = MESH_MAP  # the IU X-ray MeSH mapping, reused (see iu_xray.py)
 IMAGE_FOLDERS = ("NLMCXR_png", "images")

@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image
 
 from radlab.data.records import RecordTable
+from radlab.data.reports import full_report
 from radlab.data.sources.base import SOURCES, Source
 from radlab.data.sources.common import NAN, SourceFormatError, age_years, finish, harmonise, sex_code
 
@@ -79,7 +80,7 @@ class _TBSource(Source):
                 "id": f"{self.name}_{image.stem}", "image_path": f"CXR_png/{image.name}", "source": self.name,
                 "patient_id": f"{self.name}_{same or match.group('number')}",
                 "study_id": f"{self.name}_{match.group('number')}", "view": "PA", "sex": sex, "age": age,
-                "impression": text, "report": f"IMPRESSION: {text}" if text else "",
+                "impression": text, "report": full_report("", text),
                 **harmonise({match.group("label"): 1.0}, LABEL_MAP, default=0.0),
                 **self.masks(root, image.stem),
             })
