@@ -23,7 +23,7 @@ import logging
 from pathlib import Path
 
 from radlab.data.dicom import read_header
-from radlab.data.records import RecordTable
+from radlab.data.records import RecordTable, shown
 from radlab.data.sources.base import SOURCES, Source
 from radlab.data.sources.common import (
     NAN,
@@ -77,7 +77,7 @@ class RSNAPneumoniaSource(Source):
         for row, r in enumerate(labels.to_dict("records")):
             pid, target = r["patientId"], r["Target"]
             if target not in (0, 1):
-                raise bad_row(labels_path, row, f"Target={target!r}; expected 0 or 1")
+                raise bad_row(labels_path, row, f"Target={shown(target)}; expected 0 or 1")
             if pid not in classes or (target == 1) != (classes[pid] == OPACITY):
                 raise bad_row(labels_path, row, f"Target={target} disagrees with class "
                                                 f"{classes.get(pid, 'missing')!r} in {info_path.name}")

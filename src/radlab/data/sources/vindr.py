@@ -33,7 +33,7 @@ from pathlib import Path
 import pandas as pd
 
 from radlab.data.dicom import read_header
-from radlab.data.records import RecordTable
+from radlab.data.records import RecordTable, shown
 from radlab.data.sources.base import SOURCES, Source
 from radlab.data.sources.common import (
     NAN,
@@ -189,7 +189,7 @@ class VinDrSource(Source):
             for row, r in enumerate(frame.to_dict("records")):
                 bad = [c for c in natives if r[c] not in (0, 1)]
                 if bad:
-                    raise bad_row(path, row, f"{bad[0]}={r[bad[0]]!r}; expected 0 or 1")
+                    raise bad_row(path, row, f"{bad[0]}={shown(r[bad[0]])}; expected 0 or 1")
             for image_id, group in frame.groupby("image_id", sort=True):
                 readers = group.to_dict("records")
                 per_reader = [harmonise({c: float(r[c]) for c in natives}, LABEL_MAP, default=0.0) for r in readers]
