@@ -211,8 +211,10 @@ def pretraining_overlaps(encoders: dict[str, str | None], table: RecordTable, al
     processes where they are compared), with what it found or could not check printed; an encoder that
     pre-trained on test patients stops the evaluation unless ``allow``."""
     from radlab.data.audit import LeakageError
-    from radlab.evaluation.leakage import refuse_pretraining_overlap
+    from radlab.evaluation.leakage import refuse_pretraining_overlap, require_checkpoint
 
+    for spec in filter(None, encoders.values()):  # a wrong path is the only error, before any encoder's notes
+        require_checkpoint(spec)
     found = {}
     for role, spec in encoders.items():
         if not spec:

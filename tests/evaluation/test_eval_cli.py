@@ -115,6 +115,13 @@ def test_a_wrong_checkpoint_path_is_the_only_error(where: str, phantom_dir: Path
     assert "leakage" not in result.output and not (tmp_path / "m.json").exists()
 
 
+def test_a_wrong_compare_path_is_the_only_error(phantom_dir: Path, checkpoint: Path, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["eval", "--checkpoint", str(checkpoint), "--compare", str(tmp_path / "nowhere"),
+                                 "--data", f"phantom:{phantom_dir}", "--task", "linear_probe"])
+    assert result.exit_code == 1 and "is not a radlab checkpoint (no encoder.json)" in result.output, result.output
+    assert "leakage" not in result.output  # the first encoder's notes came before the error
+
+
 @pytest.mark.parametrize(("device", "problem"), [("cuda", "no CUDA device"), ("cuda:3", "no CUDA device"),
                                                   ("tpu", "auto, cpu, cuda or cuda:N")])
 def test_unusable_device_is_rejected_before_any_work(device: str, problem: str, phantom_dir: Path, checkpoint: Path,
