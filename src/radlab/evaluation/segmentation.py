@@ -26,18 +26,23 @@ def load_masks(ctx: EvalContext, rows: np.ndarray, structures: list[str]) -> np.
     p = ctx.encoder.preprocess
     out = np.full((len(rows), len(structures), p.image_size, p.image_size), np.nan, dtype=np.float32)
     for n, i in enumerate(rows):
+        image: tuple[Path, tuple[int, int]] | None = None  # the record's image and its shape, read once
         for s, name in enumerate(structures):
             path = ctx.table.mask_path(int(i), name)
             if path is not None and path.exists():
                 binary = read_mask(path)
-                check_aligned(binary.shape, ctx.table.image_path(int(i)), path)
+                if image is None:
+                    image_path = ctx.table.image_path(int(i))
+                    image = image_path, image_shape(image_path)
+                check_aligned(binary.shape, *image, path)
                 out[n, s] = fit_square(binary.astype(np.float32), p.image_size, p.fit, p.resize) > 0.5
     return out
 
 
-def check_aligned(mask: tuple[int, ...], image_path: Path, mask_path: Path) -> None:
-    """Refuse a mask whose aspect ratio is not its image's (beyond a pixel of rounding in a scaled copy)."""
-    height, width = image_shape(image_path)
+def check_aligned(mask: tuple[int, ...], image_path: Path, image: tuple[int, int], mask_path: Path) -> None:
+    """Refuse a mask whose aspect ratio is not its image's (``image``: height, width), beyond a pixel of rounding
+    in a scaled copy."""
+    height, width = image
     if abs(mask[0] * width - mask[1] * height) > max(width, height, mask[0], mask[1]):
         raise ValueError(f"{mask_path}: a {mask[1]}x{mask[0]} px mask for the {width}x{height} px image "
                          f"{image_path} (width x height after EXIF rotation): not the image's shape or a scaled "
