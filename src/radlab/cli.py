@@ -193,10 +193,13 @@ def evaluate(task: list[str] = typer.Option(..., help="task name(s), see `radlab
         from radlab.evaluation.report import append_run, render
 
         console.print(f"report: {render(append_run(results, store))}")
+    compared = results.get("baseline", {}).get("tasks", {})
     for name, metrics in results["tasks"].items():
         console.print(f"{name}: {headline(metrics)}")
         for line in subgroup_lines(metrics):
             console.print(line)
+        if name in compared:
+            typer.echo(f"{name} of B ({compare}): {headline(compared[name])}")  # one line, however long the path
     for key, diff in results.get("paired_difference", {}).items():
         if "unpaired" in diff:
             console.print(f"{key}: not paired ({diff['unpaired']})")

@@ -42,9 +42,14 @@ def open_clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _eval(args: list[str], out: Path) -> dict:
+    return _eval_printing(args, out)[0]
+
+
+def _eval_printing(args: list[str], out: Path) -> tuple[dict, str]:
+    """The metrics written and what the command printed."""
     result = runner.invoke(app, ["eval", *args, "--out", str(out), "--bootstrap", "50"])
     assert result.exit_code == 0, result.output
-    return json.loads(out.read_text())
+    return json.loads(out.read_text()), result.output
 
 
 @pytest.mark.parametrize("which", ["checkpoint", "external"])
@@ -69,11 +74,13 @@ def test_text_tasks_on_bundled_iu_reports(which: str, data_root: Path, checkpoin
 
 def test_image_tasks_on_phantoms_with_paired_comparison(phantom_dir: Path, checkpoint: Path, open_clip_dir: Path,
                                                         tmp_path: Path) -> None:
-    metrics = _eval(["--checkpoint", str(checkpoint), "--compare", f"open_clip:{open_clip_dir}",
-                     "--data", f"phantom:{phantom_dir}", "--task", "linear_probe", "--task", "zero_shot",
-                     "--task", "retrieval", "-o", "zero_shot.modes=[names]", "--seen-classes", "cardiomegaly",
-                     "--subgroups", "sex", "-o", "linear_probe.min_patients=5",
-                     "--no-cache", "--store", str(tmp_path / "store.jsonl")], tmp_path / "ph.json")
+    metrics, printed = _eval_printing(
+        ["--checkpoint", str(checkpoint), "--compare", f"open_clip:{open_clip_dir}", "--data", f"phantom:{phantom_dir}",
+         "--task", "linear_probe", "--task", "zero_shot", "--task", "retrieval", "-o", "zero_shot.modes=[names]",
+         "--seen-classes", "cardiomegaly", "--subgroups", "sex", "-o", "linear_probe.min_patients=5", "--no-cache",
+         "--store", str(tmp_path / "store.jsonl")], tmp_path / "ph.json")
+    b_probe = metrics["baseline"]["tasks"]["linear_probe"]["macro_auc"]
+    assert f"linear_probe of B (open_clip:{open_clip_dir}): macro_auc {b_probe:.3f}" in printed
     assert metrics["tasks"]["linear_probe"]["macro_auc"] > 0.5
     assert metrics["tasks"]["zero_shot"]["seen_classes"] == ["cardiomegaly"]
     assert metrics["config"]["options"] == {"zero_shot": {"modes": ["names"], "seen_classes": "cardiomegaly",
