@@ -81,11 +81,12 @@ def headline_rows(runs: list[dict]) -> list[dict]:
     rows = []
     for run, role in with_baselines(runs):
         for task, metrics in run.get("tasks", {}).items():
+            note = headline_note(metrics)
             for name, group, key in headline_metrics(metrics):
                 ci = group.get(f"{key}_ci") or {}
                 rows.append({"encoder": run.get("encoder") or run.get("encoder_hash", "?"),
-                             "encoder_hash": run.get("encoder_hash", ""), "task": task,
-                             "metric": name, "note": headline_note(metrics), "value": group[key], "low": ci.get("ci_low"), "high": ci.get("ci_high"),
+                             "encoder_hash": run.get("encoder_hash", ""), "task": task, "metric": name, "note": note,
+                             "value": group[key], "low": ci.get("ci_low"), "high": ci.get("ci_high"),
                              "data_hash": run.get("data_hash", ""), "labels": label_set(run.get("labels", [])),
                              "seed": run.get("seed", ""), "code_version": run.get("code_version", ""),
                              "leakage": leakage_text((run.get("pretraining_overlap") or {}).get(role))})

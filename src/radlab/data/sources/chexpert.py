@@ -75,10 +75,15 @@ NO_FINDING, DEVICES = "No Finding", "Support Devices"
 LABELLED_FILES = ("train.csv",)  # written by the CheXpert labeler: "No Finding" is 1 or blank (module docstring)
 
 
+def natives_as_written(r: dict[str, Any], path: Path, row: int) -> dict[str, float]:
+    """A row's 14 observation cells, each read by ``chexpert_value``."""
+    return {k: chexpert_value(r[k], path, row, k) for k in LABEL_MAP}
+
+
 def labeler_natives(r: dict[str, Any], path: Path, row: int) -> dict[str, float]:
     """A labeler row's 14 cells; a blank "No Finding" is 0 when another observation (not Support Devices) is
     positive or uncertain, as the labeler leaves it blank exactly then."""
-    natives = {k: chexpert_value(r[k], path, row, k) for k in LABEL_MAP}
+    natives = natives_as_written(r, path, row)
     abnormal = any(v in (POSITIVE, UNCERTAIN) for k, v in natives.items() if k not in (NO_FINDING, DEVICES))
     if math.isnan(natives[NO_FINDING]) and abnormal:
         natives[NO_FINDING] = NEGATIVE
@@ -126,8 +131,7 @@ def release_fields(path: Path, row: int, r: dict[str, Any]) -> dict[str, Any]:
     """View, sex, age and native labels of a train.csv/valid.csv row."""
     if r["Frontal/Lateral"] not in ("Frontal", "Lateral"):
         raise bad_row(path, row, f"Frontal/Lateral={r['Frontal/Lateral']!r}")
-    natives = (labeler_natives(r, path, row) if path.name in LABELLED_FILES
-               else {k: chexpert_value(r[k], path, row, k) for k in LABEL_MAP})
+    natives = (labeler_natives if path.name in LABELLED_FILES else natives_as_written)(r, path, row)
     return {"view": chexpert_view(r["Frontal/Lateral"], r["AP/PA"]), "sex": sex_code(r["Sex"]),
             "age": NAN if r["Age"] == UNKNOWN_AGE else age_years(r["Age"]), "natives": natives}
 
