@@ -12,6 +12,7 @@ the training loader seeds per sample.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -34,6 +35,22 @@ class RandomGamma(torch.nn.Module):
         return TF.adjust_gamma(image.clamp(0, 1), gamma)
 
 
+class RandomBlur(torch.nn.Module):
+    """Gaussian blur with sigma uniform in ``sigma`` (output pixels), as DINO's PIL blur: the kernel spans
+    three sigmas each side of the drawn sigma (a fixed small kernel truncates large sigmas), bounded by what
+    reflection padding of the image allows."""
+
+    def __init__(self, sigma: tuple[float, float] = (0.1, 2.0)) -> None:
+        super().__init__()
+        self.sigma = sigma
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        sigma = float(torch.empty(()).uniform_(*self.sigma))
+        largest = 2 * min(image.shape[-2:]) - 1
+        kernel = min(2 * math.ceil(3 * sigma) + 1, largest if largest % 2 else largest - 1)
+        return TF.gaussian_blur(image, [kernel, kernel], [sigma, sigma])
+
+
 class Clamp01(torch.nn.Module):
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return image.clamp(0, 1)
@@ -51,8 +68,7 @@ def radiograph_view(size: int, scale: tuple[float, float], *, blur_p: float = 0.
         steps.append(v2.RandomApply([v2.ColorJitter(brightness=jitter, contrast=jitter)], p=jitter_p))
     steps.append(RandomGamma(gamma))
     if blur_p > 0:
-        kernel = max(3, (size // 16) | 1)
-        steps.append(v2.RandomApply([v2.GaussianBlur(kernel, sigma=(0.1, 2.0))], p=blur_p))
+        steps.append(v2.RandomApply([RandomBlur((0.1, 2.0))], p=blur_p))
     steps.append(Clamp01())
     return v2.Compose(steps)
 
