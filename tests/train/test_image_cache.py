@@ -21,7 +21,7 @@ from radlab.train.distributed import DistEnv
 from radlab.train.engine import pretrain
 from radlab.train.setup import run_image_cache
 from ranks import free_port, start_ranks
-from run_logs import loss_curve
+from run_logs import logged, loss_curve
 
 STEPS = ("optim.steps=4", "optim.batch_size=8")
 
@@ -99,3 +99,19 @@ def test_two_ranks_share_the_cache_rank_0_builds(phantom16: Path, tmp_path: Path
     assert len(ImageCache(tmp_path / "cache")) == len(RecordTable.read(phantom16))
     a, b = load_file(str(one / "model.safetensors")), load_file(str(tmp_path / "two" / "checkpoint" / "model.safetensors"))
     assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-4
+
+
+def test_a_larger_source_size_is_cached_at_that_size_and_validated_at_the_towers(phantom_dir: Path,
+                                                                                    tmp_path: Path) -> None:
+    """data.source_size: the cache holds the larger read; training views and the un-augmented validation
+    images are the tower's size (a wrong size would fail in the tower), and the loss is measured."""
+    cache = tmp_path / "cache"
+    stopping = "early_stopping={metric: bce, every: 2, patience: 5, max_batches: 1}"
+    cfg = tiny_config("supervised", phantom_dir, tmp_path / "run", *STEPS, f"data.image_cache={cache}",
+                      "data.source_size=64", "data.split_fractions={train: 0.8, val: 0.2}", stopping)
+    pretrain(cfg, progress=False)
+    assert ImageCache(cache).size == 64
+    assert any("val_bce" in record for record in logged(tmp_path / "run"))
+    smaller = tiny_config("supervised", phantom_dir, tmp_path / "small", *STEPS, "data.source_size=16")
+    with pytest.raises(ValueError, match="source_size .16. is smaller than the tower's image size .32."):
+        pretrain(smaller, progress=False)

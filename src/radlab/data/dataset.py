@@ -12,6 +12,7 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as TF
 
 from radlab.data.images import fit_square, read_image
 from radlab.data.records import RecordTable
@@ -24,13 +25,26 @@ log = logging.getLogger(__name__)
 ImageTransform = Callable[[torch.Tensor], torch.Tensor | list[torch.Tensor]]
 
 
-def cache_size(preprocess: Preprocess) -> int:
-    """The image size a cache (``radlab.data.cache``, padded squares) must hold for this preprocessing; an
-    error when the tower crops or resizes first, which the cache cannot serve."""
+def cache_size(preprocess: Preprocess, source_size: int | None = None) -> int:
+    """The image size a cache (``radlab.data.cache``, padded squares) must hold for this preprocessing read at
+    ``source_size`` (``RecordDataset``); an error when the tower crops or resizes first, which the cache cannot
+    serve."""
     if (preprocess.fit, preprocess.resize) != ("pad", None):
         raise ValueError(f"the image cache holds padded squares; this tower's geometry is {preprocess.geometry()}: "
                          "run without the cache")
-    return preprocess.image_size
+    return read_geometry(preprocess, source_size)[0]
+
+
+def read_geometry(preprocess: Preprocess, source_size: int | None) -> tuple[int, int | None]:
+    """The square side and ``resize`` at which images are read: the tower's, or its geometry scaled to
+    ``source_size`` (a larger side that random views are cut from, so a zoomed crop keeps source detail)."""
+    if source_size is None or source_size == preprocess.image_size:
+        return preprocess.image_size, preprocess.resize
+    if source_size < preprocess.image_size:
+        raise ValueError(f"data.source_size ({source_size}) is smaller than the tower's image size "
+                         f"({preprocess.image_size}); views would be upsampled: leave it unset or raise it")
+    scale = source_size / preprocess.image_size
+    return source_size, None if preprocess.resize is None else round(preprocess.resize * scale)
 
 
 def train_augment(image_size: int) -> ImageTransform:
@@ -47,6 +61,10 @@ class RecordDataset(Dataset):
     """Images in [0, 1] brought to the tower's geometry (``preprocess``), optionally augmented, then
     normalised; with the record's labels (NaN = not annotated) and report text.
 
+    ``source_size`` reads the images at a larger side (the same geometry scaled) for a ``transform`` that cuts
+    random views at the tower's size from them (every training view does); without a transform the image is
+    then resized to the tower's size, so a sample is always what the tower takes.
+
     An image that cannot be read is an ``OSError`` naming its record and file; with ``skip_unreadable``
     (pre-training's ``data.unreadable_images=skip``) the sample is instead the next readable record's (rows
     wrap around), the file is logged once per process and the sample is marked ``replaced``; the same rows always
@@ -54,7 +72,7 @@ class RecordDataset(Dataset):
 
     def __init__(self, table: RecordTable, preprocess: Preprocess, label_names: Sequence[str] = (),
                  transform: ImageTransform | None = None, cache: ImageCache | None = None,
-                 skip_unreadable: bool = False) -> None:
+                 skip_unreadable: bool = False, source_size: int | None = None) -> None:
         if not table.has_images().all():
             rows = np.flatnonzero(~table.has_images())
             raise ValueError(f"{len(rows)} records have no image (first: row {rows[0]}, id "
@@ -67,21 +85,22 @@ class RecordDataset(Dataset):
         self.transform = transform
         self.cache = cache
         self.skip_unreadable = skip_unreadable
+        self.read_size, self.read_resize = read_geometry(preprocess, source_size)
         self.unreadable: set[int] = set()
         self.studies = pd.factorize(study_keys(table.frame))[0]
         if cache is not None:  # a pre-resized uint8 cache (radlab.data.cache); refused when stale
-            cache.validate(table, cache_size(preprocess))
+            cache.validate(table, cache_size(preprocess, self.read_size))
             self.cache_rows = [cache.rows[r] for r in table.frame["id"]]
 
     def __len__(self) -> int:
         return len(self.table)
 
     def load_image(self, i: int) -> torch.Tensor:
-        """The stored image as [1, S, S] in [0, 1], before augmentation and normalisation."""
+        """The stored image as [1, S, S] in [0, 1] (S the read size), before augmentation and normalisation."""
         if self.cache is not None:
             return torch.from_numpy(self.cache[self.cache_rows[i]].astype(np.float32) / 255.0).unsqueeze(0)
-        p = self.preprocess
-        array = fit_square(read_image(self.table.image_path(i)), p.image_size, p.fit, p.resize)
+        array = fit_square(read_image(self.table.image_path(i)), self.read_size, self.preprocess.fit,
+                           self.read_resize)
         return torch.from_numpy(array).unsqueeze(0)
 
     def readable_image(self, i: int) -> tuple[int, torch.Tensor]:
@@ -105,7 +124,12 @@ class RecordDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         row, image = self.readable_image(i)
-        views = self.transform(image) if self.transform is not None else image
+        if self.transform is not None:
+            views = self.transform(image)
+        elif self.read_size != self.preprocess.image_size:
+            views = TF.resize(image, [self.preprocess.image_size] * 2, antialias=True)
+        else:
+            views = image
         if isinstance(views, list):
             normalised: torch.Tensor | list[torch.Tensor] = [self._normalise(v) for v in views]
         else:

@@ -60,7 +60,11 @@ class DataConfig(BaseModel):
     counts the replacements (``replaced_images`` in the metrics). ``image_cache``: a folder for the run's images
     pre-resized to the model's size as uint8 (``radlab.data.cache``), built by rank 0 before training, reused
     while it matches the records and rebuilt when stale; every epoch then reads memory-mapped rows instead of
-    decoding full-size files (pixels rounded to 1/255). It needs the tower's padded-square geometry."""
+    decoding full-size files (pixels rounded to 1/255). It needs the tower's padded-square geometry.
+    ``source_size``: the side at which training images are read before their random views are cut at the
+    tower's size (the tower's geometry scaled; the cache then holds that side). Unset, views are cut from the
+    image at the tower's size, so a zoomed crop (DINOv2's local views) is upsampled; DINOv2 and RAD-DINO cut
+    crops from the source image, which e.g. 2x the tower's size approaches."""
 
     model_config = ConfigDict(extra="forbid")
     sources: list[DataSource]
@@ -68,6 +72,7 @@ class DataConfig(BaseModel):
     allow_eval_overlap: bool = False
     unreadable_images: Literal["error", "skip"] = "error"
     image_cache: str | None = None
+    source_size: int | None = Field(default=None, gt=0)
     labels: list[str] | None = None
     split_seed: int = 0
     split_fractions: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_FRACTIONS))

@@ -231,7 +231,8 @@ class Trainer:
     def _loader(self, table: RecordTable, transform: object, shuffle: bool,
                 cache: ImageCache | None = None) -> tuple[DataLoader, RankedBatchSampler]:
         skip = self.cfg.data.unreadable_images == "skip"
-        records = (RecordDataset(table, self.model.preprocess, self.class_names, transform, cache, skip)
+        records = (RecordDataset(table, self.model.preprocess, self.class_names, transform, cache, skip,
+                                 self.cfg.data.source_size)
                    if self.objective.requires_images else ReportDataset(table))
         dataset = SeededDataset(records, self.cfg.seed)
         sampler = RankedBatchSampler(len(dataset), self.micro_batch, self.cfg.seed, self.env.rank,

@@ -128,7 +128,7 @@ def run_image_cache(cfg: TrainConfig, env: distrib.DistEnv, tables: list[RecordT
     folder = cfg.data.image_cache
     if folder is None:
         return None
-    size = cache_size(preprocess)
+    size = cache_size(preprocess, cfg.data.source_size)
     cache = ensure_cache(RecordTable.concat(tables), folder, size, cfg.optim.num_workers) if env.is_main else None
     distrib.wait_for_main()
     return ImageCache(folder) if cache is None else cache
