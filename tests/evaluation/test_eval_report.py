@@ -57,7 +57,7 @@ def test_paired_differences_and_demographics_are_reported_and_each_metric_gets_i
     assert "| enc | random init | linear_probe/macro_auc | +0.050 | [+0.020, +0.080] | 0.002 |" in text
     assert "| retrieval/R@1 | -0.010 | [-0.020, -0.004] | < 0.005 |" in text, "two-sided: 2 / 400 defined resamples"
     assert "| kshot/macro_auc | - | - | - |" in text, "undefined on the full data: shown, not a crash"
-    assert "zero_shot" not in text
+    assert "| zero_shot/macro_auc | - | not paired: A and B average different findings | - |" in text
     with Image.open(tmp_path / "store.png") as image:
         assert image.width == round(2.8 * 4 * 120), "panels: linear probe, sex AUC, age MAE, retrieval"
     assert "| enc | demographics | sex auc | 0.900 | [0.850, 0.940] |" in text
@@ -187,9 +187,11 @@ def test_console_lines_say_how_zero_shot_scored_and_which_k_the_kshot_headline_i
     assert "no K-shot curve: no finding has 16 positive" in headline(no_curve)
 
 
-def test_the_store_says_how_zero_shot_scored_and_drops_pairs_obtained_differently(tmp_path: Path) -> None:
-    """A run stored before zero-shot modes were compared (paired via prompts against via a label head) does
-    not show that pair; every row says how zero-shot scored, and K-shot's K."""
+def test_the_store_says_how_zero_shot_scored_and_why_pairs_obtained_differently_are_not_paired(
+        tmp_path: Path) -> None:
+    """A run stored before zero-shot modes were compared (paired via prompts against via a label head) shows
+    that pair as not paired, with the reason, and no difference; every row says how zero-shot scored, and
+    K-shot's K."""
     run = _run(["cardiomegaly"], 0, 0.75, "clip")
     run["tasks"].update({"zero_shot": ZERO_SHOT_PROMPTS, "kshot": KSHOT})
     run["baseline"] = {"encoder": "sup", "encoder_hash": "sup-weights",
@@ -201,4 +203,5 @@ def test_the_store_says_how_zero_shot_scored_and_drops_pairs_obtained_differentl
     assert "| clip | zero_shot | macro_auc via prompts | 0.450 |" in text
     assert "| sup | zero_shot | macro_auc via label head | 0.920 |" in text
     assert "| clip | kshot | macro_auc at K=16 over 2 findings (mean of 3 seeds) | 0.610 |" in text
-    assert "| linear_probe/macro_auc | +0.050 |" in text and "zero_shot/macro_auc" not in text
+    assert "| linear_probe/macro_auc | +0.050 |" in text and "-0.470" not in text
+    assert "| zero_shot/macro_auc | - | not paired: A scored it via prompts, B via label head | - |" in text

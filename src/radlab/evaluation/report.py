@@ -129,20 +129,21 @@ def label_set(names: list[str]) -> str:
 
 
 def paired_rows(runs: list[dict]) -> list[dict]:
-    """One row per paired statistic of each run evaluated against a second encoder (``--compare``); not one the
-    two encoders obtained differently (``runner.method_difference``: also in runs stored before that was
-    checked)."""
+    """One row per statistic of each run evaluated against a second encoder (``--compare``): its paired
+    difference, or ``unpaired``, why it has none (obtained differently, ``runner.method_difference``, also checked
+    for runs stored before ``compare_contexts`` checked it; or over different findings)."""
     rows = []
     for run in runs:
         baseline = run.get("baseline", {})
         for statistic, diff in run.get("paired_difference", {}).items():
             task = statistic.split("/", 1)[0]
             how = [method(tasks.get(task, {})) for tasks in (run.get("tasks", {}), baseline.get("tasks", {}))]
-            if "difference" in diff and not method_difference(*how):
-                rows.append({"encoder": run.get("encoder") or run.get("encoder_hash", "?"),
-                             "versus": baseline.get("encoder") or baseline.get("encoder_hash", "?"),
-                             "statistic": statistic, **{k: diff.get(k) for k in ("difference", "ci_low", "ci_high",
-                                                                                 "p_value", "n_boot", "n_valid")}})
+            unpaired = diff.get("unpaired") or method_difference(*how)
+            figures = {} if unpaired else {k: diff.get(k) for k in ("difference", "ci_low", "ci_high", "p_value",
+                                                                     "n_boot", "n_valid")}
+            rows.append({"encoder": run.get("encoder") or run.get("encoder_hash", "?"),
+                         "versus": baseline.get("encoder") or baseline.get("encoder_hash", "?"),
+                         "statistic": statistic, "unpaired": unpaired, **figures})
     return rows
 
 
@@ -173,6 +174,10 @@ def render(store: Path | str, out_dir: Path | str | None = None) -> Path:
                   "rows; paired bootstrap over patients.", "", "| encoder | versus | statistic | difference | "
                   "95% CI | p |", "|---|---|---|---|---|---|"]
         for r in paired:
+            if r["unpaired"]:
+                lines.append(f"| {r['encoder']} | {r['versus']} | {r['statistic']} | - | not paired: {r['unpaired']} "
+                             "| - |")
+                continue
             difference = "-" if r["difference"] is None else f"{r['difference']:+.3f}"
             lines.append(f"| {r['encoder']} | {r['versus']} | {r['statistic']} | {difference} | "
                          f"{interval_text(r, '+')} | {_p_value(r)} |")
