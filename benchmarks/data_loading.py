@@ -7,7 +7,9 @@ an NIH ChestX-ray14 folder (``Data_Entry_2017.csv`` + ``images/``) for ``torchxr
 builds the cache, then times each path over every image after one warm-up pass (files in the page cache for
 all): raw = ``read_image`` + ``resize_pad``; cache = a memory-mapped uint8 row to a float tensor (what
 ``RecordDataset`` does with a cache); torchxrayvision = ``NIH_Dataset[i]`` with its resizer. A second block
-times full ``RecordDataset`` batches (normalised, collated) through DataLoader. Prints tables with ratios to raw.
+times full ``RecordDataset`` batches (normalised, collated) through DataLoader. A third times DINOv2's multi-crop
+views (2 global + 4 local, as configs/dinov2.yaml) cut from the image read at the cache size and at twice it
+(``data.source_size``), from in-memory reads. Prints tables with ratios to the first row.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
+from radlab.data.augment import MultiCrop, local_crop_size
 from radlab.data.cache import ImageCache, StaleCache, build_cache
 from radlab.data.dataset import RecordDataset
 from radlab.data.images import read_image, resize_pad
@@ -51,6 +54,17 @@ def loader_rate(dataset: RecordDataset, workers: int, batch: int = 32) -> float:
     start = time.perf_counter()
     count = sum(len(b["index"]) for b in loader)
     return count / (time.perf_counter() - start)
+
+
+def view_rates(table: RecordTable, size: int, n: int = 100) -> dict[str, float]:
+    """Multi-crop views per second from reads at ``size`` and at ``2 * size`` (``data.source_size``)."""
+    views = MultiCrop(size, local_crop_size(size, 16), n_local=4, global_scale=(0.5, 1.0), local_scale=(0.1, 0.5))
+    rates = {}
+    for side in (size, 2 * size):
+        reads = [torch.from_numpy(resize_pad(read_image(table.image_path(i)), side)).unsqueeze(0)
+                 for i in range(min(n, len(table)))]
+        rates[f"multi-crop views from a {side} px read"] = rate(lambda i, reads=reads: views(reads[i]), len(reads))
+    return rates
 
 
 def nih_layout(table: RecordTable, folder: Path) -> Path:
@@ -120,9 +134,11 @@ def main() -> None:
     }
     print(f"{len(table)} phantom PNGs at {args.size} px -> {args.cache_size} px; cache {build} "
           f"({os.cpu_count()} CPUs, torch threads 1)")
-    for title, block in (("single process", results), ("training loader", loaders)):
+    blocks = (("single process", results), ("training loader", loaders),
+              ("DINOv2 views", view_rates(table, args.cache_size)))
+    for title, block in blocks:
         base = next(iter(block.values()))
-        print(f"\n{title:<48} {'images/s':>10} {'x raw':>8}")
+        print(f"\n{title:<48} {'images/s':>10} {'x first':>8}")
         for name, value in block.items():
             print(f"{name:<48} {'n/a':>10} {'':>8}" if value is None else f"{name:<48} {value:>10.0f} {value / base:>8.1f}")
 
