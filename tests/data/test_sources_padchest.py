@@ -110,3 +110,12 @@ def test_padchest_entries_map_as_the_authors_label_tree_places_them(entry, posit
     found = {name.removeprefix("label_") for name, v in values.items() if v == 1}
     assert found == positive
     assert values["label_no_finding"] == 0
+
+
+def test_padchest_costophrenic_blunting_makes_effusion_uncertain_unless_named():
+    """Blunting suggests a small effusion without naming one: uncertain, not negative; beside "pleural
+    effusion" the named finding stands."""
+    alone = row_labels(["costophrenic angle blunting"])
+    assert alone["label_pleural_effusion"] == -1 and alone["label_no_finding"] == 0
+    assert alone["label_pneumothorax"] == 0
+    assert row_labels(["costophrenic angle blunting", "pleural effusion"])["label_pleural_effusion"] == 1

@@ -15,7 +15,13 @@ the exhaustive lists carry the most specific label only (hydropneumothorax, empy
 pleural effusion, hydropneumothorax under pneumothorax too (``ALSO``); air bronchogram under consolidation;
 miliary opacities under the interstitial pattern; "cyst" is the tree's "cyst of lung"; vertebral compression is
 UMLS C0262431, a compression fracture). "infiltrates" stays radlab's infiltration alone: the tree's children
-(interstitial and alveolar patterns, consolidation) are radlab's siblings of it under lung opacity.
+(interstitial and alveolar patterns, consolidation) are radlab's siblings of it under lung opacity. One entry
+suggests a finding without naming it (``UNCERTAIN_ENTRIES``): "costophrenic angle blunting" (UMLS C0742855, a top-level
+entry beside "pleural effusion") is a small effusion or pleural scarring, so it makes pleural effusion uncertain
+(-1) rather than negative, as IU X-ray's blunted costophrenic angle does. The generic "mass" (the tree's
+"mass of thoracic structure", listed when the report names no site) counts as a lung mass, as an IU "Mass"
+without a site does; its sited children other than "pulmonary mass" (mediastinal, breast, pleural, soft tissue)
+are not lung masses.
 
 Two entries are not findings (``MARKERS``). Their meaning comes from the dataset authors' label trees and
 report-level aggregation (github.com/auriml/Rx-thorax-automatic-captioning: manual_review/trees_code.txt,
@@ -93,6 +99,7 @@ LABEL_MAP: dict[str, str] = {
     "mediastinal shift": "mediastinal_shift",
     "pneumothorax": "pneumothorax", "hydropneumothorax": "pneumothorax",
     "pleural effusion": "pleural_effusion", "loculated pleural effusion": "pleural_effusion",
+    "costophrenic angle blunting": "pleural_effusion",
     "loculated fissural effusion": "pleural_effusion", "empyema": "pleural_effusion",
     "hemothorax": "pleural_effusion",
     "pleural thickening": "pleural_thickening", "apical pleural thickening": "pleural_thickening",
@@ -105,6 +112,8 @@ LABEL_MAP: dict[str, str] = {
     "scoliosis": "scoliosis",
     **{device: "support_devices" for device in DEVICES},
 }
+# Entries that suggest their finding without naming it: uncertain (-1) unless another entry names it.
+UNCERTAIN_ENTRIES = ("costophrenic angle blunting",)
 # Entries that also name a second finding: the authors' tree puts hydropneumothorax under pneumothorax and under
 # pleural effusion.
 ALSO: dict[str, str] = {"hydropneumothorax": "pleural effusion"}
@@ -142,7 +151,7 @@ def row_labels(labels: list[str] | None) -> dict[str, float] | None:
     if not findings and SUBOPTIMAL not in (labels or []):
         return None
     named = findings + [ALSO[label] for label in findings if label in ALSO]
-    values = harmonise(dict.fromkeys(named, 1.0), LABEL_MAP, default=0.0)
+    values = harmonise({label: -1.0 if label in UNCERTAIN_ENTRIES else 1.0 for label in named}, LABEL_MAP, default=0.0)
     if not findings:  # "suboptimal study" alone: no finding listed, but "normal" may have been dropped
         values[label_column("no_finding")] = NAN
     elif all(label in DEVICES for label in findings):
