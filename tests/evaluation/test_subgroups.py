@@ -13,7 +13,7 @@ from radlab.evaluation.context import EvalContext
 from radlab.evaluation.features import FeatureCache
 from radlab.evaluation.linear_probe import probe_scores, standardised
 from radlab.evaluation.runner import evaluate
-from radlab.evaluation.subgroups import TASKS_WITH_SUBGROUPS, age_bands, attribute_report
+from radlab.evaluation.subgroups import TASKS_WITH_SUBGROUPS, age_bands, attribute_report, gap_level_note
 from radlab.models.encoder import RadEncoder
 from radlab.train.setup import training_labels
 
@@ -87,3 +87,26 @@ def test_probe_subgroups_on_phantoms_match_a_recomputation(tiny_encoder: RadEnco
     assert probe["sex"]["groups"]["F"]["macro_auc"] == pytest.approx(expected)
     same = out["paired_difference"]["linear_probe/subgroups/sex=F/macro_auc"]
     assert same["difference"] == 0 and same["ci_low"] == same["ci_high"] == 0
+
+
+def test_the_gap_of_many_groups_is_adjusted_for_the_pairs_it_was_chosen_from() -> None:
+    """Four age bands of equal performance: best minus worst is the largest of 6 noisy differences, so a plain
+    95% interval of that pair excludes 0 in about a quarter of such data sets; the Bonferroni-adjusted one (level
+    1 - 0.05/6) rarely does. Two groups keep the 95% interval."""
+    rng = np.random.default_rng(0)
+    excluded = []
+    for _ in range(16):
+        y = (rng.random((240, 2)) < 0.3).astype(float)
+        s = y * 0.8 + rng.normal(size=y.shape)
+        bands = np.repeat(["<40", "40-59", "60-79", ">=80"], 60)
+        ctx = EvalContext(None, None, ["a", "b"], n_boot=100, seed=int(rng.integers(1 << 30)))
+        report = attribute_report(ctx, y, s, ["a", "b"], np.arange(240).astype(str), bands,
+                                  ["<40", "40-59", "60-79", ">=80"], "age", min_patients=10)
+        assert report["gap_pairs"] == 6 and report["gap_ci"]["level"] == pytest.approx(1 - 0.05 / 6)
+        excluded.append(report["gap_ci"]["ci_low"] > 0)
+    assert sum(excluded) <= 1, f"the adjusted interval excluded 0 in {sum(excluded)} of 16 null data sets"
+    assert "(99.2% interval: Bonferroni over 6 pairs)" in gap_level_note(report)
+    y, s, sexes, patients = scores_better_for_women()
+    two = attribute_report(EvalContext(None, None, ["a", "b"], n_boot=50), y, s, ["a", "b"], patients, sexes,
+                           ["F", "M"], "sex", min_patients=10)
+    assert two["gap_ci"]["level"] == 0.95 and gap_level_note(two) == ""

@@ -102,11 +102,12 @@ class EvalContext:
     def patients(self, rows: np.ndarray) -> np.ndarray:
         return self.table.frame["patient_id"].to_numpy()[rows].astype(str)
 
-    def interval(self, name: str, fn: Statistic, patients: np.ndarray, over: Sequence[str] = ()) -> dict:
+    def interval(self, name: str, fn: Statistic, patients: np.ndarray, over: Sequence[str] = (),
+                 level: float = 0.95) -> dict:
         """Patient-bootstrap CI of ``fn(idx)`` over evaluated rows; kept for paired comparisons, which pair
         two encoders only where ``over`` (e.g. the findings a macro AUC averages) is the same for both."""
         self.statistics[f"{self.task}/{name}"] = (fn, np.asarray(patients), tuple(over))
-        return bootstrap_ci(fn, patients, self.n_boot, self.seed).as_dict()
+        return bootstrap_ci(fn, patients, self.n_boot, self.seed, level).as_dict()
 
 
 def evaluable_labels(table: RecordTable, names: list[str]) -> list[str]:

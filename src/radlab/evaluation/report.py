@@ -18,6 +18,7 @@ from radlab.evaluation.runner import (
     method,
     method_difference,
 )
+from radlab.evaluation.subgroups import gap_level_note
 
 RENDERED_SUFFIXES = (".md", ".png")  # what ``render`` writes beside the store, under the store's stem
 
@@ -204,11 +205,12 @@ def subgroup_section(runs: list[dict]) -> list[str]:
                 gap = (f"{report['best']} - {report['worst']}: {report['gap']:+.3f}" if "gap" in report
                        else report.get("skipped", ""))
                 lines.append(f"| {encoder} | {task} | {attribute} gap | | {gap} | "
-                             f"{interval_text(report.get('gap_ci'), '+')} |")
+                             f"{interval_text(report.get('gap_ci'), '+')}{gap_level_note(report)} |")
     if not lines:
         return []
     return ["", "## Subgroups", "", "Macro AUC within each group, over the findings every scored group can score; "
-            "gap: best minus worst group on the same patient resamples.", "",
+            "gap: best minus worst group on the same patient resamples; with more than two groups its interval is "
+            "Bonferroni-adjusted for the pairs of groups it was chosen from.", "",
             "| encoder | task | group | patients | macro AUC | 95% CI |", "|---|---|---|---|---|---|", *lines]
 
 

