@@ -187,6 +187,19 @@ def test_console_lines_say_how_zero_shot_scored_and_which_k_the_kshot_headline_i
     assert "no K-shot curve: no finding has 16 positive" in headline(no_curve)
 
 
+def test_the_kshot_headline_shows_its_patient_interval_and_the_sd_across_seeds(tmp_path: Path) -> None:
+    interval = {"estimate": 0.61, "ci_low": 0.55, "ci_high": 0.67}
+    kshot = {**KSHOT, "kshot": {**KSHOT["kshot"], "16": {"mean": 0.61, "std": 0.02, "macro_auc_ci": interval}},
+             "macro_auc_ci": interval}
+    line = "macro_auc 0.610 [0.550, 0.670] at K=16 over 2 findings (mean of 3 seeds, SD 0.020)"
+    assert headline(kshot) == line
+    run = _run(["cardiomegaly"], 0, 0.75, "clip")
+    run["tasks"]["kshot"] = kshot
+    text = render(append_run(run, tmp_path / "store.jsonl")).read_text()
+    assert "| clip | kshot | macro_auc at K=16 over 2 findings (mean of 3 seeds, SD 0.020) | 0.610 | [0.550, 0.670] |" \
+        in text
+
+
 def test_the_store_says_how_zero_shot_scored_and_why_pairs_obtained_differently_are_not_paired(
         tmp_path: Path) -> None:
     """A run stored before zero-shot modes were compared (paired via prompts against via a label head) shows

@@ -230,10 +230,11 @@ def test_kshot_draws_k_positives_and_k_negatives_from_train(tiny_encoder: RadEnc
     ctx = EvalContext(tiny_encoder, split_table, labels, features=FeatureCache(cache_dir))
     x, y = standardised(ctx)
     columns = kshot.kshot_findings(ctx, y, 16)
-    first = kshot.kshot_macro_auc(ctx, x, y, columns, 4, seed=1)
+    first = kshot.kshot_scores(ctx, x, y, columns, 4, seed=1)
     assert len(seen) == len(columns) > 0 and all(len(v) == 8 and v.sum() == 4 for v in seen)
-    assert kshot.kshot_macro_auc(ctx, x, y, columns, 4, seed=1) == first
-    assert kshot.kshot_macro_auc(ctx, x, y, columns, 4, seed=2) != first
+    assert first.shape == (len(x["test"]), len(columns))
+    assert np.array_equal(kshot.kshot_scores(ctx, x, y, columns, 4, seed=1), first)
+    assert not np.array_equal(kshot.kshot_scores(ctx, x, y, columns, 4, seed=2), first)
 
 
 def test_shots_come_from_distinct_patients() -> None:
@@ -269,6 +270,7 @@ def test_every_shot_and_fraction_averages_the_same_findings(tiny_encoder: RadEnc
     from radlab.evaluation import kshot
     from radlab.evaluation.features import FeatureCache
     from radlab.evaluation.linear_probe import standardised, two_class
+    from radlab.evaluation.metrics import macro_auc
 
     ctx = EvalContext(tiny_encoder, split_table, labels, features=FeatureCache(cache_dir))
     x, y = standardised(ctx)
@@ -277,10 +279,11 @@ def test_every_shot_and_fraction_averages_the_same_findings(tiny_encoder: RadEnc
     n_rare = len(np.unique(patients[y["train"][:, rare] == 1]))
     assert rare not in kshot.kshot_findings(ctx, y, n_rare + 1) and rare in kshot.kshot_findings(ctx, y, n_rare)
     columns = [j for j in range(len(labels)) if two_class(y["train"][:, j]) and two_class(y["test"][:, j])]
-    tiny, unfit = kshot.fraction_macro_auc(ctx, x, y, columns, 0.01, seed=0)
-    assert unfit > 0 and 0.0 <= tiny <= 1.0  # a 1% sample misses some findings; they count as chance
-    full, none = kshot.fraction_macro_auc(ctx, x, y, columns, 1.0, seed=0)
-    assert none == 0 and full > 0.5
+    tiny, unfit = kshot.fraction_scores(ctx, x, y, columns, 0.01, seed=0)
+    assert unfit > 0 and 0.0 <= macro_auc(y["test"][:, columns], tiny) <= 1.0  # missed findings count as chance
+    assert (tiny == 0).all(0).sum() == unfit
+    full, none = kshot.fraction_scores(ctx, x, y, columns, 1.0, seed=0)
+    assert none == 0 and macro_auc(y["test"][:, columns], full) > 0.5
 
 
 def test_finetune_ignores_unannotated_labels(tiny_encoder: RadEncoder, split_table: RecordTable,

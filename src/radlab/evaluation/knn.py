@@ -1,4 +1,7 @@
-"""k-nearest-neighbour classification on L2-normalised frozen features; k chosen on the validation split."""
+"""k-nearest-neighbour classification on L2-normalised frozen features; k chosen on the validation split.
+
+Each finding votes among the training rows annotated for it (0/1): rows that are unannotated (NaN) or uncertain
+(-1) for a finding are not searched for it, so they neither take up one of the k places nor read as negative."""
 
 from __future__ import annotations
 
@@ -16,14 +19,31 @@ def normalise(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-8)
 
 
+def annotation_groups(labels: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(training rows annotated 0/1, label columns annotated on exactly those rows) for each distinct pattern,
+    so findings annotated on the same rows share one neighbour search."""
+    known = np.isin(labels, (0, 1))
+    columns: dict[bytes, list[int]] = {}
+    for j in range(labels.shape[1]):
+        columns.setdefault(known[:, j].tobytes(), []).append(j)
+    return [(np.flatnonzero(known[:, cols[0]]), np.array(cols)) for cols in columns.values()]
+
+
 def knn_scores(train: np.ndarray, labels: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
-    """Per-query, per-finding score: similarity-weighted fraction of annotated neighbours that are positive."""
-    sims, idx = chunked_topk(queries, train, k)
-    weights = np.exp(sims / 0.1)[..., None]
-    neighbour = labels[idx]
-    known = np.isin(neighbour, (0, 1))
-    positive = (neighbour == 1) & known
-    return (weights * positive).sum(1) / np.maximum((weights * known).sum(1), 1e-12)
+    """Per-query, per-finding score: similarity-weighted fraction of positives among the ``k`` nearest training
+    rows annotated (0/1) for that finding (all of them where fewer). Every query thus has a neighbour for every
+    finding some training row annotates; a finding none annotates has no vote and no prevalence: NaN."""
+    scores = np.full((len(queries), labels.shape[1]), np.nan)
+    for rows, cols in annotation_groups(labels):
+        if not len(rows):
+            continue
+        sims, idx = chunked_topk(queries, train[rows], k)
+        votes = labels[rows[idx]][..., cols]
+        # a weight per neighbour and finding, not one broadcast: numpy then sums a [Q, k, F] array as a search
+        # over all rows did, so fully annotated training data scores bit for bit the same
+        weights = np.repeat(np.exp(sims / 0.1)[..., None], len(cols), axis=2)
+        scores[:, cols] = (weights * (votes == 1)).sum(1) / weights.sum(1)
+    return scores
 
 
 @TASKS.register("knn", "k-nearest-neighbour vote on frozen features (k chosen on val); test AUC with CI")

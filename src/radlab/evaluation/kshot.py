@@ -1,5 +1,6 @@
 """Label-efficient probes: K positive and K other negative patients per finding (K-shot), and fractions of the
-training patients; every setting repeated over seeds and reported as mean and standard deviation of macro AUC.
+training patients; every setting repeated over seeds and reported as mean and standard deviation of macro AUC,
+with a patient-bootstrap interval of that mean.
 
 Every setting averages the same findings, so a curve over K or over fractions measures the probe, not which
 findings happened to be drawable: K-shot uses the findings whose training patients always allow max(K)
@@ -7,6 +8,11 @@ positive and max(K) other negative patients; the fractions use the linear probe'
 sampled fraction has no positives (or no negatives) for scores as chance (a constant score, AUC 0.5), counted
 in ``n_unfit``. When no finding allows max(K), the K-shot curve is left out (``kshot_skipped`` says why) and
 the fractions still run.
+
+The SD is over seeds (which patients were drawn) on the one test set; the interval (``macro_auc_ci``) is over
+test patients, resampled as every interval here is, of the mean over seeds with each seed's probes held fixed.
+The draws depend on the labels and the seed only, so two encoders evaluated together train on the same patients
+and ``--compare`` pairs the two means (``kshot/K=<K>/macro_auc``, ``kshot/fraction=<F>/macro_auc``).
 """
 
 from __future__ import annotations
@@ -15,8 +21,8 @@ import numpy as np
 
 from radlab.evaluation.context import TASKS, EvalContext, TaskSkipped
 from radlab.evaluation.linear_probe import fit_binary_probe, probe_scores, standardised, two_class
-from radlab.evaluation.metrics import macro_auc, roc_auc
-from radlab.evaluation.stats import mean_std
+from radlab.evaluation.metrics import macro_auc
+from radlab.evaluation.stats import Statistic, mean_std
 
 SHOTS = (1, 2, 4, 8, 16)
 FRACTIONS = (0.01, 0.1, 1.0)
@@ -44,35 +50,76 @@ def draw_shots(rng: np.random.Generator, candidates: np.ndarray, patients: np.nd
     return np.array([rng.choice(candidates[owners == p]) for p in chosen])
 
 
-def kshot_macro_auc(ctx: EvalContext, x: dict, y: dict, columns: list[int], k: int, seed: int) -> float:
-    """Macro test AUC over ``columns`` of per-finding probes, each trained on K positive and K other negative
+def kshot_scores(ctx: EvalContext, x: dict, y: dict, columns: list[int], k: int, seed: int) -> np.ndarray:
+    """Test scores [N_test, len(columns)] of per-finding probes, each trained on K positive and K other negative
     patients (one image each) drawn with ``seed``."""
     rng = np.random.default_rng(seed)
     patients = ctx.patients(ctx.rows("train"))
-    values = []
-    for j in columns:
+    scores = np.empty((len(x["test"]), len(columns)))
+    for i, j in enumerate(columns):
         positives = draw_shots(rng, np.flatnonzero(y["train"][:, j] == 1), patients, k)
         negatives = draw_shots(rng, np.flatnonzero(y["train"][:, j] == 0), patients, k, exclude=patients[positives])
         rows = np.concatenate([positives, negatives])
-        known_val, known_test = np.isin(y["val"][:, j], (0, 1)), np.isin(y["test"][:, j], (0, 1))
+        known_val = np.isin(y["val"][:, j], (0, 1))
         probe = fit_binary_probe(x["train"][rows], y["train"][rows, j], x["val"][known_val],
                                  y["val"][known_val, j], seed)
-        values.append(roc_auc(y["test"][known_test, j], probe.decision_function(x["test"][known_test])))
-    return float(np.mean(values)) if values else float("nan")
+        scores[:, i] = probe.decision_function(x["test"])
+    return scores
 
 
-def fraction_macro_auc(ctx: EvalContext, x: dict, y: dict, columns: list[int], fraction: float,
-                       seed: int) -> tuple[float, int]:
-    """(Macro test AUC over ``columns`` of probes trained on a random ``fraction`` of training patients,
-    the number of those findings the fraction could not fit and that score as chance)."""
+def fraction_scores(ctx: EvalContext, x: dict, y: dict, columns: list[int], fraction: float,
+                    seed: int) -> tuple[np.ndarray, int]:
+    """(Test scores [N_test, len(columns)] of probes trained on a random ``fraction`` of training patients, 0 for
+    the findings the fraction could not fit, so they score as chance; the number of those findings)."""
     patients = ctx.patients(ctx.rows("train"))
     unique = np.unique(patients)
     rng = np.random.default_rng(seed)
     chosen = rng.choice(unique, max(1, int(round(fraction * len(unique)))), replace=False)
     scores, _ = probe_scores(ctx, x, y, train_rows=np.flatnonzero(np.isin(patients, chosen)), seed=seed)
     scores = scores[:, columns]
-    unfit = int(np.isnan(scores).all(0).sum())
-    return macro_auc(y["test"][:, columns], np.nan_to_num(scores, nan=0.0)), unfit
+    return np.nan_to_num(scores, nan=0.0), int(np.isnan(scores).all(0).sum())
+
+
+def ranked(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(Rows annotated 0/1, whether each is positive, the rank of its score among their distinct scores)."""
+    rows = np.flatnonzero(np.isin(labels, (0, 1)))
+    _, rank = np.unique(scores[rows], return_inverse=True)
+    return rows, labels[rows] == 1, rank
+
+
+def drawn_auc(drawn: np.ndarray, rows: np.ndarray, positive: np.ndarray, rank: np.ndarray) -> float:
+    """``metrics.roc_auc`` of the rows ``ranked`` gave on a resample drawing row i ``drawn[i]`` times (each
+    positive-negative pair counted once per pair of copies, ties one half); NaN if it lacks a class."""
+    weight = drawn[rows].astype(np.float64)
+    pos, neg = np.bincount(rank, weight * positive), np.bincount(rank, weight * ~positive)
+    n_pos, n_neg = pos.sum(), neg.sum()
+    if not n_pos or not n_neg:
+        return float("nan")
+    return float(pos @ (np.cumsum(neg) - neg / 2) / (n_pos * n_neg))
+
+
+def seed_mean_auc(labels: np.ndarray, runs: list[np.ndarray]) -> Statistic:
+    """Statistic of test-row indices: the mean over seeds of the strict macro AUC of each seed's scores
+    [N_test, F] in ``runs`` against ``labels`` [N_test, F]. Every seed and finding is ranked once and a resample
+    only counts its draws (``drawn_auc``): sorting per resample, seed, finding and setting would dominate."""
+    parts = [ranked(labels[:, j], scores[:, j]) for scores in runs for j in range(labels.shape[1])]
+
+    def statistic(idx: np.ndarray) -> float:
+        drawn = np.bincount(idx, minlength=len(labels))
+        aucs = np.array([drawn_auc(drawn, *part) for part in parts]).reshape(len(runs), labels.shape[1])
+        return float(aucs.mean(1).mean())
+
+    return statistic
+
+
+def setting_report(ctx: EvalContext, name: str, labels: np.ndarray, runs: list[np.ndarray],
+                   findings: list[str]) -> dict:
+    """One K or fraction: mean and SD over seeds of the macro AUC, each seed's, and the patient-bootstrap
+    interval of the mean over seeds (kept as ``<name>/macro_auc`` for ``--compare``)."""
+    per_seed = [macro_auc(labels, scores) for scores in runs]
+    ci = ctx.interval(f"{name}/macro_auc", seed_mean_auc(labels, runs), ctx.patients(ctx.rows("test")),
+                      over=findings)
+    return {**mean_std(per_seed), "per_seed": per_seed, "macro_auc_ci": ci}
 
 
 @TASKS.register("kshot", "K-shot (K in 1..16) and 1/10/100% data-fraction linear probes over seeds")
@@ -92,10 +139,13 @@ def kshot(ctx: EvalContext) -> dict:
             raise TaskSkipped(out["kshot_skipped"])
         shots = []
     for k in shots:
-        runs = [kshot_macro_auc(ctx, x, y, shot_columns, k, s) for s in seeds]
-        out["kshot"][str(k)] = {**mean_std(runs), "per_seed": runs}
+        runs = [kshot_scores(ctx, x, y, shot_columns, k, s) for s in seeds]
+        out["kshot"][str(k)] = setting_report(ctx, f"K={k}", y["test"][:, shot_columns], runs, out["kshot_findings"])
     for f in fractions:
-        runs, unfit = zip(*(fraction_macro_auc(ctx, x, y, fraction_columns, f, s) for s in seeds), strict=True)
-        out["fraction"][str(f)] = {**mean_std(runs), "per_seed": list(runs), "n_unfit": list(unfit)}
-    last = out["kshot"][str(max(shots))]["mean"] if shots else float("nan")
-    return {**out, "macro_auc": last}
+        runs, unfit = zip(*(fraction_scores(ctx, x, y, fraction_columns, f, s) for s in seeds), strict=True)
+        out["fraction"][str(f)] = {**setting_report(ctx, f"fraction={f}", y["test"][:, fraction_columns], list(runs),
+                                                    out["fraction_findings"]), "n_unfit": list(unfit)}
+    if not shots:
+        return {**out, "macro_auc": float("nan")}
+    last = out["kshot"][str(max(shots))]
+    return {**out, "macro_auc": last["mean"], "macro_auc_ci": last["macro_auc_ci"]}

@@ -18,6 +18,7 @@ from radlab.data.records import RecordTable
 from radlab.evaluation.context import SPLITS, TASKS, EvalContext, TaskSkipped
 from radlab.evaluation.features import FeatureCache, table_hash
 from radlab.evaluation.stats import DEFAULT_N_BOOT, paired_bootstrap
+from radlab.evaluation.subgroups import gap_level_note
 from radlab.models.encoder import RadEncoder
 
 log = logging.getLogger(__name__)
@@ -183,7 +184,8 @@ def interval_text(ci: dict | None, sign: str = "") -> str:
 
 def headline_note(metrics: dict) -> str:
     """What a headline needs said beside it: how zero-shot scored (``via prompts`` / ``via label head``), and
-    for K-shot which K it is the mean at, over how many findings and seeds; "" for other tasks."""
+    for K-shot which K it is the mean at, over how many findings and seeds, and the SD across seeds (which the
+    interval, over test patients, leaves out); "" for other tasks."""
     if metrics.get("mode") in ZERO_SHOT_VIA:
         return f"via {ZERO_SHOT_VIA[metrics['mode']]}"
     if isinstance(metrics.get("kshot"), dict) and "kshot_findings" in metrics:
@@ -191,7 +193,9 @@ def headline_note(metrics: dict) -> str:
             return f"(no K-shot curve: {metrics.get('kshot_skipped', 'no K asked for')})"
         k = max(metrics["kshot"], key=int)
         findings, seeds = len(metrics["kshot_findings"]), len(metrics.get("seeds", []))
-        return f"at K={k} over {findings} finding{'s' * (findings != 1)} (mean of {seeds} seed{'s' * (seeds != 1)})"
+        sd = metrics["kshot"][k].get("std")
+        spread = f", SD {sd:.3f}" if isinstance(sd, int | float) and seeds > 1 else ""
+        return f"at K={k} over {findings} finding{'s' * (findings != 1)} (mean of {seeds} seed{'s' * (seeds != 1)}{spread})"
     return ""
 
 
@@ -219,5 +223,5 @@ def subgroup_lines(metrics: dict) -> list[str]:
         groups = ", ".join(f"{g} {v['macro_auc']:.3f} {interval_text(v['macro_auc_ci'])}"
                            for g, v in report["groups"].items() if "macro_auc" in v)
         lines.append(f"  {attribute}: {groups}; gap {report['best']} - {report['worst']} {report['gap']:+.3f} "
-                     f"{interval_text(report['gap_ci'], '+')}")
+                     f"{interval_text(report['gap_ci'], '+')}{gap_level_note(report)}")
     return lines
