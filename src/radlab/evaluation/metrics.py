@@ -34,13 +34,13 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
     if n_pos == 0 or n_neg == 0:
         return float("nan")
     order = np.argsort(scores, kind="mergesort")
-    sorted_scores = scores[order]
-    ranks = np.empty(len(scores), dtype=np.float64)
-    boundaries = np.flatnonzero(np.diff(sorted_scores)) + 1
+    boundaries = np.flatnonzero(np.diff(scores[order])) + 1
     starts = np.concatenate([[0], boundaries])
     ends = np.concatenate([boundaries, [len(scores)]])
-    for s, e in zip(starts, ends, strict=True):
-        ranks[order[s:e]] = (s + e + 1) / 2.0
+    tie_group = np.zeros(len(scores), dtype=np.int64)
+    tie_group[boundaries] = 1
+    ranks = np.empty(len(scores), dtype=np.float64)
+    ranks[order] = ((starts + ends + 1) / 2.0)[np.cumsum(tie_group)]  # tied scores share their mean rank
     u = ranks[labels].sum() - n_pos * (n_pos + 1) / 2.0
     return float(u / (n_pos * n_neg))
 
