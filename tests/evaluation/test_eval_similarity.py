@@ -13,11 +13,11 @@ import torch
 
 from radlab.data.records import RecordTable
 from radlab.evaluation.context import EvalContext, TaskSkipped
-from radlab.evaluation.crossmodal import retrieval, study_ids
+from radlab.evaluation.crossmodal import distinct_texts, retrieval, study_ids, study_index
 from radlab.evaluation.features import FeatureCache, image_batches
 from radlab.evaluation.metrics import recall_at_k
 from radlab.evaluation.prompts import prompts
-from radlab.evaluation.retrieval import correct_key_positions
+from radlab.evaluation.retrieval import correct_key_positions, membership
 from radlab.evaluation.similarity import combine, decision_scores
 from radlab.evaluation.zero_shot import exclusive_accuracy, prompt_scores, single_label
 from radlab.models.checkpoint import load_encoder_checkpoint, save_encoder
@@ -127,19 +127,18 @@ def test_retrieval_local_ranks_reports_by_word_region_similarity(gloria_encoder:
     out = retrieval(ctx)
     rows = ctx.rows("test")
     rows = rows[np.array([bool(r.strip()) for r in np.array(split_table.texts(), dtype=object)[rows]])]
-    studies = study_ids(ctx, rows)
-    _, first = np.unique(studies, return_index=True)
-    first = np.sort(first)
-    reports = [str(split_table.texts()[r]) for r in rows[first]]
+    first, image_study = study_index(study_ids(ctx, rows))
+    reports, contains = distinct_texts([[str(split_table.texts()[r])] for r in rows[first]])
     scores = _local_reference(gloria_encoder, split_table, rows, reports)
-    dummy = np.zeros((len(rows), 1))
-    above, tied, correct = correct_key_positions(dummy, dummy[first], studies, studies[first], scores=scores)
+    relevant = membership(image_study, len(first)) @ contains
+    above, tied, correct = correct_key_positions(np.zeros((len(rows), 1)), np.zeros((len(reports), 1)), relevant,
+                                                 scores=scores)
     expected = recall_at_k(above, tied, tied_correct=correct)
     found = out["report"]["image_to_text"]
     assert out["similarity"] == "local" and {k: found[k] for k in expected} == pytest.approx(expected)
     cosine = retrieval(_context(gloria_encoder, split_table, "retrieval", "global"))["report"]["image_to_text"]
     assert {k: cosine[k] for k in expected} != pytest.approx(expected)  # the option changes the ranking
-    assert out["report"]["text_to_image"]["n_queries"] == len(first) and "sentence" in out
+    assert out["report"]["text_to_image"]["n_queries"] == len(reports) and "sentence" in out
 
 
 def test_similarity_option_is_checked(tiny_encoder: RadEncoder, split_table: RecordTable) -> None:

@@ -1,7 +1,8 @@
 """Retrieval by chunks of queries, so a 100k x 100k similarity matrix never exists at once.
 
-Correctness is by group: a query and a key match when they share a group id (e.g. the study whose report
-it is), so an image has several correct sentences and a sentence several correct images.
+Which keys are correct for a query is a sparse [queries, keys] 0/1 matrix (``crossmodal`` builds it from text
+content: an image's correct keys are the distinct texts of its study), so an image can have several correct
+sentences and a sentence several correct images.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import re
 
 import numpy as np
 import torch
+from scipy import sparse
 
 CHUNK = 4096
 TIE_TOLERANCE = 1e-6  # on dot products of unit vectors: float32 noise, not a real difference
@@ -39,23 +41,30 @@ def chunked_topk(queries: np.ndarray, keys: np.ndarray, k: int, chunk: int = CHU
     return np.concatenate(scores), np.concatenate(indices)
 
 
+def membership(owner: np.ndarray, n: int) -> sparse.csr_array:
+    """[len(owner), n] 0/1 matrix with row i's one at column ``owner[i]`` (e.g. each image's study)."""
+    owner = np.asarray(owner, dtype=np.int64)
+    return sparse.csr_array((np.ones(len(owner), np.int64), (np.arange(len(owner)), owner)), shape=(len(owner), n))
+
+
 @torch.no_grad()
-def correct_key_positions(queries: np.ndarray, keys: np.ndarray, query_groups: np.ndarray,
-                          key_groups: np.ndarray, chunk: int = CHUNK,
+def correct_key_positions(queries: np.ndarray, keys: np.ndarray, relevant: sparse.sparray | sparse.spmatrix,
+                          chunk: int = CHUNK,
                           scores: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per query, where its best-scoring correct key lands: (keys scoring higher, incorrect keys tying with
-    it within ``TIE_TOLERANCE``, correct keys tying with it, itself included). ``metrics.recall_at_k`` turns
-    them into expected recall under random tie-breaking, so identical reports or a collapsed tower do not count
-    as hits, and a query with several correct keys (a study's images) gets its chance, not less. Scores are
-    the dot products of ``queries`` and ``keys``, or the given [Q, K] ``scores`` (e.g. word-region
-    similarities)."""
-    _, qg = np.unique(np.concatenate([query_groups, key_groups]), return_inverse=True)
-    qg, kg = torch.as_tensor(qg[:len(query_groups)]), torch.as_tensor(qg[len(query_groups):])
+    """Per query, where its best-scoring correct key (nonzero in ``relevant``, [Q, K]) lands: (keys scoring
+    higher, incorrect keys tying with it within ``TIE_TOLERANCE``, correct keys tying with it, itself included).
+    ``metrics.recall_at_k`` turns them into expected recall under random tie-breaking, so a collapsed tower or
+    two different texts the tower cannot tell apart do not count as hits, and a query with several correct keys
+    (a study's images) gets its chance, not less. Scores are the dot products of ``queries`` and ``keys``, or
+    the given [Q, K] ``scores`` (e.g. word-region similarities)."""
+    relevant = sparse.csr_array(relevant).astype(bool)  # a chunk's dense mask: one byte per key
     q, kk = _as_tensor(queries), _as_tensor(keys)
+    if relevant.shape != (q.shape[0], kk.shape[0] if scores is None else np.shape(scores)[1]):
+        raise ValueError(f"relevant is {relevant.shape}, not queries x keys")
     above, tied, tied_correct = [], [], []
     for start in range(0, q.shape[0], chunk):
         sims = _as_tensor(scores[start:start + chunk]) if scores is not None else q[start:start + chunk] @ kk.T
-        correct = qg[start:start + chunk, None] == kg[None, :]
+        correct = torch.from_numpy(relevant[start:start + chunk].toarray())
         if not correct.any(1).all():
             raise ValueError("every query needs at least one correct key")
         best = sims.masked_fill(~correct, -torch.inf).max(1).values[:, None]
