@@ -41,6 +41,13 @@ def test_mesh_tags_map_to_canonical_labels():
     ("Catheters, Indwelling/left;Implanted Medical Device", {"support_devices": 1, "no_finding": 1}),
     ("Catheters, Indwelling/left;Cicatrix/lung/apex", {"support_devices": 1, "no_finding": 0}),
     ("Spine/degenerative", {"no_finding": 0, "scoliosis": 0}),
+    # vascular calcinosis is not the taxonomy's calcification, as Atherosclerosis/aorta is not; a node beside a vessel is
+    ("Calcinosis/aorta", {"calcification": 0, "no_finding": 0}),
+    ("Calcinosis/aorta, thoracic/severe", {"calcification": 0}),
+    ("Calcinosis/mitral valve", {"calcification": 0}),
+    ("Calcinosis/aorta/lymph nodes", {"calcification": 1}),
+    ("Calcinosis/lung/hilum/lymph nodes/right", {"calcification": 1}),
+    ("Atherosclerosis/aorta", {"calcification": 0, "no_finding": 0}),
 ])
 def test_mesh_terms_map_as_their_tags_say(mesh: str, expected: dict[str, float]) -> None:
     labels = mesh_labels(mesh)

@@ -45,7 +45,7 @@ from radlab.data.taxonomy import FINDING_NAMES, propagate_to_parents
     ("Atelectasis, less likely pneumonia.", {"atelectasis": 1, "pneumonia": 0}),
     # phrasings of the real IU X-ray reports (docs/report_labeller.md)
     ("Mild unfolding of the thoracic aorta.", {"aortic_enlargement": 1}),
-    ("A tortuous, calcified thoracic aorta.", {"aortic_enlargement": 1, "calcification": 1}),
+    ("A tortuous, calcified thoracic aorta.", {"aortic_enlargement": 1}),  # vascular: not a calcified focus
     ("The heart is large.", {"cardiomegaly": 1}),
     ("Borderline heart size.", {"cardiomegaly": -1}),
     ("Mild dextrocurvature of the thoracic spine.", {"scoliosis": 1}),
@@ -106,6 +106,70 @@ def test_own_post_cue_beats_a_foreign_pre_cue(sentence, expected):
     assert label_sentence(sentence) == expected
 
 
+@pytest.mark.parametrize("sentence,expected", [
+    # vascular calcification is not the taxonomy's calcification (a calcified granuloma or focus)
+    ("Atherosclerotic calcification of the aorta.", {}),
+    ("The aorta is calcified and tortuous.", {"aortic_enlargement": 1}),
+    ("Mitral annular calcification.", {}),
+    # a hedge reaches past its window over a list of alternatives
+    ("Opacity which may represent a focal area of consolidation or atelectasis.",
+     {"lung_opacity": 1, "consolidation": -1, "atelectasis": -1}),
+    ("This could be due to edema superimposed on emphysema or pneumonitis or fibrosis.",
+     {"edema": -1, "emphysema": -1, "pneumonia": -1, "fibrosis": -1}),
+    ("Differential diagnosis includes chronic lung disease, interstitial infiltrates, pulmonary edema.",
+     {"infiltration": -1, "edema": -1}),
+    # hedges: "maybe", "unclear whether", "are also possible", "in the differential"; "considering" is none
+    ("Maybe due to pulmonary fibrosis.", {"fibrosis": -1}),
+    ("Unclear whether this is cardiomegaly.", {"cardiomegaly": -1}),
+    ("Aspiration or edema are also possible.", {"edema": -1}),
+    ("Pneumonia is in the differential.", {"pneumonia": -1}),
+    ("Considering technical factors, stable cardiomegaly.", {"cardiomegaly": 1}),
+    # a plural post-cue covers the list or long phrase it agrees with; "not well seen" negates like "not seen"
+    ("Consolidation, atelectasis, and blunting in the left lower lobe have cleared.",
+     {"consolidation": 0, "atelectasis": 0}),
+    ("The airspace opacities in the right upper lobe seen on the prior exam are not visualized on this study.",
+     {"lung_opacity": 0}),
+    ("The previously noted small nodule in the right lower lung is not well seen on today's study.", {"nodule": 0}),
+    # phrases that suggest a finding without naming it: -1 (0 when negated)
+    ("Blunting of the left costophrenic angle.", {"pleural_effusion": -1}),
+    ("No blunting of the costophrenic angles.", {"pleural_effusion": 0}),
+    ("Mild prominence of the superior mediastinum.", {"enlarged_cardiomediastinum": -1}),
+    ("Prominent mediastinum.", {"enlarged_cardiomediastinum": -1}),
+    # coordinated words for an enlarged aorta; signs of vascular congestion (edema)
+    ("Slightly unfolded ascending and descending aorta.", {"aortic_enlargement": 1}),
+    ("Normal heart size with tortuosity and atherosclerosis of the thoracic aorta.",
+     {"cardiomegaly": 0, "aortic_enlargement": 1}),
+    ("Mild central vascular prominence.", {"edema": 1}),
+    ("Cardiomegaly and pulmonary venous hypertension.", {"cardiomegaly": 1, "edema": 1}),
+    ("No increased pulmonary vascularity.", {"edema": 0}),
+    # devices named by what they are or where their tip lies; an anatomical cavity is no lung cavity
+    ("A spinal stimulator is present.", {"support_devices": 1}),
+    ("Right chest port with tip in the mid SVC.", {"support_devices": 1}),
+    ("Splenic artery embolization coils.", {"support_devices": 1}),
+    ("Chest tube tip projects outside the thoracic cavity.", {"support_devices": 1}),
+    # conditional and recommended work-up: no label
+    ("If there is concern for rib fracture, consider a rib series.", {}),
+    ("Recommend followup to ensure resolution and exclude an underlying mass.", {}),
+])
+def test_iu_xray_error_analysis_fixes(sentence, expected):
+    assert label_sentence(sentence) == expected
+
+
+@pytest.mark.parametrize("sentence,expected", [
+    # controls for the rules above: a calcified focus near a vessel, a hedge not over a list, a view-specific
+    # "not well seen", a coordinated finding that is not vascular
+    ("Calcified granuloma projecting over the aortic knob.", {"calcification": 1}),
+    ("Calcified lymph node in the aortopulmonary window.", {"calcification": 1}),
+    ("No calcification or enlarged pulmonary artery.", {"calcification": 0, "enlarged_pulmonary_artery": 0}),
+    ("Possible atelectasis in the left lower lobe with moderate right pneumothorax.",
+     {"atelectasis": -1, "pneumothorax": 1}),
+    ("Ovoid opacity in the retrocardiac area, not well seen on the lateral view.", {"lung_opacity": 1}),
+    ("Pneumothorax is not seen, effusion has resolved.", {"pneumothorax": 0, "pleural_effusion": 0}),
+])
+def test_iu_xray_fixes_keep_their_controls(sentence, expected):
+    assert label_sentence(sentence) == expected
+
+
 def test_report_combines_sentences_and_sets_parents_and_no_finding():
     result = label_report("FINDINGS: Possible small effusion. Small left effusion. Right upper lobe nodule. "
                           "IMPRESSION: Pneumonia cannot be excluded.")
@@ -160,8 +224,9 @@ def test_prompts_are_seeded_per_record(tmp_path):
     assert compose_prompts(np.array([1.0, np.nan]), ["cardiomegaly", "edema"], random.Random(0)).lower().count("cardiomegaly") == 1
 
 
-FLOORS = {"cardiomegaly": 0.90, "pleural_effusion": 0.84, "atelectasis": 0.87, "lung_opacity": 0.90,
-          "pneumothorax": 0.75}
+FLOORS = {"cardiomegaly": 0.95, "pleural_effusion": 0.92, "atelectasis": 0.88, "lung_opacity": 0.93,
+          "pneumothorax": 0.85, "edema": 0.80, "calcification": 0.95, "support_devices": 0.91}
+MACRO_FLOOR = 0.85  # measured 0.869 over the 23 findings with at least 20 reference positives
 
 
 def test_agreement_with_iu_xray_mesh_tags(data_root):
@@ -170,6 +235,7 @@ def test_agreement_with_iu_xray_mesh_tags(data_root):
         pytest.skip("iu_xray_reports is not in the bundled data folder")
     result = agreement(IUXraySource().load(folder)).set_index("finding")
     assert result.loc["cardiomegaly", "reports"] > 3700  # 98 reports not MeSH-indexed are unlabelled, so not compared
-    for name, floor in FLOORS.items():  # measured 0.94, 0.88, 0.91, 0.94, 0.85 (docs/report_labeller.md)
-        assert result.loc[name, "f1"] >= floor, (name, result.loc[name].to_dict())
+    for name, floor in FLOORS.items():  # measured 0.979, 0.944, 0.909, 0.957, 0.898, 0.832, 0.975, 0.939
+        assert result.loc[name, "f1"] >= floor, (name, result.loc[name].to_dict())  # (docs/report_labeller.md)
+    assert result.loc[result["reference_pos"] >= 20, "f1"].mean() >= MACRO_FLOOR
     assert isinstance(result, pd.DataFrame)

@@ -1,25 +1,31 @@
-"""A rule-based finding extractor for chest X-ray reports, in the NegEx / CheXpert-labeler style.
+"""A rule-based finding extractor for chest X-ray reports, in the NegEx / CheXpert-labeler style; its words
+(mentions, cues, windows) are in ``radlab.data.labeller_vocabulary``.
 
 Per sentence, every mention of a canonical finding (``MENTIONS``; not inside a "non"/"un" word such as
-"noncalcified") is classified by the cues around it in its clause: a hypothetical ("evaluate for", "rule out",
-"may not be demonstrated") gives no label; uncertainty phrases that contain a negation word ("cannot
-exclude") -> -1; then negation ("no", "without", "free of", "negative for", "resolved", "unlikely", ...) -> 0;
-then uncertainty ("possible", "may", "suggest", ...) -> -1; else 1. Phrases that only look like a cue ("no
-interval change in", "not seen on prior") block the cues they overlap (``PSEUDO_NEGATION``). Phrases that
-state a finding is normal ("heart size is normal") give 0 (``NORMAL``). Negation-like cues (hypothetical,
-negated uncertainty, negation) reach ``NEGATION_WINDOW`` words forward (lists such as "no consolidation,
-effusion or pneumothorax"), uncertainty cues ``UNCERTAIN_WINDOW``, post-cues ``POST_WINDOW`` words back,
-never across a clause break ("but", "however", ";", "there is", ...); a post-cue stops at another cue, and
-at another mention unless the earlier one has no own cue ("atelectasis or effusion cannot be excluded"
-vs "no pneumothorax, effusion cannot be excluded"). A pre-cue inside an earlier mention's post-cue does not
-reach forward over a comma (the "not" of "effusion is not seen, small pneumothorax"), though it still heads
-a mention right after it ("tortuous aorta, cannot exclude aortic aneurysm"). A pre-cue
-that reaches over a comma and an earlier mention (a list head: "no pneumothorax, effusion") counts only for
-mentions without a post-cue of their own, so "no pneumothorax, effusion is possible" gives 0 / -1 while "no
-consolidation, effusion or pneumothorax" and "no pneumothorax or effusion is suspected" give 0 throughout. Report labels
-combine sentences as positive > uncertain > negative, NaN for findings never mentioned; positives and
-uncertains propagate to parents; no_finding is 1 when no finding but support devices is positive or
-uncertain (the CheXpert rule), else 0.
+"noncalcified", nor inside a phrase where it names nothing, ``EXCLUDED``: "aortic calcification") is classified
+by the cues around it in its clause: a hypothetical ("evaluate for", "rule out", "if", "may not be
+demonstrated") gives no label; uncertainty phrases that contain a negation word ("cannot exclude") -> -1; then
+negation ("no", "without", "free of", "negative for", "resolved", "not well seen", "unlikely", ...) -> 0; then
+uncertainty ("possible", "may", "suggest", ...) -> -1; else 1. Phrases that suggest a finding without naming it
+(``SUGGESTIVE``: costophrenic blunting, mediastinal prominence) give -1 where a mention would give 1. Phrases
+that only look like a cue ("no interval change in", "not seen on prior", "not well seen on the lateral view")
+block the cues they overlap (``PSEUDO_NEGATION``). Phrases that state a finding is normal ("heart size is
+normal") give 0 (``NORMAL``). Negation-like cues (hypothetical, negated uncertainty, negation) reach
+``NEGATION_WINDOW`` words forward (lists such as "no consolidation, effusion or pneumothorax"), uncertainty cues
+``UNCERTAIN_WINDOW``, and as far as negation over a list of alternatives ("may represent a focal area of
+consolidation or atelectasis"); post-cues reach ``POST_WINDOW`` words back, a plural one as far as negation
+over the list or phrase it agrees with ("consolidation, atelectasis and blunting in the left lower lobe have
+cleared"); no cue reaches across a clause break ("but", "however", ";", "there is", ...); a post-cue stops at
+another cue, and at another mention unless the earlier one has no own cue ("atelectasis or effusion cannot be
+excluded" vs "no pneumothorax, effusion cannot be excluded"). A pre-cue inside an earlier mention's post-cue
+does not reach forward over a comma (the "not" of "effusion is not seen, small pneumothorax"), though it still
+heads a mention right after it ("tortuous aorta, cannot exclude aortic aneurysm"). A pre-cue that reaches over a
+comma and an earlier mention (a list head: "no pneumothorax, effusion") counts only for mentions without a
+post-cue of their own, so "no pneumothorax, effusion is possible" gives 0 / -1 while "no consolidation, effusion
+or pneumothorax" and "no pneumothorax or effusion is suspected" give 0 throughout. Report labels combine
+sentences as positive > uncertain > negative, NaN for findings never mentioned; positives and uncertains
+propagate to parents; no_finding is 1 when no finding but support devices is positive or uncertain (the
+CheXpert rule), else 0.
 """
 
 from __future__ import annotations
@@ -31,106 +37,33 @@ from functools import cached_property
 import numpy as np
 import pandas as pd
 
+from radlab.data.labeller_vocabulary import (
+    EXCLUDED,
+    HYPOTHETICAL_POST,
+    HYPOTHETICAL_PRE,
+    LIST_ITEM_WORDS,
+    LIST_SEPARATOR,
+    MENTIONS,
+    NEGATION_POST,
+    NEGATION_PRE,
+    NEGATION_WINDOW,
+    NORMAL,
+    NOT_PREFIXED,
+    PLURAL_POST,
+    POST_WINDOW,
+    PSEUDO_NEGATION,
+    SUGGESTIVE,
+    TERMINATORS,
+    UNCERTAIN_NEGATED,
+    UNCERTAIN_POST,
+    UNCERTAIN_PRE,
+    UNCERTAIN_WINDOW,
+)
 from radlab.data.records import RecordTable, label_column
 from radlab.data.reports import labelled_text, split_sentences
 from radlab.data.sources.common import NAN, combine
 from radlab.data.taxonomy import FINDING_NAMES, NEGATIVE, POSITIVE, UNCERTAIN, propagate_to_parents
 
-_N = r"(?:\w+ ){0,2}"  # up to two filler words
-_NOT_PREFIXED = r"(?<!non)(?<!non-)(?<!un)"  # "noncalcified", "non-enlarged", "uncalcified" mention nothing
-MENTIONS: dict[str, tuple[str, ...]] = {
-    "enlarged_cardiomediastinum": (
-        r"widen\w* (?:of )?(?:the )?(?:superior )?mediastin\w*", r"(?:enlarged|widened|prominent) (?:cardio)?mediastin\w*",
-        r"mediastin\w*(?: \w+){0,3} (?:widen\w*|enlarged|enlargement)",
-        r"cardiomediastinal (?:silhouette|contours?)(?: \w+){0,2} (?:enlarged|widened|prominent)"),
-    "cardiomegaly": (
-        r"cardiomegaly", r"cardiac (?:enlargement|hypertrophy)", r"(?:enlarged|large|prominent) (?:heart|cardiac)",
-        r"enlargement of the (?:heart|cardiac)", r"(?:heart|cardiac) enlargement", r"borderline (?:heart|cardiac) size",
-        r"(?:heart|cardiac silhouette|cardiac shadow|cardiac size|heart size)(?: \w+){0,3} (?:enlarged|increased|large)\b"),
-    "aortic_enlargement": (
-        r"(?:tortuous|ectatic|enlarged|dilated|unfolded|elongated|uncoiled),? " + _N + r"aort\w*",
-        r"aort\w*(?: \w+){0,3} (?:tortuous|tortuosity|ectatic|ectasia|enlarged|enlargement|dilated|dilatation|"
-        r"unfolded|unfolding|elongated|elongation|aneurysm\w*)",
-        r"(?:tortuosity|unfolding|ectasia|enlargement|dilatation) of the " + _N + r"aorta"),
-    "lung_opacity": (r"opaci\w*", r"densit(?:y|ies)", r"air ?space (?:disease|opacit\w*|process)", r"\bhazy\b"),
-    "lung_lesion": (r"(?:lung|pulmonary|parenchymal|cavitary|focal|spiculated) lesions?", r"neoplasm\w*",
-                    r"tumou?rs?\b", r"carcinoma", r"malignan\w*", r"metasta\w*", r"\bcancer"),
-    "nodule": (rf"(?<!{_NOT_PREFIXED}calcified )(?<!granulomatous )nodul(?:e|es|ar|arity)\b",),
-    "mass": (r"\bmass(?:es|-like)?\b",),
-    "lung_cavity": (r"cavit(?:y|ies|ary|ation)",),
-    "lung_cyst": (r"(?:lung|pulmonary|parenchymal) cysts?",),
-    "edema": (r"(?<!soft tissue )\bo?edema", r"(?:pulmonary|vascular|venous|interstitial) congestion",
-              r"congestive heart failure", r"\bchf\b", r"cephalization"),
-    "consolidation": (r"consolidat\w*",),
-    "pneumonia": (r"pneumonia\w*", r"pneumonitis"),
-    "atelectasis": (r"atelecta\w*", r"(?:lung|lobar|lobe) collapse", r"collapse of the", r"\bcollapsed\b"),
-    "infiltration": (r"infiltrat\w*",),
-    "interstitial_lung_disease": (r"interstitial (?:lung )?(?:disease|fibrosis|pattern|process)",
-                                  r"\breticul\w*", r"\bild\b"),
-    "fibrosis": (r"fibros[ie]s", r"fibrotic", r"honeycomb\w*"),
-    "tuberculosis": (r"tubercul\w*", r"\btb\b", r"mycobacteri\w*"),
-    "calcification": (r"calcifi\w*", r"calcinosis"),
-    "emphysema": (r"(?<!subcutaneous )emphysema\w*", r"\bbullae?\b", r"\bbullous"),  # bullae: as IU X-ray codes them
-    "copd": (r"\bcopd\b", r"chronic obstructive"),
-    "enlarged_pulmonary_artery": (
-        r"(?:enlarged|prominent|dilated) " + _N + r"pulmonary arter\w*",
-        r"pulmonary arter\w*(?: \w+){0,3} (?:enlarged|enlargement|prominent|prominence|dilated|dilatation)",
-        r"pulmonary (?:arterial )?hypertension"),
-    "mediastinal_shift": (r"mediastinal shift", r"shift\w* of the mediastin\w*", r"mediastin\w*(?: \w+){0,2} shifted",
-                          r"tracheal deviation", r"deviation of the trachea"),
-    "pneumothorax": (r"pneumothora\w*",),
-    "pleural_effusion": (r"(?<!pericardial )\beffusions?", r"pleural fluid", r"hydrothora\w*"),
-    "pleural_thickening": (r"pleural " + _N + r"thickening", r"thickening of the " + _N + r"pleura",
-                           r"(?:pleural|apical) (?:cap|capping)", r"pleural scarring"),
-    "pleural_other": (r"pleural (?:plaques?|calcification\w*|abnormalit\w*)", r"fibrothorax"),
-    "fracture": (r"fractur\w*", r"\bfx\b"),
-    "hernia": (r"hernia\w*",),
-    "scoliosis": (r"scolio\w*", r"curvature of the " + _N + r"spine", r"(?:spinal|spine) curvature",
-                  r"(?:dextro|levo)-?curvature"),
-    "support_devices": (
-        r"(?:picc|central venous|central|venous|dialysis|swan[- ]ganz|jugular|subclavian|arterial) (?:line|catheter)s?",
-        r"catheters?\b", r"pacemaker\w*", r"\bpacer\b", r"defibrillator", r"\ba?icd\b", r"endotracheal",
-        r"\bet tube", r"\bett\b", r"(?:nasogastric|orogastric|feeding|enteric|ng|og|dobhoff|chest|drainage|gastric) tubes?",
-        r"tracheostomy", r"\bstents?\b", r"(?:sternotomy|cerclage) wires?", r"(?:surgical|vascular) clips?",
-        r"port-?a-?cath", r"(?:prosthetic|mechanical) " + _N + r"valve", r"valve (?:replacement|prosthesis)",
-        r"\bhardware\b", r"(?<!cholecystectomy )\bclips?\b", r"\bleads\b", r"generator", r"\bdevices?\b", r"\bpicc\b"),
-}
-_NORMAL_HEART = r"(?:heart|cardiac) (?:size|silhouette|shadow)(?: \w+){0,4} (?:normal|within normal limits|unremarkable)"
-_NORMAL_MEDIASTINUM = (r"(?:cardio)?mediastin\w*(?: (?:silhouette|contours?|structures))?(?: \w+){0,3} "
-                       r"(?:normal|within normal limits|unremarkable)")
-NORMAL: dict[str, tuple[str, ...]] = {
-    "cardiomegaly": (_NORMAL_HEART, r"normal (?:heart|cardiac) (?:size|silhouette)", r"heart (?:is )?(?:of )?normal (?:size|in size)",
-                     r"cardiomediastinal (?:silhouette|contours?)(?: \w+){0,3} (?:normal|within normal limits|unremarkable)"),
-    "enlarged_cardiomediastinum": (_NORMAL_MEDIASTINUM, r"normal (?:cardio)?mediastin\w*"),
-    "lung_opacity": (r"lungs? (?:are |is )?(?:\w+ )?clear\b", r"clear lungs?"),
-}
-UNCERTAIN_NEGATED = (r"can ?not (?:be )?(?:entirely |completely |definitely )?(?:excluded|exclude|ruled out|rule out)",
-                     r"not (?:be )?(?:entirely |completely |definitely )?(?:excluded|ruled out)",
-                     r"difficult to (?:completely |entirely )?exclude", r"could not exclude")
-HYPOTHETICAL_PRE = (r"evaluat\w* for", r"evaluat\w* of (?!the |this |these |that |those )", r"rule[- ]?out",
-                    r"\bto exclude")
-HYPOTHETICAL_POST = (r"may not be (?:demonstrated|detected|seen|visible)",)
-_MODIFIERS = r"(?:(?:significant|interval|appreciable) ){0,2}"
-PSEUDO_NEGATION = (rf"no {_MODIFIERS}(?:change|increase|decrease|worsening)", rf"without {_MODIFIERS}change",
-                   r"not (?:significantly )?(?:changed|increased)", r"not only", r"no longer (?:require|need)",
-                   r"not (?:seen|present|visualized|identified) (?:on|in) (?:the )?(?:prior|previous)")
-NEGATION_PRE = (r"\bno\b", r"\bnot\b", r"\bwithout\b", r"free of", r"negative for", r"absence of", r"\babsent\b",
-                r"resolution of", r"resolved", r"clear of", r"rather than", r"\bnor\b", r"\bneither\b",
-                r"removal of", r"\bunlikely\b", r"less likely")
-NEGATION_POST = (r"(?:is|are|was|were|has|have been)? ?(?:not seen|not identified|not present|not visualized|absent)",
-                 r"(?:is|are|was|were) (?:unlikely|less likely|not likely)",
-                 r"(?:has|have)? ?(?:resolved|cleared|been removed|removed)", r"no longer (?:seen|visible|present|evident)",
-                 r"is gone")
-UNCERTAIN_PRE = (r"possib\w*", r"\bmay\b", r"\bmight\b", r"\bcould\b", r"suggest\w*", r"suspicio\w*", r"suspect\w*",
-                 r"question(?:able)?(?: of)?", r"concern(?:ing)? for", r"\blikely\b", r"probabl[ey]", r"presum\w*",
-                 r"\bversus\b", r"\bvs\b", r"differential", r"borderline", r"equivocal", r"indeterminate",
-                 r"consider\w*", r"cannot be distinguished", r"\bvague\w*", r"\bpotential\w*")
-UNCERTAIN_POST = (r"(?:is|are) (?:not )?(?:entirely )?(?:excluded|possible|suspected|questioned|likely)",
-                  r"cannot be excluded", r"\?")
-TERMINATORS = (r"\bbut\b", r"\bhowever\b", r"\balthough\b", r"\bthough\b", r"\bexcept\b", r"aside from",
-               r"apart from", r"\bwhereas\b", r"\bwhich\b", r"\botherwise\b", r";", r"\bwith the exception\b",
-               r"\bthere (?:is|are)\b", r"\band (?:the|there|a|an)\b")
-NEGATION_WINDOW, UNCERTAIN_WINDOW, POST_WINDOW = 12, 6, 4
 NOT_FINDINGS = {"no_finding", "support_devices"}
 PRE_KINDS = ("hypothetical_pre", "uncertain_negated", "negation_pre", "uncertain_pre")
 POST_KINDS = ("hypothetical_post", "uncertain_negated", "negation_post", "uncertain_post")
@@ -140,8 +73,12 @@ def _compile(patterns: tuple[str, ...]) -> re.Pattern[str]:
     return re.compile("|".join(f"(?:{p})" for p in patterns))
 
 
-_MENTION_RE = {name: _compile(tuple(f"{_NOT_PREFIXED}(?:{q})" for q in p)) for name, p in MENTIONS.items()}
+_MENTION_RE = {name: _compile(tuple(f"{NOT_PREFIXED}(?:{q})" for q in p)) for name, p in MENTIONS.items()}
 _NORMAL_RE = {name: _compile(p) for name, p in NORMAL.items()}
+_EXCLUDED_RE = {name: _compile(p) for name, p in EXCLUDED.items()}
+_SUGGESTIVE_RE = {name: _compile(p) for name, p in SUGGESTIVE.items()}
+_PLURAL_RE = re.compile(PLURAL_POST)
+_SEPARATOR_RE = re.compile(LIST_SEPARATOR)
 _CUES = {kind: _compile(p) for kind, p in {
     "hypothetical_pre": HYPOTHETICAL_PRE, "hypothetical_post": HYPOTHETICAL_POST,
     "uncertain_negated": UNCERTAIN_NEGATED, "pseudo": PSEUDO_NEGATION, "negation_pre": NEGATION_PRE,
@@ -175,6 +112,26 @@ def _inside(lo: int, hi: int, spans: list[tuple[int, int]]) -> bool:
     return any(lo <= a and b <= hi for a, b in spans)
 
 
+def _overlaps(span: tuple[int, int], spans: list[tuple[int, int]]) -> bool:
+    return any(a < span[1] and span[0] < b for a, b in spans)
+
+
+def _post_reaches(text: str, end: int, cue: tuple[int, int]) -> bool:
+    """A post-cue reaches a mention ending at ``end``: ``POST_WINDOW`` words, a plural one ("have cleared") up to
+    ``NEGATION_WINDOW`` over the list or phrase it agrees with."""
+    words = _words(text[end:cue[0]])
+    return words <= POST_WINDOW or (words <= NEGATION_WINDOW and bool(_PLURAL_RE.match(text, cue[0])))
+
+
+def _alternatives(between: str) -> bool:
+    """The words from a hedge to a mention past ``UNCERTAIN_WINDOW`` are a list of alternatives ("may represent a
+    focal area of consolidation or atelectasis"): within ``NEGATION_WINDOW``, with a comma, "or" or "versus", and
+    the mention's own item short."""
+    items = _SEPARATOR_RE.split(between)
+    return (_words(between) <= NEGATION_WINDOW and re.search(r",|\bor\b|\bversus\b|\bvs\b", between) is not None
+            and _words(items[-1]) <= LIST_ITEM_WORDS)
+
+
 @dataclass(frozen=True)
 class _Sentence:
     """One lower-cased sentence: its cue spans by kind, clauses, and all cue and mention spans."""
@@ -192,7 +149,7 @@ class _Sentence:
     def served(self) -> list[tuple[int, int]]:
         """Post-cues that apply to a mention before them ("effusion is not seen")."""
         return [cue for kind in POST_KINDS for cue in self.spans[kind] if any(
-            self.clause(cue[0])[0] <= a and b <= cue[0] and _words(self.text[b:cue[0]]) <= POST_WINDOW
+            self.clause(cue[0])[0] <= a and b <= cue[0] and _post_reaches(self.text, b, cue)
             and not _inside(b, cue[0], self.cues) for a, b in self.mentions)]
 
 
@@ -201,8 +158,8 @@ def _classify(s: _Sentence, start: int, end: int) -> float:
 
     def reaching(kind: str) -> list[tuple[int, int]]:
         window = UNCERTAIN_WINDOW if kind == "uncertain_pre" else NEGATION_WINDOW
-        return [(a, b) for a, b in s.spans[kind]
-                if clause[0] <= a and b <= end and _words(s.text[b:start]) <= window]
+        return [(a, b) for a, b in s.spans[kind] if clause[0] <= a and b <= end and (
+            _words(s.text[b:start]) <= window or kind == "uncertain_pre" and _alternatives(s.text[b:start]))]
 
     def borrowed(cue: tuple[int, int]) -> bool:
         # part of an earlier mention's post-cue and a comma away ("effusion is not seen, small pneumothorax"),
@@ -219,7 +176,7 @@ def _classify(s: _Sentence, start: int, end: int) -> float:
     stops = s.cues + s.mentions if any(not listed(cue) for found in pre.values() for cue in found) else s.cues
 
     def after(kind: str) -> bool:
-        return any(a >= end and b <= clause[1] and _words(s.text[end:a]) <= POST_WINDOW
+        return any(a >= end and b <= clause[1] and _post_reaches(s.text, end, (a, b))
                    and not _inside(end, a, stops) for a, b in s.spans[kind])
 
     post = {kind: after(kind) for kind in POST_KINDS}
@@ -243,13 +200,18 @@ def label_sentence(sentence: str) -> dict[str, float]:
     text = sentence.lower()
     breaks = [0] + [m.start() for m in _TERMINATOR_RE.finditer(text)] + [len(text)]
     spans = _cue_spans(text)
-    mentions = {name: [m.span() for m in regex.finditer(text)] for name, regex in _MENTION_RE.items()}
+    excluded = {name: [m.span() for m in regex.finditer(text)] for name, regex in _EXCLUDED_RE.items()}
+    mentions = {name: [m.span() for m in regex.finditer(text) if not _overlaps(m.span(), excluded.get(name, []))]
+                for name, regex in _MENTION_RE.items()}
+    suggestive = {name: [m.span() for m in regex.finditer(text)] for name, regex in _SUGGESTIVE_RE.items()}
     context = _Sentence(text, spans, list(zip(breaks[:-1], breaks[1:], strict=True)),
                         [span for kind, found in spans.items() if kind != "pseudo" for span in found],
-                        [span for found in mentions.values() for span in found])
+                        [span for found in (*mentions.values(), *suggestive.values()) for span in found])
     out: dict[str, float] = {}
     for name, found in mentions.items():
         values = [_classify(context, a, b) for a, b in found]
+        hinted = [_classify(context, a, b) for a, b in suggestive.get(name, [])]
+        values += [UNCERTAIN if v == POSITIVE else v for v in hinted]  # suggests, never names, the finding
         if name in _NORMAL_RE and _NORMAL_RE[name].search(text):
             values.append(NEGATIVE)
         if not np.isnan(value := combine(values)):
@@ -343,7 +305,9 @@ def agreement_markdown(results: dict[str, pd.DataFrame]) -> str:
         "counts only certain positives; `agree` binary agreement; `exact` 3-class agreement (1 / 0 / -1, an",
         "unmentioned finding read as 0). Note: IU X-ray's `no_finding` is its MeSH tag \"normal\" (no abnormality",
         "of any kind, devices and degenerative changes included), while the labeller follows the CheXpert rule",
-        "(no finding among the taxonomy's pathologies), so its precision there is low by definition.",
+        "(no finding among the taxonomy's pathologies), so its precision there is low by definition. `calcification`",
+        "is a calcified granuloma or focus on both sides: calcification of the aorta, other vessels or valves is read",
+        "as no finding (IU X-ray's Calcinosis/aorta, like its Atherosclerosis/aorta, maps to none).",
     ]
     for name, frame in results.items():
         lines += ["", f"## {name}", "", "| finding | reports | ref+ | lab+ | P | R | F1 | F1 (1 only) | agree | exact |",

@@ -8,7 +8,9 @@ as ``Cardiomegaly/borderline`` is read as uncertain (-1), and so are tags that s
 naming it (``UNCERTAIN_MAP``: ``Costophrenic Angle/blunted`` for effusion). A head may name two findings
 (``SECOND_FINDING``: hydropneumothorax), a round opacity or density is a nodule, and an opacity, density,
 nodule or mass sited outside the lungs
-(``NON_LUNG_SITES``: breast, heart, mitral valve, ...) names none. Images, when present, are expected at
+(``NON_LUNG_SITES``: breast, heart, mitral valve, ...) names none; nor does calcinosis of the aorta, vessels or a
+valve (``VASCULAR_SITES``): vascular calcification is not the taxonomy's calcification (a calcified granuloma or
+focus), as Atherosclerosis/aorta, the experts' other tag for it, is not. Images, when present, are expected at
 ``images/images_normalized/<filename>``.
 """
 
@@ -77,6 +79,8 @@ SECOND_FINDING: dict[str, str] = {"Hydropneumothorax": "pleural_effusion", "Hemo
 # finding; ribs, hila and the mediastinum stay mapped (a lung nodule often projects over a rib).
 LUNG_SITED = {"Opacity", "Density", "Nodule", "Mass"}
 NON_LUNG_SITES = {"breast", "heart", "mitral valve", "adipose tissue", "sternum", "clavicle", "thoracic vertebrae"}
+# Calcinosis of the aorta or another vessel or valve (not of a lymph node beside one, "Calcinosis/aorta/lymph nodes")
+VASCULAR_SITES = {"aorta", "aorta, thoracic", "blood vessels", "coronary vessels", "pulmonary artery", "mitral valve"}
 QUALIFIED_MAP: dict[tuple[str, str], str] = {
     ("Thickening", "pleura"): "pleural_thickening",
     ("Aorta", "tortuous"): "aortic_enlargement",
@@ -119,6 +123,8 @@ def mesh_labels(mesh: str) -> dict[str, float]:
         head, *qualifiers = [p.strip() for p in term.split("/")]
         value = UNCERTAIN if UNCERTAIN_QUALIFIERS & set(qualifiers) else POSITIVE
         if head in LUNG_SITED and NON_LUNG_SITES & set(qualifiers):
+            continue
+        if head == "Calcinosis" and VASCULAR_SITES & set(qualifiers) and "lymph nodes" not in qualifiers:
             continue
         found = [(MESH_MAP[head], value)] if head in MESH_MAP else []
         found += [(SECOND_FINDING[head], value)] if head in SECOND_FINDING else []
