@@ -13,11 +13,13 @@ import pytest
 import torch
 from tiny_runs import interrupted_copy, tiny_config
 
+from radlab.train.config import TrainConfig
 from radlab.train.engine import pretrain
 from radlab.train.loader import Position, RankedBatchSampler
 from radlab.train.state import (
     SMALL_FILE,
     changed_fields,
+    field_defaults,
     latest_state,
     load_state,
     run_fingerprint,
@@ -113,6 +115,22 @@ def test_a_state_saved_before_fields_were_added_or_freed_still_resumes(tmp_path:
              "optim": {**current["optim"], "num_workers": 4}}  # as a state of an earlier radlab recorded it
     assert changed_fields(older, current) == []
     assert changed_fields({**older, "seed": current["seed"] + 1}, current) == ["seed"]
+
+
+def test_a_field_added_since_a_state_was_saved_resumes_only_at_its_default(tmp_path: Path, phantom_dir: Path) -> None:
+    """A state saved before data.source_size existed read images at the tower's size: resuming it with the field
+    at its default continues that run; with views cut from a larger read it would mix two pipelines: refused."""
+    defaults = field_defaults(TrainConfig)
+    assert defaults["data"]["source_size"] is None and defaults["optim"]["accumulation"] == 1
+
+    def older(*extra: str) -> tuple[dict, dict]:
+        current = run_fingerprint(tiny_config("supervised", phantom_dir, tmp_path, "optim.batch_size=8", *extra))
+        return {**current, "data": {k: v for k, v in current["data"].items() if k != "source_size"}}, current
+
+    saved, current = older()
+    assert changed_fields(saved, current, defaults=defaults) == []
+    saved, current = older("data.source_size=64")
+    assert changed_fields(saved, current, defaults=defaults) == ["data.source_size"]
 
 
 def test_a_resume_follows_its_starting_checkpoint_by_content_not_path(tmp_path: Path, phantom_dir: Path) -> None:

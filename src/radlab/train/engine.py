@@ -60,6 +60,7 @@ from radlab.train.setup import (
 from radlab.train.state import (
     changed_fields,
     clear_states,
+    field_defaults,
     latest_state,
     load_state,
     rng_state,
@@ -334,7 +335,7 @@ class Trainer:
             raise FileNotFoundError(f"rank {self.env.rank} cannot see {path}, the state rank 0 resumes from: the "
                                     f"run's out folder must be on a filesystem every rank sees")
         state = load_state(path, self.env.device)
-        changed = changed_fields(state.get("config"), self.fingerprint)
+        changed = changed_fields(state.get("config"), self.fingerprint, defaults=field_defaults(type(self.cfg)))
         if changed:
             moved = "; a moved starting checkpoint resumes at its new path, another one does not" \
                 if any(c.startswith("starting_files.") for c in changed) else ""

@@ -144,17 +144,39 @@ def run_fingerprint(cfg: BaseModel) -> dict[str, Any]:
     return dumped
 
 
-def changed_fields(saved: dict[str, Any] | None, current: dict[str, Any], prefix: str = "") -> list[str]:
+def field_defaults(model: type[BaseModel]) -> dict[str, Any]:
+    """The JSON defaults of a config model's fields, nested through sub-models (required ones included, for their
+    own fields): what a field added to the config after a state was saved held, in effect, in that run."""
+    out: dict[str, Any] = {}
+    for name, field in model.model_fields.items():
+        if not field.is_required():
+            default = field.get_default(call_default_factory=True)
+            out[name] = default.model_dump(mode="json") if isinstance(default, BaseModel) else default
+        elif isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            out[name] = field_defaults(field.annotation)
+    return out
+
+
+def changed_fields(saved: dict[str, Any] | None, current: dict[str, Any], prefix: str = "",
+                   defaults: dict[str, Any] | None = None) -> list[str]:
     """Dotted names of the fields that differ between two fingerprints; [] when a state holds none (older).
-    Fields one side lacks are not compared: they were added to the config, or made free to change, after the
-    state was saved (an older state then resumes as before)."""
+    A field the saved state lacks was added to the config after it was saved: the current value is compared
+    with the field's default (``defaults``, from ``field_defaults``), which the older run used in effect; a field
+    without a known default, or made free to change since, is not compared (an older state resumes as before)."""
     if saved is None:
         return []
+    defaults = defaults or {}
     changed = []
-    for key in sorted(set(saved) & set(current)):
-        a, b = saved.get(key), current.get(key)
+    for key in sorted(current):
+        b = current[key]
+        if key not in saved:
+            if key in defaults and not isinstance(defaults[key], dict) and b != defaults[key]:
+                changed.append(prefix + key)
+            continue
+        a = saved[key]
         if isinstance(a, dict) and isinstance(b, dict):
-            changed += changed_fields(a, b, f"{prefix}{key}.")
+            below = defaults.get(key)
+            changed += changed_fields(a, b, f"{prefix}{key}.", below if isinstance(below, dict) else None)
         elif a != b:
             changed.append(prefix + key)
     return changed
