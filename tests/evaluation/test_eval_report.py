@@ -55,12 +55,16 @@ def test_paired_differences_and_demographics_are_reported_and_each_metric_gets_i
     text = render(store).read_text()
     assert "## Paired differences" in text
     assert "| enc | random init | linear_probe/macro_auc | +0.050 | [+0.020, +0.080] | 0.002 |" in text
-    assert "| retrieval/R@1 | -0.010 | [-0.020, -0.004] | < 0.005 |" in text, "two-sided: 2 / 400 defined resamples"
+    assert "| retrieval/R@1 | -0.010 | [-0.020, -0.004] (400 of 500 resamples) | < 0.005 |" in text, \
+        "two-sided: 2 / 400 defined resamples, and the interval says it rests on 400"
     assert "| kshot/macro_auc | - | - | - |" in text, "undefined on the full data: shown, not a crash"
     assert "| zero_shot/macro_auc | - | not paired: A and B average different findings | - |" in text
     with Image.open(tmp_path / "store.png") as image:
         assert image.width == round(2.8 * 4 * 120), "panels: linear probe, sex AUC, age MAE, retrieval"
     assert "| enc | demographics | sex auc | 0.900 | [0.850, 0.940] |" in text
+    run["tasks"]["linear_probe"]["macro_auc_ci"].update(n_boot=1000, n_valid=812)
+    append_run(run, store)
+    assert "[0.700, 0.800] (812 of 1000 resamples) |" in render(store).read_text()
     assert "| enc | demographics | age mae | 11.200 | - |" in text
     rows = [{"encoder": "enc", "seed": s} for s in (0, 1)] + [{"encoder": "other", "seed": 0}]
     assert [_bar_label(r, rows) for r in rows] == ["enc (seed 0)", "enc (seed 1)", "other"]

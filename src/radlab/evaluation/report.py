@@ -88,6 +88,7 @@ def headline_rows(runs: list[dict]) -> list[dict]:
                 rows.append({"encoder": run.get("encoder") or run.get("encoder_hash", "?"),
                              "encoder_hash": run.get("encoder_hash", ""), "task": task, "metric": name, "note": note,
                              "value": group[key], "low": ci.get("ci_low"), "high": ci.get("ci_high"),
+                             "n_valid": ci.get("n_valid"), "n_boot": ci.get("n_boot"),
                              "data_hash": run.get("data_hash", ""), "labels": label_set(run.get("labels", [])),
                              "seed": run.get("seed", ""), "code_version": run.get("code_version", ""),
                              "leakage": leakage_text((run.get("pretraining_overlap") or {}).get(role))})
@@ -156,7 +157,8 @@ def render(store: Path | str, out_dir: Path | str | None = None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     runs = read_runs(store)
     rows = headline_rows(runs)
-    lines = ["# radlab evaluation results", "", "Intervals: 95% percentile bootstrap over patients."]
+    lines = ["# radlab evaluation results", "", "Intervals: 95% percentile bootstrap over patients; one that rests on "
+             "fewer resamples than were drawn (those in which a finding lacked a class are dropped) says how many."]
     settings = {(r["data_hash"], r["labels"]) for r in rows}
     if len(settings) > 1:
         lines.append(f"Warning: these rows come from {len(settings)} different (data, label set) pairs; compare "
@@ -226,7 +228,8 @@ def _p_value(row: dict) -> str:
 
 
 def _interval(row: dict) -> str:
-    return interval_text({"ci_low": row["low"], "ci_high": row["high"]})
+    return interval_text({"ci_low": row["low"], "ci_high": row["high"], "n_valid": row.get("n_valid"),
+                          "n_boot": row.get("n_boot")})
 
 
 def plot_rows(rows: list[dict], figure: Path) -> Path:

@@ -176,10 +176,14 @@ def headline_metrics(metrics: dict) -> list[tuple[str, dict, str]]:
 
 
 def interval_text(ci: dict | None, sign: str = "") -> str:
-    """``[low, high]`` of an interval dict (``ci_low``/``ci_high``; ``sign="+"`` for differences); "-" if none."""
+    """``[low, high]`` of an interval dict (``ci_low``/``ci_high``; ``sign="+"`` for differences); "-" if none.
+    An interval resting on fewer resamples than were drawn (``n_valid`` < ``n_boot``: resamples in which a
+    finding lacked a class are dropped, so it describes the others) says how many."""
     if not isinstance(ci, dict) or ci.get("ci_low") is None or ci.get("ci_high") is None:
         return "-"
-    return f"[{ci['ci_low']:{sign}.3f}, {ci['ci_high']:{sign}.3f}]"
+    valid, drawn = ci.get("n_valid"), ci.get("n_boot")
+    dropped = f" ({valid} of {drawn} resamples)" if valid is not None and drawn and valid < drawn else ""
+    return f"[{ci['ci_low']:{sign}.3f}, {ci['ci_high']:{sign}.3f}]{dropped}"
 
 
 def headline_note(metrics: dict) -> str:
