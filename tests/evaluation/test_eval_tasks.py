@@ -237,6 +237,38 @@ def test_kshot_draws_k_positives_and_k_negatives_from_train(tiny_encoder: RadEnc
     assert not np.array_equal(kshot.kshot_scores(ctx, x, y, columns, 4, seed=2), first)
 
 
+def test_kshot_validation_can_be_k_shot_too(tiny_encoder: RadEncoder, split_table: RecordTable, labels: list[str],
+                                            cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """validation=kshot: each probe chooses C on K positive and K other negative validation patients, drawn with
+    the seed, not on the whole validation split; the training shots are the same either way."""
+    from radlab.evaluation import kshot
+    from radlab.evaluation.features import FeatureCache
+    from radlab.evaluation.linear_probe import standardised
+
+    calls: list[tuple[np.ndarray, np.ndarray]] = []
+    real = kshot.fit_binary_probe
+
+    def spy(x_train, y_train, x_val, y_val, *args, **kwargs):
+        calls.append((np.asarray(x_train), np.asarray(y_val)))
+        return real(x_train, y_train, x_val, y_val, *args, **kwargs)
+
+    monkeypatch.setattr(kshot, "fit_binary_probe", spy)
+    ctx = EvalContext(tiny_encoder, split_table, labels, features=FeatureCache(cache_dir))
+    x, y = standardised(ctx)
+    columns = kshot.kshot_findings(ctx, y, 4)
+    kshot.kshot_scores(ctx, x, y, columns, 2, seed=3)
+    full = list(calls)
+    calls.clear()
+    kshot.kshot_scores(ctx, x, y, columns, 2, seed=3, validation="kshot")
+    assert all(np.array_equal(a[0], b[0]) for a, b in zip(full, calls, strict=True))
+    assert all(len(v) > 4 for _, v in full)
+    assert all(len(v) == 4 and v.sum() == 2 for _, v in calls)
+    ctx.options = {"kshot": {"validation": "tiny"}}
+    ctx.task = "kshot"
+    with pytest.raises(ValueError, match="kshot.validation must be one of"):
+        kshot.kshot(ctx)
+
+
 def test_shots_come_from_distinct_patients() -> None:
     from radlab.evaluation.kshot import draw_shots
 

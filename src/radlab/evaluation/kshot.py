@@ -9,6 +9,12 @@ sampled fraction has no positives (or no negatives) for scores as chance (a cons
 in ``n_unfit``. When no finding allows max(K), the K-shot curve is left out (``kshot_skipped`` says why) and
 the fractions still run.
 
+Each probe picks its regularisation C by validation AUC (``linear_probe.fit_binary_probe``): on the whole
+validation split by default (``validation: full``), or, with ``validation: kshot``, on K positive and K other
+negative validation patients drawn with the same seed (fewer where the split has fewer): a K-shot user has no
+large labelled validation set, and choosing C on one flatters the few-shot curve (Silva-Rodriguez et al., "A
+closer look at the few-shot adaptation of large vision-language models", CVPR 2024).
+
 The SD is over seeds (which patients were drawn) on the one test set; the interval (``macro_auc_ci``) is over
 test patients, resampled as every interval here is, of the mean over seeds with each seed's probes held fixed.
 The draws depend on the labels and the seed only, so two encoders evaluated together train on the same patients
@@ -27,6 +33,7 @@ from radlab.evaluation.stats import Statistic, mean_std
 SHOTS = (1, 2, 4, 8, 16)
 FRACTIONS = (0.01, 0.1, 1.0)
 N_SEEDS = 5
+VALIDATION = ("full", "kshot")  # where K-shot probes choose C (module docstring)
 
 
 def kshot_findings(ctx: EvalContext, y: dict, k_max: int) -> list[int]:
@@ -47,22 +54,32 @@ def draw_shots(rng: np.random.Generator, candidates: np.ndarray, patients: np.nd
     """One image from each of ``k`` distinct patients among the candidate rows, none of them in ``exclude``."""
     owners = patients[candidates]
     chosen = rng.choice(np.setdiff1d(np.unique(owners), exclude), k, replace=False)
-    return np.array([rng.choice(candidates[owners == p]) for p in chosen])
+    return np.array([rng.choice(candidates[owners == p]) for p in chosen], dtype=np.int64)
 
 
-def kshot_scores(ctx: EvalContext, x: dict, y: dict, columns: list[int], k: int, seed: int) -> np.ndarray:
+def shot_rows(rng: np.random.Generator, labels: np.ndarray, patients: np.ndarray, k: int) -> np.ndarray:
+    """Rows of K positive and K other negative patients (one image each) of one finding's ``labels``; fewer of a
+    class whose patients number fewer than K."""
+    positive, negative = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)
+    positives = draw_shots(rng, positive, patients, min(k, len(np.unique(patients[positive]))))
+    others = np.setdiff1d(np.unique(patients[negative]), patients[positives])
+    negatives = draw_shots(rng, negative, patients, min(k, len(others)), exclude=patients[positives])
+    return np.concatenate([positives, negatives])
+
+
+def kshot_scores(ctx: EvalContext, x: dict, y: dict, columns: list[int], k: int, seed: int,
+                 validation: str = "full") -> np.ndarray:
     """Test scores [N_test, len(columns)] of per-finding probes, each trained on K positive and K other negative
-    patients (one image each) drawn with ``seed``."""
-    rng = np.random.default_rng(seed)
-    patients = ctx.patients(ctx.rows("train"))
+    patients (one image each) drawn with ``seed``, C chosen on the whole validation split or on K + K of its
+    patients (``validation``)."""
+    rng, val_rng = np.random.default_rng(seed), np.random.default_rng([seed, 1])  # shots alike either way
+    patients, val_patients = ctx.patients(ctx.rows("train")), ctx.patients(ctx.rows("val"))
     scores = np.empty((len(x["test"]), len(columns)))
     for i, j in enumerate(columns):
-        positives = draw_shots(rng, np.flatnonzero(y["train"][:, j] == 1), patients, k)
-        negatives = draw_shots(rng, np.flatnonzero(y["train"][:, j] == 0), patients, k, exclude=patients[positives])
-        rows = np.concatenate([positives, negatives])
-        known_val = np.isin(y["val"][:, j], (0, 1))
-        probe = fit_binary_probe(x["train"][rows], y["train"][rows, j], x["val"][known_val],
-                                 y["val"][known_val, j], seed)
+        rows = shot_rows(rng, y["train"][:, j], patients, k)
+        val = (shot_rows(val_rng, y["val"][:, j], val_patients, k) if validation == "kshot"
+               else np.flatnonzero(np.isin(y["val"][:, j], (0, 1))))
+        probe = fit_binary_probe(x["train"][rows], y["train"][rows, j], x["val"][val], y["val"][val, j], seed)
         scores[:, i] = probe.decision_function(x["test"])
     return scores
 
@@ -127,11 +144,14 @@ def kshot(ctx: EvalContext) -> dict:
     shots = [int(k) for k in ctx.option_list("shots", SHOTS)]
     fractions = [float(f) for f in ctx.option_list("fractions", FRACTIONS)]
     seeds = [ctx.seed + s for s in range(int(ctx.option("seeds", N_SEEDS)))]
+    validation = str(ctx.option("validation", "full"))
+    if validation not in VALIDATION:
+        raise ValueError(f"kshot.validation must be one of {VALIDATION}, got {validation!r}")
     x, y = standardised(ctx)
     shot_columns = kshot_findings(ctx, y, max(shots, default=1))
     fraction_columns = [j for j in range(len(ctx.label_names))
                         if two_class(y["train"][:, j]) and two_class(y["test"][:, j])]
-    out: dict = {"seeds": seeds, "kshot_findings": [ctx.label_names[j] for j in shot_columns],
+    out: dict = {"seeds": seeds, "validation": validation, "kshot_findings": [ctx.label_names[j] for j in shot_columns],
                  "fraction_findings": [ctx.label_names[j] for j in fraction_columns], "kshot": {}, "fraction": {}}
     if shots and not shot_columns:
         out["kshot_skipped"] = f"no finding has {max(shots)} positive and {max(shots)} negative training patients"
@@ -139,7 +159,7 @@ def kshot(ctx: EvalContext) -> dict:
             raise TaskSkipped(out["kshot_skipped"])
         shots = []
     for k in shots:
-        runs = [kshot_scores(ctx, x, y, shot_columns, k, s) for s in seeds]
+        runs = [kshot_scores(ctx, x, y, shot_columns, k, s, validation) for s in seeds]
         out["kshot"][str(k)] = setting_report(ctx, f"K={k}", y["test"][:, shot_columns], runs, out["kshot_findings"])
     for f in fractions:
         runs, unfit = zip(*(fraction_scores(ctx, x, y, fraction_columns, f, s) for s in seeds), strict=True)
