@@ -32,8 +32,8 @@ def study_ids(ctx: EvalContext, rows: np.ndarray) -> np.ndarray:
 
 
 def first_per_study(studies: np.ndarray) -> np.ndarray:
-    _, first = np.unique(studies, return_index=True)
-    return np.sort(first)
+    """Each study's first row, in row order (``study_index``)."""
+    return study_index(studies)[0]
 
 
 def normalise_text(text: str) -> str:
